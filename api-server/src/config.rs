@@ -1,0 +1,183 @@
+//! The configuration of one store member (`gw-api-server` flags), validated before any port is bound.
+
+use clap::Parser;
+use gw_store::types::{Member, NodeId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gw-api-server",
+    version,
+    about = "One member of the gw config store (Raft over openraft + sled), serving the gw gRPC API"
+)]
+pub struct ServerConfig {
+    /// This member's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: NodeId,
+
+    /// Address to listen on for the client API and the Raft transport (HOST:PORT).
+    #[arg(long)]
+    pub listen: SocketAddr,
+
+    /// Address other members and clients use to reach this member; defaults to --listen, or to this
+    /// member's entry in --peers.
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Directory holding this member's log, state machine and snapshots.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (each optionally `@REGION`). Give the
+    /// same list to every initial member; the cluster forms by itself. Omit it for a member that will
+    /// join as a learner (`gwadm cluster add-learner`).
+    #[arg(long, value_parser = parse_peers)]
+    pub peers: Option<BTreeMap<NodeId, Member>>,
+
+    /// This member's region label.
+    #[arg(long, default_value = "")]
+    pub region: String,
+
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Minimum election timeout, in milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 600)]
+    pub election_timeout_ms: u64,
+
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_logs: u64,
+
+    /// Log entries kept behind the last snapshot (for followers slightly behind).
+    #[arg(long, default_value_t = 1000)]
+    pub keep_logs: u64,
+
+    /// Revisions of events kept for watches to resume from.
+    #[arg(long, default_value_t = 10_000)]
+    pub history_revisions: usize,
+
+    /// Interval of watch bookmarks (progress notifications), in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub bookmark_ms: u64,
+
+    /// NULL CONTROL for the fault-injection suite: acknowledge writes without syncing the log to disk.
+    #[arg(long, hide = true, env = "GW_UNSAFE_NO_SYNC")]
+    pub unsafe_no_sync: bool,
+
+    /// NULL CONTROL for the fault-injection suite: serve "linearizable" reads from local state.
+    #[arg(long, hide = true, env = "GW_UNSAFE_STALE_READS")]
+    pub unsafe_stale_reads: bool,
+}
+
+/// Parses `--peers`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, rest) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a positive integer"))?;
+        let (addr, region) = match rest.split_once('@') {
+            Some((a, r)) => (a, r),
+            None => (rest, ""),
+        };
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("peer {id}: {addr:?} is not HOST:PORT"));
+        }
+        if out
+            .insert(
+                id,
+                Member {
+                    addr: addr.to_string(),
+                    region: region.to_string(),
+                },
+            )
+            .is_some()
+        {
+            return Err(format!("peer id {id} appears twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("--peers lists no member".into());
+    }
+    Ok(out)
+}
+
+impl ServerConfig {
+    /// Checks the flags against each other; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id must be a positive integer".into());
+        }
+        if let Some(peers) = &self.peers
+            && !peers.contains_key(&self.id) {
+                return Err(format!(
+                    "--peers must include this member's own id {}",
+                    self.id
+                ));
+            }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
+            return Err("--election-timeout-ms must be more than twice --heartbeat-ms".into());
+        }
+        if self.snapshot_logs == 0 {
+            return Err("--snapshot-logs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The address this member is reached at.
+    pub fn advertised_addr(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if let Some(m) = self.peers.as_ref().and_then(|p| p.get(&self.id)) {
+            return m.addr.clone();
+        }
+        self.listen.to_string()
+    }
+
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "gw".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            max_payload_entries: 1000,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peers_with_regions() {
+        let p = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002@eu-west, 3=h:7003").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[&2],
+            Member {
+                addr: "127.0.0.1:7002".into(),
+                region: "eu-west".into()
+            }
+        );
+        assert!(parse_peers("1=nohost").is_err());
+        assert!(parse_peers("x=h:1").is_err());
+        assert!(parse_peers("1=h:1,1=h:2").is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Errors of the API and their gRPC form: a status code callers can branch on, a one-line message, and
+//! an `ErrorDetail` in the status details with the structured facts (which document and field, which
+//! object and revisions).
+
+use gw_model::{DocumentError, ObjectKey};
+use gw_proto as pb;
+use gw_store::types::TxnError;
+use prost::Message;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", invalid_message(.0))]
+    Invalid(Vec<DocumentError>),
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no leader is known to this member (election in progress or quorum lost)")]
+    NoLeader,
+    #[error("this member is not the leader and the request was already forwarded once")]
+    NotLeader,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn invalid_message(docs: &[DocumentError]) -> String {
+    let mut msg = docs
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if docs.len() > 1 {
+        msg = format!("{} documents are invalid:\n{msg}", docs.len());
+    }
+    msg
+}
+
+pub fn object_ref(k: &ObjectKey) -> pb::ObjectRef {
+    pb::ObjectRef {
+        group: k.group.clone(),
+        kind: k.kind.clone(),
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        use pb::error_detail::Detail;
+        let msg = e.to_string();
+        let (code, detail) = match e {
+            ApiError::Invalid(docs) => (
+                Code::InvalidArgument,
+                Some(Detail::Invalid(pb::InvalidDocuments {
+                    documents: docs
+                        .into_iter()
+                        .map(|d| pb::InvalidDocument {
+                            source: d.source,
+                            index: d.index as u32,
+                            kind: d.kind,
+                            namespace: d.namespace,
+                            name: d.name,
+                            errors: d
+                                .errors
+                                .into_iter()
+                                .map(|f| pb::FieldError {
+                                    path: f.path,
+                                    message: f.message,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })),
+            ),
+            ApiError::Txn(TxnError::Conflict {
+                key,
+                expected,
+                actual,
+            }) => (
+                Code::Aborted,
+                Some(Detail::Conflict(pb::Conflict {
+                    target: Some(object_ref(&key)),
+                    reason: "resourceVersion mismatch".into(),
+                    expected,
+                    actual,
+                })),
+            ),
+            ApiError::Txn(TxnError::NotFound { key }) | ApiError::NotFound(key) => (
+                Code::NotFound,
+                Some(Detail::NotFound(pb::NotFound {
+                    target: Some(object_ref(&key)),
+                })),
+            ),
+            ApiError::Txn(TxnError::Duplicate { .. }) | ApiError::BadRequest(_) => {
+                (Code::InvalidArgument, None)
+            }
+            ApiError::NoLeader | ApiError::NotLeader => {
+                (Code::Unavailable, Some(Detail::NoLeader(pb::NoLeader {})))
+            }
+            ApiError::Unavailable(_) => (Code::Unavailable, None),
+            ApiError::Internal(_) => (Code::Internal, None),
+        };
+        match detail {
+            Some(d) => {
+                let bytes = pb::ErrorDetail { detail: Some(d) }.encode_to_vec();
+                Status::with_details(code, msg, bytes.into())
+            }
+            None => Status::new(code, msg),
+        }
+    }
+}

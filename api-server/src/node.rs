@@ -1,0 +1,166 @@
+//! A running store member: its Raft instance, its storage, and the operations the services build on
+//! (proposing transactions, linearizable read barriers, leader discovery).
+
+use crate::config::ServerConfig;
+use crate::errors::ApiError;
+use crate::network::{Channels, MAX_MESSAGE_BYTES};
+use gw_proto as pb;
+use gw_store::storage::StoreHandle;
+use gw_store::types::{Command, Member, NodeId, Raft, Response, Txn, TxnOutcome};
+use openraft::error::{ClientWriteError, RaftError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a request waits for a leader to be elected before failing as unavailable.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long a follower waits to apply up to a read index.
+const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub id: NodeId,
+    pub addr: String,
+    pub region: String,
+    pub raft: Raft,
+    pub store: StoreHandle,
+    pub channels: Channels,
+    pub config: ServerConfig,
+}
+
+/// Where a write goes.
+pub enum Route {
+    Local,
+    Leader(NodeId, Member),
+}
+
+/// The wall clock, read at the edge: it only seeds `Txn::time_ms`; the state machine makes committed time
+/// monotonic.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// The current leader, waiting up to `LEADER_WAIT` for one to be elected.
+    pub async fn leader(&self) -> Result<(NodeId, Member), ApiError> {
+        let find = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .cloned()
+                    .map(|n| (l, n))
+            })
+        };
+        if let Some(l) = find(&self.raft.metrics().borrow()) {
+            return Ok(l);
+        }
+        let m = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| find(m).is_some(), "leader known")
+            .await
+            .map_err(|_| ApiError::NoLeader)?;
+        find(&m).ok_or(ApiError::NoLeader)
+    }
+
+    pub async fn route(&self) -> Result<Route, ApiError> {
+        let (id, member) = self.leader().await?;
+        Ok(if id == self.id {
+            Route::Local
+        } else {
+            Route::Leader(id, member)
+        })
+    }
+
+    /// Proposes a transaction on this member, which must be the leader. `NotLeader` means leadership
+    /// moved: the caller forwards.
+    pub async fn propose(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
+        match self.raft.client_write(Command::Txn(txn)).await {
+            Ok(resp) => match resp.data {
+                Response::Txn(res) => Ok(res?),
+                Response::None => Err(ApiError::Internal(
+                    "transaction entry produced no result".into(),
+                )),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ApiError::NotLeader)
+            }
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Makes the next local read linearizable (Raft §8, ReadIndex): the leader confirms its leadership
+    /// with a quorum and waits to apply up to its commit index; a follower obtains that index from the
+    /// leader and waits until it has applied it.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        if self.config.unsafe_stale_reads {
+            return Ok(());
+        }
+        let (leader, member) = self.leader().await?;
+        if leader == self.id {
+            return self
+                .raft
+                .ensure_linearizable()
+                .await
+                .map(|_| ())
+                .map_err(|e| ApiError::Unavailable(format!("read index: {e}")));
+        }
+        let channel = self
+            .channels
+            .get(&member.addr)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        req.set_timeout(READ_INDEX_WAIT);
+        let index = client
+            .read_index(req)
+            .await
+            .map_err(|s| {
+                ApiError::Unavailable(format!("read index from leader {leader}: {}", s.message()))
+            })?
+            .into_inner()
+            .index;
+        self.raft
+            .wait(Some(READ_INDEX_WAIT))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(format!("waiting to apply read index {index}: {e}")))
+    }
+
+    /// This member's own report.
+    pub fn member_status(&self) -> pb::MemberStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        let (revision, compact, hash) = self.store.read(|a| {
+            (
+                a.state.revision(),
+                a.state.compact_revision(),
+                a.state.hash(),
+            )
+        });
+        pb::MemberStatus {
+            id: self.id,
+            addr: self.addr.clone(),
+            region: self.region.clone(),
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader.unwrap_or(0),
+            applied_revision: revision,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            compact_revision: compact,
+            state_hash: format!("{hash:016x}"),
+        }
+    }
+}

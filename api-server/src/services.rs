@@ -1,0 +1,607 @@
+//! The gRPC services of a member: Config (objects and watch), Cluster (status and membership) and
+//! Raft (the transport's server side).
+
+use crate::errors::{ApiError, object_ref};
+use crate::network::MAX_MESSAGE_BYTES;
+use crate::node::{Node, Route, now_ms};
+use crate::watch;
+use gw_model::kinds::{self, KindInfo};
+use gw_model::{Document, ObjectKey, admit};
+use gw_proto as pb;
+use gw_proto::cluster_client::ClusterClient;
+use gw_proto::config_client::ConfigClient;
+use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
+use openraft::ChangeMembers;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Marks a request that a member forwarded to the leader, so that it is never forwarded twice.
+const FORWARDED: &str = "x-gw-forwarded";
+
+/// Runs a write on the leader: locally if this member leads, else forwarded once to the leader.
+macro_rules! route_write {
+    ($svc:expr, $request:expr, $local:ident, $client:ident, $rpc:ident) => {{
+        let forwarded = $request.metadata().contains_key(FORWARDED);
+        let req = $request.into_inner();
+        let mut result = Err(ApiError::NoLeader);
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match $svc.node.route().await {
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+                Ok(Route::Local) => {
+                    result = $svc.$local(&req).await;
+                    if !matches!(result, Err(ApiError::NotLeader)) {
+                        break;
+                    }
+                }
+                Ok(Route::Leader(_, member)) => {
+                    if forwarded {
+                        result = Err(ApiError::NotLeader);
+                        break;
+                    }
+                    let channel = $svc
+                        .node
+                        .channels
+                        .get(&member.addr)
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    let mut client = $client::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                    let mut fwd = Request::new(req);
+                    fwd.metadata_mut()
+                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    return client.$rpc(fwd).await;
+                }
+            }
+        }
+        result.map(Response::new).map_err(Status::from)
+    }};
+}
+
+fn kind_info(group: &str, kind: &str) -> Result<&'static KindInfo, ApiError> {
+    kinds::by_group_kind(group, kind)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown kind {kind:?} in group {group:?}")))
+}
+
+/// The key of a request's object reference, with the namespace defaulted as kubectl does.
+fn key_of(r: &pb::ObjectRef) -> Result<ObjectKey, ApiError> {
+    let info = kind_info(&r.group, &r.kind)?;
+    if r.name.is_empty() {
+        return Err(ApiError::BadRequest("object name is required".into()));
+    }
+    let namespace = match (info.namespaced, r.namespace.as_str()) {
+        (true, "") => "default",
+        (true, ns) => ns,
+        (false, "") => "",
+        (false, ns) => {
+            return Err(ApiError::BadRequest(format!(
+                "{} is cluster-scoped; namespace {ns:?} given",
+                info.kind
+            )));
+        }
+    };
+    Ok(ObjectKey::new(info.group, info.kind, namespace, &r.name))
+}
+
+fn write_response(o: TxnOutcome) -> pb::WriteResponse {
+    pb::WriteResponse {
+        revision: o.revision,
+        results: o
+            .results
+            .into_iter()
+            .map(|r| pb::ObjectResult {
+                target: Some(object_ref(&r.key)),
+                action: r.action.as_str().into(),
+                resource_version: r.resource_version,
+            })
+            .collect(),
+    }
+}
+
+/// Renders a stored object at the requested version of its kind.
+fn render(obj: &Value, key: &ObjectKey, version: &str) -> Result<String, ApiError> {
+    if version.is_empty() {
+        return Ok(obj.to_string());
+    }
+    let info = kind_info(&key.group, &key.kind)?;
+    gw_model::admit::convert_for_output(obj, info, version)
+        .map(|v| v.to_string())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("{} is not served at version {version:?}", key.kind))
+        })
+}
+
+pub struct ConfigService {
+    pub node: Arc<Node>,
+}
+
+impl ConfigService {
+    /// Proposes a transaction, or previews it for a dry run (against linearizably read state).
+    async fn commit(&self, txn: Txn, dry_run: bool) -> Result<pb::WriteResponse, ApiError> {
+        let outcome = if dry_run {
+            self.node.read_barrier().await?;
+            self.node.store.read(|a| a.state.preview(&txn))?
+        } else {
+            self.node.propose(txn).await?
+        };
+        Ok(write_response(outcome))
+    }
+
+    async fn local_apply(&self, req: &pb::ApplyRequest) -> Result<pb::WriteResponse, ApiError> {
+        if req.documents.is_empty() {
+            return Err(ApiError::BadRequest("no documents to apply".into()));
+        }
+        let mut ops = Vec::new();
+        let mut invalid = Vec::new();
+        for d in &req.documents {
+            let doc = match serde_json::from_str(&d.json) {
+                Ok(value) => Document {
+                    source: d.source.clone(),
+                    index: d.index as usize,
+                    line: 0,
+                    value,
+                },
+                Err(e) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{}: document {}: not JSON: {e}",
+                        d.source, d.index
+                    )));
+                }
+            };
+            match admit(&doc) {
+                Ok(a) => ops.push(Op::Put {
+                    key: a.key,
+                    object: a.object,
+                    expected_rv: a.expected_resource_version,
+                    uid: uuid::Uuid::new_v4().to_string(),
+                }),
+                Err(e) => invalid.push(*e),
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(ApiError::Invalid(invalid));
+        }
+        self.commit(
+            Txn {
+                time_ms: now_ms(),
+                ops,
+            },
+            req.dry_run,
+        )
+        .await
+    }
+
+    async fn local_delete(&self, req: &pb::DeleteRequest) -> Result<pb::WriteResponse, ApiError> {
+        if !req.expected_resource_versions.is_empty()
+            && req.expected_resource_versions.len() != req.refs.len()
+        {
+            return Err(ApiError::BadRequest(
+                "expected_resource_versions must have one entry per ref".into(),
+            ));
+        }
+        let mut ops = Vec::new();
+        for (i, r) in req.refs.iter().enumerate() {
+            ops.push(Op::Delete {
+                key: key_of(r)?,
+                expected_rv: req
+                    .expected_resource_versions
+                    .get(i)
+                    .copied()
+                    .filter(|rv| *rv != 0),
+                ignore_missing: req.ignore_not_found,
+            });
+        }
+        self.commit(
+            Txn {
+                time_ms: now_ms(),
+                ops,
+            },
+            req.dry_run,
+        )
+        .await
+    }
+
+    async fn local_update_status(
+        &self,
+        req: &pb::UpdateStatusRequest,
+    ) -> Result<pb::WriteResponse, ApiError> {
+        let mut ops = Vec::new();
+        for u in &req.updates {
+            let r = u
+                .target
+                .as_ref()
+                .ok_or_else(|| ApiError::BadRequest("status update without ref".into()))?;
+            let status: Value = serde_json::from_str(&u.status_json).map_err(|e| {
+                ApiError::BadRequest(format!("status of {}: not JSON: {e}", r.name))
+            })?;
+            if !status.is_object() {
+                return Err(ApiError::BadRequest(format!(
+                    "status of {}: must be an object",
+                    r.name
+                )));
+            }
+            ops.push(Op::Status {
+                key: key_of(r)?,
+                status,
+                expected_uid: Some(u.expected_uid.clone()).filter(|s| !s.is_empty()),
+                expected_generation: Some(u.expected_generation).filter(|g| *g != 0),
+            });
+        }
+        self.commit(
+            Txn {
+                time_ms: now_ms(),
+                ops,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// Makes a read linearizable unless the client asked for a serializable one.
+    async fn barrier(&self, opts: &Option<pb::ReadOptions>) -> Result<bool, ApiError> {
+        let serializable = opts.as_ref().is_some_and(|o| o.serializable);
+        if !serializable {
+            self.node.read_barrier().await?;
+        }
+        Ok(serializable)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::config_server::Config for ConfigService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        route_write!(self, request, local_apply, ConfigClient, apply)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        route_write!(self, request, local_delete, ConfigClient, delete)
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<pb::UpdateStatusRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        route_write!(
+            self,
+            request,
+            local_update_status,
+            ConfigClient,
+            update_status
+        )
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let r = req
+            .target
+            .ok_or_else(|| Status::invalid_argument("ref is required"))?;
+        let key = key_of(&r)?;
+        let serializable = self.barrier(&req.options).await?;
+        let version = req.options.map(|o| o.version).unwrap_or_default();
+        let (obj, revision) = self
+            .node
+            .store
+            .read(|a| (a.state.get(&key).cloned(), a.state.revision()));
+        let obj = obj.ok_or(ApiError::NotFound(key.clone()))?;
+        Ok(Response::new(pb::GetResponse {
+            object_json: render(&obj, &key, &version)?,
+            revision,
+            serializable,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let req = request.into_inner();
+        if !req.kind.is_empty() {
+            kind_info(&req.group, &req.kind)?;
+        }
+        let serializable = self.barrier(&req.options).await?;
+        let version = req.options.map(|o| o.version).unwrap_or_default();
+        let (objects, revision) = self.node.store.read(|a| {
+            let objs: Vec<(ObjectKey, Arc<Value>)> = a
+                .state
+                .list(&req.group, &req.kind, &req.namespace)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (objs, a.state.revision())
+        });
+        let objects_json = objects
+            .iter()
+            .map(|(k, o)| render(o, k, &version))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListResponse {
+            objects_json,
+            revision,
+            serializable,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        for k in &req.kinds {
+            kind_info(&k.group, &k.kind)?;
+        }
+        let filter = watch::filter_from(&req);
+        let bookmark = match req.bookmark_interval_ms {
+            0 => Duration::from_millis(self.node.config.bookmark_ms),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(watch::run(
+            tx,
+            self.node.store.clone(),
+            filter,
+            req.after_revision,
+            bookmark,
+        ));
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as Self::WatchStream
+        ))
+    }
+}
+
+pub struct ClusterService {
+    pub node: Arc<Node>,
+}
+
+/// The members of the current membership, as the API presents them (without their own reports).
+fn members_of(node: &Node) -> Vec<pb::Member> {
+    node.store
+        .members()
+        .into_iter()
+        .map(|(id, m, voter)| pb::Member {
+            id,
+            addr: m.addr,
+            region: m.region,
+            role: if voter { "voter" } else { "learner" }.into(),
+            applied_revision: 0,
+            reachable: false,
+            raft_state: String::new(),
+        })
+        .collect()
+}
+
+impl ClusterService {
+    async fn change(
+        &self,
+        changes: ChangeMembers<NodeId, Member>,
+    ) -> Result<pb::MembershipResponse, ApiError> {
+        let retain = false;
+        self.node
+            .raft
+            .change_membership(changes, retain)
+            .await
+            .map_err(|e| match e {
+                openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(_),
+                ) => ApiError::NotLeader,
+                other => ApiError::BadRequest(other.to_string()),
+            })?;
+        Ok(pb::MembershipResponse {
+            members: members_of(&self.node),
+        })
+    }
+
+    async fn local_add_learner(
+        &self,
+        req: &pb::AddLearnerRequest,
+    ) -> Result<pb::MembershipResponse, ApiError> {
+        if req.id == 0 || req.addr.is_empty() {
+            return Err(ApiError::BadRequest(
+                "add-learner needs a positive --id and an --addr".into(),
+            ));
+        }
+        let member = Member {
+            addr: req.addr.clone(),
+            region: req.region.clone(),
+        };
+        self.node
+            .raft
+            .add_learner(req.id, member, true)
+            .await
+            .map_err(|e| match e {
+                openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(_),
+                ) => ApiError::NotLeader,
+                other => ApiError::BadRequest(other.to_string()),
+            })?;
+        Ok(pb::MembershipResponse {
+            members: members_of(&self.node),
+        })
+    }
+
+    async fn local_promote(
+        &self,
+        req: &pb::MemberRequest,
+    ) -> Result<pb::MembershipResponse, ApiError> {
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])))
+            .await
+    }
+
+    async fn local_remove(
+        &self,
+        req: &pb::MemberRequest,
+    ) -> Result<pb::MembershipResponse, ApiError> {
+        let voter = self
+            .node
+            .store
+            .members()
+            .into_iter()
+            .find(|(id, _, _)| *id == req.id)
+            .map(|(_, _, v)| v);
+        match voter {
+            None => Err(ApiError::BadRequest(format!(
+                "member {} is not in the cluster",
+                req.id
+            ))),
+            Some(true) => {
+                self.change(ChangeMembers::RemoveVoters(BTreeSet::from([req.id])))
+                    .await
+            }
+            Some(false) => {
+                self.change(ChangeMembers::RemoveNodes(BTreeSet::from([req.id])))
+                    .await
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let mut members = members_of(&self.node);
+        let reports = futures::future::join_all(members.iter().map(|m| {
+            let node = self.node.clone();
+            let (id, addr) = (m.id, m.addr.clone());
+            async move {
+                if id == node.id {
+                    return Some(node.member_status());
+                }
+                let channel = node.channels.get(&addr).ok()?;
+                let mut req = Request::new(pb::MemberStatusRequest {});
+                req.set_timeout(Duration::from_secs(1));
+                ClusterClient::new(channel)
+                    .member_status(req)
+                    .await
+                    .ok()
+                    .map(Response::into_inner)
+            }
+        }))
+        .await;
+        for (m, report) in members.iter_mut().zip(reports) {
+            if let Some(r) = report {
+                m.reachable = true;
+                m.applied_revision = r.applied_revision;
+                m.raft_state = r.role;
+                if m.region.is_empty() {
+                    m.region = r.region;
+                }
+            }
+        }
+        Ok(Response::new(pb::ClusterStatus {
+            leader: metrics.current_leader.unwrap_or(0),
+            revision: self.node.store.read(|a| a.state.revision()),
+            term: metrics.current_term,
+            members,
+        }))
+    }
+
+    async fn member_status(
+        &self,
+        _: Request<pb::MemberStatusRequest>,
+    ) -> Result<Response<pb::MemberStatus>, Status> {
+        Ok(Response::new(self.node.member_status()))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        route_write!(self, request, local_add_learner, ClusterClient, add_learner)
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        route_write!(self, request, local_promote, ClusterClient, promote)
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        route_write!(self, request, local_remove, ClusterClient, remove)
+    }
+
+    async fn read_index(
+        &self,
+        _: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let (read_log_id, _) = self
+            .node
+            .raft
+            .get_read_log_id()
+            .await
+            .map_err(|e| Status::unavailable(format!("not able to serve a read index: {e}")))?;
+        Ok(Response::new(pb::ReadIndexResponse {
+            index: read_log_id.map(|l| l.index).unwrap_or(0),
+        }))
+    }
+}
+
+pub struct RaftService {
+    pub node: Arc<Node>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+    serde_json::to_vec(v)
+        .map(|data| Response::new(pb::RaftPayload { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let res = self.node.raft.append_entries(decode(request)?).await;
+        encode(&res)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let res = self.node.raft.vote(decode(request)?).await;
+        encode(&res)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let res = self.node.raft.install_snapshot(decode(request)?).await;
+        encode(&res)
+    }
+}

@@ -1,0 +1,424 @@
+//! Properties of a 3-member store cluster of real `gw-api-server` processes, driven through `gwadm` and
+//! the gRPC API (issue: "The Raft config store"). Each test starts its own cluster on free loopback ports
+//! in a temporary directory.
+
+use gw_jepsen::cluster::{Cluster, ClusterOptions};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+const ELECTION: Duration = Duration::from_secs(20);
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "gwadm failed: {}\n{}",
+        stderr(&o),
+        stdout(&o)
+    );
+    stdout(&o)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const GATEWAY_ROUTE_SERVICE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: shop}
+spec:
+  gatewayClassName: gw
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: store, namespace: shop}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /store}}]
+    backendRefs: [{name: store, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: store, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+";
+
+fn revision_of(apply_output: &str) -> u64 {
+    apply_output
+        .lines()
+        .find_map(|l| l.strip_prefix("revision "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision line in {apply_output}"))
+}
+
+/// A write sent to a follower is forwarded to the leader, and once acknowledged it is readable
+/// (linearizably) through each of the other members: the JSON each of them returns is the same object.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_via_follower_is_readable_from_every_member() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let file = write(&c.dir, "objs.yaml", GATEWAY_ROUTE_SERVICE);
+    let out = ok(c.gwadm(c.addr(follower), &["apply", "-f", &file]));
+    assert!(
+        out.contains("httproute.gateway.networking.k8s.io/store (namespace shop) created"),
+        "{out}"
+    );
+    let mut seen = Vec::new();
+    for other in c.ids().into_iter().filter(|id| *id != follower) {
+        for (kind, name) in [
+            ("gateway", "gw"),
+            ("httproute", "store"),
+            ("service", "store"),
+        ] {
+            let json = ok(c.gwadm(
+                c.addr(other),
+                &["get", kind, name, "-n", "shop", "-o", "json"],
+            ));
+            let obj: Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(obj["metadata"]["name"], name);
+            assert_eq!(obj["metadata"]["resourceVersion"], "1");
+            seen.push((other, kind, obj));
+        }
+    }
+    for (_, kind, obj) in &seen {
+        let same = seen.iter().find(|(_, k, _)| k == kind).unwrap();
+        assert_eq!(obj, &same.2, "members disagree about {kind}");
+    }
+}
+
+/// After `kill -9` of the leader a new leader is elected, a second apply succeeds, and the old leader,
+/// restarted from its data directory, has both objects: no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_crash_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let old = c.wait_for_leader(ELECTION).await.unwrap();
+    let first = write(
+        &c.dir,
+        "first.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: first}\ndata: {k: v1}\n",
+    );
+    let second = write(
+        &c.dir,
+        "second.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: second}\ndata: {k: v2}\n",
+    );
+    assert_eq!(
+        revision_of(&ok(c.gwadm(&c.servers(), &["apply", "-f", &first]))),
+        1
+    );
+    c.kill(old);
+    let new = c.wait_for_leader(ELECTION).await.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        revision_of(&ok(c.gwadm(&c.servers(), &["apply", "-f", &second]))),
+        2
+    );
+    c.spawn(old).unwrap();
+    c.wait_for_revision(old, 2, ELECTION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(old, 30)));
+    for name in ["first", "second"] {
+        let json = ok(c.gwadm(
+            c.addr(old),
+            &["get", "cm", name, "-o", "json", "--serializable"],
+        ));
+        let obj: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(obj["metadata"]["name"], name);
+    }
+}
+
+/// A member that is down while the leader snapshots and purges its log cannot catch up by replaying log
+/// entries; it installs a snapshot and ends in the same state (revision, objects, state hash).
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_member_catches_up_by_snapshot() {
+    let opts = ClusterOptions {
+        extra_args: ["--snapshot-logs", "10", "--keep-logs", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let mut c = Cluster::start(3, opts).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let lagging = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let f = write(
+        &c.dir,
+        "a.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: before}\n",
+    );
+    ok(c.gwadm(&c.servers(), &["apply", "-f", &f]));
+    c.wait_for_revision(lagging, 1, ELECTION).await.unwrap();
+    c.stop(lagging);
+    let live: Vec<String> = c
+        .ids()
+        .into_iter()
+        .filter(|id| *id != lagging)
+        .map(|id| c.addr(id).to_string())
+        .collect();
+    let live = live.join(",");
+    for i in 0..40 {
+        let f = write(
+            &c.dir,
+            "n.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{i: '{i}'}}\n"
+            ),
+        );
+        ok(c.gwadm(&live, &["apply", "-f", &f]));
+    }
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let ls = c.member_status(leader).await.unwrap();
+    assert!(
+        ls.purged_index > 5,
+        "the leader purged its log behind a snapshot: {ls:?}"
+    );
+    c.spawn(lagging).unwrap();
+    let s = c
+        .wait_for_revision(lagging, ls.applied_revision, ELECTION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(lagging, 40)));
+    assert!(
+        s.snapshot_index > 0,
+        "the lagging member installed a snapshot: {s:?}"
+    );
+    let ls = c.member_status(leader).await.unwrap();
+    assert_eq!(s.applied_revision, ls.applied_revision);
+    assert_eq!(
+        s.state_hash, ls.state_hash,
+        "same objects at the same revision"
+    );
+    let json = ok(c.gwadm(
+        c.addr(lagging),
+        &["get", "cm", "-o", "json", "--serializable"],
+    ));
+    let list: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 41);
+}
+
+/// `gwadm watch --from R` against any member prints exactly the events after R, in order, once each; a
+/// resume from a compacted revision gets an explicit snapshot instead of a gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_from_revision_on_every_member() {
+    let opts = ClusterOptions {
+        extra_args: vec!["--history-revisions".into(), "8".into()],
+        ..Default::default()
+    };
+    let c = Cluster::start(3, opts).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    for i in 1..=12 {
+        let f = write(
+            &c.dir,
+            "w.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{}}}\ndata: {{i: '{i}'}}\n",
+                i % 3
+            ),
+        );
+        assert_eq!(
+            revision_of(&ok(c.gwadm(&c.servers(), &["apply", "-f", &f]))),
+            i
+        );
+    }
+    for id in c.ids() {
+        c.wait_for_revision(id, 12, ELECTION).await.unwrap();
+        let out = ok(c.gwadm(
+            c.addr(id),
+            &[
+                "watch",
+                "--from",
+                "6",
+                "-o",
+                "json",
+                "--until",
+                "12",
+                "--timeout",
+                "10",
+            ],
+        ));
+        let revs: Vec<u64> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|e| {
+                assert_eq!(e["type"], "PUT");
+                e["revision"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            revs,
+            (7..=12).collect::<Vec<_>>(),
+            "member {id}: exactly the events after 6, in order, once"
+        );
+        let out = ok(c.gwadm(
+            c.addr(id),
+            &[
+                "watch",
+                "--from",
+                "2",
+                "-o",
+                "json",
+                "--until",
+                "12",
+                "--timeout",
+                "10",
+            ],
+        ));
+        let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(first["type"], "SNAPSHOT", "member {id}: {out}");
+        assert_eq!(first["compacted"], true);
+        assert_eq!(first["revision"], 12);
+        assert_eq!(first["objects"].as_array().unwrap().len(), 3);
+    }
+}
+
+/// Invalid documents are refused with an error naming the file, the document, the object and the field,
+/// and nothing of the refused apply is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_documents_are_refused_whole() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let good = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: innocent}\n---\n";
+    let refs: Vec<String> = (0..17)
+        .map(|i| format!("{{name: s{i}, port: 80}}"))
+        .collect();
+    let too_many = write(
+        &c.dir,
+        "too-many.yaml",
+        &format!(
+            "{good}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: big, namespace: app}}\nspec:\n  rules:\n  - backendRefs: [{}]\n",
+            refs.join(", ")
+        ),
+    );
+    let permanent = write(
+        &c.dir,
+        "permanent.yaml",
+        &format!(
+            "{good}apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendLBPolicy\nmetadata: {{name: lb}}\nspec:\n  targetRefs: [{{group: '', kind: Service, name: s}}]\n  sessionPersistence:\n    cookieConfig: {{lifetimeType: Permanent}}\n"
+        ),
+    );
+    let syntax = write(
+        &c.dir,
+        "syntax.yaml",
+        &format!(
+            "{good}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: two}}\n---\nmetadata: [oops\n"
+        ),
+    );
+    let cases = [
+        (
+            too_many,
+            "too-many.yaml: document 2 (HTTPRoute app/big): spec.rules[0].backendRefs: Too many: 17: must have at most 16 items",
+        ),
+        (
+            permanent,
+            "permanent.yaml: document 2 (BackendLBPolicy default/lb): spec.sessionPersistence: Invalid value: AbsoluteTimeout must be specified when cookie lifetimeType is Permanent",
+        ),
+        (
+            syntax,
+            "syntax.yaml: document 3 (starting at line 9): YAML syntax error at line 9",
+        ),
+    ];
+    for (file, expected) in cases {
+        let o = c.gwadm(&c.servers(), &["apply", "-f", &file]);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains(expected),
+            "expected {expected:?} in {}",
+            stderr(&o)
+        );
+    }
+    let o = c.gwadm(&c.servers(), &["get", "cm", "innocent"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("not found"),
+        "nothing from a refused apply is stored"
+    );
+    let status = ok(c.gwadm(&c.servers(), &["cluster", "status", "-o", "json"]));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["revision"], 0);
+}
+
+/// Two concurrent applies that expect the same resourceVersion: exactly one wins, the other gets a
+/// conflict (optimistic concurrency; no silent overwrite).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_conditional_applies_one_wins() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let f = write(
+        &c.dir,
+        "base.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {owner: nobody}\n",
+    );
+    let rv = revision_of(&ok(c.gwadm(&c.servers(), &["apply", "-f", &f])));
+    for round in 0..5 {
+        let current: Value = serde_json::from_str(&ok(
+            c.gwadm(&c.servers(), &["get", "cm", "shared", "-o", "json"])
+        ))
+        .unwrap();
+        let rv_now = current["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(rv_now.parse::<u64>().unwrap() >= rv);
+        let files: Vec<String> = ["alice", "bob"]
+            .iter()
+            .map(|who| {
+                write(&c.dir, &format!("{who}.yaml"), &format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: shared, resourceVersion: '{rv_now}'}}\ndata: {{owner: {who}-{round}}}\n"
+                ))
+            })
+            .collect();
+        let servers: Vec<String> = c
+            .ids()
+            .into_iter()
+            .map(|id| c.addr(id).to_string())
+            .collect();
+        let handles: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let args = vec![
+                    "--server".to_string(),
+                    servers[i % servers.len()].clone(),
+                    "apply".into(),
+                    "-f".into(),
+                    f.clone(),
+                ];
+                std::thread::spawn(move || {
+                    std::process::Command::new(gw_jepsen::cluster::bin("gwadm"))
+                        .args(args)
+                        .output()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: exactly one writer wins: {:?}",
+            outs.iter().map(stderr).collect::<Vec<_>>()
+        );
+        let loser = outs.iter().find(|o| !o.status.success()).unwrap();
+        assert!(
+            stderr(loser).contains("conflict: ConfigMap default/shared: expected resourceVersion"),
+            "{}",
+            stderr(loser)
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! gwadm: the operator's tool for gw — apply, get, delete and watch config objects, administer the store
+//! cluster. Each subcommand is a function of this library; `main` only parses flags.
+
+pub mod client;
+pub mod cluster_cmds;
+pub mod config_cmds;
+pub mod output;
+
+use clap::{Parser, Subcommand};
+use client::{Client, ClientError};
+use output::Format;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gwadm",
+    version,
+    about = "Operate gw: the config store, gateway nodes, and local demos"
+)]
+pub struct Cli {
+    /// Store members to talk to (HOST:PORT, comma-separated); tried in turn.
+    #[arg(
+        long,
+        global = true,
+        env = "GW_SERVER",
+        default_value = "127.0.0.1:7001",
+        value_delimiter = ','
+    )]
+    pub server: Vec<String>,
+
+    /// Seconds a request keeps retrying while no member can serve it (leader election, restarts).
+    #[arg(long, global = true, default_value_t = 15.0)]
+    pub retry_for: f64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the objects of YAML/JSON files, atomically (all or nothing, one revision).
+    Apply {
+        /// File, directory or `-` (stdin); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Recurse into directories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Validate and show what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show objects of one kind (kubectl-style kind names: httproute, httproutes, gtw, svc, ...).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// Read this member's local state (possibly stale) instead of a linearizable read.
+        #[arg(long)]
+        serializable: bool,
+        /// Present the objects at another served version of their kind (e.g. v1alpha2).
+        #[arg(long = "api-version")]
+        api_version: Option<String>,
+    },
+    /// Delete objects by kind and name, or those of files.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[arg(long)]
+        ignore_not_found: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print committed changes as they happen (one line per event; JSON with -o json).
+    Watch {
+        kind: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Print the events after this revision (default: start with a snapshot of the current state).
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// Also print bookmarks (progress notifications).
+        #[arg(long)]
+        bookmarks: bool,
+        /// Exit once the events of this revision have been printed.
+        #[arg(long)]
+        until: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// The store cluster: status and membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, revision and every member's role and applied revision.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Add a member as a non-voting learner (start it first, without --peers).
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value = "")]
+        region: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a member (voter or learner).
+    Remove { id: u64 },
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> Result<(), ClientError> {
+    let client = Client::new(&cli.server, Duration::from_secs_f64(cli.retry_for))?;
+    match cli.command {
+        Command::Apply {
+            files,
+            recursive,
+            dry_run,
+        } => config_cmds::apply(&client, &files, recursive, dry_run).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            serializable,
+            api_version,
+        } => {
+            config_cmds::get(
+                &client,
+                config_cmds::GetArgs {
+                    kind: &kind,
+                    name: name.as_deref(),
+                    namespace: namespace.as_deref(),
+                    all_namespaces,
+                    format: output,
+                    serializable,
+                    version: api_version.as_deref(),
+                },
+            )
+            .await
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            files,
+            recursive,
+            ignore_not_found,
+            dry_run,
+        } => match (kind, name, files.is_empty()) {
+            (None, None, false) => {
+                config_cmds::delete_files(&client, &files, recursive, ignore_not_found, dry_run)
+                    .await
+            }
+            (Some(kind), Some(name), true) => {
+                config_cmds::delete_named(
+                    &client,
+                    &kind,
+                    &name,
+                    namespace.as_deref(),
+                    ignore_not_found,
+                    dry_run,
+                )
+                .await
+            }
+            _ => Err(ClientError::Usage(
+                "give either KIND NAME or -f FILE".into(),
+            )),
+        },
+        Command::Watch {
+            kind,
+            namespace,
+            from,
+            output,
+            bookmarks,
+            until,
+            timeout,
+        } => {
+            config_cmds::watch(
+                &client,
+                config_cmds::WatchArgs {
+                    kind: kind.as_deref(),
+                    namespace: namespace.as_deref(),
+                    from,
+                    json: output == Format::Json,
+                    bookmarks,
+                    until,
+                    timeout: timeout.map(Duration::from_secs_f64),
+                },
+            )
+            .await
+        }
+        Command::Cluster { command } => match command {
+            ClusterCommand::Status { output } => {
+                cluster_cmds::status(&client, output == Format::Json).await
+            }
+            ClusterCommand::AddLearner { id, addr, region } => {
+                cluster_cmds::add_learner(&client, id, &addr, &region).await
+            }
+            ClusterCommand::Promote { id } => cluster_cmds::promote(&client, id).await,
+            ClusterCommand::Remove { id } => cluster_cmds::remove(&client, id).await,
+        },
+    }
+}

@@ -1,0 +1,325 @@
+//! Control of a cluster of real `gw-api-server` processes on loopback: each member has its own port, data
+//! directory and log file; members can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP/SIGCONT)
+//! and restarted from their data. Every process is killed when the `Cluster` is dropped.
+
+use anyhow::{Context, bail};
+use gw_proto as pb;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds a binary of this workspace (`gw-api-server`, `gwadm`, `gw-node`) next to the running test or
+/// tool: `GW_BIN_DIR` if set, else the target directory the current executable was built in.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("GW_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    // Test binaries live in target/<profile>/deps; workspace binaries in target/<profile>.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound then released; collisions between concurrent tests are unlikely).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One member process.
+pub struct MemberProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    /// Flags given at every start of this member.
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl MemberProc {
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+}
+
+/// A cluster of store members.
+pub struct Cluster {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub members: Vec<MemberProc>,
+}
+
+/// Options for starting a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra flags for every member (e.g. `--snapshot-logs 20`).
+    pub extra_args: Vec<String>,
+    /// Where to keep data and logs; a temporary directory (removed on drop) when `None`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts `n` initial members with the same `--peers` and waits for a leader.
+    pub fn start(n: u64, opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        let (dir, tmp) = match opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                (d, None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("gw-cluster-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let addrs: Vec<String> = (1..=n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            _tmp: tmp,
+            members: vec![],
+        };
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut args = vec![
+                "--peers".to_string(),
+                peers.clone(),
+                "--region".into(),
+                format!("region-{id}"),
+            ];
+            args.extend(opts.extra_args.iter().cloned());
+            cluster.members.push(MemberProc {
+                id,
+                addr: addr.clone(),
+                data_dir: dir.join(format!("member-{id}")),
+                log: dir.join(format!("member-{id}.log")),
+                args,
+                child: None,
+            });
+        }
+        for id in 1..=n {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    fn member(&self, id: u64) -> &MemberProc {
+        self.members.iter().find(|m| m.id == id).expect("member id")
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut MemberProc {
+        self.members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("member id")
+    }
+
+    /// Starts a member process (first start or restart from its data).
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let m = self.member_mut(id);
+        if m.child.is_some() {
+            bail!("member {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
+        let child = Command::new(bin("gw-api-server"))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&m.addr)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(&m.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning gw-api-server")?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// Adds a member that is not part of the initial membership (to be added with add-learner).
+    pub fn add_process(&mut self, id: u64, extra_args: &[String]) -> anyhow::Result<String> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--region".to_string(), format!("region-{id}")];
+        args.extend(extra_args.iter().cloned());
+        self.members.push(MemberProc {
+            id,
+            addr: addr.clone(),
+            data_dir: self.dir.join(format!("member-{id}")),
+            log: self.dir.join(format!("member-{id}.log")),
+            args,
+            child: None,
+        });
+        self.spawn(id)?;
+        Ok(addr)
+    }
+
+    /// SIGKILL: the process dies at once, with whatever it had not synced.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.member_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.member_mut(id).child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays alive but makes no progress (a long GC pause, a stuck VM).
+    pub fn pause(&self, id: u64) {
+        if let Some(pid) = self.member(id).pid() {
+            let _ = kill(pid, Signal::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self, id: u64) {
+        if let Some(pid) = self.member(id).pid() {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.member(id).child.is_some()
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.member(id).addr
+    }
+
+    /// Every member's address, comma-separated (for `--server`).
+    pub fn servers(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// Runs `gwadm --server <server> <args>` and returns its output.
+    pub fn gwadm(&self, server: &str, args: &[&str]) -> Output {
+        Command::new(bin("gwadm"))
+            .arg("--server")
+            .arg(server)
+            .args(args)
+            .output()
+            .expect("running gwadm")
+    }
+
+    /// A member's own status report, if it answers within a second.
+    pub async fn member_status(&self, id: u64) -> Option<pb::MemberStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .ok()?;
+        let mut req = tonic::Request::new(pb::MemberStatusRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        pb::cluster_client::ClusterClient::new(channel)
+            .member_status(req)
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until some running member reports itself leader, and returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for m in &self.members {
+                if m.child.is_some()
+                    && let Some(s) = self.member_status(m.id).await
+                        && s.role == "leader" {
+                            return Ok(m.id);
+                        }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no leader within {timeout:?}")
+    }
+
+    /// Waits until member `id` has applied at least `revision`.
+    pub async fn wait_for_revision(
+        &self,
+        id: u64,
+        revision: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::MemberStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.member_status(id).await {
+                if s.applied_revision >= revision {
+                    return Ok(s);
+                }
+                last = Some(s.applied_revision);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "member {id} did not reach revision {revision} within {timeout:?} (last seen {last:?})"
+        )
+    }
+
+    /// The contents of a member's log file (for failure messages).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.member(id).log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                if let Some(pid) = Some(Pid::from_raw(c.id() as i32)) {
+                    let _ = kill(pid, Signal::SIGCONT);
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

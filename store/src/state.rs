@@ -1,0 +1,460 @@
+//! The state machine's data and its deterministic apply: objects, the global revision, committed time,
+//! and the bounded history of events that watches are served from. Pure: no I/O, no clock.
+
+use crate::types::{Action, Op, OpResult, Txn, TxnError, TxnOutcome};
+use gw_model::ObjectKey;
+use gw_model::kinds::default_status;
+use gw_model::meta::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One object's change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: ObjectKey,
+    /// After the change; for a delete, the last state with resourceVersion set to the delete's revision.
+    pub object: Arc<Value>,
+}
+
+/// Every change of one committed transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionEvents {
+    pub revision: u64,
+    pub events: Vec<Event>,
+}
+
+/// The requested history is gone: the watcher needs a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("revision {requested} is compacted; history starts after revision {compact_revision}")]
+pub struct Compacted {
+    pub requested: u64,
+    pub compact_revision: u64,
+}
+
+/// The config state at one revision.
+#[derive(Debug, Clone)]
+pub struct State {
+    revision: u64,
+    time_ms: u64,
+    objects: BTreeMap<ObjectKey, Arc<Value>>,
+    /// Events of the revisions in `(compact_revision, revision]`, oldest first.
+    history: VecDeque<Arc<RevisionEvents>>,
+    compact_revision: u64,
+    history_limit: usize,
+}
+
+/// The serialized form of the state in a Raft snapshot.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    revision: u64,
+    time_ms: u64,
+    objects: Vec<Arc<Value>>,
+}
+
+/// Reads `metadata.resourceVersion` of a stored object.
+pub fn resource_version(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The part of an object a user writes: everything but `status` and the store-maintained metadata.
+fn user_content(obj: &Value) -> Value {
+    let mut out = obj.clone();
+    if let Some(map) = out.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| {
+                matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations")
+            });
+        }
+    }
+    out
+}
+
+/// The content that `generation` tracks: everything but metadata and status.
+fn spec_content(obj: &Value) -> Value {
+    let mut out = obj.clone();
+    if let Some(map) = out.as_object_mut() {
+        map.remove("status");
+        map.remove("metadata");
+    }
+    out
+}
+
+impl State {
+    pub fn new(history_limit: usize) -> Self {
+        State {
+            revision: 0,
+            time_ms: 0,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compact_revision: 0,
+            history_limit: history_limit.max(1),
+        }
+    }
+
+    /// Rebuilds a state from persisted parts (used when a member restarts).
+    pub fn restore(
+        revision: u64,
+        time_ms: u64,
+        objects: BTreeMap<ObjectKey, Arc<Value>>,
+        history: Vec<Arc<RevisionEvents>>,
+        compact_revision: u64,
+        history_limit: usize,
+    ) -> Self {
+        State {
+            revision,
+            time_ms,
+            objects,
+            history: history.into(),
+            compact_revision,
+            history_limit: history_limit.max(1),
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The committed time (ms since the epoch): the largest proposer clock reading applied so far.
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
+    pub fn compact_revision(&self) -> u64 {
+        self.compact_revision
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Value>> {
+        self.objects.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Objects of one kind (or every kind when `kind` is empty), optionally of one namespace, in key
+    /// order.
+    pub fn list<'a>(
+        &'a self,
+        group: &'a str,
+        kind: &'a str,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)> + 'a {
+        self.objects.iter().filter(move |(k, _)| {
+            (kind.is_empty() || (k.group == group && k.kind == kind))
+                && (namespace.is_empty() || k.namespace == namespace)
+        })
+    }
+
+    /// Every object, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<Value>)> {
+        self.objects.iter()
+    }
+
+    /// The events of every revision after `after`, oldest first.
+    pub fn events_after(&self, after: u64) -> Result<Vec<Arc<RevisionEvents>>, Compacted> {
+        if after >= self.revision {
+            return Ok(vec![]);
+        }
+        if after < self.compact_revision {
+            return Err(Compacted {
+                requested: after,
+                compact_revision: self.compact_revision,
+            });
+        }
+        let skip = self.history.partition_point(|e| e.revision <= after);
+        Ok(self.history.iter().skip(skip).cloned().collect())
+    }
+
+    /// A 64-bit FNV-1a hash of the revision and every object, to compare members' states.
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        feed(&self.revision.to_be_bytes());
+        for (k, v) in &self.objects {
+            feed(format!("{}/{}/{}/{}", k.group, k.kind, k.namespace, k.name).as_bytes());
+            feed(v.to_string().as_bytes());
+        }
+        h
+    }
+
+    /// Applies one transaction. Either every operation applies and (if anything changed) the revision
+    /// advances by one, or nothing changes and the error says why.
+    pub fn apply_txn(
+        &mut self,
+        txn: &Txn,
+    ) -> (Result<TxnOutcome, TxnError>, Option<Arc<RevisionEvents>>) {
+        self.time_ms = self.time_ms.max(txn.time_ms);
+        if let Err(e) = self.check(txn) {
+            return (Err(e), None);
+        }
+        let new_rev = self.revision + 1;
+        let mut results = Vec::with_capacity(txn.ops.len());
+        let mut events = Vec::new();
+        for op in &txn.ops {
+            let (result, event) = self.plan(op, new_rev);
+            results.push(result);
+            events.extend(event);
+        }
+        if events.is_empty() {
+            return (
+                Ok(TxnOutcome {
+                    revision: self.revision,
+                    results,
+                }),
+                None,
+            );
+        }
+        for e in &events {
+            match e.kind {
+                EventKind::Put => {
+                    self.objects.insert(e.key.clone(), e.object.clone());
+                }
+                EventKind::Delete => {
+                    self.objects.remove(&e.key);
+                }
+            }
+        }
+        self.revision = new_rev;
+        let rev_events = Arc::new(RevisionEvents {
+            revision: new_rev,
+            events,
+        });
+        self.push_history(rev_events.clone());
+        (
+            Ok(TxnOutcome {
+                revision: new_rev,
+                results,
+            }),
+            Some(rev_events),
+        )
+    }
+
+    /// What `apply_txn` would do, without doing it (dry runs).
+    pub fn preview(&self, txn: &Txn) -> Result<TxnOutcome, TxnError> {
+        self.check(txn)?;
+        let new_rev = self.revision + 1;
+        let planned: Vec<_> = txn.ops.iter().map(|op| self.plan(op, new_rev)).collect();
+        let changed = planned.iter().any(|(_, e)| e.is_some());
+        Ok(TxnOutcome {
+            revision: if changed { new_rev } else { self.revision },
+            results: planned.into_iter().map(|(r, _)| r).collect(),
+        })
+    }
+
+    fn push_history(&mut self, events: Arc<RevisionEvents>) {
+        self.history.push_back(events);
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.compact_revision = old.revision;
+            }
+        }
+    }
+
+    /// The oldest revision still held in history, if any.
+    pub fn oldest_history_revision(&self) -> Option<u64> {
+        self.history.front().map(|e| e.revision)
+    }
+
+    /// Preconditions of the whole transaction, checked before anything changes.
+    fn check(&self, txn: &Txn) -> Result<(), TxnError> {
+        let mut seen = HashSet::new();
+        for op in &txn.ops {
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key, .. } | Op::Status { key, .. } => key,
+            };
+            if !seen.insert(key) {
+                return Err(TxnError::Duplicate { key: key.clone() });
+            }
+            let current = self.objects.get(key).map(|o| resource_version(o));
+            match op {
+                Op::Put {
+                    expected_rv: Some(exp),
+                    ..
+                }
+                | Op::Delete {
+                    expected_rv: Some(exp),
+                    ..
+                } if current != Some(*exp) => {
+                    return Err(TxnError::Conflict {
+                        key: key.clone(),
+                        expected: *exp,
+                        actual: current.unwrap_or(0),
+                    });
+                }
+                Op::Delete {
+                    ignore_missing: false,
+                    ..
+                } if current.is_none() => {
+                    return Err(TxnError::NotFound { key: key.clone() });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The result of one operation and the event it produces, without changing the state.
+    fn plan(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Event>) {
+        let rv_str = json!(new_rev.to_string());
+        match op {
+            Op::Put {
+                key, object, uid, ..
+            } => {
+                let mut obj = object.clone();
+                obj.as_object_mut().map(|m| m.remove("status"));
+                match self.objects.get(key) {
+                    None => {
+                        let meta = &mut obj["metadata"];
+                        meta["uid"] = json!(uid);
+                        meta["resourceVersion"] = rv_str;
+                        meta["generation"] = json!(1);
+                        meta["creationTimestamp"] = json!(rfc3339(self.time_ms));
+                        if let Some(status) = default_status(&key.group, &key.kind) {
+                            obj["status"] = status;
+                        }
+                        (result(key, Action::Created, new_rev), Some(put(key, obj)))
+                    }
+                    Some(old) if user_content(old) == user_content(&obj) => {
+                        (result(key, Action::Unchanged, resource_version(old)), None)
+                    }
+                    Some(old) => {
+                        let generation = old["metadata"]["generation"].as_i64().unwrap_or(1)
+                            + i64::from(spec_content(old) != spec_content(&obj));
+                        let meta = &mut obj["metadata"];
+                        meta["uid"] = old["metadata"]["uid"].clone();
+                        meta["resourceVersion"] = rv_str;
+                        meta["generation"] = json!(generation);
+                        meta["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+                        if let Some(status) = old.get("status") {
+                            obj["status"] = status.clone();
+                        }
+                        (
+                            result(key, Action::Configured, new_rev),
+                            Some(put(key, obj)),
+                        )
+                    }
+                }
+            }
+            Op::Delete { key, .. } => match self.objects.get(key) {
+                None => (result(key, Action::NotFound, 0), None),
+                Some(old) => {
+                    let mut obj = (**old).clone();
+                    obj["metadata"]["resourceVersion"] = rv_str;
+                    let event = Event {
+                        kind: EventKind::Delete,
+                        key: key.clone(),
+                        object: Arc::new(obj),
+                    };
+                    (result(key, Action::Deleted, new_rev), Some(event))
+                }
+            },
+            Op::Status {
+                key,
+                status,
+                expected_uid,
+                expected_generation,
+            } => {
+                let Some(old) = self.objects.get(key) else {
+                    return (result(key, Action::Skipped, 0), None);
+                };
+                let uid_ok = expected_uid
+                    .as_deref()
+                    .is_none_or(|u| old["metadata"]["uid"] == u);
+                let gen_ok = expected_generation.is_none_or(|g| old["metadata"]["generation"] == g);
+                if !uid_ok || !gen_ok {
+                    return (result(key, Action::Skipped, resource_version(old)), None);
+                }
+                if old.get("status") == Some(status) {
+                    return (result(key, Action::Unchanged, resource_version(old)), None);
+                }
+                let mut obj = (**old).clone();
+                obj["status"] = status.clone();
+                obj["metadata"]["resourceVersion"] = rv_str;
+                (
+                    result(key, Action::StatusUpdated, new_rev),
+                    Some(put(key, obj)),
+                )
+            }
+        }
+    }
+
+    /// Serializes the state for a Raft snapshot (history is not included: a member that installs a
+    /// snapshot serves watches only from the snapshot's revision on).
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let body = SnapshotBody {
+            revision: self.revision,
+            time_ms: self.time_ms,
+            objects: self.objects.values().cloned().collect(),
+        };
+        serde_json::to_vec(&body).expect("state serializes")
+    }
+
+    /// Replaces this state with a snapshot's. Events before the snapshot's revision are no longer
+    /// available.
+    pub fn install_snapshot(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let body: SnapshotBody = serde_json::from_slice(bytes)?;
+        let mut objects = BTreeMap::new();
+        for obj in body.objects {
+            objects.insert(object_key(&obj), obj);
+        }
+        self.revision = body.revision;
+        self.time_ms = body.time_ms;
+        self.objects = objects;
+        self.history.clear();
+        self.compact_revision = body.revision;
+        Ok(())
+    }
+}
+
+fn result(key: &ObjectKey, action: Action, resource_version: u64) -> OpResult {
+    OpResult {
+        key: key.clone(),
+        action,
+        resource_version,
+    }
+}
+
+fn put(key: &ObjectKey, obj: Value) -> Event {
+    Event {
+        kind: EventKind::Put,
+        key: key.clone(),
+        object: Arc::new(obj),
+    }
+}
+
+/// The key of a stored object, read from its apiVersion, kind and metadata.
+pub fn object_key(obj: &Value) -> ObjectKey {
+    let api_version = obj["apiVersion"].as_str().unwrap_or("");
+    let (group, _) = gw_model::kinds::split_api_version(api_version);
+    ObjectKey::new(
+        group,
+        obj["kind"].as_str().unwrap_or(""),
+        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        obj["metadata"]["name"].as_str().unwrap_or(""),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+use super::*;
+use crate::types::Txn;
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("", "ConfigMap", "default", name)
+}
+
+fn cm(name: &str, data: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"k": data}})
+}
+
+fn put_op(name: &str, data: &str, expected_rv: Option<u64>) -> Op {
+    Op::Put {
+        key: key(name),
+        object: cm(name, data),
+        expected_rv,
+        uid: format!("uid-{name}"),
+    }
+}
+
+fn txn(ops: Vec<Op>) -> Txn {
+    Txn {
+        time_ms: 1_000,
+        ops,
+    }
+}
+
+fn apply(s: &mut State, ops: Vec<Op>) -> Result<TxnOutcome, TxnError> {
+    s.apply_txn(&txn(ops)).0
+}
+
+fn actions(o: &TxnOutcome) -> Vec<Action> {
+    o.results.iter().map(|r| r.action).collect()
+}
+
+#[test]
+fn create_update_unchanged_with_revisions_and_generations() {
+    let mut s = State::new(100);
+    let o = apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    assert_eq!((o.revision, actions(&o)), (1, vec![Action::Created]));
+    let a = s.get(&key("a")).unwrap();
+    assert_eq!(a["metadata"]["generation"], 1);
+    assert_eq!(a["metadata"]["resourceVersion"], "1");
+    assert_eq!(a["metadata"]["uid"], "uid-a");
+    assert_eq!(a["metadata"]["creationTimestamp"], "1970-01-01T00:00:01Z");
+
+    let o = apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    assert_eq!(
+        (o.revision, actions(&o)),
+        (1, vec![Action::Unchanged]),
+        "a no-op is not a revision"
+    );
+
+    let o = apply(&mut s, vec![put_op("a", "2", None)]).unwrap();
+    assert_eq!((o.revision, actions(&o)), (2, vec![Action::Configured]));
+    let a = s.get(&key("a")).unwrap();
+    assert_eq!(a["metadata"]["generation"], 2);
+    assert_eq!(a["metadata"]["uid"], "uid-a", "uid survives updates");
+
+    let mut labelled = cm("a", "2");
+    labelled["metadata"]["labels"] = json!({"x": "y"});
+    let o = apply(
+        &mut s,
+        vec![Op::Put {
+            key: key("a"),
+            object: labelled,
+            expected_rv: None,
+            uid: "other".into(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(o.revision, 3);
+    assert_eq!(
+        s.get(&key("a")).unwrap()["metadata"]["generation"],
+        2,
+        "labels do not bump generation"
+    );
+}
+
+#[test]
+fn status_is_a_subresource() {
+    let mut s = State::new(100);
+    apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    let status = json!({"observed": true});
+    let o = apply(
+        &mut s,
+        vec![Op::Status {
+            key: key("a"),
+            status: status.clone(),
+            expected_uid: None,
+            expected_generation: Some(1),
+        }],
+    )
+    .unwrap();
+    assert_eq!((o.revision, actions(&o)), (2, vec![Action::StatusUpdated]));
+    assert_eq!(s.get(&key("a")).unwrap()["metadata"]["generation"], 1);
+    // A spec write neither takes nor drops the status.
+    let mut with_status = cm("a", "9");
+    with_status["status"] = json!({"forged": true});
+    apply(
+        &mut s,
+        vec![Op::Put {
+            key: key("a"),
+            object: with_status,
+            expected_rv: None,
+            uid: String::new(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(s.get(&key("a")).unwrap()["status"], status);
+    // Stale preconditions skip the status write instead of failing.
+    let o = apply(
+        &mut s,
+        vec![Op::Status {
+            key: key("a"),
+            status: json!({}),
+            expected_uid: None,
+            expected_generation: Some(1),
+        }],
+    )
+    .unwrap();
+    assert_eq!(actions(&o), vec![Action::Skipped]);
+    let o = apply(
+        &mut s,
+        vec![Op::Status {
+            key: key("zz"),
+            status: json!({}),
+            expected_uid: None,
+            expected_generation: None,
+        }],
+    )
+    .unwrap();
+    assert_eq!(actions(&o), vec![Action::Skipped]);
+    assert_eq!(s.revision(), 3);
+}
+
+#[test]
+fn transactions_are_all_or_nothing() {
+    let mut s = State::new(100);
+    apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    let before = s.hash();
+    let err = apply(
+        &mut s,
+        vec![put_op("b", "1", None), put_op("a", "2", Some(7))],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        TxnError::Conflict {
+            key: key("a"),
+            expected: 7,
+            actual: 1
+        }
+    );
+    assert!(
+        s.get(&key("b")).is_none(),
+        "nothing of a refused transaction is applied"
+    );
+    assert_eq!(s.hash(), before);
+    let o = apply(
+        &mut s,
+        vec![put_op("b", "1", None), put_op("a", "2", Some(1))],
+    )
+    .unwrap();
+    assert_eq!(
+        (o.revision, actions(&o)),
+        (2, vec![Action::Created, Action::Configured])
+    );
+    assert_eq!(
+        s.events_after(1).unwrap()[0].events.len(),
+        2,
+        "one revision, all its events"
+    );
+    assert!(matches!(
+        apply(&mut s, vec![put_op("c", "1", None), put_op("c", "2", None)]),
+        Err(TxnError::Duplicate { .. })
+    ));
+}
+
+#[test]
+fn optimistic_concurrency_lets_exactly_one_writer_win() {
+    let mut s = State::new(100);
+    apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    let first = apply(&mut s, vec![put_op("a", "x", Some(1))]);
+    let second = apply(&mut s, vec![put_op("a", "y", Some(1))]);
+    assert!(first.is_ok());
+    assert_eq!(
+        second.unwrap_err(),
+        TxnError::Conflict {
+            key: key("a"),
+            expected: 1,
+            actual: 2
+        }
+    );
+    assert!(matches!(
+        apply(&mut s, vec![put_op("new", "1", Some(3))]),
+        Err(TxnError::Conflict { actual: 0, .. })
+    ));
+}
+
+#[test]
+fn deletes() {
+    let mut s = State::new(100);
+    apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    let missing = Op::Delete {
+        key: key("nope"),
+        expected_rv: None,
+        ignore_missing: false,
+    };
+    assert_eq!(
+        apply(&mut s, vec![missing]).unwrap_err(),
+        TxnError::NotFound { key: key("nope") }
+    );
+    let o = apply(
+        &mut s,
+        vec![
+            Op::Delete {
+                key: key("a"),
+                expected_rv: Some(1),
+                ignore_missing: false,
+            },
+            Op::Delete {
+                key: key("nope"),
+                expected_rv: None,
+                ignore_missing: true,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (o.revision, actions(&o)),
+        (2, vec![Action::Deleted, Action::NotFound])
+    );
+    let ev = &s.events_after(1).unwrap()[0].events[0];
+    assert_eq!(ev.kind, EventKind::Delete);
+    assert_eq!(ev.object["metadata"]["resourceVersion"], "2");
+    assert!(s.is_empty());
+}
+
+#[test]
+fn history_window_and_compaction() {
+    let mut s = State::new(3);
+    for i in 0..5 {
+        apply(&mut s, vec![put_op("a", &i.to_string(), None)]).unwrap();
+    }
+    assert_eq!(s.revision(), 5);
+    assert_eq!(s.compact_revision(), 2);
+    let revs: Vec<u64> = s
+        .events_after(2)
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(revs, vec![3, 4, 5]);
+    assert_eq!(
+        s.events_after(1).unwrap_err(),
+        Compacted {
+            requested: 1,
+            compact_revision: 2
+        }
+    );
+    assert!(s.events_after(5).unwrap().is_empty());
+}
+
+#[test]
+fn snapshot_round_trip() {
+    let mut s = State::new(10);
+    apply(&mut s, vec![put_op("a", "1", None), put_op("b", "2", None)]).unwrap();
+    let mut t = State::new(10);
+    t.install_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(t.hash(), s.hash());
+    assert_eq!(t.revision(), 1);
+    assert_eq!(t.compact_revision(), 1);
+    assert!(
+        t.events_after(0).is_err(),
+        "history before a snapshot is gone, and said so"
+    );
+    assert_eq!(object_key(t.get(&key("b")).unwrap()), key("b"));
+}
+
+#[test]
+fn committed_time_never_goes_back() {
+    let mut s = State::new(10);
+    s.apply_txn(&Txn {
+        time_ms: 5_000,
+        ops: vec![],
+    })
+    .0
+    .unwrap();
+    s.apply_txn(&Txn {
+        time_ms: 3_000,
+        ops: vec![put_op("a", "1", None)],
+    })
+    .0
+    .unwrap();
+    assert_eq!(s.time_ms(), 5_000);
+    assert_eq!(
+        s.get(&key("a")).unwrap()["metadata"]["creationTimestamp"],
+        "1970-01-01T00:00:05Z"
+    );
+}
+
+#[test]
+fn preview_changes_nothing() {
+    let mut s = State::new(10);
+    apply(&mut s, vec![put_op("a", "1", None)]).unwrap();
+    let before = s.hash();
+    let o = s
+        .preview(&txn(vec![put_op("a", "2", None), put_op("b", "1", None)]))
+        .unwrap();
+    assert_eq!(
+        (o.revision, actions(&o)),
+        (2, vec![Action::Configured, Action::Created])
+    );
+    assert_eq!(s.hash(), before);
+    assert!(s.preview(&txn(vec![put_op("a", "2", Some(9))])).is_err());
+}

@@ -1,0 +1,649 @@
+//! Durable storage of a store member on sled: the Raft log, the vote, the applied state machine and the
+//! current snapshot, all in one sled database under the member's data directory.
+//!
+//! Durability (DESIGN.md, "Writes are durable before they are acknowledged"): sled makes writes durable
+//! only on `flush`, and its flush uses `sync_file_range`, which survives a process crash but does not
+//! force the device cache; so every durability point here is `flush` followed by `fdatasync` of the
+//! database file. Log appends are group-committed by one flusher thread: appends arriving while a sync is
+//! running share the next one, and their callbacks are completed in order. Votes are synced before
+//! `save_vote` returns. The state machine is written without syncing: it is rebuilt from the (durable)
+//! log on restart, and the log is only purged behind a snapshot that was synced first.
+
+// openraft's storage traits fix the error type to `StorageError` (224 bytes); the helpers here return it
+// too rather than boxing and unboxing at every trait boundary.
+#![allow(clippy::result_large_err)]
+
+use crate::state::{RevisionEvents, State, object_key};
+use crate::types::{
+    Command, Entry, LogId, Member, NodeId, Response, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
+};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    StorageIOError,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::{self, Cursor};
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::broadcast;
+
+/// A change notification from the state machine to watchers on this member.
+#[derive(Debug, Clone)]
+pub enum HubMsg {
+    /// A committed revision was applied.
+    Events(Arc<RevisionEvents>),
+    /// The state was replaced by a snapshot at this revision: watchers must resynchronise.
+    Reset { revision: u64 },
+}
+
+/// Options of a member's storage.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// How many revisions of events are kept for watches to resume from.
+    pub history_revisions: usize,
+    /// NULL CONTROL for the fault-injection suite, never for production: acknowledge log appends and
+    /// votes without syncing them to disk.
+    pub unsafe_no_sync: bool,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            history_revisions: 10_000,
+            unsafe_no_sync: false,
+        }
+    }
+}
+
+/// The durability point: sled flush followed by fdatasync of its data file.
+struct Durable {
+    db: sled::Db,
+    file: File,
+    no_sync: bool,
+}
+
+impl Durable {
+    fn sync(&self) -> io::Result<()> {
+        if self.no_sync {
+            return Ok(());
+        }
+        self.db.flush().map_err(io::Error::other)?;
+        self.file.sync_data()
+    }
+}
+
+fn io_err(e: impl std::error::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn read_err(e: impl std::error::Error) -> StorageError {
+    StorageIOError::read(&io_err(e)).into()
+}
+
+fn write_err(e: impl std::error::Error) -> StorageError {
+    StorageIOError::write(&io_err(e)).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("storage types serialize")
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(b).map_err(read_err)
+}
+
+/// Opens (or creates) the storage of a member.
+pub fn open(
+    dir: &Path,
+    options: StorageOptions,
+) -> Result<(LogStore, StateMachine, StoreHandle), StorageError> {
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .open()
+        .map_err(write_err)?;
+    let file = File::open(dir.join("sled").join("db")).map_err(write_err)?;
+    let durable = Arc::new(Durable {
+        db: db.clone(),
+        file,
+        no_sync: options.unsafe_no_sync,
+    });
+    let log = LogStore::new(&db, durable.clone())?;
+    let shared = Arc::new(Shared::load(&db, durable, options.history_revisions)?);
+    Ok((
+        log,
+        StateMachine {
+            shared: shared.clone(),
+        },
+        StoreHandle { shared },
+    ))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Log storage
+// ------------------------------------------------------------------------------------------------
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_PURGED: &[u8] = b"purged";
+
+/// The Raft log and vote.
+#[derive(Clone)]
+pub struct LogStore {
+    log: sled::Tree,
+    raft: sled::Tree,
+    durable: Arc<Durable>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    fn new(db: &sled::Db, durable: Arc<Durable>) -> Result<Self, StorageError> {
+        let log = db.open_tree("log").map_err(read_err)?;
+        let raft = db.open_tree("raft").map_err(read_err)?;
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let d = durable.clone();
+        std::thread::Builder::new()
+            .name("gw-log-flusher".into())
+            .spawn(move || {
+                // Group commit: one sync covers every append queued while the previous one ran.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let res = d.sync();
+                    for cb in batch {
+                        cb.log_io_completed(
+                            res.as_ref()
+                                .map(|_| ())
+                                .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                        );
+                    }
+                }
+            })
+            .map_err(write_err)?;
+        Ok(LogStore {
+            log,
+            raft,
+            durable,
+            flusher: tx,
+        })
+    }
+
+    fn purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.raft
+            .get(KEY_PURGED)
+            .map_err(read_err)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+}
+
+fn index_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (k, v) = item.map_err(read_err)?;
+            let idx = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte log keys"));
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged = self.purged()?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
+            None => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.raft
+            .insert(KEY_VOTE, encode(vote))
+            .map_err(write_err)?;
+        let d = self.durable.clone();
+        tokio::task::spawn_blocking(move || d.sync())
+            .await
+            .map_err(write_err)?
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.raft
+            .get(KEY_VOTE)
+            .map_err(read_err)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&index_key(e.log_id.index), encode(&e));
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.flusher
+            .send(callback)
+            .map_err(|_| write_err(io::Error::other("log flusher stopped")))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            batch.remove(item.map_err(read_err)?.0);
+        }
+        self.log.apply_batch(batch).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.raft
+            .insert(KEY_PURGED, encode(&log_id))
+            .map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            batch.remove(item.map_err(read_err)?.0);
+        }
+        self.log.apply_batch(batch).map_err(write_err)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// State machine
+// ------------------------------------------------------------------------------------------------
+
+const META_APPLIED: &[u8] = b"m/applied";
+const META_MEMBERSHIP: &[u8] = b"m/membership";
+const META_REVISION: &[u8] = b"m/revision";
+const META_TIME: &[u8] = b"m/time";
+const META_COMPACT: &[u8] = b"m/compact";
+const PREFIX_OBJECT: &[u8] = b"o/";
+const PREFIX_EVENTS: &[u8] = b"e/";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+fn object_db_key(k: &gw_model::ObjectKey) -> Vec<u8> {
+    let mut out = PREFIX_OBJECT.to_vec();
+    for part in [&k.group, &k.kind, &k.namespace, &k.name] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn events_db_key(rev: u64) -> Vec<u8> {
+    let mut out = PREFIX_EVENTS.to_vec();
+    out.extend_from_slice(&rev.to_be_bytes());
+    out
+}
+
+/// The applied state and its Raft bookkeeping, behind one lock so that readers see whole revisions.
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+struct Shared {
+    applied: RwLock<Applied>,
+    sm: sled::Tree,
+    snapshot: sled::Tree,
+    durable: Arc<Durable>,
+    hub: broadcast::Sender<HubMsg>,
+    /// Serialises snapshot builds and installs with each other.
+    snapshot_lock: Mutex<u64>,
+}
+
+impl Shared {
+    fn load(
+        db: &sled::Db,
+        durable: Arc<Durable>,
+        history_limit: usize,
+    ) -> Result<Self, StorageError> {
+        let sm = db.open_tree("sm").map_err(read_err)?;
+        let snapshot = db.open_tree("snapshot").map_err(read_err)?;
+        let get =
+            |k: &[u8]| -> Result<Option<sled::IVec>, StorageError> { sm.get(k).map_err(read_err) };
+        let num = |k: &[u8]| -> Result<u64, StorageError> {
+            Ok(get(k)?.map(|b| decode::<u64>(&b)).transpose()?.unwrap_or(0))
+        };
+        let last_applied = get(META_APPLIED)?.map(|b| decode(&b)).transpose()?;
+        let membership = get(META_MEMBERSHIP)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let mut objects = BTreeMap::new();
+        for item in sm.scan_prefix(PREFIX_OBJECT) {
+            let (_, v) = item.map_err(read_err)?;
+            let obj: serde_json::Value = decode(&v)?;
+            objects.insert(object_key(&obj), Arc::new(obj));
+        }
+        let mut history = Vec::new();
+        for item in sm.scan_prefix(PREFIX_EVENTS) {
+            let (_, v) = item.map_err(read_err)?;
+            history.push(Arc::new(decode::<RevisionEvents>(&v)?));
+        }
+        let state = State::restore(
+            num(META_REVISION)?,
+            num(META_TIME)?,
+            objects,
+            history,
+            num(META_COMPACT)?,
+            history_limit,
+        );
+        let (hub, _) = broadcast::channel(1024);
+        Ok(Shared {
+            applied: RwLock::new(Applied {
+                state,
+                last_applied,
+                membership,
+            }),
+            sm,
+            snapshot,
+            durable,
+            hub,
+            snapshot_lock: Mutex::new(0),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the sled image of what one entry changed, atomically.
+    fn persist(
+        &self,
+        a: &Applied,
+        events: Option<&RevisionEvents>,
+        membership_changed: bool,
+    ) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        b.insert(META_APPLIED, encode(&a.last_applied));
+        if membership_changed {
+            b.insert(META_MEMBERSHIP, encode(&a.membership));
+        }
+        if let Some(ev) = events {
+            for e in &ev.events {
+                let k = object_db_key(&e.key);
+                match e.kind {
+                    crate::state::EventKind::Put => b.insert(k, encode(&*e.object)),
+                    crate::state::EventKind::Delete => b.remove(k),
+                }
+            }
+            b.insert(events_db_key(ev.revision), encode(ev));
+            b.insert(META_REVISION, encode(&a.state.revision()));
+            b.insert(META_COMPACT, encode(&a.state.compact_revision()));
+            // Drop persisted history that fell out of the window.
+            let oldest = a.state.oldest_history_revision().unwrap_or(ev.revision);
+            for item in self.sm.range(events_db_key(0)..events_db_key(oldest)) {
+                b.remove(item.map_err(read_err)?.0);
+            }
+        }
+        b.insert(META_TIME, encode(&a.state.time_ms()));
+        self.sm.apply_batch(b).map_err(write_err)
+    }
+}
+
+/// The state machine side of the storage.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            let mut a = self
+                .shared
+                .applied
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            a.last_applied = Some(entry.log_id);
+            let (reply, events, membership_changed) = match entry.payload {
+                EntryPayload::Blank => (Response::None, None, false),
+                EntryPayload::Normal(Command::Txn(txn)) => {
+                    let (res, events) = a.state.apply_txn(&txn);
+                    (Response::Txn(res), events, false)
+                }
+                EntryPayload::Membership(m) => {
+                    a.membership = StoredMembership::new(Some(entry.log_id), m);
+                    (Response::None, None, true)
+                }
+            };
+            self.shared
+                .persist(&a, events.as_deref(), membership_changed)?;
+            drop(a);
+            if let Some(ev) = events {
+                let _ = self.shared.hub.send(HubMsg::Events(ev));
+            }
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let revision = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+            let _guard = shared
+                .snapshot_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut a = shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            a.state.install_snapshot(&data).map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(
+                    Some(meta.signature()),
+                    &io_err(e),
+                ))
+            })?;
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            let mut b = sled::Batch::default();
+            for item in shared.sm.iter() {
+                b.remove(item.map_err(read_err)?.0);
+            }
+            for (k, obj) in a.state.objects() {
+                b.insert(object_db_key(k), encode(&**obj));
+            }
+            b.insert(META_REVISION, encode(&a.state.revision()));
+            b.insert(META_COMPACT, encode(&a.state.compact_revision()));
+            b.insert(META_TIME, encode(&a.state.time_ms()));
+            b.insert(META_APPLIED, encode(&a.last_applied));
+            b.insert(META_MEMBERSHIP, encode(&a.membership));
+            shared.sm.apply_batch(b).map_err(write_err)?;
+            store_snapshot(&shared, &meta, &data)?;
+            Ok(a.state.revision())
+        })
+        .await
+        .map_err(write_err)??;
+        let _ = self.shared.hub.send(HubMsg::Reset { revision });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(meta) = self.shared.snapshot.get(SNAP_META).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let data = self
+            .shared
+            .snapshot
+            .get(SNAP_DATA)
+            .map_err(read_err)?
+            .map(|d| d.to_vec())
+            .unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta: decode(&meta)?,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Saves a snapshot as the current one, durably (the log may be purged behind it afterwards).
+fn store_snapshot(shared: &Shared, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let mut b = sled::Batch::default();
+    b.insert(SNAP_META, encode(meta));
+    b.insert(SNAP_DATA, data);
+    shared.snapshot.apply_batch(b).map_err(write_err)?;
+    shared
+        .durable
+        .sync()
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e)))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut seq = shared
+                .snapshot_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *seq += 1;
+            let (data, last_applied, membership) = {
+                let a = shared.read();
+                (a.state.to_snapshot(), a.last_applied, a.membership.clone())
+            };
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, *seq),
+                None => format!("0-0-{}", *seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            store_snapshot(&shared, &meta, &data)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+        .await
+        .map_err(write_err)?
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Read access for the API server
+// ------------------------------------------------------------------------------------------------
+
+/// Read access to a member's applied state and its change notifications.
+#[derive(Clone)]
+pub struct StoreHandle {
+    shared: Arc<Shared>,
+}
+
+impl StoreHandle {
+    /// Runs `f` on the applied state; `f` sees one whole revision.
+    pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
+        f(&self.shared.read())
+    }
+
+    /// Subscribes to the changes applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubMsg> {
+        self.shared.hub.subscribe()
+    }
+
+    /// The index of the last applied log entry (0 if none).
+    pub fn applied_index(&self) -> u64 {
+        self.read(|a| a.last_applied.map(|l| l.index).unwrap_or(0))
+    }
+
+    /// The members of the last applied membership, with their ids.
+    pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
+        self.read(|a| {
+            let m = a.membership.membership();
+            let voters: std::collections::BTreeSet<NodeId> = m.voter_ids().collect();
+            m.nodes()
+                .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(write_err)?;
+            let (log, sm, _) = open(dir.path(), StorageOptions::default())?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite, run against the sled store.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+}
