@@ -120,12 +120,13 @@ impl ServerConfig {
             return Err("--id must be a positive integer".into());
         }
         if let Some(peers) = &self.peers
-            && !peers.contains_key(&self.id) {
-                return Err(format!(
-                    "--peers must include this member's own id {}",
-                    self.id
-                ));
-            }
+            && !peers.contains_key(&self.id)
+        {
+            return Err(format!(
+                "--peers must include this member's own id {}",
+                self.id
+            ));
+        }
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
             return Err("--election-timeout-ms must be more than twice --heartbeat-ms".into());
         }

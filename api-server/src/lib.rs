@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 
 /// A running member, for in-process use (tests) and for `main`.
 pub struct Server {
@@ -65,6 +66,7 @@ impl Server {
         )
         .await
         .context("starting raft")?;
+        let proposer = crate::node::Proposer::start(raft.clone());
         let node = Arc::new(Node {
             id: config.id,
             addr: config.advertised_addr(),
@@ -73,6 +75,7 @@ impl Server {
             store,
             channels,
             config: config.clone(),
+            proposer,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
@@ -90,21 +93,28 @@ impl Server {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small request/response exchanges: Nagle's algorithm would hold each reply for the peer's
+        // delayed ACK (~40 ms).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = rx.await;
         }));
         if let Some(peers) = &config.peers
-            && !node.raft.is_initialized().await? {
-                match node.raft.initialize(peers.clone()).await {
-                    Ok(()) => tracing::info!(members = peers.len(), "initialized the cluster"),
-                    // Another initial member got there first: the cluster is forming.
-                    Err(openraft::error::RaftError::APIError(
-                        openraft::error::InitializeError::NotAllowed(_),
-                    )) => {}
-                    Err(e) => return Err(e).context("initializing the cluster"),
-                }
+            && !node.raft.is_initialized().await?
+        {
+            match node.raft.initialize(peers.clone()).await {
+                Ok(()) => tracing::info!(members = peers.len(), "initialized the cluster"),
+                // Another initial member got there first: the cluster is forming.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(e).context("initializing the cluster"),
             }
+        }
         Ok(Server {
             node,
             local_addr,

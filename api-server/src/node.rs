@@ -8,7 +8,9 @@ use gw_proto as pb;
 use gw_store::storage::StoreHandle;
 use gw_store::types::{Command, Member, NodeId, Raft, Response, Txn, TxnOutcome};
 use openraft::error::{ClientWriteError, RaftError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// How long a request waits for a leader to be elected before failing as unavailable.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -23,6 +25,73 @@ pub struct Node {
     pub store: StoreHandle,
     pub channels: Channels,
     pub config: ServerConfig,
+    pub proposer: Proposer,
+}
+
+/// Transactions waiting to be proposed, each with where its result goes.
+type Pending = (Txn, oneshot::Sender<Result<TxnOutcome, ApiError>>);
+
+/// Most transactions proposed in one log entry.
+const MAX_BATCH: usize = 256;
+/// Log entries being replicated at once: while they are, new transactions queue up and the next entry
+/// carries all of them (adaptive batching: no waiting when the store is idle).
+const IN_FLIGHT_ENTRIES: usize = 2;
+
+/// Batches the transactions that arrive together into one `Command::Txns` entry.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft) -> Proposer {
+        let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let (txns, waiters): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
+                    let n = txns.len();
+                    let results: Vec<Result<TxnOutcome, ApiError>> = match raft
+                        .client_write(Command::Txns(txns))
+                        .await
+                    {
+                        Ok(resp) => match resp.data {
+                            Response::Txns(rs) if rs.len() == n => {
+                                rs.into_iter().map(|r| r.map_err(ApiError::from)).collect()
+                            }
+                            _ => (0..n)
+                                .map(|_| Err(ApiError::Internal("malformed batch result".into())))
+                                .collect(),
+                        },
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                            (0..n).map(|_| Err(ApiError::NotLeader)).collect()
+                        }
+                        Err(e) => (0..n)
+                            .map(|_| Err(ApiError::Unavailable(e.to_string())))
+                            .collect(),
+                    };
+                    for (w, r) in waiters.into_iter().zip(results) {
+                        let _ = w.send(r);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Proposer { tx }
+    }
 }
 
 /// Where a write goes.
@@ -76,18 +145,14 @@ impl Node {
     /// Proposes a transaction on this member, which must be the leader. `NotLeader` means leadership
     /// moved: the caller forwards.
     pub async fn propose(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
-        match self.raft.client_write(Command::Txn(txn)).await {
-            Ok(resp) => match resp.data {
-                Response::Txn(res) => Ok(res?),
-                Response::None => Err(ApiError::Internal(
-                    "transaction entry produced no result".into(),
-                )),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ApiError::NotLeader)
-            }
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        }
+        let (tx, rx) = oneshot::channel();
+        let closed = || ApiError::Unavailable("the member is shutting down".into());
+        self.proposer
+            .tx
+            .send((txn, tx))
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     /// Makes the next local read linearizable (Raft §8, ReadIndex): the leader confirms its leadership

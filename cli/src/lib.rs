@@ -1,6 +1,7 @@
 //! gwadm: the operator's tool for gw — apply, get, delete and watch config objects, administer the store
 //! cluster. Each subcommand is a function of this library; `main` only parses flags.
 
+pub mod bench;
 pub mod client;
 pub mod cluster_cmds;
 pub mod config_cmds;
@@ -103,11 +104,22 @@ pub enum Command {
         #[arg(long)]
         timeout: Option<f64>,
     },
+    /// Benchmarks (see the README: run side by side with the reference implementations).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// The store cluster: status and membership.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Store write/read/watch workloads of ../shared/bench/store-bench, against gw.
+    Store(bench::StoreBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +227,9 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             )
             .await
         }
+        Command::Bench {
+            command: BenchCommand::Store(args),
+        } => bench::run(args).await,
         Command::Cluster { command } => match command {
             ClusterCommand::Status { output } => {
                 cluster_cmds::status(&client, output == Format::Json).await

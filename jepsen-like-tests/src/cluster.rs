@@ -270,9 +270,10 @@ impl Cluster {
             for m in &self.members {
                 if m.child.is_some()
                     && let Some(s) = self.member_status(m.id).await
-                        && s.role == "leader" {
-                            return Ok(m.id);
-                        }
+                    && s.role == "leader"
+                {
+                    return Ok(m.id);
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

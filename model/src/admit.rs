@@ -294,11 +294,10 @@ fn admit_body(
             admit_spec::<BackendLbPolicySpec, _>(&body, v, |s, v, p| s.validate(v, p))
         }
         "BackendTLSPolicy" => {
-            if legacy_tls_policy
-                && let Some(spec) = body.get("spec") {
-                    let converted = convert_backend_tls_policy_v1alpha2(spec, namespace)?;
-                    body.insert("spec".into(), converted);
-                }
+            if legacy_tls_policy && let Some(spec) = body.get("spec") {
+                let converted = convert_backend_tls_policy_v1alpha2(spec, namespace)?;
+                body.insert("spec".into(), converted);
+            }
             admit_spec::<BackendTlsPolicySpec, _>(&body, v, |s, v, p| s.validate(v, p))
         }
         "Namespace" => {

@@ -52,20 +52,27 @@ impl ServiceSpec {
             && !matches!(
                 t.as_str(),
                 "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-            ) {
-                v.error(
+            )
+        {
+            v.error(
                     &p.field("type"),
                     format!("Unsupported value: {t:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
                 );
-            }
+        }
         let pp = p.field("ports");
         for (i, port) in self.ports.iter().enumerate() {
             let ip = pp.index(i);
             v.port(&ip.field("port"), port.port);
             if let Some(proto) = &port.protocol
-                && !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP") {
-                    v.error(&ip.field("protocol"), format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""));
-                }
+                && !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP")
+            {
+                v.error(
+                    &ip.field("protocol"),
+                    format!(
+                        "Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                    ),
+                );
+            }
             match &port.name {
                 Some(n) if !n.is_empty() => {
                     v.string(&ip.field("name"), n, 1, 63, &RE_DNS1035_LABEL)

@@ -96,13 +96,14 @@ fn validate_qualified_key(v: &mut Validator, path: &Path, key: &str) {
         None => (None, key),
     };
     if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !RE_DNS_SUBDOMAIN.is_match(p)) {
-            v.invalid(
-                path,
-                key,
-                "prefix part must be a DNS-1123 subdomain of at most 253 characters",
-            );
-        }
+        && (p.is_empty() || p.len() > 253 || !RE_DNS_SUBDOMAIN.is_match(p))
+    {
+        v.invalid(
+            path,
+            key,
+            "prefix part must be a DNS-1123 subdomain of at most 253 characters",
+        );
+    }
     if name.is_empty() || name.len() > 63 || !RE_LABEL_NAME.is_match(name) {
         v.invalid(
             path,

@@ -197,14 +197,15 @@ pub fn convert_backend_tls_policy_v1alpha2(
                     err("spec.targetRef", "Invalid value: must be an object".into())
                 })?;
                 if let Some(ns) = t.remove("namespace")
-                    && ns.as_str() != Some(policy_namespace) {
-                        return Err(err(
-                            "spec.targetRef.namespace",
-                            format!(
-                                "Invalid value: {ns}: v1alpha3 policies can only target objects in their own namespace ({policy_namespace:?}); this v1alpha2 object cannot be converted"
-                            ),
-                        ));
-                    }
+                    && ns.as_str() != Some(policy_namespace)
+                {
+                    return Err(err(
+                        "spec.targetRef.namespace",
+                        format!(
+                            "Invalid value: {ns}: v1alpha3 policies can only target objects in their own namespace ({policy_namespace:?}); this v1alpha2 object cannot be converted"
+                        ),
+                    ));
+                }
                 out.insert("targetRefs".into(), json!([Value::Object(t)]));
             }
             "tls" => {

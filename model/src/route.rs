@@ -328,13 +328,14 @@ impl SessionPersistence {
 /// Checks an optional GEP-2257 duration field.
 pub fn validate_duration(v: &mut Validator, p: &Path, value: Option<&str>) {
     if let Some(s) = value
-        && duration::parse(s).is_none() {
-            v.invalid(
-                p,
-                s,
-                "must match the duration pattern '^([0-9]{1,5}(h|m|s|ms)){1,4}$'",
-            );
-        }
+        && duration::parse(s).is_none()
+    {
+        v.invalid(
+            p,
+            s,
+            "must match the duration pattern '^([0-9]{1,5}(h|m|s|ms)){1,4}$'",
+        );
+    }
 }
 
 /// Validates route hostnames (`spec.hostnames`).

@@ -52,12 +52,15 @@ pub struct State {
     history_limit: usize,
 }
 
-/// The serialized form of the state in a Raft snapshot.
+/// The serialized form of the state in a Raft snapshot: the objects and the watch history, so that a
+/// member restarted from a snapshot (or one that installed it) still serves resumes within the window.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     revision: u64,
     time_ms: u64,
+    compact_revision: u64,
     objects: Vec<Arc<Value>>,
+    history: Vec<Arc<RevisionEvents>>,
 }
 
 /// Reads `metadata.resourceVersion` of a stored object.
@@ -100,25 +103,6 @@ impl State {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             compact_revision: 0,
-            history_limit: history_limit.max(1),
-        }
-    }
-
-    /// Rebuilds a state from persisted parts (used when a member restarts).
-    pub fn restore(
-        revision: u64,
-        time_ms: u64,
-        objects: BTreeMap<ObjectKey, Arc<Value>>,
-        history: Vec<Arc<RevisionEvents>>,
-        compact_revision: u64,
-        history_limit: usize,
-    ) -> Self {
-        State {
-            revision,
-            time_ms,
-            objects,
-            history: history.into(),
-            compact_revision,
             history_limit: history_limit.max(1),
         }
     }
@@ -272,11 +256,6 @@ impl State {
         }
     }
 
-    /// The oldest revision still held in history, if any.
-    pub fn oldest_history_revision(&self) -> Option<u64> {
-        self.history.front().map(|e| e.revision)
-    }
-
     /// Preconditions of the whole transaction, checked before anything changes.
     fn check(&self, txn: &Txn) -> Result<(), TxnError> {
         let mut seen = HashSet::new();
@@ -400,19 +379,19 @@ impl State {
         }
     }
 
-    /// Serializes the state for a Raft snapshot (history is not included: a member that installs a
-    /// snapshot serves watches only from the snapshot's revision on).
+    /// Serializes the state, with its watch history, for a Raft snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
         let body = SnapshotBody {
             revision: self.revision,
             time_ms: self.time_ms,
+            compact_revision: self.compact_revision,
             objects: self.objects.values().cloned().collect(),
+            history: self.history.iter().cloned().collect(),
         };
         serde_json::to_vec(&body).expect("state serializes")
     }
 
-    /// Replaces this state with a snapshot's. Events before the snapshot's revision are no longer
-    /// available.
+    /// Replaces this state with a snapshot's (history included, trimmed to this member's window).
     pub fn install_snapshot(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
         let body: SnapshotBody = serde_json::from_slice(bytes)?;
         let mut objects = BTreeMap::new();
@@ -422,8 +401,13 @@ impl State {
         self.revision = body.revision;
         self.time_ms = body.time_ms;
         self.objects = objects;
-        self.history.clear();
-        self.compact_revision = body.revision;
+        self.history = body.history.into();
+        self.compact_revision = body.compact_revision;
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.compact_revision = old.revision;
+            }
+        }
         Ok(())
     }
 }

@@ -6,14 +6,14 @@
 //! force the device cache; so every durability point here is `flush` followed by `fdatasync` of the
 //! database file. Log appends are group-committed by one flusher thread: appends arriving while a sync is
 //! running share the next one, and their callbacks are completed in order. Votes are synced before
-//! `save_vote` returns. The state machine is written without syncing: it is rebuilt from the (durable)
-//! log on restart, and the log is only purged behind a snapshot that was synced first.
+//! `save_vote` returns. The state machine lives in memory; on restart it is rebuilt from the last
+//! snapshot (synced before the log is purged behind it) and the log after it.
 
 // openraft's storage traits fix the error type to `StorageError` (224 bytes); the helpers here return it
 // too rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use crate::state::{RevisionEvents, State, object_key};
+use crate::state::{RevisionEvents, State};
 use crate::types::{
     Command, Entry, LogId, Member, NodeId, Response, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote,
@@ -25,7 +25,6 @@ use openraft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, Cursor};
@@ -133,6 +132,7 @@ pub fn open(
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
+const KEY_COMMITTED: &[u8] = b"committed";
 
 /// The Raft log and vote.
 #[derive(Clone)]
@@ -249,6 +249,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .transpose()
     }
 
+    /// Remembered (without a sync: a lost update only means re-learning it from the leader) so that a
+    /// restarted member re-applies its committed log at once, its state machine being in memory.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.raft
+            .insert(KEY_COMMITTED, encode(&committed))
+            .map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .raft
+            .get(KEY_COMMITTED)
+            .map_err(read_err)?
+            .map(|b| decode::<Option<LogId>>(&b))
+            .transpose()?
+            .flatten())
+    }
+
     async fn append<I>(
         &mut self,
         entries: I,
@@ -292,30 +311,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // State machine
 // ------------------------------------------------------------------------------------------------
 
-const META_APPLIED: &[u8] = b"m/applied";
-const META_MEMBERSHIP: &[u8] = b"m/membership";
-const META_REVISION: &[u8] = b"m/revision";
-const META_TIME: &[u8] = b"m/time";
-const META_COMPACT: &[u8] = b"m/compact";
-const PREFIX_OBJECT: &[u8] = b"o/";
-const PREFIX_EVENTS: &[u8] = b"e/";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
-
-fn object_db_key(k: &gw_model::ObjectKey) -> Vec<u8> {
-    let mut out = PREFIX_OBJECT.to_vec();
-    for part in [&k.group, &k.kind, &k.namespace, &k.name] {
-        out.extend_from_slice(part.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
-fn events_db_key(rev: u64) -> Vec<u8> {
-    let mut out = PREFIX_EVENTS.to_vec();
-    out.extend_from_slice(&rev.to_be_bytes());
-    out
-}
 
 /// The applied state and its Raft bookkeeping, behind one lock so that readers see whole revisions.
 pub struct Applied {
@@ -326,7 +323,6 @@ pub struct Applied {
 
 struct Shared {
     applied: RwLock<Applied>,
-    sm: sled::Tree,
     snapshot: sled::Tree,
     durable: Arc<Durable>,
     hub: broadcast::Sender<HubMsg>,
@@ -335,42 +331,27 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state as of the current snapshot (empty without one). Log entries after it are re-applied
+    /// by openraft up to the saved committed index.
     fn load(
         db: &sled::Db,
         durable: Arc<Durable>,
         history_limit: usize,
     ) -> Result<Self, StorageError> {
-        let sm = db.open_tree("sm").map_err(read_err)?;
         let snapshot = db.open_tree("snapshot").map_err(read_err)?;
-        let get =
-            |k: &[u8]| -> Result<Option<sled::IVec>, StorageError> { sm.get(k).map_err(read_err) };
-        let num = |k: &[u8]| -> Result<u64, StorageError> {
-            Ok(get(k)?.map(|b| decode::<u64>(&b)).transpose()?.unwrap_or(0))
-        };
-        let last_applied = get(META_APPLIED)?.map(|b| decode(&b)).transpose()?;
-        let membership = get(META_MEMBERSHIP)?
-            .map(|b| decode(&b))
-            .transpose()?
-            .unwrap_or_default();
-        let mut objects = BTreeMap::new();
-        for item in sm.scan_prefix(PREFIX_OBJECT) {
-            let (_, v) = item.map_err(read_err)?;
-            let obj: serde_json::Value = decode(&v)?;
-            objects.insert(object_key(&obj), Arc::new(obj));
+        let mut state = State::new(history_limit);
+        let mut last_applied = None;
+        let mut membership = StoredMembership::default();
+        if let Some(meta) = snapshot.get(SNAP_META).map_err(read_err)? {
+            let meta: SnapshotMeta = decode(&meta)?;
+            let data = snapshot
+                .get(SNAP_DATA)
+                .map_err(read_err)?
+                .unwrap_or_default();
+            state.install_snapshot(&data).map_err(read_err)?;
+            last_applied = meta.last_log_id;
+            membership = meta.last_membership;
         }
-        let mut history = Vec::new();
-        for item in sm.scan_prefix(PREFIX_EVENTS) {
-            let (_, v) = item.map_err(read_err)?;
-            history.push(Arc::new(decode::<RevisionEvents>(&v)?));
-        }
-        let state = State::restore(
-            num(META_REVISION)?,
-            num(META_TIME)?,
-            objects,
-            history,
-            num(META_COMPACT)?,
-            history_limit,
-        );
         let (hub, _) = broadcast::channel(1024);
         Ok(Shared {
             applied: RwLock::new(Applied {
@@ -378,7 +359,6 @@ impl Shared {
                 last_applied,
                 membership,
             }),
-            sm,
             snapshot,
             durable,
             hub,
@@ -389,42 +369,10 @@ impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Writes the sled image of what one entry changed, atomically.
-    fn persist(
-        &self,
-        a: &Applied,
-        events: Option<&RevisionEvents>,
-        membership_changed: bool,
-    ) -> Result<(), StorageError> {
-        let mut b = sled::Batch::default();
-        b.insert(META_APPLIED, encode(&a.last_applied));
-        if membership_changed {
-            b.insert(META_MEMBERSHIP, encode(&a.membership));
-        }
-        if let Some(ev) = events {
-            for e in &ev.events {
-                let k = object_db_key(&e.key);
-                match e.kind {
-                    crate::state::EventKind::Put => b.insert(k, encode(&*e.object)),
-                    crate::state::EventKind::Delete => b.remove(k),
-                }
-            }
-            b.insert(events_db_key(ev.revision), encode(ev));
-            b.insert(META_REVISION, encode(&a.state.revision()));
-            b.insert(META_COMPACT, encode(&a.state.compact_revision()));
-            // Drop persisted history that fell out of the window.
-            let oldest = a.state.oldest_history_revision().unwrap_or(ev.revision);
-            for item in self.sm.range(events_db_key(0)..events_db_key(oldest)) {
-                b.remove(item.map_err(read_err)?.0);
-            }
-        }
-        b.insert(META_TIME, encode(&a.state.time_ms()));
-        self.sm.apply_batch(b).map_err(write_err)
-    }
 }
 
-/// The state machine side of the storage.
+/// The state machine side of the storage. It lives in memory: the durable record is the log (synced
+/// before acknowledgement) and the last snapshot (synced before the log is purged behind it).
 #[derive(Clone)]
 pub struct StateMachine {
     shared: Arc<Shared>,
@@ -451,21 +399,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             a.last_applied = Some(entry.log_id);
-            let (reply, events, membership_changed) = match entry.payload {
-                EntryPayload::Blank => (Response::None, None, false),
-                EntryPayload::Normal(Command::Txn(txn)) => {
-                    let (res, events) = a.state.apply_txn(&txn);
-                    (Response::Txn(res), events, false)
+            let (reply, events) = match entry.payload {
+                EntryPayload::Blank => (Response::None, vec![]),
+                EntryPayload::Normal(Command::Txns(txns)) => {
+                    let mut results = Vec::with_capacity(txns.len());
+                    let mut events = Vec::new();
+                    for txn in &txns {
+                        let (res, ev) = a.state.apply_txn(txn);
+                        results.push(res);
+                        events.extend(ev);
+                    }
+                    (Response::Txns(results), events)
                 }
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(entry.log_id), m);
-                    (Response::None, None, true)
+                    (Response::None, vec![])
                 }
             };
-            self.shared
-                .persist(&a, events.as_deref(), membership_changed)?;
             drop(a);
-            if let Some(ev) = events {
+            for ev in events {
                 let _ = self.shared.hub.send(HubMsg::Events(ev));
             }
             replies.push(reply);
@@ -494,6 +446,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .snapshot_lock
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            // Durable first: once installed, the log before the snapshot may be gone.
+            store_snapshot(&shared, &meta, &data)?;
             let mut a = shared.applied.write().unwrap_or_else(|e| e.into_inner());
             a.state.install_snapshot(&data).map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(
@@ -503,20 +457,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
-            let mut b = sled::Batch::default();
-            for item in shared.sm.iter() {
-                b.remove(item.map_err(read_err)?.0);
-            }
-            for (k, obj) in a.state.objects() {
-                b.insert(object_db_key(k), encode(&**obj));
-            }
-            b.insert(META_REVISION, encode(&a.state.revision()));
-            b.insert(META_COMPACT, encode(&a.state.compact_revision()));
-            b.insert(META_TIME, encode(&a.state.time_ms()));
-            b.insert(META_APPLIED, encode(&a.last_applied));
-            b.insert(META_MEMBERSHIP, encode(&a.membership));
-            shared.sm.apply_batch(b).map_err(write_err)?;
-            store_snapshot(&shared, &meta, &data)?;
             Ok(a.state.revision())
         })
         .await

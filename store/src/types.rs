@@ -52,8 +52,10 @@ pub type Entry = openraft::Entry<TypeConfig>;
 /// every member is in the command: the proposer's clock reading and the uids of objects it may create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// One transaction of config writes: all of its operations apply, or none does.
-    Txn(Txn),
+    /// Independent transactions of config writes, applied in order, each with its own revision. The
+    /// proposer batches the transactions that arrive together into one log entry (one sync, one
+    /// replication round); a transaction's operations apply all or none, whatever its neighbours do.
+    Txns(Vec<Txn>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +98,8 @@ pub enum Op {
 pub enum Response {
     /// Entries without a command (blank, membership).
     None,
-    Txn(Result<TxnOutcome, TxnError>),
+    /// One result per transaction of a `Command::Txns`, in order.
+    Txns(Vec<Result<TxnOutcome, TxnError>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -270,12 +270,21 @@ fn snapshot_round_trip() {
     t.install_snapshot(&s.to_snapshot()).unwrap();
     assert_eq!(t.hash(), s.hash());
     assert_eq!(t.revision(), 1);
-    assert_eq!(t.compact_revision(), 1);
-    assert!(
-        t.events_after(0).is_err(),
-        "history before a snapshot is gone, and said so"
+    assert_eq!(
+        t.events_after(0).unwrap(),
+        s.events_after(0).unwrap(),
+        "the watch history travels with the snapshot"
     );
     assert_eq!(object_key(t.get(&key("b")).unwrap()), key("b"));
+    // A member with a smaller window keeps only the newest revisions, and says where its history starts.
+    for i in 0..4 {
+        apply(&mut s, vec![put_op("a", &i.to_string(), None)]).unwrap();
+    }
+    let mut small = State::new(2);
+    small.install_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(small.compact_revision(), 3);
+    assert!(small.events_after(2).is_err());
+    assert_eq!(small.events_after(3).unwrap().len(), 2);
 }
 
 #[test]

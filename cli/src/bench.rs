@@ -1,0 +1,439 @@
+//! `gwadm bench store`: the store workloads of `../shared/bench/store-bench` (same parameters: 1 KiB
+//! values over a 10 000-key space, closed loop, warm-up then a measured window, medians of repetitions),
+//! driven against gw through its public API, so that gw and etcd can be compared on one machine.
+//! A put is an apply of one ConfigMap whose data holds the value; a get reads it back.
+
+use crate::client::ClientError;
+use gw_proto as pb;
+use gw_proto::config_client::ConfigClient;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreBenchArgs {
+    /// Member receiving writes and reads (put the leader here).
+    #[arg(long)]
+    pub endpoint: String,
+    /// A follower, for the get-lin-follower workload.
+    #[arg(long)]
+    pub follower: Option<String>,
+    #[arg(
+        long,
+        default_value = "seq-put,conc-put,get-lin,get-ser,conc-get-lin,get-lin-follower,watch",
+        value_delimiter = ','
+    )]
+    pub workloads: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unrecorded warm-up seconds per run.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub value_size: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub keyspace: u64,
+    #[arg(long, default_value_t = 300)]
+    pub watch_events: usize,
+    #[arg(long, default_value_t = 10)]
+    pub watch_interval_ms: u64,
+    /// Wait until the 1-minute load average is below this before each run (0: do not wait).
+    #[arg(long, default_value_t = 0.6)]
+    pub load_gate: f64,
+    /// Seconds of waiting for the load gate, over the whole benchmark.
+    #[arg(long, default_value_t = 2700.0)]
+    pub load_budget: f64,
+}
+
+struct RunResult {
+    ops: u64,
+    errors: u64,
+    elapsed_s: f64,
+    lat_us: Vec<f64>,
+    load1: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    percentile(&v, 50.0)
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+async fn connect(addr: &str) -> Result<ConfigClient<Channel>, ClientError> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Usage(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| ClientError::Usage(format!("connecting to {addr}: {e}")))?;
+    Ok(ConfigClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+fn configmap(name: &str, value: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "bench"}, "data": {"v": value}})
+        .to_string()
+}
+
+fn value(size: usize, tag: u64) -> String {
+    let t = format!("{tag:016x}");
+    let mut v = "x".repeat(size);
+    v.replace_range(..t.len().min(size), &t[..t.len().min(size)]);
+    v
+}
+
+async fn put(c: &mut ConfigClient<Channel>, name: &str, value: &str) -> Result<(), tonic::Status> {
+    let doc = pb::Document {
+        json: configmap(name, value),
+        source: "bench".into(),
+        index: 1,
+    };
+    c.apply(pb::ApplyRequest {
+        documents: vec![doc],
+        dry_run: false,
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn get(
+    c: &mut ConfigClient<Channel>,
+    name: &str,
+    serializable: bool,
+) -> Result<(), tonic::Status> {
+    let target = pb::ObjectRef {
+        group: String::new(),
+        kind: "ConfigMap".into(),
+        namespace: "bench".into(),
+        name: name.into(),
+    };
+    let options = Some(pb::ReadOptions {
+        serializable,
+        version: String::new(),
+    });
+    c.get(pb::GetRequest {
+        target: Some(target),
+        options,
+    })
+    .await
+    .map(|_| ())
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get { serializable: bool },
+}
+
+/// Closed loop: `inflight` workers over `clients`, each issuing its next request when the previous one
+/// completes; requests started during the warm-up are not recorded.
+async fn closed_loop(
+    clients: &[ConfigClient<Channel>],
+    inflight: usize,
+    a: &StoreBenchArgs,
+    op: Op,
+) -> RunResult {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(a.warmup);
+    let deadline = measure_from + Duration::from_secs_f64(a.duration);
+    let load = load1();
+    let mut tasks = Vec::new();
+    for w in 0..inflight {
+        let mut c = clients[w % clients.len()].clone();
+        let (vs, ks) = (a.value_size, a.keyspace);
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errs, mut n, mut last) = (Vec::new(), 0u64, 0u64, measure_from);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let r = match op {
+                    Op::Put => {
+                        let k = (w as u64).wrapping_mul(1_000_003).wrapping_add(n) % ks;
+                        put(&mut c, &format!("k{k:08}"), &value(vs, n)).await
+                    }
+                    Op::Get { serializable } => get(&mut c, "get-key", serializable).await,
+                };
+                let t1 = Instant::now();
+                n += 1;
+                if t0 >= measure_from {
+                    match r {
+                        Ok(()) => lat.push((t1 - t0).as_secs_f64() * 1e6),
+                        Err(e) => {
+                            if errs == 0 {
+                                eprintln!("  worker {w}: {e}");
+                            }
+                            errs += 1;
+                        }
+                    }
+                    last = t1;
+                }
+            }
+            (lat, errs, last)
+        }));
+    }
+    let (mut lat_us, mut errors, mut end) = (Vec::new(), 0, measure_from);
+    for t in tasks {
+        let (l, e, last) = t.await.expect("bench worker");
+        lat_us.extend(l);
+        errors += e;
+        end = end.max(last);
+    }
+    lat_us.sort_by(|a, b| a.total_cmp(b));
+    RunResult {
+        ops: lat_us.len() as u64,
+        errors,
+        elapsed_s: (end - measure_from).as_secs_f64(),
+        lat_us,
+        load1: load,
+    }
+}
+
+/// Watch delivery: one watcher on its own connection, paced puts on another; latency = event received
+/// minus put acknowledged (can be negative).
+async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult, ClientError> {
+    let mut writer = connect(&a.endpoint).await?;
+    let mut watcher = connect(&a.endpoint).await?;
+    let ns = format!("bench-watch-{run}");
+    let load = load1();
+    let req = pb::WatchRequest {
+        after_revision: None,
+        kinds: vec![pb::ObjectRef {
+            kind: "ConfigMap".into(),
+            ..Default::default()
+        }],
+        namespace: ns.clone(),
+        bookmark_interval_ms: 0,
+    };
+    let mut stream = watcher
+        .watch(req)
+        .await
+        .map_err(ClientError::Status)?
+        .into_inner();
+    // The first message (the snapshot) proves the watch is established.
+    stream.message().await.map_err(ClientError::Status)?;
+    let n = a.watch_events;
+    let recv = tokio::spawn(async move {
+        let mut got = std::collections::HashMap::new();
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                Ok(Ok(Some(m))) => {
+                    let at = Instant::now();
+                    if let Some(pb::watch_response::Body::Events(ev)) = m.body {
+                        for e in ev.events {
+                            if let Some(seq) = e.target.and_then(|t| {
+                                t.name
+                                    .strip_prefix("w")
+                                    .and_then(|s| s.parse::<usize>().ok())
+                            }) {
+                                got.entry(seq).or_insert(at);
+                            }
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        got
+    });
+    let mut ack = Vec::with_capacity(n);
+    let mut next = Instant::now();
+    for seq in 0..n {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_millis(a.watch_interval_ms);
+        let doc = pb::Document {
+            json: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{seq}"), "namespace": ns},
+                         "data": {"v": value(a.value_size, seq as u64)}}).to_string(),
+            source: "bench".into(),
+            index: 1,
+        };
+        writer
+            .apply(pb::ApplyRequest {
+                documents: vec![doc],
+                dry_run: false,
+            })
+            .await
+            .map_err(ClientError::Status)?;
+        ack.push(Instant::now());
+    }
+    let got = recv.await.map_err(|e| ClientError::Usage(e.to_string()))?;
+    let mut lat_us: Vec<f64> = (0..n)
+        .filter_map(|s| {
+            got.get(&s).map(|r| {
+                if *r >= ack[s] {
+                    (*r - ack[s]).as_secs_f64() * 1e6
+                } else {
+                    -((ack[s] - *r).as_secs_f64() * 1e6)
+                }
+            })
+        })
+        .collect();
+    lat_us.sort_by(|a, b| a.total_cmp(b));
+    Ok(RunResult {
+        ops: lat_us.len() as u64,
+        errors: (n - lat_us.len()) as u64,
+        elapsed_s: 0.0,
+        lat_us,
+        load1: load,
+    })
+}
+
+/// Waits for the load gate (shared budget across runs).
+async fn gate(a: &StoreBenchArgs, budget_used: &mut f64) {
+    if a.load_gate <= 0.0 {
+        return;
+    }
+    while load1() >= a.load_gate && *budget_used < a.load_budget {
+        eprintln!("  waiting for load1 {:.2} < {}", load1(), a.load_gate);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        *budget_used += 20.0;
+    }
+}
+
+pub async fn run(a: StoreBenchArgs) -> Result<(), ClientError> {
+    let mut conns = Vec::new();
+    for _ in 0..a.conns.max(1) {
+        conns.push(connect(&a.endpoint).await?);
+    }
+    let one = vec![conns[0].clone()];
+    put(&mut conns[0].clone(), "get-key", &value(a.value_size, 0))
+        .await
+        .map_err(ClientError::Status)?;
+    let follower = match &a.follower {
+        Some(f) => Some(vec![connect(f).await?]),
+        None => None,
+    };
+    let mut rows = Vec::new();
+    let mut budget = 0.0;
+    for w in &a.workloads {
+        let mut reps = Vec::new();
+        for rep in 0..a.reps {
+            gate(&a, &mut budget).await;
+            eprintln!("{w} rep {}", rep + 1);
+            let r = match w.as_str() {
+                "seq-put" => closed_loop(&one, 1, &a, Op::Put).await,
+                "conc-put" => closed_loop(&conns, a.inflight, &a, Op::Put).await,
+                "get-lin" => {
+                    closed_loop(
+                        &one,
+                        1,
+                        &a,
+                        Op::Get {
+                            serializable: false,
+                        },
+                    )
+                    .await
+                }
+                "get-ser" => closed_loop(&one, 1, &a, Op::Get { serializable: true }).await,
+                "conc-get-lin" => {
+                    closed_loop(
+                        &conns,
+                        a.inflight,
+                        &a,
+                        Op::Get {
+                            serializable: false,
+                        },
+                    )
+                    .await
+                }
+                "get-lin-follower" => match &follower {
+                    Some(f) => {
+                        closed_loop(
+                            f,
+                            1,
+                            &a,
+                            Op::Get {
+                                serializable: false,
+                            },
+                        )
+                        .await
+                    }
+                    None => continue,
+                },
+                "watch" => watch_run(&a, rep as u64).await?,
+                other => return Err(ClientError::Usage(format!("unknown workload {other:?}"))),
+            };
+            reps.push(r);
+        }
+        if reps.is_empty() {
+            continue;
+        }
+        let inflight = match w.as_str() {
+            "conc-put" | "conc-get-lin" => a.inflight,
+            _ => 1,
+        };
+        let ops_s = median(
+            reps.iter()
+                .map(|r| {
+                    if r.elapsed_s > 0.0 {
+                        r.ops as f64 / r.elapsed_s
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let p = |q: f64| {
+            median(
+                reps.iter()
+                    .map(|r| percentile(&r.lat_us, q) / 1000.0)
+                    .collect(),
+            )
+        };
+        rows.push(json!({
+            "workload": w, "inflight": inflight, "ops_per_s": ops_s,
+            "p50_ms": p(50.0), "p90_ms": p(90.0), "p99_ms": p(99.0),
+            "errors": reps.iter().map(|r| r.errors).sum::<u64>(),
+            "load1": reps.iter().map(|r| r.load1).collect::<Vec<_>>(),
+        }));
+    }
+    println!(
+        "| workload | in flight | ops/s | p50 ms | p90 ms | p99 ms | errors | load1 per rep |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let loads: Vec<String> = r["load1"]
+            .as_array()
+            .unwrap_or(&vec![])
+            .iter()
+            .map(|l| format!("{:.2}", l.as_f64().unwrap_or(0.0)))
+            .collect();
+        println!(
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            r["workload"].as_str().unwrap_or(""),
+            r["inflight"],
+            r["ops_per_s"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p90_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["errors"],
+            loads.join(" ")
+        );
+    }
+    println!(
+        "JSON: {}",
+        json!({"bench": "store", "backend": "gw", "results": rows})
+    );
+    Ok(())
+}
