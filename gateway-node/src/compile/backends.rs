@@ -1,0 +1,148 @@
+//! Resolution of backend references: Service (core group) → the Service port → the EndpointSlices of the
+//! Service → the ready endpoints' addresses and port; with the ReferenceGrant check for references into
+//! other namespaces. Results are shared per (Service, port, protocol) so that round-robin state is too.
+
+use super::index::Index;
+use crate::table::{Upstream, UpstreamProtocol};
+use gw_model::core::{IntOrString, ServicePort};
+use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::route::BackendObjectReference;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Why a reference cannot be used: a Gateway API `ResolvedRefs` reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl RefError {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> RefError {
+        RefError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The appProtocol values (Gateway API GEP-1911) that select HTTP/2 cleartext to the backend.
+const H2C_APP_PROTOCOLS: &[&str] = &["kubernetes.io/h2c"];
+
+#[derive(Default)]
+pub struct Upstreams {
+    cache: HashMap<(String, String, i64, bool), Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Resolves `r`, referenced by a route of `route_kind` in `route_ns`. `grpc` forces HTTP/2.
+    pub fn resolve(
+        &mut self,
+        idx: &Index<'_>,
+        route_kind: &str,
+        route_ns: &str,
+        r: &BackendObjectReference,
+        grpc: bool,
+    ) -> Result<Arc<Upstream>, RefError> {
+        if !r.group.is_empty() || r.kind != "Service" {
+            return Err(RefError::new(
+                "InvalidKind",
+                format!(
+                    "backendRef {}/{} {:?}: only core Services are supported",
+                    r.group, r.kind, r.name
+                ),
+            ));
+        }
+        let ns = r.namespace.as_deref().unwrap_or(route_ns);
+        if ns != route_ns
+            && !idx.grants(
+                (GATEWAY_GROUP, route_kind, route_ns),
+                ("", "Service", ns, &r.name),
+            )
+        {
+            return Err(RefError::new(
+                "RefNotPermitted",
+                format!(
+                    "backendRef to Service {ns}/{} is not permitted by any ReferenceGrant",
+                    r.name
+                ),
+            ));
+        }
+        let Some(svc) = idx.service(ns, &r.name) else {
+            return Err(RefError::new(
+                "BackendNotFound",
+                format!("Service {ns}/{} not found", r.name),
+            ));
+        };
+        let Some(port) = r.port else {
+            return Err(RefError::new(
+                "BackendNotFound",
+                format!("backendRef to Service {ns}/{} has no port", r.name),
+            ));
+        };
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return Err(RefError::new(
+                "BackendNotFound",
+                format!("Service {ns}/{} has no port {port}", r.name),
+            ));
+        };
+        let key = (ns.to_string(), r.name.clone(), port, grpc);
+        if let Some(u) = self.cache.get(&key) {
+            return Ok(u.clone());
+        }
+        let h2c = grpc
+            || sp
+                .app_protocol
+                .as_deref()
+                .is_some_and(|a| H2C_APP_PROTOCOLS.contains(&a));
+        let protocol = if h2c {
+            UpstreamProtocol::H2c
+        } else {
+            UpstreamProtocol::Http1
+        };
+        let upstream = Arc::new(Upstream::new(
+            format!("{ns}/{}:{port}", r.name),
+            protocol,
+            endpoints(idx, ns, &r.name, sp),
+        ));
+        self.cache.insert(key, upstream.clone());
+        Ok(upstream)
+    }
+}
+
+/// The ready endpoints of a Service port, from its EndpointSlices (the slice port with the Service port's
+/// name; an unnamed single-port Service matches the unnamed slice port).
+fn endpoints(idx: &Index<'_>, ns: &str, svc: &str, sp: &ServicePort) -> Vec<SocketAddr> {
+    let name = sp.name.as_deref().unwrap_or("");
+    let mut out = Vec::new();
+    for slice in idx.endpoint_slices(ns, svc) {
+        let port = slice
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == name)
+            .and_then(|p| p.port)
+            .or(match &sp.target_port {
+                Some(IntOrString::Int(p)) => Some(*p),
+                None => Some(sp.port),
+                Some(IntOrString::String(_)) => None,
+            });
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            // Kubernetes: an unset `ready` is to be interpreted as ready.
+            if e.conditions.ready == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,76 @@
+//! Status conditions (metav1.Condition) with the Gateway API's types and reasons, keeping
+//! `lastTransitionTime` when a condition's status does not change.
+
+use gw_model::meta::rfc3339;
+use serde_json::{Value, json};
+
+/// One condition to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn ok(kind: &'static str, reason: &str, message: &str) -> Cond {
+        Cond {
+            kind,
+            status: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Cond {
+        Cond {
+            kind,
+            status: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Renders conditions; a condition whose status is unchanged from `previous` keeps its transition time.
+pub fn render(conds: &[Cond], previous: &Value, generation: i64, now_ms: u64) -> Value {
+    let prev = previous.as_array();
+    let items: Vec<Value> = conds
+        .iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let kept = prev
+                .and_then(|p| {
+                    p.iter()
+                        .find(|x| x["type"] == c.kind && x["status"] == status)
+                })
+                .and_then(|x| x["lastTransitionTime"].as_str().map(str::to_string));
+            json!({
+                "type": c.kind,
+                "status": status,
+                "reason": c.reason,
+                "message": c.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": kept.unwrap_or_else(|| rfc3339(now_ms)),
+            })
+        })
+        .collect();
+    Value::Array(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_transition_time_while_status_holds() {
+        let prev = json!([{"type": "Accepted", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]);
+        let out = render(&[Cond::ok("Accepted", "Accepted", "")], &prev, 3, 1_000_000);
+        assert_eq!(out[0]["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(out[0]["observedGeneration"], 3);
+        let out = render(&[Cond::fail("Accepted", "Nope", "x")], &prev, 3, 1_000_000);
+        assert_eq!(out[0]["lastTransitionTime"], "1970-01-01T00:16:40Z");
+        assert_eq!(out[0]["status"], "False");
+    }
+}

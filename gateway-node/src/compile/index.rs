@@ -1,0 +1,185 @@
+//! The committed objects a compilation reads, indexed and typed once per revision.
+
+use gw_model::ObjectKey;
+use gw_model::core::{
+    ConfigMapBody, EndpointSliceBody, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
+};
+use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::meta::parse_rfc3339;
+use gw_model::policy::ReferenceGrantSpec;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The committed objects at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub objects: BTreeMap<ObjectKey, Arc<Value>>,
+}
+
+/// What the compiler needs of an object's metadata.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub generation: i64,
+    pub created_ms: u64,
+}
+
+impl Meta {
+    pub fn of(obj: &Value) -> Meta {
+        let m = &obj["metadata"];
+        Meta {
+            namespace: m["namespace"].as_str().unwrap_or("").into(),
+            name: m["name"].as_str().unwrap_or("").into(),
+            uid: m["uid"].as_str().unwrap_or("").into(),
+            generation: m["generation"].as_i64().unwrap_or(0),
+            created_ms: m["creationTimestamp"]
+                .as_str()
+                .and_then(parse_rfc3339)
+                .unwrap_or(0),
+        }
+    }
+
+    /// `namespace/name`
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Parses the `spec` (or, with `field = None`, the whole object) of a stored object. Stored objects
+/// were admitted, so this only fails if the store holds something gw did not write.
+pub fn typed<T: DeserializeOwned>(obj: &Value, field: Option<&str>) -> Option<T> {
+    let v = match field {
+        Some(f) => obj.get(f)?.clone(),
+        None => obj.clone(),
+    };
+    serde_json::from_value(v).ok()
+}
+
+pub struct Index<'a> {
+    pub snap: &'a Snapshot,
+    namespace_labels: HashMap<&'a str, BTreeMap<String, String>>,
+    services: HashMap<(String, String), ServiceSpec>,
+    slices: HashMap<(String, String), Vec<EndpointSliceBody>>,
+    grants: Vec<(&'a str, ReferenceGrantSpec)>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(snap: &'a Snapshot) -> Index<'a> {
+        let mut namespace_labels = HashMap::new();
+        let mut services = HashMap::new();
+        let mut slices: HashMap<(String, String), Vec<EndpointSliceBody>> = HashMap::new();
+        let mut grants = Vec::new();
+        for (k, obj) in &snap.objects {
+            match (k.group.as_str(), k.kind.as_str()) {
+                ("", "Namespace") => {
+                    let labels = typed(&obj["metadata"], Some("labels")).unwrap_or_default();
+                    namespace_labels.insert(k.name.as_str(), labels);
+                }
+                ("", "Service") => {
+                    if let Some(s) = typed(obj, Some("spec")) {
+                        services.insert((k.namespace.clone(), k.name.clone()), s);
+                    }
+                }
+                ("discovery.k8s.io", "EndpointSlice") => {
+                    let svc = obj["metadata"]["labels"][SERVICE_NAME_LABEL].as_str();
+                    if let (Some(svc), Some(body)) = (svc, typed::<EndpointSliceBody>(obj, None)) {
+                        slices
+                            .entry((k.namespace.clone(), svc.to_string()))
+                            .or_default()
+                            .push(body);
+                    }
+                }
+                (GATEWAY_GROUP, "ReferenceGrant") => {
+                    if let Some(g) = typed(obj, Some("spec")) {
+                        grants.push((k.namespace.as_str(), g));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Index {
+            snap,
+            namespace_labels,
+            services,
+            slices,
+            grants,
+        }
+    }
+
+    /// Every object of one kind, oldest first, then by `namespace/name` (the Gateway API's tie-break).
+    pub fn of_kind(&self, group: &str, kind: &str) -> Vec<(&'a ObjectKey, &'a Arc<Value>, Meta)> {
+        let mut v: Vec<_> = self
+            .snap
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == group && k.kind == kind)
+            .map(|(k, o)| (k, o, Meta::of(o)))
+            .collect();
+        v.sort_by(|a, b| {
+            (a.2.created_ms, &a.0.namespace, &a.0.name).cmp(&(
+                b.2.created_ms,
+                &b.0.namespace,
+                &b.0.name,
+            ))
+        });
+        v
+    }
+
+    /// A namespace's labels; Kubernetes (1.22+) labels every namespace with its own name, so a
+    /// namespace that has no object here still carries that label.
+    pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels = self.namespace_labels.get(ns).cloned().unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".into(), ns.into());
+        labels
+    }
+
+    pub fn service(&self, ns: &str, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(&(ns.to_string(), name.to_string()))
+    }
+
+    pub fn endpoint_slices(&self, ns: &str, service: &str) -> &[EndpointSliceBody] {
+        self.slices
+            .get(&(ns.to_string(), service.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn secret(&self, ns: &str, name: &str) -> Option<SecretBody> {
+        let obj = self
+            .snap
+            .objects
+            .get(&ObjectKey::new("", "Secret", ns, name))?;
+        typed(obj, None)
+    }
+
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<ConfigMapBody> {
+        let obj = self
+            .snap
+            .objects
+            .get(&ObjectKey::new("", "ConfigMap", ns, name))?;
+        typed(obj, None)
+    }
+
+    /// Whether a ReferenceGrant in `to_ns` lets objects of `from_group/from_kind` in `from_ns` refer to
+    /// `to_group/to_kind` named `to_name` (a grant without a name covers every object of that kind).
+    pub fn grants(&self, from: (&str, &str, &str), to: (&str, &str, &str, &str)) -> bool {
+        let (from_group, from_kind, from_ns) = from;
+        let (to_group, to_kind, to_ns, to_name) = to;
+        self.grants.iter().any(|(ns, g)| {
+            *ns == to_ns
+                && g.from
+                    .iter()
+                    .any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_ns)
+                && g.to.iter().any(|t| {
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                })
+        })
+    }
+}

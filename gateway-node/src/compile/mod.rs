@@ -1,0 +1,205 @@
+//! The compiler: committed objects at one revision → the routing table this node serves and the status
+//! every object should have. Pure: the clock reading and addressing come in through `CompileOptions`,
+//! so the same inputs give the same table and statuses on every node.
+
+pub mod backends;
+pub mod conditions;
+mod gateways;
+pub mod index;
+mod routes;
+pub mod tls;
+
+use crate::table::{HostIndex, ListenerTable, RoutingTable, SocketTable};
+use conditions::{Cond, render};
+use gw_model::ObjectKey;
+use gw_model::gateway::GatewayClassSpec;
+use gw_model::kinds::GATEWAY_GROUP;
+pub use index::{Index, Snapshot};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// How Gateways get addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressing {
+    /// Every Gateway is served on `bind`; `advertised` (default: `bind`) is what Gateway status reports,
+    /// e.g. the addresses of every node serving the class.
+    Shared {
+        bind: IpAddr,
+        advertised: Vec<IpAddr>,
+    },
+    /// Each Gateway gets its own IPv4 address from `first..=last`: a requested `spec.addresses` entry in
+    /// the pool, else the address its status already holds, else the first free one.
+    Pool { first: Ipv4Addr, last: Ipv4Addr },
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// `spec.controllerName` of the GatewayClasses gw implements.
+    pub controller_name: String,
+    /// The GatewayClass this node serves.
+    pub gateway_class: String,
+    pub addressing: Addressing,
+    /// The wall clock, for `lastTransitionTime` of conditions that change.
+    pub now_ms: u64,
+}
+
+/// A status the store should hold, with the preconditions of the write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredStatus {
+    pub status: Value,
+    pub generation: i64,
+    pub uid: String,
+}
+
+pub struct Compiled {
+    pub table: RoutingTable,
+    pub statuses: BTreeMap<ObjectKey, DesiredStatus>,
+}
+
+/// Compiles one revision.
+pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
+    let idx = Index::new(snap);
+    let mut statuses = BTreeMap::new();
+    let mut class_accepted = false;
+    for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, "GatewayClass") {
+        let Some(spec) = index::typed::<GatewayClassSpec>(obj, Some("spec")) else {
+            continue;
+        };
+        if spec.controller_name != opts.controller_name || key.name != opts.gateway_class {
+            continue;
+        }
+        let cond = if spec.parameters_ref.is_some() {
+            Cond::fail(
+                "Accepted",
+                "InvalidParameters",
+                "gw's GatewayClass takes no parametersRef",
+            )
+        } else {
+            Cond::ok("Accepted", "Accepted", "handled by gw")
+        };
+        class_accepted = cond.status;
+        let prev = obj.get("status").cloned().unwrap_or(Value::Null);
+        let mut status = prev.as_object().cloned().unwrap_or_default();
+        status.insert(
+            "conditions".into(),
+            render(&[cond], &prev["conditions"], meta.generation, opts.now_ms),
+        );
+        statuses.insert(
+            key.clone(),
+            DesiredStatus {
+                status: Value::Object(status),
+                generation: meta.generation,
+                uid: meta.uid,
+            },
+        );
+    }
+
+    let mut gateways = gateways::collect(&idx, opts, class_accepted);
+    let mut upstreams = backends::Upstreams::default();
+    for (key, status, meta) in routes::process(
+        &idx,
+        &mut gateways,
+        &mut upstreams,
+        &opts.controller_name,
+        opts.now_ms,
+    ) {
+        statuses.insert(
+            key,
+            DesiredStatus {
+                status,
+                generation: meta.generation,
+                uid: meta.uid,
+            },
+        );
+    }
+    for g in &gateways {
+        statuses.insert(
+            g.key.clone(),
+            DesiredStatus {
+                status: gateways::status(g, opts.now_ms),
+                generation: g.meta.generation,
+                uid: g.meta.uid.clone(),
+            },
+        );
+    }
+    Compiled {
+        table: build_table(snap.revision, gateways),
+        statuses,
+    }
+}
+
+/// Groups the programmed listeners by socket.
+fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTable {
+    struct Building {
+        listeners: Vec<ListenerTable>,
+        by_host: HostIndex<usize>,
+        sni: Option<tls::SniResolver>,
+    }
+    let mut sockets: BTreeMap<SocketAddr, Building> = BTreeMap::new();
+    for g in gateways {
+        let (Some(ip), None) = (g.ip, &g.unusable_address) else {
+            continue;
+        };
+        for l in g.listeners {
+            if !l.programmed() {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, l.port);
+            let b = sockets.entry(addr).or_insert_with(|| Building {
+                listeners: vec![],
+                by_host: HostIndex::default(),
+                sni: l.https.then(tls::SniResolver::default),
+            });
+            if let (Some(sni), Some(cert)) = (b.sni.as_mut(), l.cert.clone()) {
+                sni.add(l.hostname.as_deref(), cert);
+            }
+            let i = b.listeners.len();
+            *b.by_host.entry(l.hostname.as_deref().unwrap_or(""), || i) = i;
+            b.listeners.push(ListenerTable {
+                id: format!("{}/{}/{}", g.key.namespace, g.key.name, l.name),
+                port: l.port,
+                https: l.https,
+                routes: l.routes,
+            });
+        }
+    }
+    let sockets = sockets
+        .into_iter()
+        .map(|(addr, b)| {
+            let tls = b.sni.filter(|s| !s.is_empty()).map(tls::server_config);
+            (
+                addr,
+                Arc::new(SocketTable {
+                    addr,
+                    tls,
+                    listeners: b.listeners,
+                    by_host: b.by_host,
+                }),
+            )
+        })
+        .collect();
+    RoutingTable { revision, sockets }
+}
+
+/// A compact summary of a status for logs and tests: `{type: status/reason}` of its top-level
+/// conditions.
+pub fn condition_summary(status: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        let k = c["type"].as_str().unwrap_or("").to_string();
+        out.insert(
+            k,
+            json!(format!(
+                "{}/{}",
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or("")
+            )),
+        );
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,732 @@
+//! HTTPRoutes and GRPCRoutes: their rules compiled into matchers and actions, their attachment to
+//! listeners (sectionName, port, allowed namespaces and kinds, hostname intersection), and their
+//! `status.parents`.
+
+use super::backends::{RefError, Upstreams};
+use super::conditions::{Cond, render};
+use super::gateways::GatewayCtx;
+use super::index::{Index, Meta, typed};
+use crate::hostname;
+use crate::table::{
+    BackendEntry, BackendTarget, Backends, Filters, HeaderMod, MatchEntry, PathMatch, PathModifier,
+    Precedence, Redirect, RequestMatcher, Rewrite, RouteInfo, RuleAction, Timeouts, ValueMatch,
+    full_match_regex,
+};
+use gw_model::ObjectKey;
+use gw_model::duration;
+use gw_model::grpcroute::{GrpcRouteFilter, GrpcRouteFilterType, GrpcRouteSpec};
+use gw_model::httproute::{
+    HttpPathModifier, HttpRouteFilter, HttpRouteFilterType, HttpRouteSpec, PathMatchType,
+    StringMatchType,
+};
+use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::route::{BackendRef, HeaderModifier, ParentReference};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// A rule ready to be placed on listeners.
+struct CompiledRule {
+    action: Arc<RuleAction>,
+    /// One matcher per match of the rule, with its precedence class.
+    matchers: Vec<(RequestMatcher, Vec<i64>)>,
+}
+
+/// What the rules of a route came to.
+struct CompiledRoute {
+    rules: Vec<CompiledRule>,
+    /// First reference problem (ResolvedRefs=False).
+    ref_error: Option<RefError>,
+    /// A value gw cannot implement (Accepted=False, UnsupportedValue).
+    unsupported: Option<String>,
+}
+
+/// The parts of a route attachment and status that do not depend on its kind.
+pub struct RouteInput<'a> {
+    pub key: &'a ObjectKey,
+    pub meta: Meta,
+    pub parent_refs: Vec<ParentReference>,
+    pub hostnames: Vec<String>,
+    pub previous_status: Value,
+}
+
+/// Processes every HTTPRoute and GRPCRoute, oldest first; returns the desired route statuses.
+pub fn process(
+    idx: &Index<'_>,
+    gateways: &mut [GatewayCtx],
+    upstreams: &mut Upstreams,
+    controller: &str,
+    now_ms: u64,
+) -> Vec<(ObjectKey, Value, Meta)> {
+    let mut out = Vec::new();
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, kind) {
+            let (input, compiled) = match kind {
+                "HTTPRoute" => {
+                    let Some(spec) = typed::<HttpRouteSpec>(obj, Some("spec")) else {
+                        continue;
+                    };
+                    let c = compile_http(idx, upstreams, &meta, &spec);
+                    (
+                        RouteInput {
+                            key,
+                            meta,
+                            parent_refs: spec.parent_refs,
+                            hostnames: spec.hostnames,
+                            previous_status: obj.get("status").cloned().unwrap_or(Value::Null),
+                        },
+                        c,
+                    )
+                }
+                _ => {
+                    let Some(spec) = typed::<GrpcRouteSpec>(obj, Some("spec")) else {
+                        continue;
+                    };
+                    let c = compile_grpc(idx, upstreams, &meta, &spec);
+                    (
+                        RouteInput {
+                            key,
+                            meta,
+                            parent_refs: spec.parent_refs,
+                            hostnames: spec.hostnames,
+                            previous_status: obj.get("status").cloned().unwrap_or(Value::Null),
+                        },
+                        c,
+                    )
+                }
+            };
+            if let Some(status) = attach(idx, gateways, &input, &compiled, controller, now_ms) {
+                out.push((key.clone(), status, input.meta));
+            }
+        }
+    }
+    for g in gateways.iter_mut() {
+        for l in g.listeners.iter_mut() {
+            for group in l.routes.values_mut() {
+                group.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+            }
+        }
+    }
+    out
+}
+
+/// Attaches a route to the listeners its parentRefs select; returns its new status if any parentRef
+/// names a Gateway this node serves.
+fn attach(
+    idx: &Index<'_>,
+    gateways: &mut [GatewayCtx],
+    r: &RouteInput<'_>,
+    compiled: &CompiledRoute,
+    controller: &str,
+    now_ms: u64,
+) -> Option<Value> {
+    let route_ns = r.meta.namespace.as_str();
+    let mut ours = Vec::new();
+    for pr in &r.parent_refs {
+        if pr.group != GATEWAY_GROUP || pr.kind != "Gateway" {
+            continue;
+        }
+        let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
+        let Some(g) = gateways
+            .iter_mut()
+            .find(|g| g.key.namespace == gw_ns && g.key.name == pr.name)
+        else {
+            continue;
+        };
+        let accepted = attach_to_gateway(idx, g, r, compiled, pr);
+        let resolved = match &compiled.ref_error {
+            Some(e) => Cond::fail("ResolvedRefs", e.reason, e.message.clone()),
+            None => Cond::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+        };
+        ours.push((pr.clone(), accepted, resolved));
+    }
+    if ours.is_empty() {
+        return None;
+    }
+    // Keep other controllers' entries (and ours for Gateways this node does not serve).
+    let served: Vec<&ObjectKey> = gateways.iter().map(|g| &g.key).collect();
+    let mut parents: Vec<Value> = r.previous_status["parents"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| {
+                    p["controllerName"] != controller || {
+                        let ns = p["parentRef"]["namespace"].as_str().unwrap_or(route_ns);
+                        let name = p["parentRef"]["name"].as_str().unwrap_or("");
+                        !served.iter().any(|k| k.namespace == ns && k.name == name)
+                    }
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for (pr, accepted, resolved) in ours {
+        let prev = r.previous_status["parents"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter().find(|p| {
+                    p["controllerName"] == controller
+                        && p["parentRef"] == serde_json::to_value(&pr).unwrap_or(Value::Null)
+                })
+            })
+            .map(|p| p["conditions"].clone())
+            .unwrap_or(Value::Null);
+        parents.push(json!({
+            "parentRef": pr,
+            "controllerName": controller,
+            "conditions": render(&[accepted, resolved], &prev, r.meta.generation, now_ms),
+        }));
+    }
+    Some(json!({ "parents": parents }))
+}
+
+/// The Accepted condition of one parentRef to a served Gateway, attaching the route's rules to every
+/// listener that accepts it.
+fn attach_to_gateway(
+    idx: &Index<'_>,
+    g: &mut GatewayCtx,
+    r: &RouteInput<'_>,
+    compiled: &CompiledRoute,
+    pr: &ParentReference,
+) -> Cond {
+    let candidates: Vec<usize> = g
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| pr.section_name.as_deref().is_none_or(|s| s == l.name))
+        .filter(|(_, l)| pr.port.is_none_or(|p| p == i64::from(l.port)))
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        return Cond::fail(
+            "Accepted",
+            "NoMatchingParent",
+            "no listener matches the parentRef's sectionName and port",
+        );
+    }
+    let mut allowed_any = false;
+    let mut attached = Vec::new();
+    for i in candidates {
+        let l = &g.listeners[i];
+        if !l.protocol_supported
+            || !l.allows_kind(&r.key.group, &r.key.kind)
+            || !l.allows_namespace(idx, &g.key.namespace, &r.meta.namespace)
+        {
+            continue;
+        }
+        allowed_any = true;
+        if let Some(hosts) = hostname::effective(l.hostname.as_deref(), &r.hostnames) {
+            attached.push((i, hosts));
+        }
+    }
+    if attached.is_empty() {
+        return if allowed_any {
+            Cond::fail(
+                "Accepted",
+                "NoMatchingListenerHostname",
+                "no listener hostname intersects the route's hostnames",
+            )
+        } else {
+            Cond::fail(
+                "Accepted",
+                "NotAllowedByListeners",
+                "the listeners do not allow this route (namespace or kind)",
+            )
+        };
+    }
+    if let Some(why) = &compiled.unsupported {
+        return Cond::fail("Accepted", "UnsupportedValue", why.clone());
+    }
+    for (i, hosts) in attached {
+        let l = &mut g.listeners[i];
+        l.attached += 1;
+        let patterns: Vec<String> = if hosts.is_empty() {
+            vec![String::new()]
+        } else {
+            hosts
+        };
+        for host in patterns {
+            let group = l.routes.entry(&host, Vec::new);
+            for (ri, rule) in compiled.rules.iter().enumerate() {
+                for (mi, (m, class)) in rule.matchers.iter().enumerate() {
+                    group.push(Arc::new(MatchEntry {
+                        matcher: m.clone(),
+                        action: rule.action.clone(),
+                        precedence: Precedence {
+                            class: class.clone(),
+                            created_ms: r.meta.created_ms,
+                            route: r.meta.id(),
+                            rule: ri,
+                            index: mi,
+                        },
+                    }));
+                }
+            }
+        }
+    }
+    Cond::ok("Accepted", "Accepted", "accepted by the gateway")
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|e| format!("header name {name:?}: {e}"))
+}
+
+fn header_mod(m: &HeaderModifier) -> Result<HeaderMod, String> {
+    let pairs =
+        |list: &[gw_model::route::HttpHeader]| -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+            list.iter()
+                .map(|h| {
+                    Ok((
+                        header_name(&h.name)?,
+                        HeaderValue::from_str(&h.value)
+                            .map_err(|e| format!("header value of {}: {e}", h.name))?,
+                    ))
+                })
+                .collect()
+        };
+    Ok(HeaderMod {
+        set: pairs(&m.set)?,
+        add: pairs(&m.add)?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| header_name(n))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_modifier(m: &HttpPathModifier) -> Option<PathModifier> {
+    match m.kind {
+        gw_model::httproute::PathModifierType::ReplaceFullPath => {
+            m.replace_full_path.clone().map(PathModifier::Full)
+        }
+        gw_model::httproute::PathModifierType::ReplacePrefixMatch => {
+            m.replace_prefix_match.clone().map(PathModifier::Prefix)
+        }
+    }
+}
+
+/// Route-kind independent filter parts, accumulated while walking a filter list.
+struct FilterBuilder<'a, 'b> {
+    idx: &'a Index<'b>,
+    upstreams: &'a mut Upstreams,
+    route_kind: &'static str,
+    route_ns: &'a str,
+    grpc: bool,
+    filters: Filters,
+    ref_error: Option<RefError>,
+}
+
+impl FilterBuilder<'_, '_> {
+    fn headers(&mut self, request: Option<&HeaderModifier>, response: Option<&HeaderModifier>) {
+        for (m, target) in [(request, true), (response, false)] {
+            let Some(m) = m else { continue };
+            match header_mod(m) {
+                Ok(h) if target => self.filters.request_headers = h,
+                Ok(h) => self.filters.response_headers = h,
+                Err(e) => self.filters.invalid = Some(e),
+            }
+        }
+    }
+
+    fn mirror(&mut self, b: &gw_model::route::BackendObjectReference) {
+        match self
+            .upstreams
+            .resolve(self.idx, self.route_kind, self.route_ns, b, self.grpc)
+        {
+            Ok(u) => self.filters.mirrors.push(u),
+            Err(e) => {
+                self.ref_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn extension_ref(&mut self, e: &gw_model::route::LocalObjectReference) {
+        let msg = format!(
+            "ExtensionRef filter {}/{} {:?} is not supported",
+            e.group, e.kind, e.name
+        );
+        self.ref_error
+            .get_or_insert(RefError::new("InvalidKind", msg.clone()));
+        self.filters.invalid = Some(msg);
+    }
+}
+
+fn http_filters(b: &mut FilterBuilder<'_, '_>, list: &[HttpRouteFilter]) {
+    for f in list {
+        match f.kind {
+            HttpRouteFilterType::RequestHeaderModifier
+            | HttpRouteFilterType::ResponseHeaderModifier => b.headers(
+                f.request_header_modifier.as_ref(),
+                f.response_header_modifier.as_ref(),
+            ),
+            HttpRouteFilterType::RequestMirror => {
+                if let Some(m) = &f.request_mirror {
+                    b.mirror(&m.backend_ref);
+                }
+            }
+            HttpRouteFilterType::RequestRedirect => {
+                if let Some(r) = &f.request_redirect {
+                    b.filters.redirect = Some(Redirect {
+                        scheme: r.scheme.map(|s| s.as_str()),
+                        hostname: r.hostname.clone(),
+                        port: r.port.and_then(|p| u16::try_from(p).ok()),
+                        path: r.path.as_ref().and_then(path_modifier),
+                        status: StatusCode::from_u16(r.status_code as u16)
+                            .unwrap_or(StatusCode::FOUND),
+                    });
+                }
+            }
+            HttpRouteFilterType::UrlRewrite => {
+                if let Some(r) = &f.url_rewrite {
+                    let hostname = match r.hostname.as_deref().map(HeaderValue::from_str) {
+                        Some(Ok(v)) => Some(v),
+                        Some(Err(e)) => {
+                            b.filters.invalid = Some(format!("rewrite hostname: {e}"));
+                            None
+                        }
+                        None => None,
+                    };
+                    b.filters.rewrite = Some(Rewrite {
+                        hostname,
+                        path: r.path.as_ref().and_then(path_modifier),
+                    });
+                }
+            }
+            HttpRouteFilterType::ExtensionRef => {
+                if let Some(e) = &f.extension_ref {
+                    b.extension_ref(e);
+                }
+            }
+        }
+    }
+}
+
+fn grpc_filters(b: &mut FilterBuilder<'_, '_>, list: &[GrpcRouteFilter]) {
+    for f in list {
+        match f.kind {
+            GrpcRouteFilterType::RequestHeaderModifier
+            | GrpcRouteFilterType::ResponseHeaderModifier => b.headers(
+                f.request_header_modifier.as_ref(),
+                f.response_header_modifier.as_ref(),
+            ),
+            GrpcRouteFilterType::RequestMirror => {
+                if let Some(m) = &f.request_mirror {
+                    b.mirror(&m.backend_ref);
+                }
+            }
+            GrpcRouteFilterType::ExtensionRef => {
+                if let Some(e) = &f.extension_ref {
+                    b.extension_ref(e);
+                }
+            }
+        }
+    }
+}
+
+/// Compiles the weighted backends of a rule, each with its own filters.
+fn backends<F>(
+    idx: &Index<'_>,
+    upstreams: &mut Upstreams,
+    route_kind: &'static str,
+    route_ns: &str,
+    grpc: bool,
+    refs: &[BackendRef<F>],
+    ref_error: &mut Option<RefError>,
+    apply_filters: impl Fn(&mut FilterBuilder<'_, '_>, &[F]),
+) -> Backends {
+    let mut entries = Vec::with_capacity(refs.len());
+    for br in refs {
+        let target = match upstreams.resolve(idx, route_kind, route_ns, &br.object_ref(), grpc) {
+            Ok(u) => BackendTarget::Upstream(u),
+            Err(e) => {
+                let msg = e.message.clone();
+                ref_error.get_or_insert(e);
+                BackendTarget::Invalid(msg)
+            }
+        };
+        let mut fb = FilterBuilder {
+            idx,
+            upstreams,
+            route_kind,
+            route_ns,
+            grpc,
+            filters: Filters::default(),
+            ref_error: None,
+        };
+        apply_filters(&mut fb, &br.filters);
+        if let Some(e) = fb.ref_error {
+            ref_error.get_or_insert(e);
+        }
+        entries.push(BackendEntry {
+            weight: u64::try_from(br.weight).unwrap_or(0),
+            target,
+            filters: fb.filters,
+        });
+    }
+    Backends::new(entries)
+}
+
+fn value_match(kind: StringMatchType, value: &str) -> Result<ValueMatch, String> {
+    match kind {
+        StringMatchType::Exact => Ok(ValueMatch::Exact(value.to_string())),
+        StringMatchType::RegularExpression => full_match_regex(value)
+            .map(ValueMatch::Regex)
+            .map_err(|e| format!("regular expression {value:?}: {e}")),
+    }
+}
+
+fn compile_http(
+    idx: &Index<'_>,
+    upstreams: &mut Upstreams,
+    meta: &Meta,
+    spec: &HttpRouteSpec,
+) -> CompiledRoute {
+    let route = Arc::new(RouteInfo {
+        id: format!("HTTPRoute {}", meta.id()),
+        grpc: false,
+    });
+    let mut out = CompiledRoute {
+        rules: vec![],
+        ref_error: None,
+        unsupported: None,
+    };
+    for (ri, rule) in spec.rules.iter().enumerate() {
+        let mut fb = FilterBuilder {
+            idx,
+            upstreams: &mut *upstreams,
+            route_kind: "HTTPRoute",
+            route_ns: &meta.namespace,
+            grpc: false,
+            filters: Filters::default(),
+            ref_error: None,
+        };
+        http_filters(&mut fb, &rule.filters);
+        let (filters, filter_err) = (fb.filters, fb.ref_error);
+        if let Some(e) = filter_err {
+            out.ref_error.get_or_insert(e);
+        }
+        let backends = backends(
+            idx,
+            upstreams,
+            "HTTPRoute",
+            &meta.namespace,
+            false,
+            &rule.backend_refs,
+            &mut out.ref_error,
+            http_filters,
+        );
+        let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
+            request: t
+                .request
+                .as_deref()
+                .and_then(duration::parse)
+                .filter(|d| !d.is_zero()),
+            backend: t
+                .backend_request
+                .as_deref()
+                .and_then(duration::parse)
+                .filter(|d| !d.is_zero()),
+        });
+        let prefix = rule
+            .matches
+            .iter()
+            .find(|m| m.path.kind == PathMatchType::PathPrefix)
+            .map(|m| m.path.value.clone());
+        let action = Arc::new(RuleAction {
+            route: route.clone(),
+            rule_index: ri,
+            filters,
+            backends,
+            timeouts: timeouts.unwrap_or_default(),
+            prefix,
+        });
+        let mut matchers = Vec::new();
+        for m in &rule.matches {
+            let path = match m.path.kind {
+                PathMatchType::Exact => Ok(PathMatch::Exact(m.path.value.clone())),
+                PathMatchType::PathPrefix => Ok(PathMatch::Prefix(
+                    m.path.value.trim_end_matches('/').to_string(),
+                )),
+                PathMatchType::RegularExpression => full_match_regex(&m.path.value)
+                    .map(PathMatch::Regex)
+                    .map_err(|e| format!("path regular expression {:?}: {e}", m.path.value)),
+            };
+            let headers: Result<Vec<_>, String> = m
+                .headers
+                .iter()
+                .map(|h| Ok((header_name(&h.name)?, value_match(h.kind, &h.value)?)))
+                .collect();
+            let query: Result<Vec<_>, String> = m
+                .query_params
+                .iter()
+                .map(|q| Ok((q.name.clone(), value_match(q.kind, &q.value)?)))
+                .collect();
+            match (path, headers, query) {
+                (Ok(path), Ok(headers), Ok(query)) => {
+                    let class = vec![
+                        // Regular-expression precedence is implementation-specific: gw puts it after
+                        // Exact and before every PathPrefix (a catch-all "/" must not hide it).
+                        match m.path.kind {
+                            PathMatchType::Exact => 0,
+                            PathMatchType::RegularExpression => 1,
+                            PathMatchType::PathPrefix => 2,
+                        },
+                        -(m.path.value.len() as i64),
+                        i64::from(m.method.is_none()),
+                        -(headers.len() as i64),
+                        -(query.len() as i64),
+                    ];
+                    let method = m.method.map(|x| {
+                        Method::from_bytes(x.as_str().as_bytes()).expect("standard method")
+                    });
+                    matchers.push((
+                        RequestMatcher {
+                            path,
+                            method,
+                            headers,
+                            query,
+                        },
+                        class,
+                    ));
+                }
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    out.unsupported.get_or_insert(e);
+                }
+            }
+        }
+        out.rules.push(CompiledRule { action, matchers });
+    }
+    out
+}
+
+fn compile_grpc(
+    idx: &Index<'_>,
+    upstreams: &mut Upstreams,
+    meta: &Meta,
+    spec: &GrpcRouteSpec,
+) -> CompiledRoute {
+    let route = Arc::new(RouteInfo {
+        id: format!("GRPCRoute {}", meta.id()),
+        grpc: true,
+    });
+    let mut out = CompiledRoute {
+        rules: vec![],
+        ref_error: None,
+        unsupported: None,
+    };
+    // A GRPCRoute without rules still matches every request of its hostnames.
+    let default_rule = gw_model::grpcroute::GrpcRouteRule {
+        matches: vec![],
+        filters: vec![],
+        backend_refs: vec![],
+        session_persistence: None,
+    };
+    let rules: Vec<&gw_model::grpcroute::GrpcRouteRule> = if spec.rules.is_empty() {
+        vec![&default_rule]
+    } else {
+        spec.rules.iter().collect()
+    };
+    for (ri, rule) in rules.into_iter().enumerate() {
+        let mut fb = FilterBuilder {
+            idx,
+            upstreams: &mut *upstreams,
+            route_kind: "GRPCRoute",
+            route_ns: &meta.namespace,
+            grpc: true,
+            filters: Filters::default(),
+            ref_error: None,
+        };
+        grpc_filters(&mut fb, &rule.filters);
+        let (filters, filter_err) = (fb.filters, fb.ref_error);
+        if let Some(e) = filter_err {
+            out.ref_error.get_or_insert(e);
+        }
+        let backends = backends(
+            idx,
+            upstreams,
+            "GRPCRoute",
+            &meta.namespace,
+            true,
+            &rule.backend_refs,
+            &mut out.ref_error,
+            grpc_filters,
+        );
+        let action = Arc::new(RuleAction {
+            route: route.clone(),
+            rule_index: ri,
+            filters,
+            backends,
+            timeouts: Timeouts::default(),
+            prefix: None,
+        });
+        let all = gw_model::grpcroute::GrpcRouteMatch {
+            method: None,
+            headers: vec![],
+        };
+        let matches: Vec<&gw_model::grpcroute::GrpcRouteMatch> = if rule.matches.is_empty() {
+            vec![&all]
+        } else {
+            rule.matches.iter().collect()
+        };
+        let mut matchers = Vec::new();
+        for m in matches {
+            let (service, method) = m
+                .method
+                .as_ref()
+                .map(|x| (x.service.clone(), x.method.clone()))
+                .unwrap_or((None, None));
+            let regex = m
+                .method
+                .as_ref()
+                .is_some_and(|x| x.kind == StringMatchType::RegularExpression);
+            // gRPC requests are POSTs to /<package.Service>/<Method>.
+            let path = match (regex, &service, &method) {
+                (false, Some(s), Some(me)) => Ok(PathMatch::Exact(format!("/{s}/{me}"))),
+                (false, Some(s), None) => Ok(PathMatch::Prefix(format!("/{s}"))),
+                (false, None, Some(me)) => {
+                    full_match_regex(&format!("/[^/]+/{}", regex::escape(me)))
+                        .map(PathMatch::Regex)
+                        .map_err(|e| e.to_string())
+                }
+                (false, None, None) => Ok(PathMatch::Prefix(String::new())),
+                (true, s, me) => full_match_regex(&format!(
+                    "/{}/{}",
+                    s.as_deref().unwrap_or("[^/]+"),
+                    me.as_deref().unwrap_or("[^/]+")
+                ))
+                .map(PathMatch::Regex)
+                .map_err(|e| format!("gRPC method regular expression: {e}")),
+            };
+            let headers: Result<Vec<_>, String> = m
+                .headers
+                .iter()
+                .map(|h| Ok((header_name(&h.name)?, value_match(h.kind, &h.value)?)))
+                .collect();
+            match (path, headers) {
+                (Ok(path), Ok(headers)) => {
+                    let class = vec![
+                        -(service.as_deref().map_or(0, str::len) as i64),
+                        -(method.as_deref().map_or(0, str::len) as i64),
+                        -(headers.len() as i64),
+                    ];
+                    matchers.push((
+                        RequestMatcher {
+                            path,
+                            method: None,
+                            headers,
+                            query: vec![],
+                        },
+                        class,
+                    ));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    out.unsupported.get_or_insert(e);
+                }
+            }
+        }
+        out.rules.push(CompiledRule { action, matchers });
+    }
+    out
+}

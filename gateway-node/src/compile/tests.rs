@@ -1,0 +1,478 @@
+//! The compiler as a table of cases: objects go through the real admission and state machine (so they
+//! carry store metadata and CRD defaults), then routing decisions and statuses are checked.
+
+use super::*;
+use crate::table::RequestView;
+use gw_model::{admit, parse_documents};
+use gw_store::state::State;
+use gw_store::types::{Op, Txn};
+use http::{HeaderMap, HeaderValue, Method};
+
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: gw}
+spec: {controllerName: gw.dev/gateway-node}
+";
+
+fn services(names: &[&str], ns: &str) -> String {
+    let mut out = String::new();
+    for (i, n) in names.iter().enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {n}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {n}}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{{addresses: [10.0.{}.1]}}]\n",
+            i + 1
+        ));
+    }
+    out
+}
+
+/// Applies the documents one at a time (so creation order is document order) and returns the snapshot.
+fn snapshot(yaml: &str) -> Snapshot {
+    let mut state = State::new(100);
+    for (i, d) in parse_documents("t.yaml", yaml).unwrap().iter().enumerate() {
+        let a = admit(d).unwrap_or_else(|e| panic!("{e}"));
+        let txn = Txn {
+            time_ms: 1_000 * (i as u64 + 1),
+            ops: vec![Op::Put {
+                key: a.key,
+                object: a.object,
+                expected_rv: None,
+                uid: format!("uid-{i}"),
+            }],
+        };
+        state.apply_txn(&txn).0.unwrap();
+    }
+    Snapshot {
+        revision: state.revision(),
+        objects: state
+            .objects()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn opts() -> CompileOptions {
+    CompileOptions {
+        controller_name: "gw.dev/gateway-node".into(),
+        gateway_class: "gw".into(),
+        addressing: Addressing::Shared {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertised: vec![],
+        },
+        now_ms: 5_000,
+    }
+}
+
+fn build(yaml: &str) -> Compiled {
+    compile(&snapshot(yaml), &opts())
+}
+
+/// Routes a request; returns `route id#rule` or "404".
+fn route(
+    c: &Compiled,
+    port: u16,
+    host: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> String {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Some(sock) = c.table.sockets.get(&addr) else {
+        return "no socket".into();
+    };
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let m = Method::from_bytes(method.as_bytes()).unwrap();
+    let view = RequestView {
+        method: &m,
+        path,
+        query,
+        headers: &h,
+    };
+    let host = crate::hostname::normalize_host(host);
+    match sock.listener_for(&host).and_then(|l| l.route(&host, &view)) {
+        Some(e) => format!(
+            "{}#{}",
+            e.action.route.id.trim_start_matches("HTTPRoute "),
+            e.action.rule_index
+        ),
+        None => "404".into(),
+    }
+}
+
+fn status_of<'a>(c: &'a Compiled, kind: &str, ns: &str, name: &str) -> &'a Value {
+    let key = ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
+    &c.statuses
+        .get(&key)
+        .unwrap_or_else(|| panic!("no status for {kind} {ns}/{name}"))
+        .status
+}
+
+/// `Type=Status/Reason` of the first parent entry of a route.
+fn parent_conditions(c: &Compiled, ns: &str, name: &str) -> Vec<String> {
+    status_of(c, "HTTPRoute", ns, name)["parents"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            format!(
+                "{}={}/{}",
+                x["type"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+                x["reason"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn gateway(listeners: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: infra}}\nspec:\n  gatewayClassName: gw\n  listeners:\n{listeners}"
+    )
+}
+
+fn http_route(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn match_precedence_across_and_within_routes() {
+    let yaml = format!(
+        "{CLASS}{}{}{}{}{}",
+        gateway("  - {name: http, port: 80, protocol: HTTP}\n"),
+        services(&["v1", "v2", "v3"], "infra"),
+        http_route(
+            "a",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: v1, port: 8080}]\n  - matches: [{path: {type: Exact, value: /exact}}]\n    backendRefs: [{name: v2, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /api/}}]\n    backendRefs: [{name: v3, port: 8080}]\n"
+        ),
+        http_route(
+            "b",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /api/}, method: POST}]\n    backendRefs: [{name: v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /api/}, headers: [{name: version, value: two}]}]\n    backendRefs: [{name: v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /api/}, headers: [{name: version, value: two}, {name: color, value: red}]}]\n    backendRefs: [{name: v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: animal, value: whale}]}]\n    backendRefs: [{name: v1, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}}]\n    backendRefs: [{name: v1, port: 8080}]\n"
+        ),
+        http_route(
+            "c",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /api/}, headers: [{name: version, value: two}]}]\n    backendRefs: [{name: v1, port: 8080}]\n"
+        ),
+    );
+    let c = build(&yaml);
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "/exact", &[], "infra/a#1"), // Exact beats every prefix
+        ("GET", "/exact/more", &[], "infra/a#0"), // ...but only matches exactly
+        ("GET", "/api", &[], "infra/a#2"),   // "/api/" is the element prefix /api; older route a
+        ("POST", "/api/x", &[], "infra/b#0"), // equal prefixes: method wins
+        ("GET", "/api/x", &[("version", "two")], "infra/b#1"), // b older than c: age breaks the tie
+        (
+            "GET",
+            "/api/x",
+            &[("version", "two"), ("color", "red")],
+            "infra/b#2",
+        ), // more headers win
+        ("GET", "/apis", &[], "infra/a#0"),  // element-wise prefix: /apis is not /api
+        ("GET", "/q?animal=whale", &[], "infra/b#3"),
+        ("GET", "/q?animal=dolphin", &[], "infra/a#0"),
+        ("GET", "/v2/list", &[], "infra/b#4"), // regular expression, full match
+        ("GET", "/x/v2/list", &[], "infra/a#0"),
+    ];
+    for (method, path, headers, want) in cases {
+        assert_eq!(
+            route(&c, 80, "example.com", method, path, headers),
+            *want,
+            "{method} {path} {headers:?}"
+        );
+    }
+}
+
+#[test]
+fn listener_isolation_and_hostname_intersection() {
+    let yaml = format!(
+        "{CLASS}{}{}{}{}{}",
+        gateway(
+            "  - {name: empty, port: 80, protocol: HTTP}\n  - {name: wild, port: 80, protocol: HTTP, hostname: '*.wildcard.io'}\n  - {name: abc, port: 80, protocol: HTTP, hostname: abc.wildcard.io}\n"
+        ),
+        services(&["v1"], "infra"),
+        http_route(
+            "to-empty",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: empty}]\n  rules: [{backendRefs: [{name: v1, port: 8080}]}]\n"
+        ),
+        http_route(
+            "to-wild",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: wild}]\n  hostnames: ['*.wildcard.io', 'other.com']\n  rules: [{backendRefs: [{name: v1, port: 8080}]}]\n"
+        ),
+        http_route(
+            "to-abc",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: abc}]\n  hostnames: ['*.wildcard.io']\n  rules: [{matches: [{path: {type: PathPrefix, value: /abc}}], backendRefs: [{name: v1, port: 8080}]}]\n"
+        ),
+    );
+    let c = build(&yaml);
+    let cases = [
+        ("zzz.example.com", "/", "infra/to-empty#0"),
+        ("bar.wildcard.io", "/", "infra/to-wild#0"),
+        ("foo.bar.wildcard.io:8080", "/", "infra/to-wild#0"),
+        // abc.wildcard.io belongs to the most specific listener only: isolation.
+        ("abc.wildcard.io", "/abc", "infra/to-abc#0"),
+        ("abc.wildcard.io", "/", "404"),
+        // other.com does not intersect *.wildcard.io: not served by to-wild; falls to the empty listener.
+        ("other.com", "/", "infra/to-empty#0"),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(route(&c, 80, host, "GET", path, &[]), want, "{host}{path}");
+    }
+    let gw = status_of(&c, "Gateway", "infra", "gw");
+    let attached: Vec<i64> = gw["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["attachedRoutes"].as_i64().unwrap())
+        .collect();
+    assert_eq!(attached, vec![1, 1, 1]);
+}
+
+#[test]
+fn route_attachment_reasons() {
+    let yaml = format!(
+        "{CLASS}{}{}{}{}{}{}{}{}{}",
+        gateway(
+            "  - {name: http, port: 80, protocol: HTTP, hostname: a.example.com}\n  - name: http-8080\n    port: 8080\n    protocol: HTTP\n    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: blue}}}}\n"
+        ),
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: blue-ns, labels: {team: blue}}\n",
+        services(&["v1"], "infra"),
+        http_route(
+            "ok",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: http}]\n  rules: [{backendRefs: [{name: v1, port: 8080}]}]\n"
+        ),
+        http_route(
+            "wrong-section",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: nope}]\n"
+        ),
+        http_route(
+            "wrong-port",
+            "infra",
+            "  parentRefs: [{name: gw, port: 9999}]\n"
+        ),
+        http_route(
+            "wrong-host",
+            "infra",
+            "  parentRefs: [{name: gw, sectionName: http}]\n  hostnames: [b.example.com]\n"
+        ),
+        http_route(
+            "other-ns",
+            "elsewhere",
+            "  parentRefs: [{name: gw, namespace: infra}]\n"
+        ),
+        http_route(
+            "selected-ns",
+            "blue-ns",
+            "  parentRefs: [{name: gw, namespace: infra, port: 8080}]\n"
+        ),
+    );
+    let c = build(&yaml);
+    let cases = [
+        (
+            "infra",
+            "ok",
+            vec!["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"],
+        ),
+        (
+            "infra",
+            "wrong-section",
+            vec![
+                "Accepted=False/NoMatchingParent",
+                "ResolvedRefs=True/ResolvedRefs",
+            ],
+        ),
+        (
+            "infra",
+            "wrong-port",
+            vec![
+                "Accepted=False/NoMatchingParent",
+                "ResolvedRefs=True/ResolvedRefs",
+            ],
+        ),
+        (
+            "infra",
+            "wrong-host",
+            vec![
+                "Accepted=False/NoMatchingListenerHostname",
+                "ResolvedRefs=True/ResolvedRefs",
+            ],
+        ),
+        (
+            "elsewhere",
+            "other-ns",
+            vec![
+                "Accepted=False/NotAllowedByListeners",
+                "ResolvedRefs=True/ResolvedRefs",
+            ],
+        ),
+        (
+            "blue-ns",
+            "selected-ns",
+            vec!["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"],
+        ),
+    ];
+    for (ns, name, want) in cases {
+        assert_eq!(parent_conditions(&c, ns, name), want, "{ns}/{name}");
+    }
+    let p = &status_of(&c, "HTTPRoute", "infra", "ok")["parents"][0];
+    assert_eq!(p["controllerName"], "gw.dev/gateway-node");
+    assert_eq!(p["parentRef"]["name"], "gw");
+    assert_eq!(p["conditions"][0]["observedGeneration"], 1);
+}
+
+#[test]
+fn backend_references_and_reference_grants() {
+    let grant = "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: backends}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}]\n  to: [{group: '', kind: Service, name: granted}]\n";
+    let yaml = format!(
+        "{CLASS}{}{}{}{grant}{}{}{}{}{}",
+        gateway("  - {name: http, port: 80, protocol: HTTP}\n"),
+        services(&["local"], "infra"),
+        services(&["granted", "ungranted"], "backends"),
+        http_route(
+            "granted",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: granted, namespace: backends, port: 8080}]}]\n"
+        ),
+        http_route(
+            "ungranted",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: ungranted, namespace: backends, port: 8080}]}]\n"
+        ),
+        http_route(
+            "missing",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: nope, port: 8080}]}]\n"
+        ),
+        http_route(
+            "bad-kind",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{group: example.com, kind: Pod, name: local, port: 8080}]}]\n"
+        ),
+        http_route(
+            "bad-port",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: local, port: 1234}]}]\n"
+        ),
+    );
+    let c = build(&yaml);
+    for (name, want) in [
+        ("granted", "ResolvedRefs=True/ResolvedRefs"),
+        ("ungranted", "ResolvedRefs=False/RefNotPermitted"),
+        ("missing", "ResolvedRefs=False/BackendNotFound"),
+        ("bad-kind", "ResolvedRefs=False/InvalidKind"),
+        ("bad-port", "ResolvedRefs=False/BackendNotFound"),
+    ] {
+        let conds = parent_conditions(&c, "infra", name);
+        assert_eq!(conds[0], "Accepted=True/Accepted", "{name}");
+        assert_eq!(conds[1], want, "{name}");
+    }
+    // The resolved backend carries the EndpointSlice's endpoint and port.
+    let sock = &c.table.sockets[&"127.0.0.1:80".parse().unwrap()];
+    let group = sock.listeners[0].routes.lookup("x").next().unwrap();
+    let granted = group
+        .iter()
+        .find(|e| e.action.route.id.ends_with("/granted"))
+        .unwrap();
+    match &granted.action.backends.entries[0].target {
+        crate::table::BackendTarget::Upstream(u) => {
+            assert_eq!(u.endpoints, vec!["10.0.1.1:3000".parse().unwrap()])
+        }
+        crate::table::BackendTarget::Invalid(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn listener_status_reasons() {
+    let cert_grantless = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: certs}\ntype: kubernetes.io/tls\ndata: {tls.crt: eA==, tls.key: eA==}\n";
+    let yaml = format!(
+        "{CLASS}{cert_grantless}{}",
+        gateway(
+            "  - {name: missing-cert, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: nope}]}}\n  - {name: cross-ns-cert, port: 444, protocol: HTTPS, tls: {certificateRefs: [{name: cert, namespace: certs}]}}\n  - {name: kinds, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}}\n  - {name: tcp, port: 9000, protocol: TCP}\n"
+        ),
+    );
+    let c = build(&yaml);
+    let gw = status_of(&c, "Gateway", "infra", "gw");
+    let cond = |l: usize, t: &str| {
+        let c = gw["listeners"][l]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap();
+        format!(
+            "{}/{}",
+            c["status"].as_str().unwrap(),
+            c["reason"].as_str().unwrap()
+        )
+    };
+    assert_eq!(cond(0, "ResolvedRefs"), "False/InvalidCertificateRef");
+    assert_eq!(cond(0, "Programmed"), "False/Invalid");
+    assert_eq!(cond(1, "ResolvedRefs"), "False/RefNotPermitted");
+    assert_eq!(cond(2, "ResolvedRefs"), "False/InvalidRouteKinds");
+    assert_eq!(
+        gw["listeners"][2]["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    );
+    assert_eq!(cond(3, "Accepted"), "False/UnsupportedProtocol");
+    assert_eq!(
+        condition_summary(gw),
+        json!({"Accepted": "True/ListenersNotValid", "Programmed": "True/Programmed"})
+    );
+    assert_eq!(
+        gw["addresses"],
+        json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+    );
+    // Only the programmed HTTP listener gets a socket.
+    let ports: Vec<u16> = c.table.sockets.keys().map(|a| a.port()).collect();
+    assert_eq!(ports, vec![80]);
+    let class = &c.statuses[&ObjectKey::new(GATEWAY_GROUP, "GatewayClass", "", "gw")].status;
+    assert_eq!(
+        condition_summary(class),
+        json!({"Accepted": "True/Accepted"})
+    );
+}
+
+#[test]
+fn address_pool_allocation_is_sticky_and_honours_requests() {
+    let two = format!(
+        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: a, namespace: ns1}}\nspec: {{gatewayClassName: gw, listeners: [{{name: h, port: 80, protocol: HTTP}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: b, namespace: ns1}}\nspec:\n  gatewayClassName: gw\n  addresses: [{{value: 127.1.0.9}}]\n  listeners: [{{name: h, port: 80, protocol: HTTP}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: c, namespace: ns1}}\nspec:\n  gatewayClassName: gw\n  addresses: [{{value: 10.9.9.9}}, {{type: test/fake, value: x}}]\n  listeners: [{{name: h, port: 80, protocol: HTTP}}]\n"
+    );
+    let mut o = opts();
+    o.addressing = Addressing::Pool {
+        first: "127.1.0.1".parse().unwrap(),
+        last: "127.1.0.20".parse().unwrap(),
+    };
+    let c = compile(&snapshot(&two), &o);
+    let addr = |n: &str| status_of(&c, "Gateway", "ns1", n)["addresses"].clone();
+    assert_eq!(
+        addr("a"),
+        json!([{"type": "IPAddress", "value": "127.1.0.1"}])
+    );
+    assert_eq!(
+        addr("b"),
+        json!([{"type": "IPAddress", "value": "127.1.0.9"}])
+    );
+    assert_eq!(
+        condition_summary(status_of(&c, "Gateway", "ns1", "c"))["Accepted"],
+        "False/UnsupportedAddress"
+    );
+    let sockets: Vec<String> = c.table.sockets.keys().map(|a| a.to_string()).collect();
+    assert_eq!(sockets, vec!["127.1.0.1:80", "127.1.0.9:80"]);
+}

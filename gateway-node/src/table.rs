@@ -1,0 +1,454 @@
+//! The routing table a gateway node serves: built by the compiler from one committed revision, swapped
+//! atomically, read by every request. Lookup is pure: socket → listener (most specific hostname, the
+//! Gateway API's listener isolation) → route rules (hostname precedence, then match precedence).
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Everything a node serves at one revision.
+#[derive(Default)]
+pub struct RoutingTable {
+    pub revision: u64,
+    /// One entry per socket to listen on.
+    pub sockets: BTreeMap<SocketAddr, Arc<SocketTable>>,
+}
+
+/// The listeners served on one socket (several Gateways' listeners may share a port).
+pub struct SocketTable {
+    pub addr: SocketAddr,
+    /// Set for HTTPS sockets: the certificate is chosen by SNI.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub listeners: Vec<ListenerTable>,
+    pub by_host: HostIndex<usize>,
+}
+
+impl SocketTable {
+    /// The listener that owns a request's host: the most specific listener hostname wins.
+    pub fn listener_for(&self, host: &str) -> Option<&ListenerTable> {
+        self.by_host
+            .lookup(host)
+            .next()
+            .map(|i| &self.listeners[*i])
+    }
+}
+
+/// One Gateway listener with the routes attached to it.
+pub struct ListenerTable {
+    /// `namespace/gateway/listener`, for metrics and logs.
+    pub id: String,
+    pub port: u16,
+    pub https: bool,
+    pub routes: HostIndex<Vec<Arc<MatchEntry>>>,
+}
+
+impl ListenerTable {
+    /// The action of the highest-precedence rule matching the request, if any.
+    pub fn route<'a>(&'a self, host: &'a str, req: &RequestView<'_>) -> Option<&'a MatchEntry> {
+        self.routes
+            .lookup(host)
+            .flat_map(|group| group.iter())
+            .find(|e| e.matcher.matches(req))
+            .map(|e| &**e)
+    }
+}
+
+/// An index by hostname: exact names, then wildcards (most characters first), then "any".
+pub struct HostIndex<T> {
+    exact: HashMap<String, T>,
+    /// `(".suffix", T)`, longest suffix first.
+    wildcard: Vec<(String, T)>,
+    any: Option<T>,
+}
+
+impl<T> Default for HostIndex<T> {
+    fn default() -> Self {
+        HostIndex {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            any: None,
+        }
+    }
+}
+
+impl<T> HostIndex<T> {
+    /// The entry for a hostname pattern (`""` = any), created with `init` if missing.
+    pub fn entry(&mut self, pattern: &str, init: impl FnOnce() -> T) -> &mut T {
+        if pattern.is_empty() {
+            return self.any.get_or_insert_with(init);
+        }
+        if let Some(suffix) = pattern.strip_prefix('*') {
+            let pos = match self.wildcard.iter().position(|(s, _)| s == suffix) {
+                Some(p) => p,
+                None => {
+                    // Keep longest-first order.
+                    let at = self
+                        .wildcard
+                        .iter()
+                        .position(|(s, _)| s.len() < suffix.len())
+                        .unwrap_or(self.wildcard.len());
+                    self.wildcard.insert(at, (suffix.to_string(), init()));
+                    at
+                }
+            };
+            return &mut self.wildcard[pos].1;
+        }
+        self.exact.entry(pattern.to_string()).or_insert_with(init)
+    }
+
+    /// Entries whose pattern matches `host`, most specific first.
+    pub fn lookup<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        self.exact
+            .get(host)
+            .into_iter()
+            .chain(
+                self.wildcard
+                    .iter()
+                    .filter(move |(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, t)| t),
+            )
+            .chain(self.any.iter())
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.exact
+            .values_mut()
+            .chain(self.wildcard.iter_mut().map(|(_, t)| t))
+            .chain(self.any.iter_mut())
+    }
+}
+
+/// What the matcher needs of a request.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// The path without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// One `HTTPRouteMatch` (or GRPCRouteMatch, expressed on the request path) and the rule it leads to.
+pub struct MatchEntry {
+    pub matcher: RequestMatcher,
+    pub action: Arc<RuleAction>,
+    /// Sort key: lower is higher precedence.
+    pub precedence: Precedence,
+}
+
+/// Precedence of a match among those on one hostname (Gateway API "match precedence"): the class key
+/// first (for HTTPRoute: Exact before RegularExpression before PathPrefix, longer paths first, method,
+/// more header matches, more query matches; for GRPCRoute: longer service, longer method, more header
+/// matches), then the oldest route, then `namespace/name`, then rule order, then match order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    pub class: Vec<i64>,
+    pub created_ms: u64,
+    pub route: String,
+    pub rule: usize,
+    pub index: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise prefix, stored without a trailing slash ("/" is stored as "").
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => e == v,
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// Compiles a Gateway API regular expression as a full match (RE2 semantics, as Envoy applies it).
+pub fn full_match_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestMatcher {
+    pub path: PathMatch,
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+}
+
+impl RequestMatcher {
+    pub fn matches(&self, r: &RequestView<'_>) -> bool {
+        self.path.matches(r.path)
+            && self.method.as_ref().is_none_or(|m| m == r.method)
+            && self.headers.iter().all(|(name, m)| {
+                // Several values of one header are compared joined, as HTTP folds them.
+                let values: Vec<&str> = r
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                !values.is_empty() && m.matches(&values.join(","))
+            })
+            && self.query.iter().all(|(name, m)| {
+                // The first value of a repeated parameter is the one matched (Gateway API recommendation).
+                first_query_value(r.query, name).is_some_and(|v| m.matches(&v))
+            })
+    }
+}
+
+/// The first value of a query parameter (percent-decoded), if present.
+pub fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Identifies a route for metrics and logs.
+#[derive(Debug)]
+pub struct RouteInfo {
+    /// `HTTPRoute ns/name`
+    pub id: String,
+    pub grpc: bool,
+}
+
+/// What happens to a request matched by one rule.
+pub struct RuleAction {
+    pub route: Arc<RouteInfo>,
+    pub rule_index: usize,
+    pub filters: Filters,
+    pub backends: Backends,
+    pub timeouts: Timeouts,
+    /// The rule's PathPrefix value (ReplacePrefixMatch replaces it).
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Whole request: from receiving it to the end of the response headers.
+    pub request: Option<Duration>,
+    /// Each request to a backend.
+    pub backend: Option<Duration>,
+}
+
+/// Header changes (set replaces, add appends, remove deletes; names are case-insensitive).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMod {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMod {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            h.remove(n);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathModifier {
+    Full(String),
+    Prefix(String),
+}
+
+impl PathModifier {
+    /// The new path for `path` (which matched `prefix`, if the rule has one).
+    pub fn apply(&self, path: &str, prefix: Option<&str>) -> String {
+        match self {
+            PathModifier::Full(p) => p.clone(),
+            PathModifier::Prefix(replacement) => {
+                let prefix = prefix.unwrap_or("").trim_end_matches('/');
+                let rest = path.strip_prefix(prefix).unwrap_or(path);
+                let joined = if replacement.ends_with('/') && rest.starts_with('/') {
+                    format!("{replacement}{}", &rest[1..])
+                } else {
+                    format!("{replacement}{rest}")
+                };
+                if joined.is_empty() {
+                    "/".to_string()
+                } else {
+                    joined
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<&'static str>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathModifier>,
+    pub status: StatusCode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub hostname: Option<HeaderValue>,
+    pub path: Option<PathModifier>,
+}
+
+/// Filters of a rule or of one backendRef.
+#[derive(Default)]
+pub struct Filters {
+    pub request_headers: HeaderMod,
+    pub response_headers: HeaderMod,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<Arc<Upstream>>,
+    /// A filter gw cannot apply (e.g. an unresolved ExtensionRef): the request gets a 500.
+    pub invalid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (appProtocol `kubernetes.io/h2c`, and gRPC backends).
+    H2c,
+}
+
+/// A Service port's endpoints.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `namespace/service:port`
+    pub id: String,
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn new(id: String, protocol: UpstreamProtocol, endpoints: Vec<SocketAddr>) -> Upstream {
+        Upstream {
+            id,
+            protocol,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the ready endpoints.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.endpoints[i % self.endpoints.len()])
+    }
+}
+
+pub enum BackendTarget {
+    Upstream(Arc<Upstream>),
+    /// A backendRef that cannot be used (not found, not permitted, unsupported kind): its share of the
+    /// traffic gets a 500, as the spec requires.
+    Invalid(String),
+}
+
+pub struct BackendEntry {
+    pub weight: u64,
+    pub target: BackendTarget,
+    pub filters: Filters,
+}
+
+#[derive(Default)]
+pub struct Backends {
+    pub entries: Vec<BackendEntry>,
+    pub total_weight: u64,
+}
+
+impl Backends {
+    pub fn new(entries: Vec<BackendEntry>) -> Backends {
+        let total_weight = entries.iter().map(|e| e.weight).sum();
+        Backends {
+            entries,
+            total_weight,
+        }
+    }
+
+    /// Picks a backend with probability proportional to its weight; `r` is uniform in `[0, total)`.
+    pub fn choose(&self, r: u64) -> Option<&BackendEntry> {
+        let mut acc = 0;
+        self.entries.iter().find(|e| {
+            acc += e.weight;
+            e.weight > 0 && r < acc
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
