@@ -3,7 +3,7 @@
 //! driven against gw through its public API, so that gw and etcd can be compared on one machine.
 //! A put is an apply of one ConfigMap whose data holds the value; a get reads it back.
 
-use crate::client::ClientError;
+use gw_node::store_client::ClientError;
 use gw_proto as pb;
 use gw_proto::config_client::ConfigClient;
 use serde_json::json;

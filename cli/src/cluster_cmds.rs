@@ -1,6 +1,6 @@
 //! `gwadm cluster ...`: status and membership of the store.
 
-use crate::client::{Client, ClientError};
+use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::json;
 

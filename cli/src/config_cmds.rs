@@ -1,9 +1,9 @@
 //! `gwadm apply`, `get`, `delete`, `watch`: the config objects in the store.
 
-use crate::client::{Client, ClientError};
 use crate::output::{self, Format};
 use gw_model::kinds::{self, KindInfo};
 use gw_model::parse_documents;
+use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::{Value, json};
 use std::io::{Read, Write};

@@ -2,13 +2,13 @@
 //! cluster. Each subcommand is a function of this library; `main` only parses flags.
 
 pub mod bench;
-pub mod client;
 pub mod cluster_cmds;
 pub mod config_cmds;
 pub mod output;
+pub mod up;
 
 use clap::{Parser, Subcommand};
-use client::{Client, ClientError};
+use gw_node::store_client::{Client, ClientError};
 use output::Format;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +108,22 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Start a local all-in-one gw (store, gateway node, two echo backends) with a demo config.
+    Up(up::UpArgs),
+    /// An echo backend: answers every request with a JSON description of it (conformance field names).
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+        /// Pod name it reports.
+        #[arg(long, default_value = "echo")]
+        name: String,
+        /// Namespace it reports.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Accept only HTTP/2 (prior knowledge).
+        #[arg(long)]
+        h2c: bool,
     },
     /// The store cluster: status and membership.
     Cluster {
@@ -230,6 +246,27 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Bench {
             command: BenchCommand::Store(args),
         } => bench::run(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::EchoServer {
+            listen,
+            name,
+            namespace,
+            h2c,
+        } => {
+            let cfg = gw_node::echo::EchoConfig {
+                listen,
+                pod: name,
+                namespace,
+                h2c_only: h2c,
+                log: true,
+            };
+            let server = gw_node::echo::start(cfg)
+                .await
+                .map_err(|e| ClientError::Usage(format!("echo server on {listen}: {e}")))?;
+            eprintln!("echo server listening on {}", server.addr);
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
         Command::Cluster { command } => match command {
             ClusterCommand::Status { output } => {
                 cluster_cmds::status(&client, output == Format::Json).await

@@ -2,6 +2,15 @@
 //! an immutable routing table that is swapped atomically, serves HTTP, HTTPS and gRPC traffic from it,
 //! and reports status back through the store.
 
+pub mod admin;
 pub mod compile;
+pub mod echo;
 pub mod hostname;
+pub mod metrics;
+pub mod node;
+pub mod proxy;
+pub mod server;
+pub mod status;
+pub mod store_client;
 pub mod table;
+pub mod watcher;

@@ -267,28 +267,32 @@ impl State {
                 return Err(TxnError::Duplicate { key: key.clone() });
             }
             let current = self.objects.get(key).map(|o| resource_version(o));
-            match op {
-                Op::Put {
-                    expected_rv: Some(exp),
-                    ..
-                }
-                | Op::Delete {
-                    expected_rv: Some(exp),
-                    ..
-                } if current != Some(*exp) => {
+            let expected = match op {
+                Op::Put { expected_rv, .. } | Op::Delete { expected_rv, .. } => *expected_rv,
+                Op::Status { .. } => None,
+            };
+            // Expected resourceVersion 0 means "must not exist yet" (create-only).
+            if let Some(exp) = expected {
+                let holds = if exp == 0 {
+                    current.is_none()
+                } else {
+                    current == Some(exp)
+                };
+                if !holds {
                     return Err(TxnError::Conflict {
                         key: key.clone(),
-                        expected: *exp,
+                        expected: exp,
                         actual: current.unwrap_or(0),
                     });
                 }
-                Op::Delete {
-                    ignore_missing: false,
-                    ..
-                } if current.is_none() => {
-                    return Err(TxnError::NotFound { key: key.clone() });
-                }
-                _ => {}
+            }
+            if let Op::Delete {
+                ignore_missing: false,
+                ..
+            } = op
+                && current.is_none()
+            {
+                return Err(TxnError::NotFound { key: key.clone() });
             }
         }
         Ok(())

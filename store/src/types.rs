@@ -72,7 +72,7 @@ pub enum Op {
     Put {
         key: ObjectKey,
         object: Value,
-        /// Precondition: the stored object's resourceVersion.
+        /// Precondition: the stored object's resourceVersion (0: the object must not exist yet).
         expected_rv: Option<u64>,
         /// The uid the object gets if this creates it.
         uid: String,

@@ -307,18 +307,33 @@ fn path_modifier(m: &HttpPathModifier) -> Option<PathModifier> {
     }
 }
 
-/// Route-kind independent filter parts, accumulated while walking a filter list.
-struct FilterBuilder<'a, 'b> {
+/// What resolving a route's references needs.
+struct RefContext<'a, 'b> {
     idx: &'a Index<'b>,
     upstreams: &'a mut Upstreams,
     route_kind: &'static str,
     route_ns: &'a str,
     grpc: bool,
+}
+
+/// Route-kind independent filter parts, accumulated while walking a filter list.
+struct FilterBuilder<'c, 'a, 'b> {
+    ctx: &'c mut RefContext<'a, 'b>,
     filters: Filters,
     ref_error: Option<RefError>,
 }
 
-impl FilterBuilder<'_, '_> {
+impl<'c, 'a, 'b> FilterBuilder<'c, 'a, 'b> {
+    fn new(ctx: &'c mut RefContext<'a, 'b>) -> Self {
+        FilterBuilder {
+            ctx,
+            filters: Filters::default(),
+            ref_error: None,
+        }
+    }
+}
+
+impl FilterBuilder<'_, '_, '_> {
     fn headers(&mut self, request: Option<&HeaderModifier>, response: Option<&HeaderModifier>) {
         for (m, target) in [(request, true), (response, false)] {
             let Some(m) = m else { continue };
@@ -331,9 +346,10 @@ impl FilterBuilder<'_, '_> {
     }
 
     fn mirror(&mut self, b: &gw_model::route::BackendObjectReference) {
-        match self
+        let c = &mut *self.ctx;
+        match c
             .upstreams
-            .resolve(self.idx, self.route_kind, self.route_ns, b, self.grpc)
+            .resolve(c.idx, c.route_kind, c.route_ns, b, c.grpc)
         {
             Ok(u) => self.filters.mirrors.push(u),
             Err(e) => {
@@ -353,7 +369,7 @@ impl FilterBuilder<'_, '_> {
     }
 }
 
-fn http_filters(b: &mut FilterBuilder<'_, '_>, list: &[HttpRouteFilter]) {
+fn http_filters(b: &mut FilterBuilder<'_, '_, '_>, list: &[HttpRouteFilter]) {
     for f in list {
         match f.kind {
             HttpRouteFilterType::RequestHeaderModifier
@@ -403,7 +419,7 @@ fn http_filters(b: &mut FilterBuilder<'_, '_>, list: &[HttpRouteFilter]) {
     }
 }
 
-fn grpc_filters(b: &mut FilterBuilder<'_, '_>, list: &[GrpcRouteFilter]) {
+fn grpc_filters(b: &mut FilterBuilder<'_, '_, '_>, list: &[GrpcRouteFilter]) {
     for f in list {
         match f.kind {
             GrpcRouteFilterType::RequestHeaderModifier
@@ -427,18 +443,20 @@ fn grpc_filters(b: &mut FilterBuilder<'_, '_>, list: &[GrpcRouteFilter]) {
 
 /// Compiles the weighted backends of a rule, each with its own filters.
 fn backends<F>(
-    idx: &Index<'_>,
-    upstreams: &mut Upstreams,
-    route_kind: &'static str,
-    route_ns: &str,
-    grpc: bool,
+    ctx: &mut RefContext<'_, '_>,
     refs: &[BackendRef<F>],
     ref_error: &mut Option<RefError>,
-    apply_filters: impl Fn(&mut FilterBuilder<'_, '_>, &[F]),
+    apply_filters: impl Fn(&mut FilterBuilder<'_, '_, '_>, &[F]),
 ) -> Backends {
     let mut entries = Vec::with_capacity(refs.len());
     for br in refs {
-        let target = match upstreams.resolve(idx, route_kind, route_ns, &br.object_ref(), grpc) {
+        let target = match ctx.upstreams.resolve(
+            ctx.idx,
+            ctx.route_kind,
+            ctx.route_ns,
+            &br.object_ref(),
+            ctx.grpc,
+        ) {
             Ok(u) => BackendTarget::Upstream(u),
             Err(e) => {
                 let msg = e.message.clone();
@@ -446,15 +464,7 @@ fn backends<F>(
                 BackendTarget::Invalid(msg)
             }
         };
-        let mut fb = FilterBuilder {
-            idx,
-            upstreams,
-            route_kind,
-            route_ns,
-            grpc,
-            filters: Filters::default(),
-            ref_error: None,
-        };
+        let mut fb = FilterBuilder::new(ctx);
         apply_filters(&mut fb, &br.filters);
         if let Some(e) = fb.ref_error {
             ref_error.get_or_insert(e);
@@ -493,26 +503,21 @@ fn compile_http(
         unsupported: None,
     };
     for (ri, rule) in spec.rules.iter().enumerate() {
-        let mut fb = FilterBuilder {
+        let mut ctx = RefContext {
             idx,
             upstreams: &mut *upstreams,
             route_kind: "HTTPRoute",
             route_ns: &meta.namespace,
             grpc: false,
-            filters: Filters::default(),
-            ref_error: None,
         };
+        let mut fb = FilterBuilder::new(&mut ctx);
         http_filters(&mut fb, &rule.filters);
         let (filters, filter_err) = (fb.filters, fb.ref_error);
         if let Some(e) = filter_err {
             out.ref_error.get_or_insert(e);
         }
         let backends = backends(
-            idx,
-            upstreams,
-            "HTTPRoute",
-            &meta.namespace,
-            false,
+            &mut ctx,
             &rule.backend_refs,
             &mut out.ref_error,
             http_filters,
@@ -629,26 +634,21 @@ fn compile_grpc(
         spec.rules.iter().collect()
     };
     for (ri, rule) in rules.into_iter().enumerate() {
-        let mut fb = FilterBuilder {
+        let mut ctx = RefContext {
             idx,
             upstreams: &mut *upstreams,
             route_kind: "GRPCRoute",
             route_ns: &meta.namespace,
             grpc: true,
-            filters: Filters::default(),
-            ref_error: None,
         };
+        let mut fb = FilterBuilder::new(&mut ctx);
         grpc_filters(&mut fb, &rule.filters);
         let (filters, filter_err) = (fb.filters, fb.ref_error);
         if let Some(e) = filter_err {
             out.ref_error.get_or_insert(e);
         }
         let backends = backends(
-            idx,
-            upstreams,
-            "GRPCRoute",
-            &meta.namespace,
-            true,
+            &mut ctx,
             &rule.backend_refs,
             &mut out.ref_error,
             grpc_filters,

@@ -168,7 +168,9 @@ fn match_precedence_across_and_within_routes() {
         ),
     );
     let c = build(&yaml);
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    /// (method, path, headers, expected route#rule)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("GET", "/exact", &[], "infra/a#1"), // Exact beats every prefix
         ("GET", "/exact/more", &[], "infra/a#0"), // ...but only matches exactly
         ("GET", "/api", &[], "infra/a#2"),   // "/api/" is the element prefix /api; older route a

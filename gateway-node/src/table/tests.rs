@@ -155,7 +155,7 @@ fn precedence_orders_exact_prefix_method_headers_query_age_name() {
         rule: 0,
         index: 0,
     };
-    let mut v = vec![
+    let mut v = [
         p(vec![1, -1, 1, 0, 0], 0, "a/prefix-short"),
         p(vec![0, -4, 1, 0, 0], 0, "a/exact"),
         p(vec![1, -6, 1, 0, 0], 0, "a/prefix-long"),

@@ -196,6 +196,16 @@ fn optimistic_concurrency_lets_exactly_one_writer_win() {
         apply(&mut s, vec![put_op("new", "1", Some(3))]),
         Err(TxnError::Conflict { actual: 0, .. })
     ));
+    // Expected resourceVersion 0: create only if absent.
+    assert!(apply(&mut s, vec![put_op("new", "1", Some(0))]).is_ok());
+    assert_eq!(
+        apply(&mut s, vec![put_op("new", "2", Some(0))]).unwrap_err(),
+        TxnError::Conflict {
+            key: key("new"),
+            expected: 0,
+            actual: 3
+        }
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! A client of the store that knows several members and tries them in turn: it sticks to the member
-//! that answered last, and moves on when one is unreachable or has no leader.
+//! that answered last, and moves on when one is unreachable or has no leader. Used by gateway nodes
+//! and by gwadm.
 
 use gw_proto as pb;
 use gw_proto::cluster_client::ClusterClient;

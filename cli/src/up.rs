@@ -1,0 +1,251 @@
+//! `gwadm up`: a local all-in-one gw — a single-member store, one gateway node and two echo backends —
+//! configured with `deploy/examples/demo.yaml`; prints the commands that show it working and stops
+//! everything on Ctrl-C.
+
+use gw_node::store_client::{Client, ClientError};
+use gw_proto as pb;
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEMO: &str = include_str!("../../deploy/examples/demo.yaml");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the store and the node keep their data (default: a new temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Port of the demo Gateway's listener.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Port of the store's API.
+    #[arg(long, default_value_t = 7001)]
+    pub store_port: u16,
+    /// Port of the node's admin endpoint.
+    #[arg(long, default_value_t = 9901)]
+    pub admin_port: u16,
+}
+
+/// A sibling binary of this gwadm (`gw-api-server`, `gw-node`).
+fn sibling(name: &str) -> Result<PathBuf, ClientError> {
+    let exe = std::env::current_exe().map_err(|e| ClientError::Usage(e.to_string()))?;
+    let p = exe.with_file_name(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(ClientError::Usage(format!(
+            "{} not found next to gwadm (build the workspace: cargo build --bins)",
+            p.display()
+        )))
+    }
+}
+
+fn free(port: u16) -> Result<(), ClientError> {
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            ClientError::Usage(format!(
+                "port {port} is not free ({e}); pick another with the flags of gwadm up"
+            ))
+        })
+}
+
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (name, c) in self.0.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            eprintln!("stopped {name}");
+        }
+    }
+}
+
+fn spawn(
+    children: &mut Children,
+    name: &str,
+    log: &Path,
+    cmd: &mut Command,
+) -> Result<(), ClientError> {
+    let file = std::fs::File::create(log)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", log.display())))?;
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| ClientError::Usage(format!("starting {name}: {e}")))?;
+    children.0.push((name.to_string(), child));
+    Ok(())
+}
+
+/// The demo documents, with the listener port and the echo backends' EndpointSlices filled in.
+fn demo_documents(
+    port: u16,
+    backends: &[(&str, SocketAddr)],
+) -> Result<Vec<pb::Document>, ClientError> {
+    let docs = gw_model::parse_documents("deploy/examples/demo.yaml", DEMO)
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let mut out: Vec<Value> = docs.into_iter().map(|d| d.value).collect();
+    for d in &mut out {
+        if d["kind"] == "Gateway" {
+            d["spec"]["listeners"][0]["port"] = json!(port);
+        }
+    }
+    for (svc, addr) in backends {
+        out.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": svc, "namespace": "demo", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": addr.port()}],
+            "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}],
+        }));
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| pb::Document {
+            json: v.to_string(),
+            source: "gwadm up".into(),
+            index: i as u32 + 1,
+        })
+        .collect())
+}
+
+pub async fn run(a: UpArgs) -> Result<(), ClientError> {
+    for p in [a.port, a.store_port, a.admin_port] {
+        free(p)?;
+    }
+    let tmp;
+    let dir = match &a.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("gw-up-")
+                .tempdir()
+                .map_err(|e| ClientError::Usage(e.to_string()))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
+    let store_addr = format!("127.0.0.1:{}", a.store_port);
+    let mut children = Children(vec![]);
+    spawn(
+        &mut children,
+        "gw-api-server",
+        &dir.join("store.log"),
+        Command::new(sibling("gw-api-server")?)
+            .args([
+                "--id",
+                "1",
+                "--listen",
+                &store_addr,
+                "--peers",
+                &format!("1={store_addr}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("store")),
+    )?;
+    let echo = |pod: &str| gw_node::echo::EchoConfig {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        pod: pod.into(),
+        namespace: "demo".into(),
+        h2c_only: false,
+        log: false,
+    };
+    let v1 = gw_node::echo::start(echo("app-v1"))
+        .await
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let v2 = gw_node::echo::start(echo("app-v2"))
+        .await
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    spawn(
+        &mut children,
+        "gw-node",
+        &dir.join("node.log"),
+        Command::new(sibling("gw-node")?)
+            .args([
+                "--store",
+                &store_addr,
+                "--gateway-class",
+                "gw-demo",
+                "--bind-address",
+                "127.0.0.1",
+            ])
+            .args(["--admin", &format!("127.0.0.1:{}", a.admin_port)])
+            .arg("--data-dir")
+            .arg(dir.join("node")),
+    )?;
+    let client = Client::new(std::slice::from_ref(&store_addr), Duration::from_secs(20))?;
+    let req = pb::ApplyRequest {
+        documents: demo_documents(a.port, &[("app-v1", v1.addr), ("app-v2", v2.addr)])?,
+        dry_run: false,
+    };
+    let (resp, _) = client
+        .call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    eprintln!("applied the demo config (revision {})", resp.revision);
+    wait_until_served(a.port).await?;
+    let url = format!("http://127.0.0.1:{}", a.port);
+    println!(
+        "\ngw is up: store {store_addr}, gateway node on 127.0.0.1:{port}, admin http://127.0.0.1:{admin}/status, logs in {dir}\n\n\
+         Try:\n\
+         \x20 curl -s -H 'Host: app.demo.example' {url}/app/hello            # JSON from app-v1 (90%) or app-v2 (10%); note the x-gw-demo header\n\
+         \x20 for i in $(seq 100); do curl -s -H 'Host: app.demo.example' {url}/app | grep -o '\"pod\":\"[^\"]*\"'; done | sort | uniq -c   # the 90/10 split\n\
+         \x20 curl -si -H 'Host: app.demo.example' {url}/elsewhere | head -1   # 404: no rule matches\n\
+         \x20 GW_SERVER={store_addr} gwadm get httproutes -A                  # the route and its status\n\
+         \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\n\
+         Press Ctrl-C to stop.",
+        port = a.port,
+        admin = a.admin_port,
+        dir = dir.display(),
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(children);
+    drop((v1, v2));
+    Ok(())
+}
+
+/// Waits until the node routes the demo.
+async fn wait_until_served(port: u16) -> Result<(), ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(
+                    b"GET /app HTTP/1.1\r\nHost: app.demo.example\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(ClientError::Usage(
+        "the gateway node did not start serving within 30 s (see node.log)".into(),
+    ))
+}

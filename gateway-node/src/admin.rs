@@ -1,0 +1,102 @@
+//! The admin endpoint: `/status` (revision served, store revision last seen, staleness, sockets,
+//! status-writer role), `/metrics` (Prometheus), `/healthz`.
+
+use crate::metrics::Metrics;
+use crate::watcher::WatchHealth;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What the node knows about itself, shared with the admin endpoint.
+pub struct NodeState {
+    pub name: String,
+    pub gateway_class: String,
+    pub region: String,
+    pub started: Instant,
+    pub revision_served: AtomicU64,
+    pub status_writer: Arc<AtomicBool>,
+    pub watch: Arc<WatchHealth>,
+    pub sockets: Mutex<Vec<String>>,
+    pub failed_sockets: Mutex<BTreeMap<String, String>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeState {
+    pub fn report(&self) -> serde_json::Value {
+        let served = self.revision_served.load(Ordering::Relaxed);
+        let seen = self.watch.seen.load(Ordering::Relaxed).max(served);
+        let contact = self.watch.last_contact_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        json!({
+            "node": self.name,
+            "gatewayClass": self.gateway_class,
+            "region": self.region,
+            "revisionServed": served,
+            "revisionSeen": seen,
+            "revisionsBehind": seen - served,
+            "storeConnected": self.watch.connected.load(Ordering::Relaxed),
+            "msSinceStoreContact": if contact == 0 { serde_json::Value::Null } else { json!(now.saturating_sub(contact)) },
+            "statusWriter": self.status_writer.load(Ordering::Relaxed),
+            "sockets": *self.sockets.lock().unwrap_or_else(|p| p.into_inner()),
+            "failedSockets": *self.failed_sockets.lock().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn serve_one(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&state.report()).unwrap_or_default(),
+        ),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.encode(),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /status, /metrics, /healthz\n".into(),
+        ),
+    }
+}
+
+pub async fn serve(addr: SocketAddr, state: Arc<NodeState>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin endpoint listening");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(serve_one(&state, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,284 @@
+//! The echo backend: answers every request with a JSON description of it, using the field names of the
+//! Gateway API conformance suite's echo server (`path`, `host`, `method`, `proto`, `headers`,
+//! `namespace`, `pod`), so that tests and demos see what the backend received and who answered. Like
+//! that server it honours `X-Echo-Set-Header: name:value,...`, `?delay=<duration>`, `/status/<code>`,
+//! and echoes WebSocket messages on upgrade; with `h2c_only` it refuses anything but HTTP/2.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    pub listen: SocketAddr,
+    pub pod: String,
+    pub namespace: String,
+    /// Refuse requests that are not HTTP/2 (as the conformance suite's h2c backend does).
+    pub h2c_only: bool,
+    /// Log every echoed request to stderr, as the reference server does.
+    pub log: bool,
+}
+
+/// A running echo server.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    /// The request URIs echoed so far (the conformance suite reads the same from the server's log).
+    pub seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Go's canonical header name (`x-forwarded-for` → `X-Forwarded-For`), as the reference echo server
+/// reports names.
+fn canonical(name: &str) -> String {
+    name.split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn headers_json(h: &HeaderMap) -> serde_json::Value {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in h {
+        m.entry(canonical(k.as_str()))
+            .or_default()
+            .push(v.to_str().unwrap_or("").to_string());
+    }
+    json!(m)
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The value the reference server parses with Go's `time.ParseDuration`; the GEP-2257 subset suffices.
+fn delay_of(query: Option<&str>) -> Option<Duration> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay="))
+        .and_then(gw_model::duration::parse)
+}
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+async fn handle(
+    cfg: Arc<EchoConfig>,
+    seen: Arc<Mutex<Vec<String>>>,
+    mut req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if cfg.h2c_only && req.version() != Version::HTTP_2 {
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"only HTTP/2 is accepted here\n",
+        )));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    }
+    if let Some(code) = req
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+        return r;
+    }
+    if let Some(d) = delay_of(req.uri().query()) {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+        let accept = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            Sha1::digest(format!("{}{WS_GUID}", key.to_str().unwrap_or("")).as_bytes()),
+        );
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let _ = websocket_echo(TokioIo::new(up)).await;
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        return r;
+    }
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(uri.clone());
+    if cfg.log {
+        eprintln!("Echoing back request made to {uri} to client ({})", cfg.pod);
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let set_headers = req
+        .headers()
+        .get("x-echo-set-header")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = json!({
+        "path": uri,
+        "host": host,
+        "method": req.method().as_str(),
+        "proto": version_name(req.version()),
+        "headers": headers_json(req.headers()),
+        "namespace": cfg.namespace,
+        "pod": cfg.pod,
+    });
+    // Drain the request body before answering.
+    let _ = req.into_body().collect().await;
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for pair in set_headers.iter().flat_map(|s| s.split(',')) {
+        if let Some((k, v)) = pair.split_once(':')
+            && let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.trim().as_bytes()),
+                HeaderValue::from_str(v.trim()),
+            )
+        {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r
+}
+
+/// Echoes WebSocket data frames (text/binary) until a close frame; answers pings.
+async fn websocket_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+) -> std::io::Result<()> {
+    loop {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await?;
+        let opcode = head[0] & 0x0f;
+        let masked = head[1] & 0x80 != 0;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            len = u64::from(io.read_u16().await?);
+        } else if len == 127 {
+            len = io.read_u64().await?;
+        }
+        if len > 16 << 20 {
+            return Ok(());
+        }
+        let mut mask = [0u8; 4];
+        if masked {
+            io.read_exact(&mut mask).await?;
+        }
+        let mut payload = vec![0u8; len as usize];
+        io.read_exact(&mut payload).await?;
+        if masked {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        let reply_opcode = match opcode {
+            0x8 => {
+                io.write_all(&[0x88, 0]).await?;
+                return Ok(());
+            }
+            0x9 => 0xA,
+            0x0..=0x2 => opcode,
+            _ => continue,
+        };
+        let mut frame = vec![0x80 | reply_opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(n as u8),
+            n if n <= 0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&payload);
+        io.write_all(&frame).await?;
+    }
+}
+
+/// Starts an echo server (port 0 picks a free port).
+pub async fn start(cfg: EchoConfig) -> std::io::Result<EchoServer> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let cfg = Arc::new(cfg);
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (cfg, seen) = (cfg.clone(), seen2.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let (cfg, seen) = (cfg.clone(), seen.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handle(cfg, seen, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(EchoServer { addr, seen, task })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canonical_header_names() {
+        assert_eq!(super::canonical("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(super::canonical("user-agent"), "User-Agent");
+        assert_eq!(super::canonical("host"), "Host");
+    }
+}

@@ -1,0 +1,104 @@
+//! Prometheus metrics of a node: requests by route and status code, latencies, upstream errors by
+//! route and backend, and the revision served vs the store revision last seen.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub route: String,
+    pub backend: String,
+    pub kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_errors: Family<BackendLabels, Counter>,
+    pub revision_served: Gauge<u64, AtomicU64>,
+    pub revision_seen: Gauge<u64, AtomicU64>,
+    pub table_swaps: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gw_node");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let upstream_errors = Family::<BackendLabels, Counter>::default();
+        let revision_served = Gauge::<u64, AtomicU64>::default();
+        let revision_seen = Gauge::<u64, AtomicU64>::default();
+        let table_swaps = Counter::default();
+        registry.register(
+            "requests",
+            "Requests served, by route and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency (to response headers), by route",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed requests to backends, by route, backend and kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "revision_served",
+            "Store revision of the routing table being served",
+            revision_served.clone(),
+        );
+        registry.register(
+            "revision_seen",
+            "Latest store revision seen on the watch",
+            revision_seen.clone(),
+        );
+        registry.register(
+            "table_swaps",
+            "Routing tables installed",
+            table_swaps.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            revision_served,
+            revision_seen,
+            table_swaps,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,260 @@
+//! A gateway node: configuration (flags of `gw-node`), and the tasks it runs — the watch client, the
+//! snapshot persister, the compile loop that swaps routing tables and reconciles sockets, the status
+//! writer, the admin endpoint.
+
+use crate::admin::{self, NodeState};
+use crate::compile::{Addressing, CompileOptions, Snapshot, compile};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::Sockets;
+use crate::status::{self, Statuses};
+use crate::store_client::Client;
+use crate::table::RoutingTable;
+use crate::watcher::{self, WatchHealth};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::Parser;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// The wall clock in ms since the epoch (for condition transition times and lease records only).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gw-node",
+    version,
+    about = "A gw gateway node: serves the Gateways of one GatewayClass from the store's committed state"
+)]
+pub struct NodeConfig {
+    /// Store members (HOST:PORT, comma-separated), tried in turn.
+    #[arg(long, env = "GW_SERVER", value_delimiter = ',', required = true)]
+    pub store: Vec<String>,
+    /// Directory where the node keeps the last committed snapshot it served.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The GatewayClass whose Gateways this node serves.
+    #[arg(long)]
+    pub gateway_class: String,
+    /// The `spec.controllerName` gw answers to.
+    #[arg(long, default_value = "gw.dev/gateway-node")]
+    pub controller_name: String,
+    /// Address every listener is bound to (shared addressing).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Give each Gateway its own IPv4 address from FIRST-LAST instead (e.g. 127.1.0.1-127.1.0.254).
+    #[arg(long, value_parser = parse_pool)]
+    pub address_pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Addresses Gateway status reports with shared addressing (default: the bind address, or
+    /// 127.0.0.1 when binding every address).
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_address: Vec<IpAddr>,
+    /// This node's region label.
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Admin endpoint (HOST:PORT): /status, /metrics, /healthz.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Name of this node (default: host name and bind address).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Worker threads of the data plane (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 127.1.0.1-127.1.0.254")?;
+    let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    if a > b {
+        return Err("the pool's first address is after its last".into());
+    }
+    Ok((a, b))
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.gateway_class.is_empty() {
+            return Err("--gateway-class must not be empty".into());
+        }
+        if self.workers == Some(0) {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn addressing(&self) -> Addressing {
+        match self.address_pool {
+            Some((first, last)) => Addressing::Pool { first, last },
+            None => {
+                let advertised = if !self.advertise_address.is_empty() {
+                    self.advertise_address.clone()
+                } else if self.bind_address.is_unspecified() {
+                    vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+                } else {
+                    vec![self.bind_address]
+                };
+                Addressing::Shared {
+                    bind: self.bind_address,
+                    advertised,
+                }
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "node".into());
+            format!("{}-{}", host.trim(), self.bind_address)
+        })
+    }
+}
+
+/// Runs a node until the process is told to stop.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Arc::new(
+        Client::new(&cfg.store, Duration::from_secs(2)).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let initial = watcher::load(&cfg.data_dir).unwrap_or_default();
+    if initial.revision > 0 {
+        tracing::info!(
+            revision = initial.revision,
+            objects = initial.objects.len(),
+            "serving the persisted snapshot until the store answers"
+        );
+    }
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::default());
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let proxy = Arc::new(Proxy::new(table.clone(), metrics.clone()));
+    let health = Arc::new(WatchHealth::default());
+    let writer = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(NodeState {
+        name: cfg.name(),
+        gateway_class: cfg.gateway_class.clone(),
+        region: cfg.region.clone(),
+        started,
+        revision_served: Default::default(),
+        status_writer: writer.clone(),
+        watch: health.clone(),
+        sockets: Default::default(),
+        failed_sockets: Default::default(),
+        metrics: metrics.clone(),
+    });
+
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(initial.clone()));
+    tokio::spawn(watcher::run(
+        client.clone(),
+        initial,
+        snap_tx,
+        health,
+        started,
+    ));
+    tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
+    let (desired_tx, desired_rx) =
+        watch::channel(Arc::new((Arc::new(Snapshot::default()), Statuses::new())));
+    let template = CompileOptions {
+        controller_name: cfg.controller_name.clone(),
+        gateway_class: cfg.gateway_class.clone(),
+        addressing: cfg.addressing(),
+        now_ms: 0,
+    };
+    tokio::spawn(compile_loop(
+        snap_rx,
+        template,
+        table,
+        Sockets::new(proxy),
+        desired_tx,
+        state.clone(),
+    ));
+    tokio::spawn(status::run(
+        client,
+        state.name.clone(),
+        cfg.gateway_class.clone(),
+        desired_rx,
+        writer,
+    ));
+    if let Some(addr) = cfg.admin {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(addr, state).await {
+                tracing::error!(%addr, error = %e, "admin endpoint failed");
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Compiles every committed state the watch publishes (coalescing bursts), swaps the routing table
+/// atomically (requests in flight keep the table they started with), and reconciles sockets.
+async fn compile_loop(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    template: CompileOptions,
+    table: Arc<ArcSwap<RoutingTable>>,
+    mut sockets: Sockets,
+    desired: watch::Sender<Arc<(Arc<Snapshot>, Statuses)>>,
+    state: Arc<NodeState>,
+) {
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        let opts = CompileOptions {
+            now_ms: now_ms(),
+            ..template.clone()
+        };
+        let s2 = snap.clone();
+        let compiled = match tokio::task::spawn_blocking(move || compile(&s2, &opts)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "compilation panicked; keeping the previous table");
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        table.store(Arc::new(compiled.table));
+        sockets.reconcile(&table.load());
+        state
+            .revision_served
+            .store(snap.revision, Ordering::Relaxed);
+        state.metrics.revision_served.set(snap.revision);
+        state.metrics.table_swaps.inc();
+        *state.sockets.lock().unwrap_or_else(|p| p.into_inner()) =
+            table.load().sockets.keys().map(|a| a.to_string()).collect();
+        *state
+            .failed_sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = sockets
+            .failed
+            .iter()
+            .map(|(a, e)| (a.to_string(), e.clone()))
+            .collect();
+        let _ = desired.send(Arc::new((snap, compiled.statuses)));
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

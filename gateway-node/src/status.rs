@@ -1,0 +1,202 @@
+//! Writing status back through the store, by one node only: the nodes serving a GatewayClass elect a
+//! writer with a lease object (`gw-system/gw-status-writer-<class>`, a ConfigMap updated with optimistic
+//! concurrency, like a Kubernetes Lease). A holder renews it; another node takes it over once it has not
+//! changed for a whole lease period of that node's own (monotonic) clock. The writer compares the
+//! compiled statuses with the committed ones and writes only the differences; since the compiler keeps
+//! `lastTransitionTime` for unchanged conditions, writing converges.
+
+use crate::compile::{DesiredStatus, Snapshot};
+use crate::store_client::{Client, ClientError};
+use gw_model::ObjectKey;
+use gw_proto as pb;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The namespace of gw's own coordination objects.
+pub const SYSTEM_NAMESPACE: &str = "gw-system";
+/// A lease not renewed for this long may be taken over.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// Most status updates per request.
+const BATCH: usize = 100;
+
+pub type Statuses = BTreeMap<ObjectKey, DesiredStatus>;
+
+struct Lease {
+    name: String,
+    holder: String,
+    /// The last resourceVersion seen and when it was first seen (local clock).
+    observed: Option<(u64, Instant)>,
+    /// When this node last renewed it successfully.
+    renewed: Option<Instant>,
+}
+
+fn lease_doc(name: &str, holder: &str, rv: u64) -> pb::Document {
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE, "resourceVersion": rv.to_string()},
+        "data": {"holder": holder, "renewed": crate::node::now_ms().to_string()},
+    });
+    pb::Document {
+        json: obj.to_string(),
+        source: "status-writer".into(),
+        index: 1,
+    }
+}
+
+impl Lease {
+    /// One step of the election; returns whether this node may write status now.
+    async fn step(&mut self, client: &Client) -> bool {
+        let target = pb::ObjectRef {
+            group: String::new(),
+            kind: "ConfigMap".into(),
+            namespace: SYSTEM_NAMESPACE.into(),
+            name: self.name.clone(),
+        };
+        let got = client
+            .call(|c| {
+                let req = pb::GetRequest {
+                    target: Some(target.clone()),
+                    options: None,
+                };
+                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        let (holder, rv) = match got {
+            Ok((resp, _)) => {
+                let obj: Value = serde_json::from_str(&resp.object_json).unwrap_or(Value::Null);
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                (obj["data"]["holder"].as_str().unwrap_or("").to_string(), rv)
+            }
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => (String::new(), 0),
+            Err(_) => return self.still_holding(),
+        };
+        let now = Instant::now();
+        let take = if holder == self.holder || holder.is_empty() {
+            true
+        } else {
+            match self.observed {
+                Some((seen_rv, since)) if seen_rv == rv => {
+                    now.duration_since(since) >= LEASE_DURATION
+                }
+                _ => {
+                    self.observed = Some((rv, now));
+                    false
+                }
+            }
+        };
+        if !take {
+            self.renewed = None;
+            return false;
+        }
+        let doc = lease_doc(&self.name, &self.holder, rv);
+        let wrote = client
+            .call(|c| {
+                let req = pb::ApplyRequest {
+                    documents: vec![doc.clone()],
+                    dry_run: false,
+                };
+                async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        match wrote {
+            Ok(_) => {
+                if holder != self.holder {
+                    tracing::info!(lease = %self.name, "became the status writer");
+                }
+                self.renewed = Some(now);
+                true
+            }
+            Err(_) => self.still_holding(),
+        }
+    }
+
+    fn still_holding(&self) -> bool {
+        self.renewed
+            .is_some_and(|r| r.elapsed() < LEASE_DURATION - RENEW_EVERY)
+    }
+}
+
+/// The status updates that make the committed statuses equal the desired ones.
+pub fn diff(desired: &Statuses, snap: &Snapshot) -> Vec<pb::StatusUpdate> {
+    desired
+        .iter()
+        .filter_map(|(key, d)| {
+            let current = snap.objects.get(key)?;
+            if current.get("status") == Some(&d.status)
+                || current["metadata"]["uid"] != d.uid.as_str()
+            {
+                return None;
+            }
+            Some(pb::StatusUpdate {
+                target: Some(pb::ObjectRef {
+                    group: key.group.clone(),
+                    kind: key.kind.clone(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                }),
+                status_json: d.status.to_string(),
+                expected_uid: d.uid.clone(),
+                expected_generation: d.generation,
+            })
+        })
+        .collect()
+}
+
+/// Runs the election and, while elected, writes statuses whenever they differ.
+pub async fn run(
+    client: Arc<Client>,
+    node_name: String,
+    gateway_class: String,
+    mut desired: watch::Receiver<Arc<(Arc<Snapshot>, Statuses)>>,
+    writer: Arc<AtomicBool>,
+) {
+    let mut lease = Lease {
+        name: format!("gw-status-writer-{gateway_class}"),
+        holder: node_name,
+        observed: None,
+        renewed: None,
+    };
+    let mut next_renew = Instant::now();
+    loop {
+        if Instant::now() >= next_renew {
+            writer.store(lease.step(&client).await, Ordering::Relaxed);
+            next_renew = Instant::now() + RENEW_EVERY;
+        }
+        if writer.load(Ordering::Relaxed) {
+            let (snap, statuses) = {
+                let d = desired.borrow_and_update();
+                (d.0.clone(), d.1.clone())
+            };
+            let updates = diff(&statuses, &snap);
+            for batch in updates.chunks(BATCH) {
+                let req = pb::UpdateStatusRequest {
+                    updates: batch.to_vec(),
+                };
+                let res = client
+                    .call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Client::config(c)
+                                .update_status(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "status update failed");
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), desired.changed()).await;
+    }
+}

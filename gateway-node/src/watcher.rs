@@ -1,0 +1,365 @@
+//! The watch client: an explicit state machine (Empty → Snapshot(rev) → Streaming(rev)) over the
+//! store's Watch stream. It applies whole snapshots atomically (a compacted resume is a full
+//! replacement, never a merge), applies each revision's events together, resumes after a disconnect on
+//! any member from the last revision it holds, and publishes every committed state it reaches. It also
+//! persists the state it serves, so that a node restarted while the store is unreachable serves it
+//! (static stability).
+
+use crate::compile::Snapshot;
+use crate::store_client::Client;
+use gw_model::ObjectKey;
+use gw_proto as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Where the watch stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchState {
+    /// Nothing received yet on this stream.
+    Empty,
+    /// Receiving the chunks of a snapshot at this revision.
+    Snapshot { revision: u64 },
+    /// Up to date at this revision, applying events as they come.
+    Streaming { revision: u64 },
+}
+
+/// What one stream message did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to publish yet (a snapshot chunk, an event already held, a bookmark).
+    Nothing,
+    /// A new committed state to publish.
+    Publish,
+    /// The stream broke the protocol (a gap): resynchronise with a fresh snapshot.
+    Resync,
+}
+
+/// The pure part of the watch client: feeds stream messages into the object map.
+pub struct WatchMachine {
+    pub state: WatchState,
+    pub snapshot: Snapshot,
+    pending: BTreeMap<ObjectKey, Arc<Value>>,
+    /// Highest revision the store reported (events or bookmarks).
+    pub seen: u64,
+}
+
+fn key_of(obj: &Value) -> ObjectKey {
+    let (group, _) = gw_model::kinds::split_api_version(obj["apiVersion"].as_str().unwrap_or(""));
+    ObjectKey::new(
+        group,
+        obj["kind"].as_str().unwrap_or(""),
+        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        obj["metadata"]["name"].as_str().unwrap_or(""),
+    )
+}
+
+impl WatchMachine {
+    pub fn new(initial: Snapshot) -> WatchMachine {
+        let seen = initial.revision;
+        WatchMachine {
+            state: WatchState::Empty,
+            snapshot: initial,
+            pending: BTreeMap::new(),
+            seen,
+        }
+    }
+
+    /// The `after_revision` to (re)open a stream with: resume after what is held, or ask for a snapshot.
+    pub fn resume_from(&self) -> Option<u64> {
+        (self.snapshot.revision > 0).then_some(self.snapshot.revision)
+    }
+
+    /// A new stream begins.
+    pub fn reset_stream(&mut self) {
+        self.state = WatchState::Empty;
+        self.pending.clear();
+    }
+
+    pub fn feed(&mut self, body: pb::watch_response::Body) -> Step {
+        use pb::watch_response::Body;
+        match body {
+            Body::Snapshot(chunk) => {
+                if !matches!(self.state, WatchState::Snapshot { revision } if revision == chunk.revision)
+                {
+                    self.pending.clear();
+                    self.state = WatchState::Snapshot {
+                        revision: chunk.revision,
+                    };
+                }
+                for o in &chunk.objects_json {
+                    if let Ok(v) = serde_json::from_str::<Value>(o) {
+                        self.pending.insert(key_of(&v), Arc::new(v));
+                    }
+                }
+                self.seen = self.seen.max(chunk.revision);
+                if !chunk.done {
+                    return Step::Nothing;
+                }
+                // Replace everything at once: a snapshot is the whole state, not a delta.
+                self.snapshot = Snapshot {
+                    revision: chunk.revision,
+                    objects: std::mem::take(&mut self.pending),
+                };
+                self.state = WatchState::Streaming {
+                    revision: chunk.revision,
+                };
+                Step::Publish
+            }
+            Body::Events(ev) => {
+                let WatchState::Streaming { revision } = self.state else {
+                    // Events may only follow a complete snapshot or a resume on this stream.
+                    if self.state == WatchState::Empty && self.resume_from().is_some() {
+                        self.state = WatchState::Streaming {
+                            revision: self.snapshot.revision,
+                        };
+                        return self.feed(Body::Events(ev));
+                    }
+                    return Step::Resync;
+                };
+                self.seen = self.seen.max(ev.revision);
+                if ev.revision <= revision {
+                    return Step::Nothing;
+                }
+                for e in ev.events {
+                    let Some(r) = e.target else { continue };
+                    let key = ObjectKey::new(&r.group, &r.kind, &r.namespace, &r.name);
+                    if e.r#type == pb::EventType::Delete as i32 {
+                        self.snapshot.objects.remove(&key);
+                    } else if let Ok(v) = serde_json::from_str::<Value>(&e.object_json) {
+                        self.snapshot.objects.insert(key, Arc::new(v));
+                    }
+                }
+                self.snapshot.revision = ev.revision;
+                self.state = WatchState::Streaming {
+                    revision: ev.revision,
+                };
+                Step::Publish
+            }
+            Body::Bookmark(b) => {
+                self.seen = self.seen.max(b.revision);
+                if self.state == WatchState::Empty && self.resume_from().is_some() {
+                    self.state = WatchState::Streaming {
+                        revision: self.snapshot.revision,
+                    };
+                }
+                Step::Nothing
+            }
+        }
+    }
+}
+
+/// The persisted form of a snapshot.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    revision: u64,
+    objects: Vec<Arc<Value>>,
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// Loads the persisted snapshot, if any.
+pub fn load(dir: &Path) -> Option<Snapshot> {
+    let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
+    let p: Persisted = serde_json::from_slice(&bytes).ok()?;
+    let objects = p.objects.into_iter().map(|o| (key_of(&o), o)).collect();
+    Some(Snapshot {
+        revision: p.revision,
+        objects,
+    })
+}
+
+/// Writes a snapshot atomically (temporary file, fsync, rename).
+pub fn save(dir: &Path, s: &Snapshot) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp: PathBuf = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let body = Persisted {
+        revision: s.revision,
+        objects: s.objects.values().cloned().collect(),
+    };
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(&body).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// Connection facts for the admin endpoint.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    /// Highest revision the store reported.
+    pub seen: AtomicU64,
+    /// Milliseconds (since the node started) of the last message from the store; 0: never.
+    pub last_contact_ms: AtomicU64,
+    pub connected: std::sync::atomic::AtomicBool,
+}
+
+/// Runs the watch forever, publishing each committed state reached.
+pub async fn run(
+    client: Arc<Client>,
+    initial: Snapshot,
+    publish: watch::Sender<Arc<Snapshot>>,
+    health: Arc<WatchHealth>,
+    started: Instant,
+) {
+    let mut m = WatchMachine::new(initial);
+    loop {
+        m.reset_stream();
+        let req = pb::WatchRequest {
+            after_revision: m.resume_from(),
+            kinds: vec![],
+            namespace: String::new(),
+            bookmark_interval_ms: 500,
+        };
+        let stream = client
+            .call(|c| {
+                let req = req.clone();
+                async move { Client::config(c).watch(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        let mut stream = match stream {
+            Ok((s, _)) => s,
+            Err(e) => {
+                health.connected.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, revision = m.snapshot.revision, "store unreachable; serving the last committed state");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        health.connected.store(true, Ordering::Relaxed);
+        loop {
+            // A stream that stays silent longer than a few bookmark intervals is dead (e.g. a partition).
+            let msg = match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+            };
+            health
+                .last_contact_ms
+                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let Some(body) = msg.body else { continue };
+            match m.feed(body) {
+                Step::Nothing => {}
+                Step::Publish => {
+                    let _ = publish.send(Arc::new(m.snapshot.clone()));
+                }
+                Step::Resync => {
+                    tracing::warn!("watch stream out of order; resynchronising");
+                    m.snapshot.revision = 0;
+                    break;
+                }
+            }
+            health.seen.store(m.seen, Ordering::Relaxed);
+        }
+        health.connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Persists every published state (coalescing bursts) under `dir`.
+pub async fn persist(dir: PathBuf, mut rx: watch::Receiver<Arc<Snapshot>>) {
+    let mut saved = 0;
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let snap = rx.borrow_and_update().clone();
+        if snap.revision == saved {
+            continue;
+        }
+        let dir2 = dir.clone();
+        let s2 = snap.clone();
+        match tokio::task::spawn_blocking(move || save(&dir2, &s2)).await {
+            Ok(Ok(())) => saved = snap.revision,
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot persist the served snapshot"),
+            Err(e) => tracing::error!(error = %e, "snapshot persister failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::watch_response::Body;
+
+    fn obj(name: &str, rv: u64) -> String {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "d", "resourceVersion": rv.to_string()}}).to_string()
+    }
+
+    fn chunk(revision: u64, names: &[&str], done: bool) -> Body {
+        Body::Snapshot(pb::SnapshotChunk {
+            revision,
+            objects_json: names.iter().map(|n| obj(n, revision)).collect(),
+            done,
+            compacted: false,
+            compact_revision: 0,
+        })
+    }
+
+    fn put(revision: u64, name: &str) -> Body {
+        Body::Events(pb::RevisionEvents {
+            revision,
+            events: vec![pb::Event {
+                r#type: pb::EventType::Put as i32,
+                target: Some(pb::ObjectRef {
+                    group: String::new(),
+                    kind: "ConfigMap".into(),
+                    namespace: "d".into(),
+                    name: name.into(),
+                }),
+                object_json: obj(name, revision),
+            }],
+        })
+    }
+
+    #[test]
+    fn snapshot_then_streaming_then_resync() {
+        let mut m = WatchMachine::new(Snapshot::default());
+        assert_eq!(m.resume_from(), None);
+        assert_eq!(m.feed(chunk(5, &["a", "b"], false)), Step::Nothing);
+        assert_eq!(m.state, WatchState::Snapshot { revision: 5 });
+        assert!(
+            m.snapshot.objects.is_empty(),
+            "a partial snapshot is never published"
+        );
+        assert_eq!(m.feed(chunk(5, &["c"], true)), Step::Publish);
+        assert_eq!(
+            (m.state.clone(), m.snapshot.objects.len()),
+            (WatchState::Streaming { revision: 5 }, 3)
+        );
+        assert_eq!(m.feed(put(6, "d")), Step::Publish);
+        assert_eq!(
+            m.feed(put(6, "d")),
+            Step::Nothing,
+            "an event already applied is not applied twice"
+        );
+        assert_eq!(m.snapshot.revision, 6);
+        // Reconnect elsewhere: resume after 6; a compacted answer replaces everything.
+        m.reset_stream();
+        assert_eq!(m.resume_from(), Some(6));
+        assert_eq!(m.feed(chunk(9, &["z"], true)), Step::Publish);
+        let names: Vec<&str> = m.snapshot.objects.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, vec!["z"], "a resync replaces, it does not merge");
+    }
+
+    #[test]
+    fn events_before_any_snapshot_force_a_resync() {
+        let mut m = WatchMachine::new(Snapshot::default());
+        assert_eq!(m.feed(put(3, "x")), Step::Resync);
+    }
+
+    #[test]
+    fn persisted_snapshot_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = WatchMachine::new(Snapshot::default());
+        m.feed(chunk(7, &["a", "b"], true));
+        save(dir.path(), &m.snapshot).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), m.snapshot);
+        assert!(load(&dir.path().join("nope")).is_none());
+    }
+}
