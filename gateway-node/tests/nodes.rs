@@ -1,0 +1,192 @@
+//! Gateway nodes against a real store: several nodes serve the same Gateway and converge on every
+//! committed change; nodes keep serving, and restart, while the store is down; status is written back.
+
+mod support;
+
+use gw_jepsen::cluster::free_port;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::*;
+
+fn gateway(port: u16) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
+    )
+}
+
+fn route(backend: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]\n"
+    )
+}
+
+/// Two nodes on 127.0.0.2 and 127.0.0.3 serve the same route; a changed route is served by both once
+/// the apply is acknowledged (the time it took is printed; the propagation benchmark measures it).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_serve_the_same_route_and_follow_changes() {
+    let store = store();
+    let s = store.servers();
+    let (v1, v2) = (
+        echo("app-v1", "web", false).await,
+        echo("app-v2", "web", false).await,
+    );
+    let port = free_port();
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}{}{}{}{}",
+            gateway(port),
+            service("app-v1", "web", v1.addr, None),
+            service("app-v2", "web", v2.addr, None),
+            route("app-v1")
+        ),
+    );
+    let a = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let b = NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b");
+    let addrs: Vec<SocketAddr> = [&a, &b]
+        .iter()
+        .map(|n| format!("{}:{port}", n.bind).parse().unwrap())
+        .collect();
+    for addr in &addrs {
+        eventually(&format!("{addr} serves app-v1"), || async {
+            who(*addr, "x.example", "/").await == "app-v1"
+        })
+        .await;
+    }
+    apply(&s, &store.dir, &route("app-v2"));
+    let took = eventually("both nodes serve app-v2", || async {
+        who(addrs[0], "x.example", "/").await == "app-v2"
+            && who(addrs[1], "x.example", "/").await == "app-v2"
+    })
+    .await;
+    eprintln!("change served by both nodes {took:?} after the apply was acknowledged");
+    // Each node reports the revision it serves.
+    for n in [&a, &b] {
+        let r = get(n.admin, "admin", "/status", &[]).await.unwrap();
+        assert_eq!(r.json()["revisionsBehind"], 0, "{}", r.body);
+    }
+}
+
+/// With every store member down both nodes keep serving the last committed state; a node restarted
+/// while the store is still down serves the snapshot it persisted.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_survive_a_store_outage_and_restart_from_their_snapshot() {
+    let mut store = store();
+    let s = store.servers();
+    let v1 = echo("app-v1", "web", false).await;
+    let port = free_port();
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}{}{}{}",
+            gateway(port),
+            service("app-v1", "web", v1.addr, None),
+            route("app-v1")
+        ),
+    );
+    let mut a = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let b = NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b");
+    let (aa, ba): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        format!("127.0.0.3:{port}").parse().unwrap(),
+    );
+    for addr in [aa, ba] {
+        eventually("served", || async move {
+            who(addr, "x.example", "/").await == "app-v1"
+        })
+        .await;
+    }
+    // Let the persister write the served state.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in store.ids() {
+        store.kill(id);
+    }
+    for addr in [aa, ba] {
+        for _ in 0..5 {
+            assert_eq!(
+                who(addr, "x.example", "/").await,
+                "app-v1",
+                "{addr} keeps serving without the store"
+            );
+        }
+    }
+    a.stop();
+    a.spawn();
+    eventually(
+        "the restarted node serves its persisted snapshot",
+        || async move { who(aa, "x.example", "/").await == "app-v1" },
+    )
+    .await;
+    let r = get(a.admin, "admin", "/status", &[]).await.unwrap();
+    assert_eq!(r.json()["storeConnected"], false, "{}", r.body);
+    drop(b);
+}
+
+/// Route status written back through the store: an accepted route, a route whose backend does not
+/// exist, a route the listener does not allow.
+#[tokio::test(flavor = "multi_thread")]
+async fn route_status_is_written_back() {
+    let store = store();
+    let s = store.servers();
+    let v1 = echo("app-v1", "web", false).await;
+    let port = free_port();
+    let other_ns_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: foreign, namespace: other}\nspec:\n  parentRefs: [{name: gw, namespace: web}]\n";
+    let missing = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: missing, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: nope, port: 8080}]}]\n";
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}{}{}{}{missing}{other_ns_route}",
+            gateway(port),
+            service("app-v1", "web", v1.addr, None),
+            route("app-v1")
+        ),
+    );
+    let _n = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let cases = [
+        ("web", "app", "Accepted", "True", "Accepted"),
+        ("web", "app", "ResolvedRefs", "True", "ResolvedRefs"),
+        ("web", "missing", "Accepted", "True", "Accepted"),
+        ("web", "missing", "ResolvedRefs", "False", "BackendNotFound"),
+        (
+            "other",
+            "foreign",
+            "Accepted",
+            "False",
+            "NotAllowedByListeners",
+        ),
+    ];
+    for (ns, name, t, status, reason) in cases {
+        let s = s.clone();
+        eventually(&format!("{ns}/{name}: {t}={status} ({reason})"), || {
+            let s = s.clone();
+            async move {
+                let o = gwadm(&s, &["get", "httproute", name, "-n", ns, "-o", "yaml"]);
+                let yaml = String::from_utf8_lossy(&o.stdout).to_string();
+                let Ok(v) = serde_saphyr::from_str::<serde_json::Value>(&yaml) else {
+                    return false;
+                };
+                v["status"]["parents"][0]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["type"] == t
+                                && c["status"] == status
+                                && c["reason"] == reason
+                                && c["observedGeneration"] == 1
+                        })
+                    })
+            }
+        })
+        .await;
+    }
+    let o = gwadm(&s, &["get", "gateway", "gw", "-n", "web", "-o", "json"]);
+    let gw: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        gw["status"]["listeners"][0]["attachedRoutes"], 2,
+        "app and missing are attached; foreign is not"
+    );
+    assert_eq!(gw["status"]["addresses"][0]["value"], "127.0.0.2");
+}
