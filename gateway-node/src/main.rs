@@ -16,10 +16,16 @@ fn main() {
         eprintln!("gw-node: {e}");
         std::process::exit(2);
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a current-thread runtime (no work-stealing, no cross-thread wake-ups).
+    let mut rt = match cfg.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt.enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cfg)) {
         eprintln!("gw-node: {e:#}");

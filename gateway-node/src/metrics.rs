@@ -94,7 +94,55 @@ impl Default for Metrics {
     }
 }
 
+/// One route's metric handles, looked up once and then used without hashing label sets per request.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub latency: Histogram,
+    route: String,
+    codes: std::sync::RwLock<Vec<(u16, Counter)>>,
+}
+
 impl Metrics {
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            latency: self
+                .latency
+                .get_or_create(&RouteLabels {
+                    route: route.to_string(),
+                })
+                .clone(),
+            route: route.to_string(),
+            codes: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Counts one request of `route` answered with `code`.
+    pub fn count(&self, route: &RouteMetrics, code: u16) {
+        let found = route
+            .codes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, k)| k.clone());
+        let counter = found.unwrap_or_else(|| {
+            let c = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.route.clone(),
+                    code,
+                })
+                .clone();
+            route
+                .codes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((code, c.clone()));
+            c
+        });
+        counter.inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

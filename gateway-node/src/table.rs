@@ -272,6 +272,18 @@ pub struct RouteInfo {
     /// `HTTPRoute ns/name`
     pub id: String,
     pub grpc: bool,
+    /// Its metric handles, resolved on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RouteMetrics>,
+}
+
+impl RouteInfo {
+    pub fn new(id: String, grpc: bool) -> RouteInfo {
+        RouteInfo {
+            id,
+            grpc,
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// What happens to a request matched by one rule.
@@ -389,26 +401,36 @@ pub struct Upstream {
     pub id: String,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<SocketAddr>,
+    /// `ip:port` of each endpoint, ready for request URIs.
+    authorities: Vec<http::uri::Authority>,
     next: AtomicUsize,
 }
 
 impl Upstream {
     pub fn new(id: String, protocol: UpstreamProtocol, endpoints: Vec<SocketAddr>) -> Upstream {
+        let authorities = endpoints
+            .iter()
+            .map(|e| {
+                http::uri::Authority::try_from(e.to_string())
+                    .expect("a socket address is an authority")
+            })
+            .collect();
         Upstream {
             id,
             protocol,
             endpoints,
+            authorities,
             next: AtomicUsize::new(0),
         }
     }
 
     /// Round robin over the ready endpoints.
-    pub fn pick(&self) -> Option<SocketAddr> {
+    pub fn pick(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
         if self.endpoints.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[i % self.endpoints.len()])
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some((self.endpoints[i], &self.authorities[i]))
     }
 }
 

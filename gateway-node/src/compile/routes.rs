@@ -493,10 +493,7 @@ fn compile_http(
     meta: &Meta,
     spec: &HttpRouteSpec,
 ) -> CompiledRoute {
-    let route = Arc::new(RouteInfo {
-        id: format!("HTTPRoute {}", meta.id()),
-        grpc: false,
-    });
+    let route = Arc::new(RouteInfo::new(format!("HTTPRoute {}", meta.id()), false));
     let mut out = CompiledRoute {
         rules: vec![],
         ref_error: None,
@@ -612,10 +609,7 @@ fn compile_grpc(
     meta: &Meta,
     spec: &GrpcRouteSpec,
 ) -> CompiledRoute {
-    let route = Arc::new(RouteInfo {
-        id: format!("GRPCRoute {}", meta.id()),
-        grpc: true,
-    });
+    let route = Arc::new(RouteInfo::new(format!("GRPCRoute {}", meta.id()), true));
     let mut out = CompiledRoute {
         rules: vec![],
         ref_error: None,

@@ -3,19 +3,21 @@
 //! upgrades. Errors get the status the Gateway API prescribes (404 no route, 500 invalid backends or
 //! filters, 503 no endpoint, 504 timeout; gRPC requests get gRPC statuses).
 
+mod body;
 mod upstream;
 
 use crate::hostname::normalize_host;
-use crate::metrics::{BackendLabels, Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{BackendLabels, Metrics, RouteMetrics};
 use crate::table::{
     BackendTarget, Filters, RequestView, RoutingTable, RuleAction, UpstreamProtocol,
 };
 use arc_swap::ArcSwap;
+pub use body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::RngExt;
@@ -25,32 +27,49 @@ use std::time::Instant;
 pub use upstream::{UpstreamError, Upstreams};
 
 /// Bodies in both directions.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = Body;
 
 /// Largest request body buffered to be copied to mirrors.
 const MIRROR_BODY_LIMIT: usize = 1 << 20;
 
 /// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The socket this node listens on (the routing-table key).
     pub socket: SocketAddr,
     pub remote: SocketAddr,
     pub https: bool,
+    /// The client's address as an `X-Forwarded-For` value.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(socket: SocketAddr, remote: SocketAddr, https: bool) -> ConnInfo {
+        let forwarded_for = HeaderValue::from_str(&remote.ip().to_string())
+            .expect("an IP address is a header value");
+        ConnInfo {
+            socket,
+            remote,
+            https,
+            forwarded_for,
+        }
+    }
 }
 
 pub struct Proxy {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub metrics: Arc<Metrics>,
     upstreams: Arc<Upstreams>,
+    /// Metrics of requests no route matched.
+    unmatched: std::sync::OnceLock<RouteMetrics>,
 }
 
 pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Body::empty()
 }
 
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+    Body::full(b)
 }
 
 fn plain(status: StatusCode, msg: &str) -> Response<ProxyBody> {
@@ -137,28 +156,32 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Addresses a request to a backend: for HTTP/1.1 the Host header carries the (possibly rewritten)
-/// host; for HTTP/2 the URI's authority does.
+/// Addresses a request to a backend: for HTTP/1.1 the URI names the endpoint and the Host header
+/// carries the (possibly rewritten) host; for HTTP/2 the URI's authority is the host (`:authority`),
+/// the connection being chosen by endpoint.
 fn prepare(
     mut req: Request<ProxyBody>,
-    path_and_query: &str,
-    authority: &str,
+    path_and_query: &PathAndQuery,
+    host: &Authority,
+    endpoint: &Authority,
     protocol: UpstreamProtocol,
 ) -> Request<ProxyBody> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.path_and_query = Some(path_and_query.clone());
     match protocol {
         UpstreamProtocol::Http1 => {
-            *req.uri_mut() =
-                Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
-            if let Ok(h) = HeaderValue::from_str(authority) {
+            uri.authority = Some(endpoint.clone());
+            if let Ok(h) = HeaderValue::from_str(host.as_str()) {
                 req.headers_mut().insert(header::HOST, h);
             }
         }
         UpstreamProtocol::H2c => {
-            *req.uri_mut() = Uri::try_from(format!("http://{authority}{path_and_query}"))
-                .unwrap_or_else(|_| Uri::from_static("/"));
+            uri.authority = Some(host.clone());
             req.headers_mut().remove(header::HOST);
         }
     }
+    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     req
 }
 
@@ -176,11 +199,12 @@ impl Proxy {
             table,
             metrics,
             upstreams: Arc::new(Upstreams::default()),
+            unmatched: std::sync::OnceLock::new(),
         }
     }
 
     /// Serves one request.
-    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
         let table = self.table.load_full();
@@ -210,35 +234,35 @@ impl Proxy {
         });
         let Some((action, listener_port)) = matched else {
             let r = failure(grpc, StatusCode::NOT_FOUND, "no route matches");
-            self.record("(none)", r.status(), start);
+            self.record(
+                self.unmatched.get_or_init(|| self.metrics.route("(none)")),
+                r.status(),
+                start,
+            );
             return r;
         };
         let resp = self
             .forward(conn, &host, listener_port, &action, grpc, req)
             .await;
-        self.record(&action.route.id, resp.status(), start);
+        self.record(
+            action
+                .route
+                .metrics
+                .get_or_init(|| self.metrics.route(&action.route.id)),
+            resp.status(),
+            start,
+        );
         resp
     }
 
-    fn record(&self, route: &str, status: StatusCode, start: Instant) {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                code: status.as_u16(),
-            })
-            .inc();
-        self.metrics
-            .latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(start.elapsed().as_secs_f64());
+    fn record(&self, route: &RouteMetrics, status: StatusCode, start: Instant) {
+        self.metrics.count(route, status.as_u16());
+        route.latency.observe(start.elapsed().as_secs_f64());
     }
 
     async fn forward(
         &self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         host: &str,
         listener_port: u16,
         action: &RuleAction,
@@ -279,7 +303,7 @@ impl Proxy {
         if let Some(why) = &backend.filters.invalid {
             return failure(grpc, StatusCode::INTERNAL_SERVER_ERROR, why);
         }
-        let Some(endpoint) = upstream.pick() else {
+        let Some((endpoint, endpoint_authority)) = upstream.pick() else {
             return failure(
                 grpc,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -298,13 +322,14 @@ impl Proxy {
         });
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let filter_sets: [&Filters; 2] = [&action.filters, &backend.filters];
-        let mut path = parts.uri.path().to_string();
+        let mut new_path: Option<String> = None;
         let mut host_value = original_host;
         for f in filter_sets {
             f.request_headers.apply(&mut parts.headers);
             if let Some(rw) = &f.rewrite {
                 if let Some(p) = &rw.path {
-                    path = p.apply(&path, action.prefix.as_deref());
+                    let current = new_path.as_deref().unwrap_or(parts.uri.path());
+                    new_path = Some(p.apply(current, action.prefix.as_deref()));
                 }
                 if let Some(h) = &rw.hostname {
                     host_value = Some(h.clone());
@@ -315,18 +340,46 @@ impl Proxy {
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
-            parts.headers.append("x-forwarded-for", v);
-        }
-        let path_and_query = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
+        parts
+            .headers
+            .append("x-forwarded-for", conn.forwarded_for.clone());
+        // The request target: the original one unless a filter rewrote the path.
+        let path_and_query = match (new_path, parts.uri.path_and_query()) {
+            (None, Some(pq)) => pq.clone(),
+            (new_path, pq) => {
+                let path = new_path.unwrap_or_else(|| "/".into());
+                let target = match pq.and_then(|p| p.query()) {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                match PathAndQuery::try_from(target) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return failure(
+                            grpc,
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &format!("rewritten path: {e}"),
+                        );
+                    }
+                }
+            }
         };
-        let authority = host_value
+        let authority = match host_value
             .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(host)
-            .to_string();
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        {
+            Some(a) => a,
+            None => match Authority::try_from(host) {
+                Ok(a) => a,
+                Err(_) => {
+                    return failure(
+                        grpc,
+                        StatusCode::BAD_REQUEST,
+                        "the request's host is not a valid authority",
+                    );
+                }
+            },
+        };
 
         // Mirrors get a copy; the body is buffered (bounded) only when there is one to copy.
         let mirrors: Vec<_> = filter_sets
@@ -334,7 +387,7 @@ impl Proxy {
             .flat_map(|f| f.mirrors.iter().cloned())
             .collect();
         let body: ProxyBody = if mirrors.is_empty() {
-            body.boxed()
+            Body::Incoming(body)
         } else {
             let bytes = match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT)
                 .collect()
@@ -350,11 +403,13 @@ impl Proxy {
                 }
             };
             for m in &mirrors {
-                let Some(ep) = m.pick() else { continue };
+                let Some((ep, ep_authority)) = m.pick() else {
+                    continue;
+                };
                 let mut copy = Request::new(full(bytes.clone()));
                 *copy.method_mut() = parts.method.clone();
                 *copy.headers_mut() = parts.headers.clone();
-                let copy = prepare(copy, &path_and_query, &authority, m.protocol);
+                let copy = prepare(copy, &path_and_query, &authority, ep_authority, m.protocol);
                 let (upstreams, protocol) = (self.upstreams.clone(), m.protocol);
                 tokio::spawn(async move {
                     // A mirror's answer is ignored, and so is its failure.
@@ -368,6 +423,7 @@ impl Proxy {
             Request::from_parts(parts, body),
             &path_and_query,
             &authority,
+            endpoint_authority,
             upstream.protocol,
         );
         let send = self.upstreams.send(upstream.protocol, endpoint, out);
@@ -427,7 +483,7 @@ impl Proxy {
         for f in [&backend.filters, &action.filters] {
             f.response_headers.apply(&mut rparts.headers);
         }
-        Response::from_parts(rparts, rbody.boxed())
+        Response::from_parts(rparts, rbody)
     }
 
     fn upstream_error(&self, action: &RuleAction, backend: &str, kind: &'static str) {

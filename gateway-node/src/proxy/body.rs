@@ -1,0 +1,71 @@
+//! The bodies a proxied exchange carries, as one concrete type (no boxing per request): a stream from a
+//! peer, a buffered body, or a backend response whose connection returns to the pool when it ends.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Called once when a pooled response body has been read to its end.
+pub type Release = Box<dyn FnOnce() + Send>;
+
+pub enum Body {
+    Incoming(Incoming),
+    Full(Full<Bytes>),
+    /// A backend response; `release` returns its connection to the pool once the body is complete.
+    Pooled(Incoming, Option<Release>),
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Full(Full::new(Bytes::new()))
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        Body::Full(Full::new(b.into()))
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Body::Pooled(b, release) => {
+                let r = Pin::new(&mut *b).poll_frame(cx);
+                let finished = match &r {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
+                    _ => false,
+                };
+                if finished {
+                    if let Some(f) = release.take() {
+                        f();
+                    }
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Incoming(b) | Body::Pooled(b, _) => b.is_end_stream(),
+            Body::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Incoming(b) | Body::Pooled(b, _) => b.size_hint(),
+            Body::Full(b) => b.size_hint(),
+        }
+    }
+}
