@@ -45,10 +45,8 @@ impl HttpBody for Body {
                     Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
                     _ => false,
                 };
-                if finished {
-                    if let Some(f) = release.take() {
-                        f();
-                    }
+                if finished && let Some(f) = release.take() {
+                    f();
                 }
                 r
             }

@@ -273,14 +273,7 @@ impl Proxy {
             return failure(grpc, StatusCode::INTERNAL_SERVER_ERROR, why);
         }
         if let Some(r) = &action.filters.redirect {
-            return redirect(
-                r,
-                &conn,
-                host,
-                listener_port,
-                &req,
-                action.prefix.as_deref(),
-            );
+            return redirect(r, conn, host, listener_port, &req, action.prefix.as_deref());
         }
         let backends = &action.backends;
         if backends.total_weight == 0 {
