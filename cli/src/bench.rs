@@ -3,7 +3,7 @@
 //! driven against gw through its public API, so that gw and etcd can be compared on one machine.
 //! A put is an apply of one ConfigMap whose data holds the value; a get reads it back.
 
-use gw_node::store_client::ClientError;
+use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use gw_proto::config_client::ConfigClient;
 use serde_json::json;
@@ -435,5 +435,221 @@ pub async fn run(a: StoreBenchArgs) -> Result<(), ClientError> {
         "JSON: {}",
         json!({"bench": "store", "backend": "gw", "results": rows})
     );
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PropagationArgs {
+    /// Route changes to time.
+    #[arg(long, default_value_t = 200)]
+    pub applies: usize,
+    /// Addresses of the gateway nodes to start (each on its own loopback address).
+    #[arg(long, default_value = "127.0.0.2,127.0.0.3", value_delimiter = ',')]
+    pub nodes: Vec<std::net::IpAddr>,
+}
+
+/// The `x-generation` response header a node answers with, if it answers.
+async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: prop.example\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::with_capacity(1024);
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let head = text.split("\r\n\r\n").next()?;
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("x-generation")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// `gwadm bench propagation`: a one-member store, gateway nodes on distinct loopback addresses and an
+/// echo backend; each iteration changes a route (the generation it returns in `x-generation`) and measures the
+/// time from the apply's acknowledgement until every node serves the change.
+pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
+    use crate::procs::{Children, sibling, spawn};
+    let dir = tempfile::Builder::new()
+        .prefix("gw-prop-")
+        .tempdir()
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let port = |()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| ClientError::Usage(e.to_string()))
+    };
+    let (store_port, listen_port) = (port(())?, port(())?);
+    let store = format!("127.0.0.1:{store_port}");
+    let mut children = Children::default();
+    spawn(
+        &mut children,
+        "gw-api-server",
+        &dir.path().join("store.log"),
+        std::process::Command::new(sibling("gw-api-server")?)
+            .args([
+                "--id",
+                "1",
+                "--listen",
+                &store,
+                "--peers",
+                &format!("1={store}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("store")),
+    )?;
+    let backend = gw_node::echo::start(gw_node::echo::EchoConfig {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        pod: "prop".into(),
+        namespace: "prop".into(),
+        h2c_only: false,
+        log: false,
+    })
+    .await
+    .map_err(|e| ClientError::Usage(e.to_string()))?;
+    for ip in &a.nodes {
+        spawn(
+            &mut children,
+            "gw-node",
+            &dir.path().join(format!("node-{ip}.log")),
+            std::process::Command::new(sibling("gw-node")?)
+                .args([
+                    "--store",
+                    &store,
+                    "--gateway-class",
+                    "prop",
+                    "--bind-address",
+                    &ip.to_string(),
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("node-{ip}"))),
+        )?;
+    }
+    let client = Client::new(std::slice::from_ref(&store), Duration::from_secs(20))?;
+    let doc = |i: usize, v: serde_json::Value| pb::Document {
+        json: v.to_string(),
+        source: "bench".into(),
+        index: i as u32,
+    };
+    let route = |generation: usize| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "prop", "namespace": "prop"},
+               "spec": {"parentRefs": [{"name": "prop"}], "rules": [{"filters": [{"type": "ResponseHeaderModifier",
+                        "responseHeaderModifier": {"set": [{"name": "x-generation", "value": generation.to_string()}]}}],
+                        "backendRefs": [{"name": "echo", "port": 80}]}]}})
+    };
+    let base = vec![
+        doc(
+            1,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "prop"}, "spec": {"controllerName": "gw.dev/gateway-node"}}),
+        ),
+        doc(
+            2,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "prop", "namespace": "prop"},
+                      "spec": {"gatewayClassName": "prop", "listeners": [{"name": "http", "port": listen_port, "protocol": "HTTP"}]}}),
+        ),
+        doc(
+            3,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "prop"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        ),
+        doc(
+            4,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "echo", "namespace": "prop", "labels": {"kubernetes.io/service-name": "echo"}},
+                      "addressType": "IPv4", "ports": [{"name": "http", "port": backend.addr.port()}], "endpoints": [{"addresses": ["127.0.0.1"]}]}),
+        ),
+        doc(5, route(0)),
+    ];
+    let apply = |docs: Vec<pb::Document>| {
+        let client = &client;
+        async move {
+            let req = pb::ApplyRequest {
+                documents: docs,
+                dry_run: false,
+            };
+            client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+                })
+                .await
+        }
+    };
+    apply(base).await?;
+    let addrs: Vec<std::net::SocketAddr> = a
+        .nodes
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, listen_port))
+        .collect();
+    let wait_all = |generation: u64, limit: Duration| {
+        let addrs = addrs.clone();
+        async move {
+            let start = Instant::now();
+            let mut pending: Vec<std::net::SocketAddr> = addrs;
+            while !pending.is_empty() {
+                let results =
+                    futures::future::join_all(pending.iter().map(|a| generation_served(*a))).await;
+                pending = pending
+                    .into_iter()
+                    .zip(results)
+                    .filter(|(_, g)| *g != Some(generation))
+                    .map(|(a, _)| a)
+                    .collect();
+                if start.elapsed() > limit {
+                    return None;
+                }
+            }
+            Some(start.elapsed())
+        }
+    };
+    wait_all(0, Duration::from_secs(30)).await.ok_or_else(|| {
+        ClientError::Usage(format!(
+            "the nodes did not serve the base config (logs in {})",
+            dir.path().display()
+        ))
+    })?;
+    let (mut propagation, mut acks) = (Vec::new(), Vec::new());
+    for generation in 1..=a.applies {
+        let t0 = Instant::now();
+        apply(vec![doc(1, route(generation))]).await?;
+        acks.push(t0.elapsed().as_secs_f64() * 1e3);
+        let took = wait_all(generation as u64, Duration::from_secs(10))
+            .await
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "generation {generation} not served by every node within 10 s"
+                ))
+            })?;
+        propagation.push(took.as_secs_f64() * 1e3);
+    }
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (
+            percentile(&v, 50.0),
+            percentile(&v, 90.0),
+            percentile(&v, 99.0),
+            v.last().copied().unwrap_or(f64::NAN),
+        )
+    };
+    let (p50, p90, p99, max) = stats(propagation.clone());
+    let (a50, _, a99, _) = stats(acks);
+    println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| apply acknowledged → served by all {} nodes | {} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |",
+        a.nodes.len(),
+        a.applies
+    );
+    println!(
+        "| apply latency (for reference) | {} | {a50:.2} | | {a99:.2} | |",
+        a.applies
+    );
+    println!(
+        "JSON: {}",
+        json!({"bench": "propagation", "nodes": a.nodes.len(), "applies": a.applies, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "apply_p50_ms": a50, "apply_p99_ms": a99})
+    );
+    drop(children);
     Ok(())
 }

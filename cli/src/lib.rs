@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cluster_cmds;
 pub mod config_cmds;
 pub mod output;
+pub mod procs;
 pub mod up;
 
 use clap::{Parser, Subcommand};
@@ -136,6 +137,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Store write/read/watch workloads of ../shared/bench/store-bench, against gw.
     Store(bench::StoreBenchArgs),
+    /// Time from an acknowledged route change until every gateway node serves it.
+    Propagation(bench::PropagationArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +249,9 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Bench {
             command: BenchCommand::Store(args),
         } => bench::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Propagation(args),
+        } => bench::propagation(args).await,
         Command::Up(args) => up::run(args).await,
         Command::EchoServer {
             listen,

@@ -2,12 +2,13 @@
 //! configured with `deploy/examples/demo.yaml`; prints the commands that show it working and stops
 //! everything on Ctrl-C.
 
+use crate::procs::{Children, free, sibling, spawn};
 use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::{Value, json};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DEMO: &str = include_str!("../../deploy/examples/demo.yaml");
@@ -26,67 +27,6 @@ pub struct UpArgs {
     /// Port of the node's admin endpoint.
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
-}
-
-/// A sibling binary of this gwadm (`gw-api-server`, `gw-node`).
-fn sibling(name: &str) -> Result<PathBuf, ClientError> {
-    let exe = std::env::current_exe().map_err(|e| ClientError::Usage(e.to_string()))?;
-    let p = exe.with_file_name(name);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(ClientError::Usage(format!(
-            "{} not found next to gwadm (build the workspace: cargo build --bins)",
-            p.display()
-        )))
-    }
-}
-
-fn free(port: u16) -> Result<(), ClientError> {
-    TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .map_err(|e| {
-            ClientError::Usage(format!(
-                "port {port} is not free ({e}); pick another with the flags of gwadm up"
-            ))
-        })
-}
-
-struct Children(Vec<(String, Child)>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (name, c) in self.0.iter_mut().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            eprintln!("stopped {name}");
-        }
-    }
-}
-
-fn spawn(
-    children: &mut Children,
-    name: &str,
-    log: &Path,
-    cmd: &mut Command,
-) -> Result<(), ClientError> {
-    let file = std::fs::File::create(log)
-        .map_err(|e| ClientError::Usage(format!("{}: {e}", log.display())))?;
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .map_err(|e| ClientError::Usage(format!("starting {name}: {e}")))?;
-    children.0.push((name.to_string(), child));
-    Ok(())
 }
 
 /// The demo documents, with the listener port and the echo backends' EndpointSlices filled in.
@@ -141,7 +81,7 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
     let store_addr = format!("127.0.0.1:{}", a.store_port);
-    let mut children = Children(vec![]);
+    let mut children = Children::default();
     spawn(
         &mut children,
         "gw-api-server",
