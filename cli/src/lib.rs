@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster_cmds;
 pub mod config_cmds;
+pub mod conformance;
 pub mod output;
 pub mod procs;
 pub mod up;
@@ -126,6 +127,11 @@ pub enum Command {
         #[arg(long)]
         h2c: bool,
     },
+    /// Gateway API conformance: replay the upstream v1.1 suite against a fresh gw and report.
+    Conformance {
+        #[command(subcommand)]
+        command: ConformanceCommand,
+    },
     /// The store cluster: status and membership.
     Cluster {
         #[command(subcommand)]
@@ -139,6 +145,12 @@ pub enum BenchCommand {
     Store(bench::StoreBenchArgs),
     /// Time from an acknowledged route change until every gateway node serves it.
     Propagation(bench::PropagationArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConformanceCommand {
+    /// Run the suite's tests of the chosen profiles; write a ConformanceReport.
+    Run(conformance::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +265,9 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             command: BenchCommand::Propagation(args),
         } => bench::propagation(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Conformance {
+            command: ConformanceCommand::Run(args),
+        } => conformance::run(args).await,
         Command::EchoServer {
             listen,
             name,

@@ -54,6 +54,16 @@ impl Drop for Children {
     }
 }
 
+impl Children {
+    /// The first child that has exited, with its status.
+    pub fn exited(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+            _ => None,
+        })
+    }
+}
+
 pub fn spawn(
     children: &mut Children,
     name: &str,

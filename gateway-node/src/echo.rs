@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ impl Drop for EchoServer {
 
 /// Go's canonical header name (`x-forwarded-for` → `X-Forwarded-For`), as the reference echo server
 /// reports names.
-fn canonical(name: &str) -> String {
+pub fn canonical(name: &str) -> String {
     name.split('-')
         .map(|p| {
             let mut c = p.chars();
@@ -121,10 +121,7 @@ async fn handle(
         tokio::time::sleep(d).await;
     }
     if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
-        let accept = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            Sha1::digest(format!("{}{WS_GUID}", key.to_str().unwrap_or("")).as_bytes()),
-        );
+        let accept = websocket_accept(key.to_str().unwrap_or(""));
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on_upgrade.await {
@@ -190,23 +187,63 @@ async fn handle(
     r
 }
 
+/// The `Sec-WebSocket-Accept` answering a `Sec-WebSocket-Key`.
+fn websocket_accept(key: &str) -> String {
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        Sha1::digest(format!("{key}{WS_GUID}").as_bytes()),
+    )
+}
+
 /// Echoes WebSocket data frames (text/binary) until a close frame; answers pings.
-async fn websocket_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut io: S,
-) -> std::io::Result<()> {
+async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::Result<()> {
     loop {
+        let (opcode, payload) = ws::read_frame(&mut io).await?;
+        let reply_opcode = match opcode {
+            ws::CLOSE => {
+                ws::write_frame(&mut io, ws::CLOSE, &[], None).await?;
+                return Ok(());
+            }
+            ws::PING => ws::PONG,
+            ws::CONTINUATION | ws::TEXT | ws::BINARY => opcode,
+            _ => continue,
+        };
+        ws::write_frame(&mut io, reply_opcode, &payload, None).await?;
+    }
+}
+
+/// WebSocket framing (RFC 6455), both sides: the echo server's, and the client's that tests and the
+/// conformance harness use to talk to it through a gateway.
+pub mod ws {
+    use super::websocket_accept;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+    /// Frames larger than this end the connection.
+    const MAX_PAYLOAD: u64 = 16 << 20;
+
+    fn invalid(msg: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+    }
+
+    /// Reads one frame: its opcode and (unmasked) payload.
+    pub async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
         let mut head = [0u8; 2];
         io.read_exact(&mut head).await?;
         let opcode = head[0] & 0x0f;
         let masked = head[1] & 0x80 != 0;
-        let mut len = u64::from(head[1] & 0x7f);
-        if len == 126 {
-            len = u64::from(io.read_u16().await?);
-        } else if len == 127 {
-            len = io.read_u64().await?;
-        }
-        if len > 16 << 20 {
-            return Ok(());
+        let len = match head[1] & 0x7f {
+            126 => u64::from(io.read_u16().await?),
+            127 => io.read_u64().await?,
+            n => u64::from(n),
+        };
+        if len > MAX_PAYLOAD {
+            return Err(invalid(format!("a {len}-byte WebSocket frame")));
         }
         let mut mask = [0u8; 4];
         if masked {
@@ -219,29 +256,82 @@ async fn websocket_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
                 *b ^= mask[i % 4];
             }
         }
-        let reply_opcode = match opcode {
-            0x8 => {
-                io.write_all(&[0x88, 0]).await?;
-                return Ok(());
-            }
-            0x9 => 0xA,
-            0x0..=0x2 => opcode,
-            _ => continue,
-        };
-        let mut frame = vec![0x80 | reply_opcode];
+        Ok((opcode, payload))
+    }
+
+    /// Writes one final frame; clients must pass a `mask`, servers none.
+    pub async fn write_frame<S: AsyncWrite + Unpin>(
+        io: &mut S,
+        opcode: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> std::io::Result<()> {
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        let mut frame = vec![0x80 | opcode];
         match payload.len() {
-            n if n < 126 => frame.push(n as u8),
+            n if n < 126 => frame.push(mask_bit | n as u8),
             n if n <= 0xffff => {
-                frame.push(126);
+                frame.push(mask_bit | 126);
                 frame.extend_from_slice(&(n as u16).to_be_bytes());
             }
             n => {
-                frame.push(127);
+                frame.push(mask_bit | 127);
                 frame.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        frame.extend_from_slice(&payload);
-        io.write_all(&frame).await?;
+        match mask {
+            Some(m) => {
+                frame.extend_from_slice(&m);
+                frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+            }
+            None => frame.extend_from_slice(payload),
+        }
+        io.write_all(&frame).await
+    }
+
+    /// The client's opening handshake: sends the upgrade request for `path` with this Host (and Origin),
+    /// and checks the server's 101 and its `Sec-WebSocket-Accept`. `Err` says what was wrong.
+    pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        io: &mut S,
+        host: &str,
+        path: &str,
+        origin: Option<&str>,
+    ) -> Result<(), String> {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{origin}\r\n"
+        );
+        io.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("sending the upgrade: {e}"))?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 << 10 {
+                return Err("an upgrade response head over 16 KiB".into());
+            }
+            let mut b = [0u8; 1];
+            io.read_exact(&mut b)
+                .await
+                .map_err(|e| format!("reading the upgrade response: {e}"))?;
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let status = head.lines().next().unwrap_or_default().to_string();
+        if !status.starts_with("http/1.1 101") {
+            return Err(format!("the upgrade was answered with {status:?}"));
+        }
+        let accept = websocket_accept(key);
+        if !head.contains(&format!(
+            "sec-websocket-accept: {}",
+            accept.to_ascii_lowercase()
+        )) {
+            return Err(format!("the 101 lacks Sec-WebSocket-Accept: {accept}"));
+        }
+        Ok(())
     }
 }
 
@@ -280,5 +370,13 @@ mod tests {
         assert_eq!(super::canonical("x-forwarded-for"), "X-Forwarded-For");
         assert_eq!(super::canonical("user-agent"), "User-Agent");
         assert_eq!(super::canonical("host"), "Host");
+    }
+
+    #[test]
+    fn websocket_accept_of_rfc6455_example() {
+        assert_eq!(
+            super::websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

@@ -70,6 +70,10 @@ pub struct NodeConfig {
     /// Worker threads of the data plane (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+
+    /// FAULT for the conformance harness's self-test: serve `Exact` path matches as `PathPrefix`.
+    #[arg(long, hide = true, env = "GW_FAULT_EXACT_AS_PREFIX")]
+    pub fault_exact_as_prefix: bool,
 }
 
 fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -175,6 +179,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         gateway_class: cfg.gateway_class.clone(),
         addressing: cfg.addressing(),
         now_ms: 0,
+        fault_exact_as_prefix: cfg.fault_exact_as_prefix,
     };
     tokio::spawn(compile_loop(
         snap_rx,

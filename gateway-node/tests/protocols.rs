@@ -5,12 +5,13 @@ mod support;
 
 use base64::Engine;
 use gw_jepsen::cluster::free_port;
+use gw_node::echo::ws;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 fn gateway(listeners: &str) -> String {
     format!(
@@ -266,27 +267,21 @@ async fn websocket_upgrade_passes_through() {
     })
     .await;
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
+    ws::client_handshake(&mut c, "x.example", "/ws", None)
+        .await
+        .unwrap();
+    ws::write_frame(&mut c, ws::TEXT, b"hello", Some([1, 2, 3, 4]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws::read_frame(&mut c).await.unwrap(),
+        (ws::TEXT, b"hello".to_vec())
     );
-    // A masked text frame "hello"; the echo comes back unmasked.
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 5];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    c.write_all(&frame).await.unwrap();
-    let mut reply = [0u8; 7];
-    c.read_exact(&mut reply).await.unwrap();
-    assert_eq!(&reply, b"\x81\x05hello");
+    // The raw bytes of a server frame are unmasked.
+    ws::write_frame(&mut c, ws::BINARY, &[7; 3], Some([9, 9, 9, 9]))
+        .await
+        .unwrap();
+    let mut raw = [0u8; 5];
+    c.read_exact(&mut raw).await.unwrap();
+    assert_eq!(&raw, b"\x82\x03\x07\x07\x07");
 }

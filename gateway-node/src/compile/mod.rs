@@ -43,6 +43,8 @@ pub struct CompileOptions {
     pub addressing: Addressing,
     /// The wall clock, for `lastTransitionTime` of conditions that change.
     pub now_ms: u64,
+    /// A deliberate fault (see `NodeConfig::fault_exact_as_prefix`).
+    pub fault_exact_as_prefix: bool,
 }
 
 /// A status the store should hold, with the preconditions of the write.
@@ -67,7 +69,9 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         let Some(spec) = index::typed::<GatewayClassSpec>(obj, Some("spec")) else {
             continue;
         };
-        if spec.controller_name != opts.controller_name || key.name != opts.gateway_class {
+        // Every class of gw's controller gets its Accepted condition (the suite creates its own classes);
+        // only the configured one has its Gateways served by this node.
+        if spec.controller_name != opts.controller_name {
             continue;
         }
         let cond = if spec.parameters_ref.is_some() {
@@ -79,7 +83,9 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         } else {
             Cond::ok("Accepted", "Accepted", "handled by gw")
         };
-        class_accepted = cond.status;
+        if key.name == opts.gateway_class {
+            class_accepted = cond.status;
+        }
         let prev = obj.get("status").cloned().unwrap_or(Value::Null);
         let mut status = prev.as_object().cloned().unwrap_or_default();
         status.insert(
@@ -98,13 +104,7 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
 
     let mut gateways = gateways::collect(&idx, opts, class_accepted);
     let mut upstreams = backends::Upstreams::default();
-    for (key, status, meta) in routes::process(
-        &idx,
-        &mut gateways,
-        &mut upstreams,
-        &opts.controller_name,
-        opts.now_ms,
-    ) {
+    for (key, status, meta) in routes::process(&idx, &mut gateways, &mut upstreams, opts) {
         statuses.insert(
             key,
             DesiredStatus {

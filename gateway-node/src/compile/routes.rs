@@ -2,6 +2,7 @@
 //! listeners (sectionName, port, allowed namespaces and kinds, hostname intersection), and their
 //! `status.parents`.
 
+use super::CompileOptions;
 use super::backends::{RefError, Upstreams};
 use super::conditions::{Cond, render};
 use super::gateways::GatewayCtx;
@@ -55,9 +56,9 @@ pub fn process(
     idx: &Index<'_>,
     gateways: &mut [GatewayCtx],
     upstreams: &mut Upstreams,
-    controller: &str,
-    now_ms: u64,
+    opts: &CompileOptions,
 ) -> Vec<(ObjectKey, Value, Meta)> {
+    let (controller, now_ms) = (opts.controller_name.as_str(), opts.now_ms);
     let mut out = Vec::new();
     for kind in ["HTTPRoute", "GRPCRoute"] {
         for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, kind) {
@@ -66,7 +67,7 @@ pub fn process(
                     let Some(spec) = typed::<HttpRouteSpec>(obj, Some("spec")) else {
                         continue;
                     };
-                    let c = compile_http(idx, upstreams, &meta, &spec);
+                    let c = compile_http(idx, upstreams, &meta, &spec, opts.fault_exact_as_prefix);
                     (
                         RouteInput {
                             key,
@@ -492,6 +493,7 @@ fn compile_http(
     upstreams: &mut Upstreams,
     meta: &Meta,
     spec: &HttpRouteSpec,
+    exact_as_prefix: bool,
 ) -> CompiledRoute {
     let route = Arc::new(RouteInfo::new(format!("HTTPRoute {}", meta.id()), false));
     let mut out = CompiledRoute {
@@ -547,6 +549,9 @@ fn compile_http(
         let mut matchers = Vec::new();
         for m in &rule.matches {
             let path = match m.path.kind {
+                PathMatchType::Exact if exact_as_prefix => Ok(PathMatch::Prefix(
+                    m.path.value.trim_end_matches('/').to_string(),
+                )),
                 PathMatchType::Exact => Ok(PathMatch::Exact(m.path.value.clone())),
                 PathMatchType::PathPrefix => Ok(PathMatch::Prefix(
                     m.path.value.trim_end_matches('/').to_string(),

@@ -59,6 +59,7 @@ fn opts() -> CompileOptions {
             advertised: vec![],
         },
         now_ms: 5_000,
+        fault_exact_as_prefix: false,
     }
 }
 

@@ -1,0 +1,559 @@
+//! The world a conformance run happens in, standing in for a Kubernetes cluster: a fresh gw (one store
+//! member and one gateway node that gives each Gateway its own loopback address), Deployments run as
+//! echo "pods" (each on its own loopback IP, serving the ports the upstream echo server does: HTTP and
+//! h2c on 3000, h2c only on 3001), EndpointSlices kept in line with the Services that select pods (the
+//! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
+//! TLS Secrets the suite creates at setup.
+
+use crate::procs::{Children, sibling, spawn};
+use gw_model::ObjectKey;
+use gw_model::kinds;
+use gw_node::echo::{EchoConfig, EchoServer};
+use gw_node::store_client::{Client, ClientError};
+use gw_proto as pb;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Kinds the suite's manifests contain that belong to Kubernetes itself and are not sent to gw.
+const CLUSTER_ONLY_KINDS: &[&str] = &[
+    "Deployment",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Pod",
+];
+
+/// Addresses the node gives Gateways (and, inside it, the usable static address of GatewayStaticAddresses).
+pub const POOL: (Ipv4Addr, Ipv4Addr) =
+    (Ipv4Addr::new(127, 20, 0, 1), Ipv4Addr::new(127, 20, 0, 250));
+const USABLE: Ipv4Addr = Ipv4Addr::new(127, 20, 0, 250);
+/// An address the node cannot serve.
+const UNUSABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// The first pod address.
+const POD_NET: u32 = u32::from_be_bytes([127, 31, 0, 1]);
+
+/// A Deployment replica.
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Ipv4Addr,
+    /// `namespace/deployment`
+    pub owner: String,
+    pub servers: Vec<EchoServer>,
+}
+
+/// A Service whose EndpointSlice the harness maintains.
+struct SelectorService {
+    selector: BTreeMap<String, String>,
+    ports: Vec<Value>,
+}
+
+/// What applying one manifest file did, to be undone at cleanup.
+#[derive(Default)]
+pub struct Applied {
+    pub refs: Vec<pb::ObjectRef>,
+    pub deployments: Vec<String>,
+    pub services: Vec<ObjectKey>,
+}
+
+pub struct Env {
+    pub client: Client,
+    pub class: String,
+    pub controller: String,
+    pub pods: Vec<Pod>,
+    next_pod: u32,
+    services: BTreeMap<ObjectKey, SelectorService>,
+    children: std::sync::Mutex<Children>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn object_ref(k: &ObjectKey) -> pb::ObjectRef {
+    pb::ObjectRef {
+        group: k.group.clone(),
+        kind: k.kind.clone(),
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+    }
+}
+
+fn key_of(v: &Value) -> Option<ObjectKey> {
+    let (group, _) = kinds::split_api_version(v["apiVersion"].as_str()?);
+    let info = kinds::by_group_kind(group, v["kind"].as_str()?)?;
+    let ns = if info.namespaced {
+        v["metadata"]["namespace"].as_str().unwrap_or("default")
+    } else {
+        ""
+    };
+    Some(ObjectKey::new(
+        info.group,
+        info.kind,
+        ns,
+        v["metadata"]["name"].as_str()?,
+    ))
+}
+
+impl Env {
+    /// Starts a fresh gw (store member and gateway node) under `dir` (a temporary directory if none).
+    pub async fn start(
+        dir: Option<PathBuf>,
+        class: &str,
+        node_env: &[(String, String)],
+    ) -> Result<Env, ClientError> {
+        let (dir, tmp) = match dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("gw-conformance-")
+                    .tempdir()
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| ClientError::Usage(e.to_string()))?
+            .port();
+        let store = format!("127.0.0.1:{port}");
+        let mut children = Children::default();
+        spawn(
+            &mut children,
+            "gw-api-server",
+            &dir.join("store.log"),
+            std::process::Command::new(sibling("gw-api-server")?)
+                .args([
+                    "--id",
+                    "1",
+                    "--listen",
+                    &store,
+                    "--peers",
+                    &format!("1={store}"),
+                ])
+                .arg("--data-dir")
+                .arg(dir.join("store")),
+        )?;
+        let mut node = std::process::Command::new(sibling("gw-node")?);
+        node.args([
+            "--store",
+            &store,
+            "--gateway-class",
+            class,
+            "--address-pool",
+            &format!("{}-{}", POOL.0, POOL.1),
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("node"))
+        .envs(node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        spawn(&mut children, "gw-node", &dir.join("node.log"), &mut node)?;
+        let client = Client::new(&[store], Duration::from_secs(30))?;
+        Ok(Env {
+            client,
+            class: class.into(),
+            controller: "gw.dev/gateway-node".into(),
+            pods: vec![],
+            next_pod: 0,
+            services: BTreeMap::new(),
+            children: std::sync::Mutex::new(children),
+            dir,
+            _tmp: tmp,
+        })
+    }
+
+    /// Fails once a process of gw has exited (its log says why).
+    pub fn check_alive(&self) -> Result<(), String> {
+        match self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .exited()
+        {
+            Some(what) => {
+                let log = self.dir.join(if what.starts_with("gw-node") {
+                    "node.log"
+                } else {
+                    "store.log"
+                });
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                Err(format!("{what}; the end of its log:\n{}", tail.join("\n")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn usable_address() -> IpAddr {
+        IpAddr::V4(USABLE)
+    }
+
+    pub fn unusable_address() -> IpAddr {
+        IpAddr::V4(UNUSABLE)
+    }
+
+    pub async fn apply_docs(
+        &self,
+        docs: Vec<Value>,
+        source: &str,
+    ) -> Result<pb::WriteResponse, ClientError> {
+        let documents = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| pb::Document {
+                json: d.to_string(),
+                source: source.into(),
+                index: i as u32 + 1,
+            })
+            .collect();
+        let req = pb::ApplyRequest {
+            documents,
+            dry_run: false,
+        };
+        let (resp, _) = self
+            .client
+            .call(|c| {
+                let req = req.clone();
+                async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(resp)
+    }
+
+    pub async fn delete(&self, refs: Vec<pb::ObjectRef>) -> Result<(), ClientError> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let req = pb::DeleteRequest {
+            refs,
+            dry_run: false,
+            ignore_not_found: true,
+            expected_resource_versions: vec![],
+        };
+        self.client
+            .call(|c| {
+                let req = req.clone();
+                async move { Client::config(c).delete(req).await.map(|r| r.into_inner()) }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The object, or `None` if it does not exist.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ClientError> {
+        let req = pb::GetRequest {
+            target: Some(object_ref(key)),
+            options: None,
+        };
+        match self
+            .client
+            .call(|c| {
+                let req = req.clone();
+                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
+            })
+            .await
+        {
+            Ok((r, _)) => Ok(serde_json::from_str(&r.object_json).ok()),
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The objects of one kind (in a namespace, or everywhere with "").
+    pub async fn list(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Vec<Value>, ClientError> {
+        let req = pb::ListRequest {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            options: None,
+        };
+        let (r, _) = self
+            .client
+            .call(|c| {
+                let req = req.clone();
+                async move { Client::config(c).list(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(r.objects_json
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+
+    /// The suite's GatewayClass.
+    pub async fn create_gateway_class(&self) -> Result<(), ClientError> {
+        let gc = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": self.class},
+                        "spec": {"controllerName": self.controller, "description": "gw conformance run"}});
+        self.apply_docs(vec![gc], "conformance setup")
+            .await
+            .map(|_| ())
+    }
+
+    /// The suite's Applier rewrites (conformance/utils/kubernetes/apply.go).
+    fn rewrite(&self, doc: &mut Value) {
+        match doc["kind"].as_str() {
+            Some("GatewayClass") => doc["spec"]["controllerName"] = json!(self.controller),
+            Some("Gateway") => {
+                if doc["spec"]["gatewayClassName"] == "{GATEWAY_CLASS_NAME}" {
+                    doc["spec"]["gatewayClassName"] = json!(self.class);
+                }
+                if let Some(addrs) = doc
+                    .pointer_mut("/spec/addresses")
+                    .and_then(Value::as_array_mut)
+                {
+                    for a in addrs.iter_mut() {
+                        match a["value"].as_str() {
+                            Some("PLACEHOLDER_USABLE_ADDRS") => {
+                                *a = json!({"type": "IPAddress", "value": Env::usable_address().to_string()})
+                            }
+                            Some("PLACEHOLDER_UNUSABLE_ADDRS") => {
+                                *a = json!({"type": "IPAddress", "value": Env::unusable_address().to_string()})
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies a manifest file: Deployments become pods, other cluster-only kinds are left out, the rest
+    /// goes to gw in one transaction; then EndpointSlices follow the pods.
+    pub async fn apply_file(&mut self, path: &Path) -> Result<Applied, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let docs = gw_model::parse_documents(&path.display().to_string(), &text)
+            .map_err(|e| e.to_string())?;
+        let mut applied = Applied::default();
+        let mut to_apply = Vec::new();
+        for d in docs {
+            let mut v = d.value;
+            let kind = v["kind"].as_str().unwrap_or("").to_string();
+            if kind == "Deployment" {
+                applied.deployments.push(self.start_deployment(&v).await?);
+                continue;
+            }
+            if CLUSTER_ONLY_KINDS.contains(&kind.as_str()) {
+                continue;
+            }
+            self.rewrite(&mut v);
+            if kind == "Service"
+                && let (Some(key), Some(sel)) = (key_of(&v), v["spec"]["selector"].as_object())
+            {
+                let selector = sel
+                    .iter()
+                    .map(|(k, x)| (k.clone(), x.as_str().unwrap_or("").to_string()))
+                    .collect();
+                let ports = v["spec"]["ports"].as_array().cloned().unwrap_or_default();
+                self.services
+                    .insert(key.clone(), SelectorService { selector, ports });
+                applied.services.push(key);
+            }
+            to_apply.push(v);
+        }
+        if !to_apply.is_empty() {
+            let resp = self
+                .apply_docs(to_apply, &path.display().to_string())
+                .await
+                .map_err(|e| format!("applying {}: {e}", path.display()))?;
+            applied.refs = resp.results.into_iter().filter_map(|r| r.target).collect();
+        }
+        self.sync_slices().await?;
+        Ok(applied)
+    }
+
+    /// Undoes an `Applied`: deletes its objects and generated slices, stops its pods.
+    pub async fn cleanup(&mut self, applied: Applied) -> Result<(), String> {
+        let mut refs: Vec<pb::ObjectRef> = applied.refs.into_iter().rev().collect();
+        for s in &applied.services {
+            self.services.remove(s);
+            refs.push(object_ref(&ObjectKey::new(
+                "discovery.k8s.io",
+                "EndpointSlice",
+                &s.namespace,
+                &format!("{}-gw-pods", s.name),
+            )));
+        }
+        self.delete(refs)
+            .await
+            .map_err(|e| format!("cleanup: {e}"))?;
+        self.pods
+            .retain(|p| !applied.deployments.contains(&p.owner));
+        self.sync_slices().await
+    }
+
+    async fn start_deployment(&mut self, d: &Value) -> Result<String, String> {
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let owner = format!("{ns}/{name}");
+        let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
+        let labels: BTreeMap<String, String> = d["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for i in 0..replicas {
+            let ip = Ipv4Addr::from(POD_NET + self.next_pod);
+            self.next_pod += 1;
+            let pod = format!("{name}-{i}");
+            let mut servers = Vec::new();
+            // The upstream echo server: HTTP (and h2c) on 3000, h2c only on 3001.
+            for (port, h2c_only) in [(3000u16, false), (3001, true)] {
+                let cfg = EchoConfig {
+                    listen: (ip, port).into(),
+                    pod: pod.clone(),
+                    namespace: ns.clone(),
+                    h2c_only,
+                    log: false,
+                };
+                servers.push(
+                    gw_node::echo::start(cfg)
+                        .await
+                        .map_err(|e| format!("starting pod {ns}/{pod} on {ip}:{port}: {e}"))?,
+                );
+            }
+            self.pods.push(Pod {
+                name: pod,
+                namespace: ns.clone(),
+                labels: labels.clone(),
+                ip,
+                owner: owner.clone(),
+                servers,
+            });
+        }
+        Ok(owner)
+    }
+
+    /// The pods of a Deployment-like selector in a namespace.
+    pub fn pods_matching(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&Pod> {
+        self.pods
+            .iter()
+            .filter(|p| {
+                p.namespace == namespace && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .collect()
+    }
+
+    /// Writes, for every Service with a selector, the EndpointSlice of the pods it selects.
+    async fn sync_slices(&self) -> Result<(), String> {
+        let mut docs = Vec::new();
+        for (key, svc) in &self.services {
+            let pods = self.pods_matching(&key.namespace, &svc.selector);
+            let ports: Vec<Value> = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    let target = p["targetPort"].as_i64().or(p["port"].as_i64()).unwrap_or(0);
+                    let mut port = json!({"port": target, "protocol": p["protocol"].as_str().unwrap_or("TCP")});
+                    if let Some(n) = p["name"].as_str() {
+                        port["name"] = json!(n);
+                    }
+                    if let Some(a) = p["appProtocol"].as_str() {
+                        port["appProtocol"] = json!(a);
+                    }
+                    port
+                })
+                .collect();
+            let endpoints: Vec<Value> = pods
+                .iter()
+                .map(|p| json!({"addresses": [p.ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false},
+                                "targetRef": {"kind": "Pod", "name": p.name, "namespace": p.namespace}}))
+                .collect();
+            docs.push(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": format!("{}-gw-pods", key.name), "namespace": key.namespace,
+                             "labels": {"kubernetes.io/service-name": key.name}},
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": endpoints,
+            }));
+        }
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.apply_docs(docs, "endpointslice controller")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("EndpointSlices: {e}"))
+    }
+
+    /// The TLS Secrets the suite generates at setup (`base/programmatic-secrets.json`).
+    pub async fn create_programmatic_secrets(&self, spec: &Value) -> Result<(), String> {
+        let mut docs = Vec::new();
+        for s in spec["secrets"].as_array().into_iter().flatten() {
+            let hosts: Vec<String> = s["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect();
+            let (crt, key) = self_signed(&hosts)?;
+            let b64 =
+                |x: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, x);
+            docs.push(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": s["name"], "namespace": s["namespace"]},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": b64(&crt), "tls.key": b64(&key)},
+            }));
+        }
+        self.apply_docs(docs, "programmatic secrets")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A self-signed server certificate for `hosts` (IP addresses as IP SANs, the rest as DNS SANs), as the
+/// suite's `MustCreateSelfSignedCertSecret` makes them (with an ECDSA P-256 key instead of RSA 2048:
+/// the key type is not what any test checks).
+pub fn self_signed(hosts: &[String]) -> Result<(String, String), String> {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "default");
+    dn.push(rcgen::DnType::OrganizationName, "Acme Co");
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    for h in hosts {
+        let san = match h.parse::<IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                h.clone()
+                    .try_into()
+                    .map_err(|e| format!("host {h:?}: {e}"))?,
+            ),
+        };
+        params.subject_alt_names.push(san);
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
