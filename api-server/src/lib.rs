@@ -54,7 +54,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let channels = Channels::default();
+        let channels = Channels::from_listen(local_addr);
         let raft = gw_store::types::Raft::new(
             config.id,
             raft_config,

@@ -27,9 +27,21 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of outgoing connections: the member's own listen address when it listens on a
+    /// specific one (multi-homed hosts; peers see connections come from the address they know).
+    source: Option<std::net::IpAddr>,
 }
 
 impl Channels {
+    /// Channels whose connections leave from `listen`'s address, unless it is unspecified.
+    pub fn from_listen(listen: std::net::SocketAddr) -> Channels {
+        let ip = listen.ip();
+        Channels {
+            source: (!ip.is_unspecified()).then_some(ip),
+            ..Channels::default()
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
@@ -40,6 +52,7 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.source)
             .connect_lazy();
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -48,6 +48,7 @@ pub struct MemberProc {
     pub log: PathBuf,
     /// Flags given at every start of this member.
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -71,6 +72,11 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Where to keep data and logs; a temporary directory (removed on drop) when `None`.
     pub dir: Option<PathBuf>,
+    /// Give member N the address `<prefix>N` (e.g. "127.77.0."), so that faults can tell members apart
+    /// by IP; `None`: every member on 127.0.0.1.
+    pub ip_prefix: Option<String>,
+    /// Environment of every member (the null controls' hidden switches).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -87,7 +93,10 @@ impl Cluster {
             }
         };
         let addrs: Vec<String> = (1..=n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .map(|id| match &opts.ip_prefix {
+                Some(p) => format!("{p}{id}:{}", free_port()),
+                None => format!("127.0.0.1:{}", free_port()),
+            })
             .collect();
         let peers = addrs
             .iter()
@@ -115,6 +124,7 @@ impl Cluster {
                 data_dir: dir.join(format!("member-{id}")),
                 log: dir.join(format!("member-{id}.log")),
                 args,
+                env: opts.env.clone(),
                 child: None,
             });
         }
@@ -153,6 +163,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .args(&m.args)
+            .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -172,6 +183,7 @@ impl Cluster {
             data_dir: self.dir.join(format!("member-{id}")),
             log: self.dir.join(format!("member-{id}.log")),
             args,
+            env: vec![],
             child: None,
         });
         self.spawn(id)?;

@@ -1,5 +1,12 @@
-//! gw-jepsen: fault injection against real gw store processes. The `cluster` module starts, kills,
-//! pauses and restarts `gw-api-server` processes; integration tests of other crates use it as their
-//! cluster fixture.
+//! gw-jepsen: fault injection against real gw store processes. `cluster` starts, kills, pauses and
+//! restarts `gw-api-server` processes (integration tests of other crates use it as their fixture);
+//! `nemesis` injects the faults; `register` is the workload; `history` records what happened;
+//! `checker` judges it; `run` ties them together for the `gw-jepsen` binary.
 
+pub mod checker;
 pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod register;
+pub mod run;
+pub mod timeline;

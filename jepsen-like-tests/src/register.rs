@@ -1,0 +1,300 @@
+//! The register workload: reads, writes and compare-and-sets on many independent objects (ConfigMaps
+//! `jepsen/reg-N`, the value in `data.value`), through the public API of a random member each time.
+//! A compare-and-set is a linearizable read and a write conditioned on the resourceVersion it saw.
+
+use crate::history::{Event, Kind, Recorder};
+use crate::nemesis::Rng;
+use gw_proto as pb;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a client waits for an answer before calling the outcome unknown.
+const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub fn key_name(k: u64) -> String {
+    format!("reg-{k}")
+}
+
+fn target(key: &str) -> pb::ObjectRef {
+    pb::ObjectRef {
+        group: String::new(),
+        kind: "ConfigMap".into(),
+        namespace: "jepsen".into(),
+        name: key.into(),
+    }
+}
+
+pub fn channels(addrs: &[(u64, String)]) -> Vec<(u64, Channel)> {
+    addrs
+        .iter()
+        .filter_map(|(id, a)| {
+            Endpoint::from_shared(format!("http://{a}")).ok().map(|e| {
+                (
+                    *id,
+                    e.connect_timeout(Duration::from_millis(300))
+                        .timeout(OP_TIMEOUT)
+                        .connect_lazy(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A linearizable read: the value (None if the object does not exist), its resourceVersion and the
+/// revision of the read.
+pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64), tonic::Status> {
+    let req = pb::GetRequest {
+        target: Some(target(key)),
+        options: None,
+    };
+    match pb::config_client::ConfigClient::new(ch.clone())
+        .get(req)
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            let obj: Value = serde_json::from_str(&r.object_json).unwrap_or_default();
+            let v = obj["data"]["value"].as_str().and_then(|s| s.parse().ok());
+            Ok((
+                v,
+                obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                r.revision,
+            ))
+        }
+        Err(s) if s.code() == Code::NotFound => Ok((None, String::new(), 0)),
+        Err(s) => Err(s),
+    }
+}
+
+/// Writes `value` (unconditionally, or only if the object is still at `rv`).
+pub async fn write(
+    ch: &Channel,
+    key: &str,
+    value: i64,
+    rv: Option<&str>,
+) -> Result<u64, tonic::Status> {
+    let mut doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": key, "namespace": "jepsen"}, "data": {"value": value.to_string()}});
+    if let Some(rv) = rv {
+        doc["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let req = pb::ApplyRequest {
+        documents: vec![pb::Document {
+            json: doc.to_string(),
+            source: "jepsen".into(),
+            index: 1,
+        }],
+        dry_run: false,
+    };
+    pb::config_client::ConfigClient::new(ch.clone())
+        .apply(req)
+        .await
+        .map(|r| r.into_inner().revision)
+}
+
+/// Whether a failed write certainly had no effect.
+fn definite(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Aborted | Code::InvalidArgument | Code::FailedPrecondition
+    )
+}
+
+/// What the clients share.
+pub struct Clients {
+    /// Process ids of one client are `first + k * stride`.
+    pub stride: i64,
+    pub chans: Vec<(u64, Channel)>,
+    pub keys: u64,
+    pub rec: Recorder,
+    pub next_value: AtomicI64,
+    pub until: Instant,
+}
+
+/// One client: operations until `until`. A process whose operation's outcome is unknown is retired and
+/// the client goes on as a new process (as in Jepsen), so that every process has one op at a time.
+pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
+    let Clients {
+        stride,
+        chans,
+        keys,
+        rec,
+        next_value,
+        until,
+    } = &*ctx;
+    let (stride, keys, until) = (*stride, *keys, *until);
+    let mut rng = Rng::new(seed);
+    let mut process = first_process;
+    while Instant::now() < until {
+        let key = key_name(rng.below(keys));
+        let (node, ch) = &chans[rng.below(chans.len() as u64) as usize];
+        let roll = rng.below(100);
+        let (f, arg) = if roll < 50 {
+            ("read", Value::Null)
+        } else if roll < 80 {
+            ("write", json!(next_value.fetch_add(1, Ordering::Relaxed)))
+        } else {
+            (
+                "cas",
+                json!([
+                    rng.below(5) as i64 + next_value.load(Ordering::Relaxed) - 5,
+                    next_value.fetch_add(1, Ordering::Relaxed)
+                ]),
+            )
+        };
+        let mut inv = Recorder::event(process, Kind::Invoke, f, Some(&key), arg.clone());
+        inv.node = Some(*node);
+        rec.record(inv);
+        let done = match f {
+            "read" => match tokio::time::timeout(OP_TIMEOUT, read(ch, &key)).await {
+                // A not-found answer carries no revision (0).
+                Ok(Ok((v, _, rev))) => completion(
+                    process,
+                    Kind::Ok,
+                    f,
+                    &key,
+                    json!(v),
+                    Some(rev).filter(|r| *r > 0),
+                    None,
+                ),
+                Ok(Err(s)) => completion(
+                    process,
+                    Kind::Fail,
+                    f,
+                    &key,
+                    Value::Null,
+                    None,
+                    Some(s.message()),
+                ),
+                Err(_) => completion(
+                    process,
+                    Kind::Fail,
+                    f,
+                    &key,
+                    Value::Null,
+                    None,
+                    Some("timeout"),
+                ),
+            },
+            "write" => match tokio::time::timeout(
+                OP_TIMEOUT,
+                write(ch, &key, arg.as_i64().unwrap_or(0), None),
+            )
+            .await
+            {
+                Ok(Ok(rev)) => completion(process, Kind::Ok, f, &key, arg.clone(), Some(rev), None),
+                Ok(Err(s)) if definite(&s) => completion(
+                    process,
+                    Kind::Fail,
+                    f,
+                    &key,
+                    arg.clone(),
+                    None,
+                    Some(s.message()),
+                ),
+                Ok(Err(s)) => completion(
+                    process,
+                    Kind::Info,
+                    f,
+                    &key,
+                    arg.clone(),
+                    None,
+                    Some(s.message()),
+                ),
+                Err(_) => completion(
+                    process,
+                    Kind::Info,
+                    f,
+                    &key,
+                    arg.clone(),
+                    None,
+                    Some("timeout"),
+                ),
+            },
+            _ => {
+                let (from, to) = (arg[0].as_i64().unwrap_or(0), arg[1].as_i64().unwrap_or(0));
+                let op = async {
+                    let (v, rv, _) = read(ch, &key).await.map_err(|s| (true, s))?;
+                    if v != Some(from) {
+                        return Ok(None);
+                    }
+                    write(ch, &key, to, Some(&rv))
+                        .await
+                        .map(Some)
+                        .map_err(|s| (definite(&s), s))
+                };
+                match tokio::time::timeout(OP_TIMEOUT, op).await {
+                    Ok(Ok(Some(rev))) => {
+                        completion(process, Kind::Ok, f, &key, arg.clone(), Some(rev), None)
+                    }
+                    Ok(Ok(None)) => completion(
+                        process,
+                        Kind::Fail,
+                        f,
+                        &key,
+                        arg.clone(),
+                        None,
+                        Some("value differs"),
+                    ),
+                    Ok(Err((true, s))) => completion(
+                        process,
+                        Kind::Fail,
+                        f,
+                        &key,
+                        arg.clone(),
+                        None,
+                        Some(s.message()),
+                    ),
+                    Ok(Err((false, s))) => completion(
+                        process,
+                        Kind::Info,
+                        f,
+                        &key,
+                        arg.clone(),
+                        None,
+                        Some(s.message()),
+                    ),
+                    Err(_) => completion(
+                        process,
+                        Kind::Info,
+                        f,
+                        &key,
+                        arg.clone(),
+                        None,
+                        Some("timeout"),
+                    ),
+                }
+            }
+        };
+        let kind = done.kind;
+        let mut done = done;
+        done.node = Some(*node);
+        rec.record(done);
+        if kind == Kind::Info {
+            process += stride;
+        } else if kind == Kind::Fail {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn completion(
+    process: i64,
+    kind: Kind,
+    f: &str,
+    key: &str,
+    value: Value,
+    revision: Option<u64>,
+    error: Option<&str>,
+) -> Event {
+    let mut e = Recorder::event(process, kind, f, Some(key), value);
+    e.revision = revision;
+    e.error = error.map(str::to_string);
+    e
+}

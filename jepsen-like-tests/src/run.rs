@@ -1,0 +1,284 @@
+//! One run: start the cluster, run the workload and the nemesis side by side, heal, read everything
+//! back, check, and write the run directory.
+
+use crate::checker::{self, Validity, Verdict};
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::history::{Kind, Recorder};
+use crate::nemesis::{self, Fault, Net, Rng};
+use crate::register;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Store members (3 or 5).
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u64,
+    /// Seconds of workload under faults.
+    #[arg(long, default_value_t = 60)]
+    pub time_limit: u64,
+    /// Faults to inject, in turn: kill, pause, partition (comma-separated; empty for none).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
+    pub nemesis: Vec<String>,
+    /// The workload (register).
+    #[arg(long, default_value = "register")]
+    pub workload: String,
+    /// The run directory: history.jsonl, results.json, timeline.html, the members' logs and data.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    pub clients: u64,
+    /// Independent objects.
+    #[arg(long, default_value_t = 20)]
+    pub keys: u64,
+    /// Seconds between faults, and how long each is held.
+    #[arg(long, default_value_t = 4)]
+    pub interval: u64,
+    #[arg(long, default_value_t = 4)]
+    pub hold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Reintroduce a real bug in the store (a null control the checkers must catch): stale-reads
+    /// (linearizable reads answered from local state) or no-sync (writes acknowledged before they are on disk).
+    #[arg(long)]
+    pub null_control: Option<String>,
+    /// Search budget of the linearizability checker per key (steps); past it the verdict is unknown.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub budget: u64,
+}
+
+fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
+    if verdicts.iter().any(|(_, v)| v.valid == Validity::False) {
+        Validity::False
+    } else if verdicts.iter().any(|(_, v)| v.valid == Validity::Unknown) {
+        Validity::Unknown
+    } else {
+        Validity::True
+    }
+}
+
+/// Runs, writes the run directory, and returns the overall validity.
+pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
+    anyhow::ensure!(
+        args.workload == "register",
+        "unknown workload {:?} (register)",
+        args.workload
+    );
+    let faults: Vec<Fault> = args
+        .nemesis
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let env = match args.null_control.as_deref() {
+        None => vec![],
+        Some("stale-reads") => vec![("GW_UNSAFE_STALE_READS".to_string(), "true".to_string())],
+        Some("no-sync") => vec![("GW_UNSAFE_NO_SYNC".to_string(), "true".to_string())],
+        Some(other) => anyhow::bail!("unknown null control {other:?} (stale-reads, no-sync)"),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let opts = ClusterOptions {
+        dir: Some(args.out.join("cluster")),
+        ip_prefix: Some("127.77.0.".into()),
+        env,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(args.nodes, opts)?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let net = if faults.contains(&Fault::Partition) {
+        Some(Net::new(&cluster).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let addrs: Vec<(u64, String)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.id, m.addr.clone()))
+        .collect();
+    let cluster = tokio::sync::Mutex::new(cluster);
+    let rec = Recorder::default();
+    let until = Instant::now() + Duration::from_secs(args.time_limit);
+    let ctx = Arc::new(register::Clients {
+        stride: args.clients as i64,
+        chans: register::channels(&addrs),
+        keys: args.keys,
+        rec: rec.clone(),
+        next_value: AtomicI64::new(1),
+        until,
+    });
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        tasks.push(tokio::spawn(register::client(
+            ctx.clone(),
+            c as i64,
+            args.seed * 1000 + c + 1,
+        )));
+    }
+    let mut rng = Rng::new(args.seed);
+    let schedule = nemesis::Schedule {
+        faults: faults.clone(),
+        until,
+        interval: Duration::from_secs(args.interval),
+        hold: Duration::from_secs(args.hold),
+    };
+    let effects = nemesis::run(&cluster, net.as_ref(), &schedule, &rec, &mut rng).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Heal everything, then read every key back (a lost write shows here).
+    if let Some(n) = &net {
+        let _ = n.heal();
+    }
+    {
+        let mut c = cluster.lock().await;
+        for id in c.ids() {
+            c.resume(id);
+            if !c.is_running(id) {
+                c.spawn(id)?;
+            }
+        }
+        c.wait_for_leader(Duration::from_secs(60)).await?;
+    }
+    let final_process = 1_000_000;
+    for k in 0..args.keys {
+        let key = register::key_name(k);
+        for attempt in 0..20 {
+            let (node, ch) = &ctx.chans[(k as usize + attempt) % ctx.chans.len()];
+            let mut inv =
+                Recorder::event(final_process, Kind::Invoke, "read", Some(&key), Value::Null);
+            inv.node = Some(*node);
+            rec.record(inv);
+            match register::read(ch, &key).await {
+                Ok((v, _, rev)) => {
+                    let mut e =
+                        Recorder::event(final_process, Kind::Ok, "read", Some(&key), json!(v));
+                    e.node = Some(*node);
+                    e.revision = Some(rev).filter(|r| *r > 0);
+                    rec.record(e);
+                    break;
+                }
+                Err(_) => {
+                    rec.record(Recorder::event(
+                        final_process,
+                        Kind::Fail,
+                        "read",
+                        Some(&key),
+                        Value::Null,
+                    ));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    let convergence = converge(&cluster).await;
+
+    let events = rec.events();
+    let ops = crate::history::pair(&events);
+    let lin = checker::register_linearizable(&ops, args.budget);
+    let revs = checker::revisions_monotonic(&ops);
+    let nem = nemesis_verdict(&faults, &effects);
+    let verdicts = [
+        ("linearizable", &lin),
+        ("revisions-monotonic", &revs),
+        ("nemesis-took-effect", &nem),
+        ("members-converged", &convergence),
+    ];
+    let valid = combine(&verdicts);
+    let results = json!({
+        "valid": match valid { Validity::True => json!(true), Validity::False => json!(false), Validity::Unknown => json!("unknown") },
+        "workload": args.workload,
+        "nodes": args.nodes,
+        "time_limit_s": args.time_limit,
+        "nemesis": args.nemesis,
+        "null_control": args.null_control,
+        "ops": ops.len(),
+        "ops_ok": ops.iter().filter(|o| o.outcome() == Kind::Ok).count(),
+        "ops_info": ops.iter().filter(|o| o.outcome() == Kind::Info).count(),
+        "checkers": verdicts.iter().map(|(n, v)| (n.to_string(), serde_json::to_value(v).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
+    });
+    let mut lines = String::new();
+    for e in &events {
+        lines.push_str(&serde_json::to_string(e)?);
+        lines.push('\n');
+    }
+    std::fs::write(args.out.join("history.jsonl"), lines)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(
+        args.out.join("timeline.html"),
+        crate::timeline::html(&events, args.clients),
+    )?;
+    drop(net);
+    Ok(valid)
+}
+
+/// Every configured fault must have taken effect at least once.
+fn nemesis_verdict(faults: &[Fault], effects: &[(String, bool)]) -> Verdict {
+    let mut missing = Vec::new();
+    for f in faults {
+        if !effects
+            .iter()
+            .any(|(what, took)| *took && what.starts_with(f.name()))
+        {
+            missing.push(f.name());
+        }
+    }
+    Verdict {
+        valid: if missing.is_empty() {
+            Validity::True
+        } else {
+            Validity::False
+        },
+        ops: effects.len(),
+        details: json!({"faults": effects.iter().map(|(w, t)| json!({"fault": w, "took_effect": t})).collect::<Vec<_>>(), "never_took_effect": missing}),
+    }
+}
+
+/// After healing, every member reaches the same revision with the same state hash.
+async fn converge(cluster: &tokio::sync::Mutex<Cluster>) -> Verdict {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let c = cluster.lock().await;
+        let mut seen = Vec::new();
+        for id in c.ids() {
+            seen.push(
+                c.member_status(id)
+                    .await
+                    .map(|s| (s.id, s.applied_revision, s.state_hash)),
+            );
+        }
+        drop(c);
+        last = json!(
+            seen.iter()
+                .map(|s| s
+                    .as_ref()
+                    .map(|(i, r, h)| json!({"id": i, "revision": r, "hash": h})))
+                .collect::<Vec<_>>()
+        );
+        let all: Option<Vec<_>> = seen.into_iter().collect();
+        if let Some(all) = all
+            && all.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2)
+        {
+            return Verdict {
+                valid: Validity::True,
+                ops: all.len(),
+                details: json!({"members": last}),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Verdict {
+        valid: Validity::False,
+        ops: 0,
+        details: json!({"members": last, "why": "members did not reach one revision and state hash within 60 s"}),
+    }
+}
