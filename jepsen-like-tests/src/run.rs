@@ -5,7 +5,7 @@ use crate::checker::{self, Validity, Verdict};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::register;
+use crate::{register, watch};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,8 +85,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let opts = ClusterOptions {
         dir: Some(args.out.join("cluster")),
         ip_prefix: Some("127.77.0.".into()),
+        // The reference watch at the end reads the whole run's history.
+        extra_args: vec!["--history-revisions".into(), "1000000".into()],
         env,
-        ..Default::default()
     };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -111,6 +112,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         next_value: AtomicI64::new(1),
         until,
     });
+    let watch_chans = Arc::new(register::channels(&addrs));
+    let stop_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let collectors: Vec<_> = (0..addrs.len())
+        .map(|i| {
+            tokio::spawn(watch::collector(
+                watch_chans.clone(),
+                i,
+                stop_at.clone(),
+                until + Duration::from_secs(120),
+            ))
+        })
+        .collect();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         tasks.push(tokio::spawn(register::client(
@@ -176,7 +189,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             }
         }
     }
-    let convergence = converge(&cluster).await;
+    let (convergence, final_revision) = converge(&cluster).await;
+    stop_at.store(final_revision.max(1), std::sync::atomic::Ordering::Relaxed);
+    let mut collected = Vec::new();
+    for c in collectors {
+        collected.push(c.await.unwrap_or_default());
+    }
+    let watch_verdict = match watch::reference(&watch_chans[0].1, final_revision).await {
+        Ok(reference) => watch::check(&collected, &reference),
+        Err(e) => Verdict {
+            valid: Validity::Unknown,
+            ops: 0,
+            details: json!({"why": e}),
+        },
+    };
 
     let events = rec.events();
     let ops = crate::history::pair(&events);
@@ -185,6 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let nem = nemesis_verdict(&faults, &effects);
     let verdicts = [
         ("linearizable", &lin),
+        ("watch", &watch_verdict),
         ("revisions-monotonic", &revs),
         ("nemesis-took-effect", &nem),
         ("members-converged", &convergence),
@@ -242,8 +269,8 @@ fn nemesis_verdict(faults: &[Fault], effects: &[(String, bool)]) -> Verdict {
     }
 }
 
-/// After healing, every member reaches the same revision with the same state hash.
-async fn converge(cluster: &tokio::sync::Mutex<Cluster>) -> Verdict {
+/// After healing, every member reaches the same revision with the same state hash (and that revision).
+async fn converge(cluster: &tokio::sync::Mutex<Cluster>) -> (Verdict, u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = Value::Null;
     while Instant::now() < deadline {
@@ -268,17 +295,27 @@ async fn converge(cluster: &tokio::sync::Mutex<Cluster>) -> Verdict {
         if let Some(all) = all
             && all.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2)
         {
-            return Verdict {
+            let revision = all.iter().map(|m| m.1).max().unwrap_or(0);
+            let v = Verdict {
                 valid: Validity::True,
                 ops: all.len(),
                 details: json!({"members": last}),
             };
+            return (v, revision);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Verdict {
+    let revision = last
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["revision"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let v = Verdict {
         valid: Validity::False,
         ops: 0,
         details: json!({"members": last, "why": "members did not reach one revision and state hash within 60 s"}),
-    }
+    };
+    (v, revision)
 }
