@@ -17,6 +17,12 @@ pub enum Fault {
     Kill,
     Pause,
     Partition,
+    /// A follower cut off until the leader has purged the log it needs, then healed: it must catch up
+    /// by installing a snapshot.
+    Catchup,
+    /// A member removed from the cluster during traffic, wiped, restarted empty, added back as a
+    /// learner and promoted to voter.
+    Membership,
 }
 
 impl std::str::FromStr for Fault {
@@ -26,8 +32,10 @@ impl std::str::FromStr for Fault {
             "kill" => Ok(Fault::Kill),
             "pause" => Ok(Fault::Pause),
             "partition" => Ok(Fault::Partition),
+            "catchup" => Ok(Fault::Catchup),
+            "membership" => Ok(Fault::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition)"
+                "unknown nemesis {other:?} (kill, pause, partition, catchup, membership)"
             )),
         }
     }
@@ -39,6 +47,8 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Pause => "pause",
             Fault::Partition => "partition",
+            Fault::Catchup => "catchup",
+            Fault::Membership => "membership",
         }
     }
 }
@@ -129,6 +139,14 @@ impl Net {
                     "DROP",
                 ])?;
             }
+        }
+        Ok(())
+    }
+
+    /// Drops the packets of each (from, to) pair.
+    pub fn drop_pairs(&self, pairs: &[(u64, u64)]) -> Result<(), String> {
+        for (a, b) in pairs {
+            self.drop_between(&[*a], &[*b])?;
         }
         Ok(())
     }
@@ -279,33 +297,47 @@ pub async fn run(
             }
             Fault::Partition => {
                 let Some(net) = net else { continue };
-                let (what, a, b): (&str, Vec<u64>, Vec<u64>) = match variant % 2 {
+                let l = leader.unwrap_or_else(|| pick(rng));
+                let both = |a: &[u64], b: &[u64]| -> Vec<(u64, u64)> {
+                    a.iter()
+                        .flat_map(|x| b.iter().flat_map(move |y| [(*x, *y), (*y, *x)]))
+                        .collect()
+                };
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
+                let (what, cuts): (&str, Vec<(u64, u64)>) = match variant % 4 {
                     0 => {
                         let minor = minority(&ids, rng);
                         let major: Vec<u64> =
                             ids.iter().copied().filter(|i| !minor.contains(i)).collect();
-                        ("partition-majority-minority", minor, major)
+                        ("partition-majority-minority", both(&minor, &major))
                     }
-                    _ => {
-                        let l = leader.unwrap_or_else(|| pick(rng));
-                        (
-                            "partition-isolate-leader",
-                            vec![l],
-                            ids.iter().copied().filter(|i| *i != l).collect(),
-                        )
+                    1 => ("partition-isolate-leader", both(&[l], &others)),
+                    // Every member keeps a majority (itself and its two ring neighbours), each a
+                    // different one: needs five members.
+                    2 if ids.len() >= 5 => {
+                        let n = ids.len();
+                        let cuts = (0..n)
+                            .flat_map(|i| (0..n).map(move |j| (i, j)))
+                            .filter(|(i, j)| i != j && (i + 1) % n != *j && (j + 1) % n != *i)
+                            .map(|(i, j)| (ids[i], ids[j]))
+                            .collect();
+                        ("partition-majorities-ring", cuts)
                     }
+                    // One-way: the leader's packets to the others are dropped, theirs reach it.
+                    _ => (
+                        "partition-one-way",
+                        others.iter().map(|o| (l, *o)).collect(),
+                    ),
                 };
                 rec.record(Recorder::event(
                     NEMESIS,
                     Kind::Invoke,
                     what,
                     None,
-                    json!({"side_a": a, "side_b": b}),
+                    json!({"cuts": cuts}),
                 ));
-                let ok = net
-                    .drop_between(&a, &b)
-                    .and_then(|_| net.drop_between(&b, &a));
-                let took = ok.is_ok() && net.is_cut(a[0], b[0]) && net.is_cut(b[0], a[0]);
+                let ok = net.drop_pairs(&cuts);
+                let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut(*a, *b));
                 tokio::time::sleep(hold).await;
                 let _ = net.heal();
                 rec.record(Recorder::event(
@@ -313,13 +345,160 @@ pub async fn run(
                     Kind::Ok,
                     what,
                     None,
-                    json!({"side_a": a, "side_b": b, "took_effect": took, "error": ok.err()}),
+                    json!({"cuts": cuts, "took_effect": took, "error": ok.err()}),
                 ));
+                effects.push((what.to_string(), took));
+            }
+            Fault::Membership => {
+                let Some(l) = leader else { continue };
+                let f = ids.iter().copied().find(|i| *i != l).unwrap_or(l);
+                let what = "membership-remove-readd";
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Invoke,
+                    what,
+                    None,
+                    json!({"member": f}),
+                ));
+                let (servers, addr) = {
+                    let c = cluster.lock().await;
+                    (c.servers(), c.addr(f).to_string())
+                };
+                let removed = gwadm(&servers, &["cluster", "remove", &f.to_string()]).await;
+                {
+                    // The member is gone: wipe it and start it empty, without --peers.
+                    let mut c = cluster.lock().await;
+                    c.kill(f);
+                    if let Some(m) = c.members.iter_mut().find(|m| m.id == f) {
+                        let _ = std::fs::remove_dir_all(&m.data_dir);
+                        if let Some(i) = m.args.iter().position(|a| a == "--peers") {
+                            m.args.drain(i..i + 2);
+                        }
+                    }
+                    let _ = c.spawn(f);
+                }
+                tokio::time::sleep(hold).await;
+                let region = format!("region-{f}");
+                let added = gwadm(
+                    &servers,
+                    &[
+                        "cluster",
+                        "add-learner",
+                        "--id",
+                        &f.to_string(),
+                        "--addr",
+                        &addr,
+                        "--region",
+                        &region,
+                    ],
+                )
+                .await;
+                let promoted = match &added {
+                    Ok(_) => gwadm(&servers, &["cluster", "promote", &f.to_string()]).await,
+                    Err(e) => Err(e.clone()),
+                };
+                let mut voter = false;
+                let deadline = std::time::Instant::now() + hold * 4;
+                while promoted.is_ok() && std::time::Instant::now() < deadline {
+                    if cluster
+                        .lock()
+                        .await
+                        .member_status(f)
+                        .await
+                        .is_some_and(|s| matches!(s.role.as_str(), "follower" | "leader"))
+                    {
+                        voter = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let took = removed.is_ok() && added.is_ok() && voter;
+                rec.record(Recorder::event(NEMESIS, Kind::Ok, what, None, json!({"member": f, "removed": removed, "added": added, "promoted": promoted, "voter_again": voter, "took_effect": took})));
+                effects.push((what.to_string(), took));
+            }
+            Fault::Catchup => {
+                let Some(net) = net else { continue };
+                let Some(l) = leader else { continue };
+                let f = ids.iter().copied().find(|i| *i != l).unwrap_or(l);
+                let what = "catchup-by-snapshot";
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != f).collect();
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Invoke,
+                    what,
+                    None,
+                    json!({"isolated": f}),
+                ));
+                let cuts: Vec<(u64, u64)> =
+                    others.iter().flat_map(|o| [(f, *o), (*o, f)]).collect();
+                let _ = net.drop_pairs(&cuts);
+                // Hold the follower out until the leader has purged the log it would need.
+                let behind = cluster
+                    .lock()
+                    .await
+                    .member_status(f)
+                    .await
+                    .map_or(0, |s| s.last_log_index);
+                let deadline = std::time::Instant::now() + hold * 5;
+                let mut purged = 0;
+                while std::time::Instant::now() < deadline {
+                    purged = cluster
+                        .lock()
+                        .await
+                        .member_status(l)
+                        .await
+                        .map_or(0, |s| s.purged_index);
+                    if purged > behind {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let _ = net.heal();
+                // It took effect if the follower then installed a snapshot past what it had.
+                let mut took = false;
+                let deadline = std::time::Instant::now() + hold * 5;
+                while purged > behind && std::time::Instant::now() < deadline {
+                    if cluster
+                        .lock()
+                        .await
+                        .member_status(f)
+                        .await
+                        .is_some_and(|s| s.snapshot_index >= purged)
+                    {
+                        took = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                rec.record(Recorder::event(NEMESIS, Kind::Ok, what, None,
+                    json!({"isolated": f, "its_last_log_index": behind, "leader_purged_index": purged, "took_effect": took})));
                 effects.push((what.to_string(), took));
             }
         }
     }
     effects
+}
+
+/// Runs `gwadm --server SERVERS ARGS`; its output, or why it failed.
+async fn gwadm(servers: &str, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(crate::cluster::bin("gwadm"))
+        .args(["--server", servers, "--retry-for", "15"])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// A random minority (at least one member).

@@ -20,7 +20,7 @@ pub struct RunArgs {
     /// Seconds of workload under faults.
     #[arg(long, default_value_t = 60)]
     pub time_limit: u64,
-    /// Faults to inject, in turn: kill, pause, partition (comma-separated; empty for none).
+    /// Faults to inject, in turn: kill, pause, partition, catchup (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
     /// The workload (register).
@@ -86,12 +86,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         dir: Some(args.out.join("cluster")),
         ip_prefix: Some("127.77.0.".into()),
         // The reference watch at the end reads the whole run's history.
-        extra_args: vec!["--history-revisions".into(), "1000000".into()],
+        // Snapshots every 100 entries and no log kept behind them, so that lagging members catch up by
+        // snapshot (the catchup nemesis relies on it).
+        extra_args: [
+            "--history-revisions",
+            "1000000",
+            "--snapshot-logs",
+            "100",
+            "--keep-logs",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
         env,
     };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    let net = if faults.contains(&Fault::Partition) {
+    let net = if faults.contains(&Fault::Partition) || faults.contains(&Fault::Catchup) {
         Some(Net::new(&cluster).map_err(anyhow::Error::msg)?)
     } else {
         None
