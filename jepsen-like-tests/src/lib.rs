@@ -1,6 +1,6 @@
 //! gw-jepsen: fault injection against real gw store processes. `cluster` starts, kills, pauses and
 //! restarts `gw-api-server` processes (integration tests of other crates use it as their fixture);
-//! `nemesis` injects the faults; `register` and `watch` are the workloads; `history` records what happened;
+//! `nemesis` injects the faults; `register`, `txn` and `watch` are the workloads; `history` records what happened;
 //! `checker` judges it; `run` ties them together for the `gw-jepsen` binary.
 
 pub mod checker;
@@ -10,4 +10,5 @@ pub mod nemesis;
 pub mod register;
 pub mod run;
 pub mod timeline;
+pub mod txn;
 pub mod watch;

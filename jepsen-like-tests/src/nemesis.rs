@@ -1,6 +1,6 @@
 //! Faults, injected from outside the store: SIGKILL and SIGSTOP of member processes, and network
 //! partitions made with iptables rules between the members' loopback addresses (each member listens on,
-//! and connects from, its own 127.77.0.N). Each fault is recorded with its start, its end, the members
+//! and connects from, its own 127.77.R.N). Each fault is recorded with its start, its end, the members
 //! it affected, and whether it was seen to take effect.
 
 use crate::cluster::Cluster;
@@ -9,8 +9,11 @@ use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-/// The iptables chain that holds the partition rules.
-const CHAIN: &str = "GW_JEPSEN";
+/// The iptables chain that holds this run's partition rules (one per process: runs side by side do not
+/// touch each other's rules).
+fn chain() -> String {
+    format!("GW_JEPSEN_{}", std::process::id())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -109,11 +112,9 @@ impl Net {
                 )
             })
             .collect();
-        let _ = iptables(&["-D", "INPUT", "-j", CHAIN]);
-        let _ = iptables(&["-F", CHAIN]);
-        let _ = iptables(&["-X", CHAIN]);
-        iptables(&["-N", CHAIN])?;
-        iptables(&["-I", "INPUT", "-j", CHAIN])?;
+        let chain = chain();
+        iptables(&["-N", &chain])?;
+        iptables(&["-I", "INPUT", "-j", &chain])?;
         Ok(Net { ips })
     }
 
@@ -130,7 +131,7 @@ impl Net {
             for b in to {
                 iptables(&[
                     "-A",
-                    CHAIN,
+                    &chain(),
                     "-s",
                     self.ip(*a),
                     "-d",
@@ -155,7 +156,7 @@ impl Net {
     pub fn is_cut(&self, a: u64, b: u64) -> bool {
         iptables(&[
             "-C",
-            CHAIN,
+            &chain(),
             "-s",
             self.ip(a),
             "-d",
@@ -167,15 +168,16 @@ impl Net {
     }
 
     pub fn heal(&self) -> Result<(), String> {
-        iptables(&["-F", CHAIN])
+        iptables(&["-F", &chain()])
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = iptables(&["-D", "INPUT", "-j", CHAIN]);
-        let _ = iptables(&["-F", CHAIN]);
-        let _ = iptables(&["-X", CHAIN]);
+        let chain = chain();
+        let _ = iptables(&["-D", "INPUT", "-j", &chain]);
+        let _ = iptables(&["-F", &chain]);
+        let _ = iptables(&["-X", &chain]);
     }
 }
 

@@ -5,7 +5,10 @@ use crate::checker::{self, Validity, Verdict};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::{register, watch};
+use crate::{register, txn, watch};
+
+/// Process ids of the txn workload's clients start here (the register's start at 0).
+const TXN_PROCESSES: i64 = 100_000;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,9 +26,12 @@ pub struct RunArgs {
     /// Faults to inject, in turn: kill, pause, partition, catchup (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
-    /// The workload (register).
-    #[arg(long, default_value = "register")]
-    pub workload: String,
+    /// Workloads, side by side (comma-separated): register (with the watch collectors) and txn.
+    #[arg(long, value_delimiter = ',', default_value = "register,txn")]
+    pub workload: Vec<String>,
+    /// Lists of the txn workload.
+    #[arg(long, default_value_t = 8)]
+    pub lists: u64,
     /// The run directory: history.jsonl, results.json, timeline.html, the members' logs and data.
     #[arg(long)]
     pub out: PathBuf,
@@ -63,11 +69,14 @@ fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
 
 /// Runs, writes the run directory, and returns the overall validity.
 pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
-    anyhow::ensure!(
-        args.workload == "register",
-        "unknown workload {:?} (register)",
-        args.workload
-    );
+    for w in &args.workload {
+        anyhow::ensure!(
+            matches!(w.as_str(), "register" | "txn"),
+            "unknown workload {w:?} (register, txn)"
+        );
+    }
+    let register_on = args.workload.iter().any(|w| w == "register");
+    let txn_on = args.workload.iter().any(|w| w == "txn");
     let faults: Vec<Fault> = args
         .nemesis
         .iter()
@@ -84,7 +93,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     std::fs::create_dir_all(&args.out)?;
     let opts = ClusterOptions {
         dir: Some(args.out.join("cluster")),
-        ip_prefix: Some("127.77.0.".into()),
+        // Addresses of this run only (the partition rules match on them).
+        ip_prefix: Some(format!("127.77.{}.", std::process::id() % 250)),
         // The reference watch at the end reads the whole run's history.
         // Snapshots every 100 entries and no log kept behind them, so that lagging members catch up by
         // snapshot (the catchup nemesis relies on it).
@@ -136,12 +146,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         })
         .collect();
     let mut tasks = Vec::new();
+    let txn_values = Arc::new(AtomicI64::new(1));
     for c in 0..args.clients {
-        tasks.push(tokio::spawn(register::client(
-            ctx.clone(),
-            c as i64,
-            args.seed * 1000 + c + 1,
-        )));
+        if register_on {
+            tasks.push(tokio::spawn(register::client(
+                ctx.clone(),
+                c as i64,
+                args.seed * 1000 + c + 1,
+            )));
+        }
+        if txn_on {
+            let first = TXN_PROCESSES + c as i64;
+            tasks.push(tokio::spawn(txn::client(
+                ctx.clone(),
+                first,
+                args.seed * 7000 + c + 1,
+                args.lists,
+                txn_values.clone(),
+            )));
+        }
     }
     let mut rng = Rng::new(args.seed);
     let schedule = nemesis::Schedule {
@@ -200,6 +223,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             }
         }
     }
+    let mut finals = None;
+    for attempt in 0..20 {
+        match txn::read_all(&ctx.chans[attempt % ctx.chans.len()].1).await {
+            Ok((lists, _)) => {
+                finals = Some(
+                    lists
+                        .into_iter()
+                        .map(|(k, (l, _))| (k, l))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                );
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
     let (convergence, final_revision) = converge(&cluster).await;
     stop_at.store(final_revision.max(1), std::sync::atomic::Ordering::Relaxed);
     let mut collected = Vec::new();
@@ -220,13 +258,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let lin = checker::register_linearizable(&ops, args.budget);
     let revs = checker::revisions_monotonic(&ops);
     let nem = nemesis_verdict(&faults, &effects);
-    let verdicts = [
-        ("linearizable", &lin),
-        ("watch", &watch_verdict),
+    let txn_verdict = match &finals {
+        Some(f) => txn::check(&ops, f),
+        None => Verdict {
+            valid: Validity::Unknown,
+            ops: 0,
+            details: json!({"why": "the final lists could not be read"}),
+        },
+    };
+    let mut verdicts = vec![
         ("revisions-monotonic", &revs),
         ("nemesis-took-effect", &nem),
         ("members-converged", &convergence),
     ];
+    if register_on {
+        verdicts.push(("linearizable", &lin));
+        verdicts.push(("watch", &watch_verdict));
+    }
+    if txn_on {
+        verdicts.push(("transactions", &txn_verdict));
+    }
     let valid = combine(&verdicts);
     let results = json!({
         "valid": match valid { Validity::True => json!(true), Validity::False => json!(false), Validity::Unknown => json!("unknown") },
