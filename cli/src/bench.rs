@@ -472,7 +472,7 @@ async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
 /// echo backend; each iteration changes a route (the generation it returns in `x-generation`) and measures the
 /// time from the apply's acknowledgement until every node serves the change.
 pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
-    use crate::procs::{Children, sibling, spawn};
+    use crate::procs::{Children, sibling, spawn, spawn_store};
     let dir = tempfile::Builder::new()
         .prefix("gw-prop-")
         .tempdir()
@@ -486,22 +486,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
     let (store_port, listen_port) = (port(())?, port(())?);
     let store = format!("127.0.0.1:{store_port}");
     let mut children = Children::default();
-    spawn(
-        &mut children,
-        "gw-api-server",
-        &dir.path().join("store.log"),
-        std::process::Command::new(sibling("gw-api-server")?)
-            .args([
-                "--id",
-                "1",
-                "--listen",
-                &store,
-                "--peers",
-                &format!("1={store}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("store")),
-    )?;
+    spawn_store(&mut children, &store, dir.path())?;
     let backend = gw_node::echo::start(gw_node::echo::EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         pod: "prop".into(),

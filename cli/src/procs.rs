@@ -80,3 +80,23 @@ pub fn spawn(
     children.0.push((name.to_string(), child));
     Ok(())
 }
+
+/// Starts a one-member store listening on `addr`, with its data and log under `dir`.
+pub fn spawn_store(children: &mut Children, addr: &str, dir: &Path) -> Result<(), ClientError> {
+    spawn(
+        children,
+        "gw-api-server",
+        &dir.join("store.log"),
+        Command::new(sibling("gw-api-server")?)
+            .args([
+                "--id",
+                "1",
+                "--listen",
+                addr,
+                "--peers",
+                &format!("1={addr}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("store")),
+    )
+}

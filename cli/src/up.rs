@@ -2,7 +2,7 @@
 //! configured with `deploy/examples/demo.yaml`; prints the commands that show it working and stops
 //! everything on Ctrl-C.
 
-use crate::procs::{Children, free, sibling, spawn};
+use crate::procs::{Children, free, sibling, spawn, spawn_store};
 use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::{Value, json};
@@ -82,22 +82,7 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
         .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
     let store_addr = format!("127.0.0.1:{}", a.store_port);
     let mut children = Children::default();
-    spawn(
-        &mut children,
-        "gw-api-server",
-        &dir.join("store.log"),
-        Command::new(sibling("gw-api-server")?)
-            .args([
-                "--id",
-                "1",
-                "--listen",
-                &store_addr,
-                "--peers",
-                &format!("1={store_addr}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("store")),
-    )?;
+    spawn_store(&mut children, &store_addr, &dir)?;
     let echo = |pod: &str| gw_node::echo::EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         pod: pod.into(),

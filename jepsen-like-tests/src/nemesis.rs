@@ -306,12 +306,19 @@ pub async fn run(
                         .collect()
                 };
                 let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
-                let (what, cuts): (&str, Vec<(u64, u64)>) = match variant % 4 {
+                let (what, cuts): (&str, Vec<(u64, u64)>) = match variant % 5 {
                     0 => {
                         let minor = minority(&ids, rng);
                         let major: Vec<u64> =
                             ids.iter().copied().filter(|i| !minor.contains(i)).collect();
                         ("partition-majority-minority", both(&minor, &major))
+                    }
+                    // The leader stays on the majority side: a minority of followers is cut off.
+                    4 => {
+                        let minor = minority(&others, rng);
+                        let major: Vec<u64> =
+                            ids.iter().copied().filter(|i| !minor.contains(i)).collect();
+                        ("partition-leader-in-majority", both(&minor, &major))
                     }
                     1 => ("partition-isolate-leader", both(&[l], &others)),
                     // Every member keeps a majority (itself and its two ring neighbours), each a
@@ -503,9 +510,9 @@ async fn gwadm(servers: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// A random minority (at least one member).
+/// A random minority of the cluster (at least one member), drawn from `ids`.
 fn minority(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
-    let k = ((ids.len() - 1) / 2).max(1);
+    let k = (ids.len().saturating_sub(1) / 2).max(1).min(ids.len());
     let mut pool = ids.to_vec();
     let mut out = Vec::new();
     for _ in 0..k {

@@ -151,36 +151,16 @@ pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
         let mut inv = Recorder::event(process, Kind::Invoke, f, Some(&key), arg.clone());
         inv.node = Some(*node);
         rec.record(inv);
+        // The completion of this operation: its kind, value, revision and error.
+        let end = |kind: Kind, value: Value, revision: Option<u64>, error: Option<&str>| {
+            completion(process, kind, f, &key, value, revision, error)
+        };
         let done = match f {
             "read" => match tokio::time::timeout(OP_TIMEOUT, read(ch, &key)).await {
                 // A not-found answer carries no revision (0).
-                Ok(Ok((v, _, rev))) => completion(
-                    process,
-                    Kind::Ok,
-                    f,
-                    &key,
-                    json!(v),
-                    Some(rev).filter(|r| *r > 0),
-                    None,
-                ),
-                Ok(Err(s)) => completion(
-                    process,
-                    Kind::Fail,
-                    f,
-                    &key,
-                    Value::Null,
-                    None,
-                    Some(s.message()),
-                ),
-                Err(_) => completion(
-                    process,
-                    Kind::Fail,
-                    f,
-                    &key,
-                    Value::Null,
-                    None,
-                    Some("timeout"),
-                ),
+                Ok(Ok((v, _, rev))) => end(Kind::Ok, json!(v), Some(rev).filter(|r| *r > 0), None),
+                Ok(Err(s)) => end(Kind::Fail, Value::Null, None, Some(s.message())),
+                Err(_) => end(Kind::Fail, Value::Null, None, Some("timeout")),
             },
             "write" => match tokio::time::timeout(
                 OP_TIMEOUT,
@@ -188,34 +168,10 @@ pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
             )
             .await
             {
-                Ok(Ok(rev)) => completion(process, Kind::Ok, f, &key, arg.clone(), Some(rev), None),
-                Ok(Err(s)) if definite(&s) => completion(
-                    process,
-                    Kind::Fail,
-                    f,
-                    &key,
-                    arg.clone(),
-                    None,
-                    Some(s.message()),
-                ),
-                Ok(Err(s)) => completion(
-                    process,
-                    Kind::Info,
-                    f,
-                    &key,
-                    arg.clone(),
-                    None,
-                    Some(s.message()),
-                ),
-                Err(_) => completion(
-                    process,
-                    Kind::Info,
-                    f,
-                    &key,
-                    arg.clone(),
-                    None,
-                    Some("timeout"),
-                ),
+                Ok(Ok(rev)) => end(Kind::Ok, arg.clone(), Some(rev), None),
+                Ok(Err(s)) if definite(&s) => end(Kind::Fail, arg.clone(), None, Some(s.message())),
+                Ok(Err(s)) => end(Kind::Info, arg.clone(), None, Some(s.message())),
+                Err(_) => end(Kind::Info, arg.clone(), None, Some("timeout")),
             },
             _ => {
                 let (from, to) = (arg[0].as_i64().unwrap_or(0), arg[1].as_i64().unwrap_or(0));
@@ -230,45 +186,11 @@ pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
                         .map_err(|s| (definite(&s), s))
                 };
                 match tokio::time::timeout(OP_TIMEOUT, op).await {
-                    Ok(Ok(Some(rev))) => {
-                        completion(process, Kind::Ok, f, &key, arg.clone(), Some(rev), None)
-                    }
-                    Ok(Ok(None)) => completion(
-                        process,
-                        Kind::Fail,
-                        f,
-                        &key,
-                        arg.clone(),
-                        None,
-                        Some("value differs"),
-                    ),
-                    Ok(Err((true, s))) => completion(
-                        process,
-                        Kind::Fail,
-                        f,
-                        &key,
-                        arg.clone(),
-                        None,
-                        Some(s.message()),
-                    ),
-                    Ok(Err((false, s))) => completion(
-                        process,
-                        Kind::Info,
-                        f,
-                        &key,
-                        arg.clone(),
-                        None,
-                        Some(s.message()),
-                    ),
-                    Err(_) => completion(
-                        process,
-                        Kind::Info,
-                        f,
-                        &key,
-                        arg.clone(),
-                        None,
-                        Some("timeout"),
-                    ),
+                    Ok(Ok(Some(rev))) => end(Kind::Ok, arg.clone(), Some(rev), None),
+                    Ok(Ok(None)) => end(Kind::Fail, arg.clone(), None, Some("value differs")),
+                    Ok(Err((true, s))) => end(Kind::Fail, arg.clone(), None, Some(s.message())),
+                    Ok(Err((false, s))) => end(Kind::Info, arg.clone(), None, Some(s.message())),
+                    Err(_) => end(Kind::Info, arg.clone(), None, Some("timeout")),
                 }
             }
         };

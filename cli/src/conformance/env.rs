@@ -5,7 +5,7 @@
 //! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
 //! TLS Secrets the suite creates at setup.
 
-use crate::procs::{Children, sibling, spawn};
+use crate::procs::{Children, sibling, spawn, spawn_store};
 use gw_model::ObjectKey;
 use gw_model::kinds;
 use gw_node::echo::{EchoConfig, EchoServer};
@@ -124,22 +124,7 @@ impl Env {
             .port();
         let store = format!("127.0.0.1:{port}");
         let mut children = Children::default();
-        spawn(
-            &mut children,
-            "gw-api-server",
-            &dir.join("store.log"),
-            std::process::Command::new(sibling("gw-api-server")?)
-                .args([
-                    "--id",
-                    "1",
-                    "--listen",
-                    &store,
-                    "--peers",
-                    &format!("1={store}"),
-                ])
-                .arg("--data-dir")
-                .arg(dir.join("store")),
-        )?;
+        spawn_store(&mut children, &store, &dir)?;
         let mut node = std::process::Command::new(sibling("gw-node")?);
         node.args([
             "--store",

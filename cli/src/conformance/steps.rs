@@ -189,19 +189,14 @@ impl<'a> Run<'a> {
         match check {
             "NamespacesReady" => self.namespaces_ready(&s["namespaces"]).await,
             "GatewayHasAddress" => {
-                let key = key_of(res)?;
-                poll(self.env, GATEWAY_ADDRESS, || async {
-                    let gw = self.fetch(&key).await?;
-                    if let Err(e) = latest(&gw, &gw["status"]["conditions"]) {
-                        return Ok(Poll::Retry(e));
-                    }
-                    Ok(match gateway_address(&gw) {
+                self.await_gateway(&key_of(res)?, GATEWAY_ADDRESS, |gw| {
+                    match gateway_address(gw) {
                         Some(_) => Poll::Done,
                         None => Poll::Retry(format!(
                             "status.addresses has no IPAddress or Hostname: {}",
                             describe(&gw["status"]["addresses"])
                         )),
-                    })
+                    }
                 })
                 .await
             }
@@ -305,71 +300,41 @@ impl<'a> Run<'a> {
                 .await
             }
             "GatewayZeroRoutes" => {
-                let key = key_of(res)?;
-                poll(self.env, LISTENERS, || async {
-                    let gw = self.fetch(&key).await?;
-                    if let Err(e) = latest(&gw, &gw["status"]["conditions"]) {
-                        return Ok(Poll::Retry(e));
-                    }
-                    let ls = gw["status"]["listeners"]
+                self.await_gateway(
+                    &key_of(res)?,
+                    LISTENERS,
+                    |gw| match gw["status"]["listeners"]
                         .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    Ok(match ls.as_slice() {
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
                         [] => Poll::Done,
                         [l] if l["attachedRoutes"] == 0 => Poll::Done,
                         _ => Poll::Retry(format!(
                             "listeners: {}",
                             describe(&gw["status"]["listeners"])
                         )),
-                    })
-                })
+                    },
+                )
                 .await
             }
             "GatewayListenersStatus" => {
-                let key = key_of(res)?;
-                poll(self.env, LISTENERS, || async {
-                    let gw = self.fetch(&key).await?;
-                    if let Err(e) = latest(&gw, &gw["status"]["conditions"]) {
-                        return Ok(Poll::Retry(e));
-                    }
-                    Ok(match listeners_match(&gw, &s["listeners"]) {
+                self.await_gateway(&key_of(res)?, LISTENERS, |gw| {
+                    match listeners_match(gw, &s["listeners"]) {
                         Ok(()) => Poll::Done,
                         Err(e) => Poll::Retry(e),
-                    })
+                    }
                 })
                 .await
             }
+            // The Go helper fails at once when the conditions are not at the latest generation.
             "GatewayCondition" => {
-                let key = key_of(res)?;
-                poll(self.env, GATEWAY_CONDITION, || async {
-                    let gw = self.fetch(&key).await?;
-                    let conds = &gw["status"]["conditions"];
-                    if let Err(e) = latest(&gw, conds) {
-                        return Ok(Poll::Fatal(e));
-                    }
-                    Ok(if has_condition(conds, &s["condition"]) {
-                        Poll::Done
-                    } else {
-                        Poll::Retry(format!(
-                            "wanted {}, has {}",
-                            describe(&s["condition"]),
-                            show_conditions(conds)
-                        ))
-                    })
-                })
-                .await
+                self.await_condition(&key_of(res)?, &s["condition"], GATEWAY_CONDITION, true)
+                    .await
             }
             "GatewayLatestConditions" => {
-                let key = key_of(res)?;
-                poll(self.env, LATEST_GENERATION, || async {
-                    let gw = self.fetch(&key).await?;
-                    Ok(match latest(&gw, &gw["status"]["conditions"]) {
-                        Ok(()) => Poll::Done,
-                        Err(e) => Poll::Retry(e),
-                    })
-                })
-                .await
+                self.await_gateway(&key_of(res)?, LATEST_GENERATION, |_| Poll::Done)
+                    .await
             }
             "RouteLatestConditions" => {
                 let route = self.fetch(&key_of(res)?).await?;
@@ -383,24 +348,8 @@ impl<'a> Run<'a> {
                 latest(&gc, &gc["status"]["conditions"])
             }
             "GatewayClassAccepted" => {
-                let key = key_of(res)?;
-                poll(self.env, GATEWAYCLASS_ACCEPTED, || async {
-                    let gc = self.fetch(&key).await?;
-                    let conds = &gc["status"]["conditions"];
-                    if let Err(e) = latest(&gc, conds) {
-                        return Ok(Poll::Retry(e));
-                    }
-                    Ok(if has_condition(conds, &s["condition"]) {
-                        Poll::Done
-                    } else {
-                        Poll::Retry(format!(
-                            "wanted {}, has {}",
-                            describe(&s["condition"]),
-                            show_conditions(conds)
-                        ))
-                    })
-                })
-                .await
+                self.await_condition(&key_of(res)?, &s["condition"], GATEWAYCLASS_ACCEPTED, false)
+                    .await
             }
             "GenerationChanged" => {
                 let key = key_of(res)?;
@@ -816,6 +765,55 @@ impl Run<'_> {
             ),
             other => other.clone(),
         }
+    }
+
+    /// Polls a Gateway until its conditions are at its generation and `judge` is satisfied.
+    async fn await_gateway(
+        &self,
+        key: &ObjectKey,
+        timeout: Duration,
+        judge: impl Fn(&Value) -> Poll,
+    ) -> Result<(), String> {
+        poll(self.env, timeout, || async {
+            let gw = self.fetch(key).await?;
+            Ok(match latest(&gw, &gw["status"]["conditions"]) {
+                Ok(()) => judge(&gw),
+                Err(e) => Poll::Retry(e),
+            })
+        })
+        .await
+    }
+
+    /// Polls until the object's conditions are at its generation and include `want`; conditions of an
+    /// older generation are a failure (`stale_fatal`) or a reason to wait.
+    async fn await_condition(
+        &self,
+        key: &ObjectKey,
+        want: &Value,
+        timeout: Duration,
+        stale_fatal: bool,
+    ) -> Result<(), String> {
+        poll(self.env, timeout, || async {
+            let obj = self.fetch(key).await?;
+            let conds = &obj["status"]["conditions"];
+            if let Err(e) = latest(&obj, conds) {
+                return Ok(if stale_fatal {
+                    Poll::Fatal(e)
+                } else {
+                    Poll::Retry(e)
+                });
+            }
+            Ok(if has_condition(conds, want) {
+                Poll::Done
+            } else {
+                Poll::Retry(format!(
+                    "wanted {}, has {}",
+                    describe(want),
+                    show_conditions(conds)
+                ))
+            })
+        })
+        .await
     }
 
     /// `NamespacesMustBeReady`: the Gateways of these namespaces accepted and programmed at their
