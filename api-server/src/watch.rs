@@ -157,7 +157,10 @@ pub async fn run(
             Ok(HubMsg::Events(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 catch_up(&tx, &store, &filter, last_sent).await
             }
-            Ok(HubMsg::Reset { .. }) => send_snapshot(&tx, &store, &filter, true).await,
+            // The member installed a snapshot. A watcher that already has everything up to it (it
+            // resumed here from a member that was ahead) must not be sent back in time: it gets the
+            // events after what it has, from history, or a compacted snapshot if they are gone.
+            Ok(HubMsg::Reset { .. }) => catch_up(&tx, &store, &filter, last_sent).await,
             Err(broadcast::error::RecvError::Closed) => return,
         };
         match sent {

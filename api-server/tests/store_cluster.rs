@@ -487,3 +487,121 @@ async fn whole_cluster_crash_keeps_acknowledged_writes() {
     ));
     assert_eq!(out.lines().count(), 5, "{out}");
 }
+
+/// Regression (found by gw-jepsen's watch checker under the membership nemesis): a watcher that
+/// resumes on a lagging member after a revision the member has not reached yet must not be sent back
+/// in time when the member then catches up by installing a snapshot — it used to get a "compacted"
+/// snapshot older than what it had, followed by revisions it had already received.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_resumed_ahead_of_a_member_survives_its_snapshot_install() {
+    use gw_proto as pb;
+    use tokio_stream::StreamExt;
+    let opts = ClusterOptions {
+        extra_args: ["--snapshot-logs", "10", "--keep-logs", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let c = Cluster::start(3, opts).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let lagging = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let cm = |i: usize| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{i: '{i}'}}\n")
+    };
+    ok(c.gwadm(
+        &c.servers(),
+        &["apply", "-f", &write(&c.dir, "a.yaml", &cm(0))],
+    ));
+    c.wait_for_revision(lagging, 1, ELECTION).await.unwrap();
+    c.pause(lagging);
+    let live: Vec<String> = c
+        .ids()
+        .into_iter()
+        .filter(|id| *id != lagging)
+        .map(|id| c.addr(id).to_string())
+        .collect();
+    let live = live.join(",");
+    for i in 1..=45 {
+        ok(c.gwadm(&live, &["apply", "-f", &write(&c.dir, "n.yaml", &cm(i))]));
+    }
+    let deadline = std::time::Instant::now() + ELECTION;
+    let ls = loop {
+        let ls = c.member_status(leader).await.unwrap();
+        if ls.purged_index > 5 || std::time::Instant::now() > deadline {
+            break ls;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ls.purged_index > 5, "the leader purged its log: {ls:?}");
+    let resume_after = ls.applied_revision;
+    // The watch request reaches the paused member first; its snapshot install comes after.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr(lagging)))
+        .unwrap()
+        .connect_lazy();
+    let req = pb::WatchRequest {
+        after_revision: Some(resume_after),
+        kinds: vec![],
+        namespace: String::new(),
+        bookmark_interval_ms: 200,
+    };
+    let watch = tokio::spawn(async move {
+        let mut stream = pb::config_client::ConfigClient::new(channel)
+            .watch(req)
+            .await
+            .unwrap()
+            .into_inner();
+        // Until the stream has been quiet but for bookmarks for 3 s (bookmarks come every 200 ms).
+        let mut got = Vec::new();
+        let mut quiet_since = std::time::Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(3) {
+            match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+                Ok(Some(Ok(m))) => {
+                    if !matches!(m.body, Some(pb::watch_response::Body::Bookmark(_))) {
+                        quiet_since = std::time::Instant::now();
+                    }
+                    got.push(m.body);
+                }
+                _ => break,
+            }
+        }
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.resume(lagging);
+    c.wait_for_revision(lagging, resume_after, ELECTION)
+        .await
+        .unwrap();
+    for i in 46..=48 {
+        ok(c.gwadm(&live, &["apply", "-f", &write(&c.dir, "n.yaml", &cm(i))]));
+    }
+    let got = watch.await.unwrap();
+    let mut last = resume_after;
+    let mut new_events = 0;
+    for body in got {
+        match body {
+            Some(pb::watch_response::Body::Snapshot(s)) => {
+                assert!(
+                    s.revision >= resume_after,
+                    "a snapshot at {} sent to a watcher that had {resume_after}",
+                    s.revision
+                );
+                last = last.max(s.revision);
+            }
+            Some(pb::watch_response::Body::Events(e)) => {
+                assert!(
+                    e.revision > last,
+                    "revision {} delivered after {last}",
+                    e.revision
+                );
+                last = e.revision;
+                new_events += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        new_events, 3,
+        "the three writes after the resume, once each"
+    );
+}
