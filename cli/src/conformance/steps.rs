@@ -124,6 +124,23 @@ fn has_condition(list: &Value, want: &Value) -> bool {
     })
 }
 
+/// `Err` naming the first of `wants` that `list` lacks.
+fn missing_condition(list: &Value, wants: &Value) -> Result<(), String> {
+    match wants
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| !has_condition(list, c))
+    {
+        Some(c) => Err(format!(
+            "lacks {} (has {})",
+            describe(c),
+            show_conditions(list)
+        )),
+        None => Ok(()),
+    }
+}
+
 fn show_conditions(list: &Value) -> String {
     let items: Vec<String> = list
         .as_array()
@@ -217,16 +234,9 @@ impl<'a> Run<'a> {
                 let key = key_of(res)?;
                 poll(self.env, LISTENERS, || async {
                     let gw = self.fetch(&key).await?;
-                    for want in s["conditions"].as_array().into_iter().flatten() {
-                        for l in gw["status"]["listeners"].as_array().into_iter().flatten() {
-                            if !has_condition(&l["conditions"], want) {
-                                return Ok(Poll::Retry(format!(
-                                    "listener {} lacks {} (has {})",
-                                    l["name"],
-                                    describe(want),
-                                    show_conditions(&l["conditions"])
-                                )));
-                            }
+                    for l in gw["status"]["listeners"].as_array().into_iter().flatten() {
+                        if let Err(m) = missing_condition(&l["conditions"], &s["conditions"]) {
+                            return Ok(Poll::Retry(format!("listener {}: {m}", l["name"])));
                         }
                     }
                     Ok(Poll::Done)
@@ -496,15 +506,8 @@ fn route_parents_match(
                 ar["namespace"], er["namespace"]
             ));
         }
-        for c in e["conditions"].as_array().into_iter().flatten() {
-            if !has_condition(&a["conditions"], c) {
-                return Err(format!(
-                    "parent {i}: lacks {} (has {})",
-                    describe(c),
-                    show_conditions(&a["conditions"])
-                ));
-            }
-        }
+        missing_condition(&a["conditions"], &e["conditions"])
+            .map_err(|m| format!("parent {i}: {m}"))?;
         latest(route, &a["conditions"]).map_err(|e| format!("parent {i}: {e}"))?;
     }
     Ok(())
@@ -562,15 +565,8 @@ fn listeners_match(gw: &Value, expected: &Value) -> Result<(), String> {
                 a["attachedRoutes"], e["attachedRoutes"]
             ));
         }
-        for c in e["conditions"].as_array().into_iter().flatten() {
-            if !has_condition(&a["conditions"], c) {
-                return Err(format!(
-                    "listener {name}: lacks {} (has {})",
-                    describe(c),
-                    show_conditions(&a["conditions"])
-                ));
-            }
-        }
+        missing_condition(&a["conditions"], &e["conditions"])
+            .map_err(|m| format!("listener {name}: {m}"))?;
     }
     Ok(())
 }
