@@ -58,6 +58,18 @@ spec:
   ports: [{name: http, port: 80}]
 ";
 
+/// The leader's status once it has purged its log behind a snapshot (or the election timeout passed).
+async fn purged_status(c: &Cluster, leader: u64) -> gw_proto::MemberStatus {
+    let deadline = std::time::Instant::now() + ELECTION;
+    loop {
+        let ls = c.member_status(leader).await.unwrap();
+        if ls.purged_index > 5 || std::time::Instant::now() > deadline {
+            return ls;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn revision_of(apply_output: &str) -> u64 {
     apply_output
         .lines()
@@ -186,14 +198,7 @@ async fn lagging_member_catches_up_by_snapshot() {
     // openraft purges behind a snapshot once no replication request is using those entries (the
     // requests to the stopped member time out and back off).
     let leader = c.wait_for_leader(ELECTION).await.unwrap();
-    let deadline = std::time::Instant::now() + ELECTION;
-    let ls = loop {
-        let ls = c.member_status(leader).await.unwrap();
-        if ls.purged_index > 5 || std::time::Instant::now() > deadline {
-            break ls;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ls = purged_status(&c, leader).await;
     assert!(
         ls.purged_index > 5,
         "the leader purged its log behind a snapshot: {ls:?}"
@@ -525,14 +530,7 @@ async fn watch_resumed_ahead_of_a_member_survives_its_snapshot_install() {
     for i in 1..=45 {
         ok(c.gwadm(&live, &["apply", "-f", &write(&c.dir, "n.yaml", &cm(i))]));
     }
-    let deadline = std::time::Instant::now() + ELECTION;
-    let ls = loop {
-        let ls = c.member_status(leader).await.unwrap();
-        if ls.purged_index > 5 || std::time::Instant::now() > deadline {
-            break ls;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ls = purged_status(&c, leader).await;
     assert!(ls.purged_index > 5, "the leader purged its log: {ls:?}");
     let resume_after = ls.applied_revision;
     // The watch request reaches the paused member first; its snapshot install comes after.
