@@ -18,6 +18,9 @@ fn chain() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Kill,
+    /// Only the "every member at once" variant of `Kill`: what loses writes a member acknowledged
+    /// before they were on disk.
+    KillAll,
     Pause,
     Partition,
     /// A follower cut off until the leader has purged the log it needs, then healed: it must catch up
@@ -33,12 +36,13 @@ impl std::str::FromStr for Fault {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "kill" => Ok(Fault::Kill),
+            "kill-all" => Ok(Fault::KillAll),
             "pause" => Ok(Fault::Pause),
             "partition" => Ok(Fault::Partition),
             "catchup" => Ok(Fault::Catchup),
             "membership" => Ok(Fault::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition, catchup, membership)"
+                "unknown nemesis {other:?} (kill, kill-all, pause, partition, catchup, membership)"
             )),
         }
     }
@@ -48,6 +52,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill",
+            Fault::KillAll => "kill-all",
             Fault::Pause => "pause",
             Fault::Partition => "partition",
             Fault::Catchup => "catchup",
@@ -228,7 +233,8 @@ pub async fn run(
         let n = ids.len() as u64;
         let pick = |rng: &mut Rng| ids[rng.below(n) as usize];
         match fault {
-            Fault::Kill => {
+            Fault::Kill | Fault::KillAll => {
+                let variant = if fault == Fault::KillAll { 3 } else { variant };
                 let (what, targets): (&str, Vec<u64>) = match variant % 4 {
                     0 => ("kill-one", vec![pick(rng)]),
                     1 => ("kill-leader", vec![leader.unwrap_or_else(|| pick(rng))]),
