@@ -7,12 +7,13 @@ pub mod errors;
 pub mod network;
 pub mod node;
 pub mod services;
+pub mod sweeper;
 pub mod watch;
 
 use crate::config::ServerConfig;
 use crate::network::{Channels, MAX_MESSAGE_BYTES, NetworkFactory};
 use crate::node::Node;
-use crate::services::{ClusterService, ConfigService, RaftService};
+use crate::services::{AffinityService, ClusterService, ConfigService, RaftService};
 use anyhow::Context;
 use gw_proto as pb;
 use gw_store::storage::{self, StorageOptions};
@@ -29,6 +30,7 @@ pub struct Server {
     pub local_addr: std::net::SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Server {
@@ -85,6 +87,9 @@ impl Server {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
+            .add_service(pb::affinity_server::AffinityServer::new(AffinityService {
+                node: node.clone(),
+            }))
             .add_service(pb::cluster_server::ClusterServer::new(ClusterService {
                 node: node.clone(),
             }))
@@ -115,11 +120,13 @@ impl Server {
                 Err(e) => return Err(e).context("initializing the cluster"),
             }
         }
+        let sweeper = tokio::spawn(crate::sweeper::run(node.clone()));
         Ok(Server {
             node,
             local_addr,
             shutdown: Some(tx),
             serve,
+            sweeper,
         })
     }
 
@@ -134,6 +141,7 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
         self.serve.abort();
+        self.sweeper.abort();
         Ok(())
     }
 

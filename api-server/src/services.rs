@@ -5,9 +5,11 @@ use crate::errors::{ApiError, object_ref};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::{Node, Route, now_ms};
 use crate::watch;
+use gw_model::affinity::SessionSpec;
 use gw_model::kinds::{self, KindInfo};
 use gw_model::{Document, ObjectKey, admit};
 use gw_proto as pb;
+use gw_proto::affinity_client::AffinityClient;
 use gw_proto::cluster_client::ClusterClient;
 use gw_proto::config_client::ConfigClient;
 use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
@@ -603,5 +605,138 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let res = self.node.raft.install_snapshot(decode(request)?).await;
         encode(&res)
+    }
+}
+
+/// The session affinity table's writes: activity batches and first-writer-wins failovers.
+pub struct AffinityService {
+    pub node: Arc<Node>,
+}
+
+fn session_spec(s: &pb::Session) -> Result<(ObjectKey, SessionSpec), ApiError> {
+    if s.namespace.is_empty() || s.id.is_empty() || s.scope.is_empty() || s.backend.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a session needs namespace, id, scope and backend".into(),
+        ));
+    }
+    Ok((
+        gw_model::affinity::key(&s.namespace, &s.id),
+        SessionSpec {
+            scope: s.scope.clone(),
+            backend: s.backend.clone(),
+            issued_ms: s.issued_ms,
+            idle_timeout_ms: s.idle_timeout_ms,
+            absolute_timeout_ms: s.absolute_timeout_ms,
+        },
+    ))
+}
+
+impl AffinityService {
+    async fn local_touch(&self, req: &pb::TouchRequest) -> Result<pb::WriteResponse, ApiError> {
+        let mut ops = Vec::new();
+        let mut seen = BTreeSet::new();
+        for s in &req.sessions {
+            let (key, spec) = session_spec(s)?;
+            // One operation per session per transaction: a batch may name a session twice.
+            if seen.insert(key.clone()) {
+                ops.push(Op::SessionTouch {
+                    key,
+                    spec,
+                    uid: uuid::Uuid::new_v4().to_string(),
+                });
+            }
+        }
+        let outcome = self
+            .node
+            .propose(Txn {
+                time_ms: now_ms(),
+                ops,
+            })
+            .await?;
+        Ok(write_response(outcome))
+    }
+
+    async fn local_failover(
+        &self,
+        req: &pb::FailoverRequest,
+    ) -> Result<pb::FailoverResponse, ApiError> {
+        let s = req
+            .session
+            .as_ref()
+            .ok_or_else(|| ApiError::BadRequest("failover without a session".into()))?;
+        let (key, spec) = session_spec(s)?;
+        let outcome = self
+            .node
+            .propose(Txn {
+                time_ms: now_ms(),
+                ops: vec![Op::SessionFailover {
+                    key: key.clone(),
+                    from: req.from_backend.clone(),
+                    spec,
+                    uid: uuid::Uuid::new_v4().to_string(),
+                }],
+            })
+            .await?;
+        // The leader has applied the transaction: its state holds the committed entry (or a later one).
+        let entry_json = self.node.store.read(|a| {
+            a.state
+                .get(&key)
+                .filter(|o| o["status"]["expiredMs"].is_null())
+                .map(|o| o.to_string())
+                .unwrap_or_default()
+        });
+        Ok(pb::FailoverResponse {
+            entry_json,
+            revision: outcome.revision,
+        })
+    }
+}
+
+impl AffinityService {
+    async fn local_evict(&self, req: &pb::EvictRequest) -> Result<pb::WriteResponse, ApiError> {
+        let keys: BTreeSet<ObjectKey> = req
+            .sessions
+            .iter()
+            .map(|s| gw_model::affinity::key(&s.namespace, &s.id))
+            .collect();
+        if keys.is_empty() {
+            return Err(ApiError::BadRequest("no sessions to evict".into()));
+        }
+        let ops = keys
+            .into_iter()
+            .map(|key| Op::SessionExpire { key, evict: true })
+            .collect();
+        let outcome = self
+            .node
+            .propose(Txn {
+                time_ms: now_ms(),
+                ops,
+            })
+            .await?;
+        Ok(write_response(outcome))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::affinity_server::Affinity for AffinityService {
+    async fn evict(
+        &self,
+        request: Request<pb::EvictRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        route_write!(self, request, local_evict, AffinityClient, evict)
+    }
+
+    async fn touch(
+        &self,
+        request: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        route_write!(self, request, local_touch, AffinityClient, touch)
+    }
+
+    async fn failover(
+        &self,
+        request: Request<pb::FailoverRequest>,
+    ) -> Result<Response<pb::FailoverResponse>, Status> {
+        route_write!(self, request, local_failover, AffinityClient, failover)
     }
 }

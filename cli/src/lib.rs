@@ -1,6 +1,7 @@
 //! gwadm: the operator's tool for gw — apply, get, delete and watch config objects, administer the store
 //! cluster. Each subcommand is a function of this library; `main` only parses flags.
 
+pub mod affinity_cmds;
 pub mod bench;
 pub mod cluster_cmds;
 pub mod config_cmds;
@@ -132,6 +133,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConformanceCommand,
     },
+    /// The replicated session affinity table: list, show and evict sessions; rotate the token key.
+    Affinity {
+        #[command(subcommand)]
+        command: affinity_cmds::AffinityCommand,
+    },
     /// The store cluster: status and membership.
     Cluster {
         #[command(subcommand)]
@@ -184,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             recursive,
             dry_run,
         } => config_cmds::apply(&client, &files, recursive, dry_run).await,
+        Command::Affinity { command } => affinity_cmds::run(&client, command).await,
         Command::Get {
             kind,
             name,

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod server;
+pub mod session;
 pub mod status;
 pub mod store_client;
 pub mod table;

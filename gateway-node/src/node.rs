@@ -7,6 +7,7 @@ use crate::compile::{Addressing, CompileOptions, Snapshot, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Sockets;
+use crate::session::Sessions;
 use crate::status::{self, Statuses};
 use crate::store_client::Client;
 use crate::table::RoutingTable;
@@ -147,7 +148,22 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::default());
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-    let proxy = Arc::new(Proxy::new(table.clone(), metrics.clone()));
+    let (affinity_tx, affinity_rx) = watch::channel(Arc::new(Snapshot::default()));
+    tokio::spawn(watcher::run(
+        client.clone(),
+        Snapshot::default(),
+        watcher::kinds(true),
+        affinity_tx,
+        Arc::new(WatchHealth::default()),
+        started,
+    ));
+    let sessions = Arc::new(Sessions::new(affinity_rx, client.clone()));
+    tokio::spawn(sessions.clone().run_batches());
+    let proxy = Arc::new(Proxy::new(
+        table.clone(),
+        metrics.clone(),
+        Some(sessions.clone()),
+    ));
     let health = Arc::new(WatchHealth::default());
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {
@@ -167,11 +183,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tokio::spawn(watcher::run(
         client.clone(),
         initial,
+        watcher::kinds(false),
         snap_tx,
         health,
         started,
     ));
     tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
+    tokio::spawn(sessions.follow_keys(snap_rx.clone()));
     let (desired_tx, desired_rx) =
         watch::channel(Arc::new((Arc::new(Snapshot::default()), Statuses::new())));
     let template = CompileOptions {

@@ -295,6 +295,8 @@ pub struct RuleAction {
     pub timeouts: Timeouts,
     /// The rule's PathPrefix value (ReplacePrefixMatch replaces it).
     pub prefix: Option<String>,
+    /// Session persistence, from the rule or a BackendLBPolicy.
+    pub session: Option<Arc<crate::session::SessionConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -401,36 +403,64 @@ pub struct Upstream {
     pub id: String,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<SocketAddr>,
+    /// The stable identity of each endpoint (`upstream|pod|ip:port`, the pod by its uid when the
+    /// EndpointSlice names it): what a session is bound to, so that a new pod reusing an IP is
+    /// another backend.
+    pub identities: Vec<String>,
     /// `ip:port` of each endpoint, ready for request URIs.
     authorities: Vec<http::uri::Authority>,
     next: AtomicUsize,
 }
 
 impl Upstream {
-    pub fn new(id: String, protocol: UpstreamProtocol, endpoints: Vec<SocketAddr>) -> Upstream {
+    /// `endpoints`: each endpoint's address and the pod behind it (uid or name; "" if unknown).
+    pub fn new(
+        id: String,
+        protocol: UpstreamProtocol,
+        endpoints: Vec<(SocketAddr, String)>,
+    ) -> Upstream {
         let authorities = endpoints
             .iter()
-            .map(|e| {
+            .map(|(e, _)| {
                 http::uri::Authority::try_from(e.to_string())
                     .expect("a socket address is an authority")
             })
             .collect();
+        let identities = endpoints
+            .iter()
+            .map(|(e, pod)| format!("{id}|{pod}|{e}"))
+            .collect();
         Upstream {
             id,
             protocol,
-            endpoints,
+            endpoints: endpoints.into_iter().map(|(e, _)| e).collect(),
+            identities,
             authorities,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Round robin over the ready endpoints.
-    pub fn pick(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
+    /// Round robin over the ready endpoints: the index of the next one.
+    pub fn pick_index(&self) -> Option<usize> {
         if self.endpoints.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some((self.endpoints[i], &self.authorities[i]))
+        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len())
+    }
+
+    /// Endpoint `i`'s address and authority.
+    pub fn endpoint(&self, i: usize) -> (SocketAddr, &http::uri::Authority) {
+        (self.endpoints[i], &self.authorities[i])
+    }
+
+    /// Round robin over the ready endpoints.
+    pub fn pick(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
+        self.pick_index().map(|i| self.endpoint(i))
+    }
+
+    /// The endpoint with this identity, if it is still ready.
+    pub fn find(&self, identity: &str) -> Option<usize> {
+        self.identities.iter().position(|i| i == identity)
     }
 }
 

@@ -199,10 +199,25 @@ pub struct WatchHealth {
     pub connected: std::sync::atomic::AtomicBool,
 }
 
-/// Runs the watch forever, publishing each committed state reached.
+/// The kinds a watch asks for: the config (every kind users apply), or gw's session affinity table.
+pub fn kinds(internal: bool) -> Vec<pb::ObjectRef> {
+    gw_model::kinds::KINDS
+        .iter()
+        .filter(|k| k.is_internal() == internal)
+        .map(|k| pb::ObjectRef {
+            group: k.group.into(),
+            kind: k.kind.into(),
+            namespace: String::new(),
+            name: String::new(),
+        })
+        .collect()
+}
+
+/// Runs the watch of `kinds` forever, publishing each committed state reached.
 pub async fn run(
     client: Arc<Client>,
     initial: Snapshot,
+    kinds: Vec<pb::ObjectRef>,
     publish: watch::Sender<Arc<Snapshot>>,
     health: Arc<WatchHealth>,
     started: Instant,
@@ -212,7 +227,7 @@ pub async fn run(
         m.reset_stream();
         let req = pb::WatchRequest {
             after_revision: m.resume_from(),
-            kinds: vec![],
+            kinds: kinds.clone(),
             namespace: String::new(),
             bookmark_interval_ms: 500,
         };

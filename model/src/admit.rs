@@ -332,6 +332,12 @@ fn admit_body(
             b.validate(v);
             Ok(kept)
         }
+        "SessionAffinity" => Err(FieldError {
+            path: "kind".into(),
+            message: "SessionAffinity entries are written by gateway nodes only \
+                      (inspect them with `gwadm affinity ls`, remove them with `gwadm affinity evict`)"
+                .into(),
+        }),
         other => unreachable!("kind {other} is in the registry but has no admission"),
     }
 }

@@ -7,6 +7,9 @@ use std::fmt;
 /// The Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// gw's own group: objects that gw writes itself (the replicated session affinity table).
+pub const GW_GROUP: &str = "gw.dev";
+
 /// Everything the store and the CLI need to know about one kind.
 #[derive(Debug, PartialEq, Eq)]
 pub struct KindInfo {
@@ -32,6 +35,11 @@ impl KindInfo {
     /// `group/version` (or `version` for the core group) of the storage version.
     pub fn storage_api_version(&self) -> String {
         api_version(self.group, self.storage_version())
+    }
+
+    /// Whether the kind is gw's own bookkeeping: never applied by users, never compiled into routes.
+    pub fn is_internal(&self) -> bool {
+        self.group == GW_GROUP
     }
 
     pub fn serves(&self, version: &str) -> bool {
@@ -179,6 +187,16 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["cm"],
         namespaced: true,
         status_subresource: false,
+        experimental: false,
+    },
+    KindInfo {
+        kind: "SessionAffinity",
+        group: GW_GROUP,
+        versions: &["v1alpha1"],
+        plural: "sessionaffinities",
+        short_names: &["affinity"],
+        namespaced: true,
+        status_subresource: true,
         experimental: false,
     },
 ];

@@ -3,6 +3,7 @@
 //! the CRD schemas and CEL rules; version conversion; the kind registry. Pure: no I/O.
 
 pub mod admit;
+pub mod affinity;
 pub mod core;
 pub mod duration;
 pub mod gateway;

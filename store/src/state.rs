@@ -1,6 +1,7 @@
 //! The state machine's data and its deterministic apply: objects, the global revision, committed time,
 //! and the bounded history of events that watches are served from. Pure: no I/O, no clock.
 
+use crate::session;
 use crate::types::{Action, Op, OpResult, Txn, TxnError, TxnOutcome};
 use gw_model::ObjectKey;
 use gw_model::kinds::default_status;
@@ -260,16 +261,14 @@ impl State {
     fn check(&self, txn: &Txn) -> Result<(), TxnError> {
         let mut seen = HashSet::new();
         for op in &txn.ops {
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key, .. } | Op::Status { key, .. } => key,
-            };
+            let key = op.key();
             if !seen.insert(key) {
                 return Err(TxnError::Duplicate { key: key.clone() });
             }
             let current = self.objects.get(key).map(|o| resource_version(o));
             let expected = match op {
                 Op::Put { expected_rv, .. } | Op::Delete { expected_rv, .. } => *expected_rv,
-                Op::Status { .. } => None,
+                _ => None,
             };
             // Expected resourceVersion 0 means "must not exist yet" (create-only).
             if let Some(exp) = expected {
@@ -379,6 +378,27 @@ impl State {
                     result(key, Action::StatusUpdated, new_rev),
                     Some(put(key, obj)),
                 )
+            }
+            Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
+                let key = op.key();
+                let old = self.objects.get(key).map(|o| &**o);
+                match crate::session::plan(op, old, self.time_ms, new_rev) {
+                    session::Planned::Put(action, obj) => {
+                        (result(key, action, new_rev), Some(put(key, obj)))
+                    }
+                    session::Planned::Delete(obj) => (
+                        result(key, Action::Deleted, new_rev),
+                        Some(Event {
+                            kind: EventKind::Delete,
+                            key: key.clone(),
+                            object: Arc::new(obj),
+                        }),
+                    ),
+                    session::Planned::Nothing(action) => (
+                        result(key, action, old.map(resource_version).unwrap_or(0)),
+                        None,
+                    ),
+                }
             }
         }
     }

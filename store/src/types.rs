@@ -2,6 +2,7 @@
 //! responses that travel through the log.
 
 use gw_model::ObjectKey;
+use gw_model::affinity::SessionSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -91,6 +92,37 @@ pub enum Op {
         expected_uid: Option<String>,
         expected_generation: Option<i64>,
     },
+    /// Session affinity: records activity on a session at committed time, creating its entry from
+    /// `spec` if it has none yet (and its token is recent enough). Never fails the transaction.
+    SessionTouch {
+        key: ObjectKey,
+        spec: SessionSpec,
+        uid: String,
+    },
+    /// First-writer-wins failover: the session moves to `spec.backend` only if it is still bound to
+    /// `from` (or has no entry yet). Whoever comes second finds it moved and follows.
+    SessionFailover {
+        key: ObjectKey,
+        from: String,
+        spec: SessionSpec,
+        uid: String,
+    },
+    /// Marks the session expired if it is due at committed time (or at once when `evict`); deletes
+    /// it once purgeable.
+    SessionExpire { key: ObjectKey, evict: bool },
+}
+
+impl Op {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Op::Put { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Status { key, .. }
+            | Op::SessionTouch { key, .. }
+            | Op::SessionFailover { key, .. }
+            | Op::SessionExpire { key, .. } => key,
+        }
+    }
 }
 
 /// The outcome of one command.

@@ -113,7 +113,7 @@ impl Upstreams {
 
 /// The ready endpoints of a Service port, from its EndpointSlices (the slice port with the Service port's
 /// name; an unnamed single-port Service matches the unnamed slice port).
-fn endpoints(idx: &Index<'_>, ns: &str, svc: &str, sp: &ServicePort) -> Vec<SocketAddr> {
+fn endpoints(idx: &Index<'_>, ns: &str, svc: &str, sp: &ServicePort) -> Vec<(SocketAddr, String)> {
     let name = sp.name.as_deref().unwrap_or("");
     let mut out = Vec::new();
     for slice in idx.endpoint_slices(ns, svc) {
@@ -135,14 +135,19 @@ fn endpoints(idx: &Index<'_>, ns: &str, svc: &str, sp: &ServicePort) -> Vec<Sock
             if e.conditions.ready == Some(false) {
                 continue;
             }
+            let pod = e
+                .target_ref
+                .as_ref()
+                .and_then(|r| r["uid"].as_str().or(r["name"].as_str()))
+                .unwrap_or("");
             for a in &e.addresses {
                 if let Ok(ip) = a.parse::<IpAddr>() {
-                    out.push(SocketAddr::new(ip, port));
+                    out.push((SocketAddr::new(ip, port), pod.to_string()));
                 }
             }
         }
     }
     out.sort();
-    out.dedup();
+    out.dedup_by(|a, b| a.0 == b.0);
     out
 }

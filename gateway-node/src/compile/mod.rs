@@ -7,6 +7,7 @@ pub mod conditions;
 mod gateways;
 pub mod index;
 mod routes;
+mod sessions;
 pub mod tls;
 
 use crate::table::{HostIndex, ListenerTable, RoutingTable, SocketTable};

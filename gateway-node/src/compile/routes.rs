@@ -7,6 +7,7 @@ use super::backends::{RefError, Upstreams};
 use super::conditions::{Cond, render};
 use super::gateways::GatewayCtx;
 use super::index::{Index, Meta, typed};
+use super::sessions::{RuleRef, session_config};
 use crate::hostname;
 use crate::table::{
     BackendEntry, BackendTarget, Backends, Filters, HeaderMod, MatchEntry, PathMatch, PathModifier,
@@ -538,6 +539,27 @@ fn compile_http(
             .iter()
             .find(|m| m.path.kind == PathMatchType::PathPrefix)
             .map(|m| m.path.value.clone());
+        let paths: Vec<&str> = rule
+            .matches
+            .iter()
+            .filter(|m| m.path.kind != PathMatchType::RegularExpression)
+            .map(|m| m.path.value.as_str())
+            .collect();
+        let cookie_path = match paths.first() {
+            Some(p) if paths.len() == rule.matches.len() && paths.iter().all(|q| q == p) => p,
+            _ => "/",
+        };
+        let session = session_config(
+            idx,
+            &RuleRef {
+                route_kind: "HTTPRoute",
+                meta,
+                index: ri,
+                path: cookie_path,
+            },
+            rule.session_persistence.as_ref(),
+            &rule.backend_refs,
+        );
         let action = Arc::new(RuleAction {
             route: route.clone(),
             rule_index: ri,
@@ -545,6 +567,7 @@ fn compile_http(
             backends,
             timeouts: timeouts.unwrap_or_default(),
             prefix,
+            session,
         });
         let mut matchers = Vec::new();
         for m in &rule.matches {
@@ -652,6 +675,17 @@ fn compile_grpc(
             &mut out.ref_error,
             grpc_filters,
         );
+        let session = session_config(
+            idx,
+            &RuleRef {
+                route_kind: "GRPCRoute",
+                meta,
+                index: ri,
+                path: "/",
+            },
+            rule.session_persistence.as_ref(),
+            &rule.backend_refs,
+        );
         let action = Arc::new(RuleAction {
             route: route.clone(),
             rule_index: ri,
@@ -659,6 +693,7 @@ fn compile_grpc(
             backends,
             timeouts: Timeouts::default(),
             prefix: None,
+            session,
         });
         let all = gw_model::grpcroute::GrpcRouteMatch {
             method: None,

@@ -8,6 +8,7 @@ mod upstream;
 
 use crate::hostname::normalize_host;
 use crate::metrics::{BackendLabels, Metrics, RouteMetrics};
+use crate::session::{Selection, Sessions};
 use crate::table::{
     BackendTarget, Filters, RequestView, RoutingTable, RuleAction, UpstreamProtocol,
 };
@@ -59,6 +60,8 @@ impl ConnInfo {
 pub struct Proxy {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub metrics: Arc<Metrics>,
+    /// Session persistence (absent: rules with persistence route as without it).
+    pub sessions: Option<Arc<Sessions>>,
     upstreams: Arc<Upstreams>,
     /// Metrics of requests no route matched.
     unmatched: std::sync::OnceLock<RouteMetrics>,
@@ -194,10 +197,15 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        metrics: Arc<Metrics>,
+        sessions: Option<Arc<Sessions>>,
+    ) -> Proxy {
         Proxy {
             table,
             metrics,
+            sessions,
             upstreams: Arc::new(Upstreams::default()),
             unmatched: std::sync::OnceLock::new(),
         }
@@ -276,16 +284,37 @@ impl Proxy {
             return redirect(r, conn, host, listener_port, &req, action.prefix.as_deref());
         }
         let backends = &action.backends;
-        if backends.total_weight == 0 {
-            return failure(
-                grpc,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the rule has no backend to send to",
-            );
-        }
-        let pick = rand::rng().random_range(0..backends.total_weight);
-        let Some(backend) = backends.choose(pick) else {
-            return failure(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no backend chosen");
+        let selection = match (&action.session, &self.sessions) {
+            (Some(cfg), Some(sessions)) => {
+                sessions
+                    .select(cfg, req.headers(), backends, conn.https)
+                    .await
+            }
+            _ => Selection::Fallback,
+        };
+        let (chosen, session_token) = match selection {
+            Selection::Chosen(c) => (Some((c.entry, c.endpoint)), c.issue),
+            Selection::Unavailable(why) => {
+                return failure(grpc, StatusCode::SERVICE_UNAVAILABLE, &why);
+            }
+            Selection::Fallback => (None, None),
+        };
+        let backend = match chosen {
+            Some((entry, _)) => &backends.entries[entry],
+            None => {
+                if backends.total_weight == 0 {
+                    return failure(
+                        grpc,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the rule has no backend to send to",
+                    );
+                }
+                let pick = rand::rng().random_range(0..backends.total_weight);
+                let Some(backend) = backends.choose(pick) else {
+                    return failure(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no backend chosen");
+                };
+                backend
+            }
         };
         let upstream = match &backend.target {
             BackendTarget::Upstream(u) => u.clone(),
@@ -296,13 +325,14 @@ impl Proxy {
         if let Some(why) = &backend.filters.invalid {
             return failure(grpc, StatusCode::INTERNAL_SERVER_ERROR, why);
         }
-        let Some((endpoint, endpoint_authority)) = upstream.pick() else {
+        let Some(endpoint_index) = chosen.map(|(_, p)| p).or_else(|| upstream.pick_index()) else {
             return failure(
                 grpc,
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("{} has no ready endpoint", upstream.id),
             );
         };
+        let (endpoint, endpoint_authority) = upstream.endpoint(endpoint_index);
 
         let upgrade = wants_upgrade(req.headers()) && upstream.protocol == UpstreamProtocol::Http1;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -475,6 +505,9 @@ impl Proxy {
         );
         for f in [&backend.filters, &action.filters] {
             f.response_headers.apply(&mut rparts.headers);
+        }
+        if let Some((name, value)) = session_token {
+            rparts.headers.append(name, value);
         }
         Response::from_parts(rparts, rbody)
     }

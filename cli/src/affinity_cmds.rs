@@ -1,0 +1,296 @@
+//! `gwadm affinity`: the replicated session affinity table — list, show, evict, rotate the signing key.
+
+use crate::output::{self, Format};
+use base64::Engine;
+use clap::Subcommand;
+use gw_model::affinity::{KIND, SessionEntry};
+use gw_model::kinds::GW_GROUP;
+use gw_node::session::{key_secret, token};
+use gw_node::store_client::{Client, ClientError};
+use gw_proto as pb;
+use serde_json::Value;
+
+#[derive(Debug, Subcommand)]
+pub enum AffinityCommand {
+    /// List sessions (every namespace), optionally only those of one route or policy.
+    Ls {
+        /// `KIND/NAMESPACE/NAME` (HTTPRoute/default/web), `NAMESPACE/NAME` of an HTTPRoute, or a
+        /// BackendLBPolicy as `BackendLBPolicy/NAMESPACE/NAME`.
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// One session, by its id or by a token as a client holds it (cookie or header value).
+    Show {
+        session: String,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
+    /// Expire sessions now: their tokens stop binding and their clients get new sessions.
+    Evict {
+        /// Session ids (or tokens).
+        sessions: Vec<String>,
+        /// Every session of this route or policy (as for `ls`).
+        #[arg(long)]
+        route: Option<String>,
+        /// Every session.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Sign new tokens with a new key; tokens signed with the current one stay valid until the next
+    /// rotation.
+    RotateKey,
+}
+
+pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientError> {
+    match cmd {
+        AffinityCommand::Ls { route, output } => {
+            let sessions = list(client, route.as_deref()).await?;
+            print!("{}", render(&sessions, output));
+            Ok(())
+        }
+        AffinityCommand::Show { session, output } => {
+            let id = session_id(&session);
+            let found: Vec<Value> = list(client, None)
+                .await?
+                .into_iter()
+                .filter(|o| o["metadata"]["name"] == id.as_str())
+                .collect();
+            match found.as_slice() {
+                [] => Err(ClientError::Usage(format!(
+                    "no session {id} (never recorded, or purged after it expired)"
+                ))),
+                [one] => {
+                    print!("{}", output::render_one(one, output, true));
+                    Ok(())
+                }
+                _ => Err(ClientError::Usage(format!(
+                    "session id {id} is in several namespaces"
+                ))),
+            }
+        }
+        AffinityCommand::Evict {
+            sessions,
+            route,
+            all,
+        } => {
+            let targets: Vec<pb::SessionRef> = if all || route.is_some() {
+                if !sessions.is_empty() {
+                    return Err(ClientError::Usage(
+                        "give session ids, or --route, or --all".into(),
+                    ));
+                }
+                list(client, route.as_deref())
+                    .await?
+                    .iter()
+                    .filter_map(SessionEntry::from_object)
+                    .filter(|e| !e.expired())
+                    .map(|e| pb::SessionRef {
+                        namespace: e.namespace,
+                        id: e.id,
+                    })
+                    .collect()
+            } else {
+                let ids: Vec<String> = sessions.iter().map(|s| session_id(s)).collect();
+                list(client, None)
+                    .await?
+                    .iter()
+                    .filter_map(SessionEntry::from_object)
+                    .filter(|e| ids.contains(&e.id))
+                    .map(|e| pb::SessionRef {
+                        namespace: e.namespace,
+                        id: e.id,
+                    })
+                    .collect()
+            };
+            if targets.is_empty() {
+                println!("no live session to evict");
+                return Ok(());
+            }
+            let req = pb::EvictRequest { sessions: targets };
+            let (resp, _) = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move {
+                        pb::affinity_client::AffinityClient::new(c)
+                            .evict(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            for r in &resp.results {
+                if let Some(t) = &r.target {
+                    let what = if r.action == "configured" {
+                        "evicted"
+                    } else {
+                        "already expired"
+                    };
+                    println!("session {}/{} {what}", t.namespace, t.name);
+                }
+            }
+            println!("revision {}", resp.revision);
+            Ok(())
+        }
+        AffinityCommand::RotateKey => rotate_key(client).await,
+    }
+}
+
+/// The session id of an id or a token (a token's payload names its session; no key is needed to
+/// read it, only to make one).
+fn session_id(s: &str) -> String {
+    let parts: Vec<&str> = s.split('.').collect();
+    if let [_, _, payload, _] = parts.as_slice()
+        && let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)
+        && let Ok(t) = serde_json::from_slice::<token::Token>(&bytes)
+    {
+        return t.session;
+    }
+    s.to_string()
+}
+
+/// The scope `--route` names.
+fn scope_prefix(route: &str) -> String {
+    match route.split('/').count() {
+        2 => format!("HTTPRoute/{route}/"),
+        _ => format!("{route}/"),
+    }
+}
+
+async fn list(client: &Client, route: Option<&str>) -> Result<Vec<Value>, ClientError> {
+    let req = pb::ListRequest {
+        group: GW_GROUP.into(),
+        kind: KIND.into(),
+        namespace: String::new(),
+        options: None,
+    };
+    let (resp, _) = client
+        .call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).list(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    let prefix = route.map(scope_prefix);
+    Ok(resp
+        .objects_json
+        .iter()
+        .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+        .filter(|o| {
+            prefix.as_deref().is_none_or(|p| {
+                let scope = format!("{}/", o["spec"]["scope"].as_str().unwrap_or(""));
+                scope.starts_with(p)
+            })
+        })
+        .collect())
+}
+
+fn render(objects: &[Value], format: Format) -> String {
+    if format != Format::Table {
+        return output::render_many(objects, format, true);
+    }
+    let now = gw_node::node::now_ms();
+    let secs = |ms: u64| format!("{}s", now.saturating_sub(ms) / 1000);
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "SESSION",
+            "SCOPE",
+            "BACKEND",
+            "AGE",
+            "IDLE",
+            "FAILOVERS",
+            "STATE",
+        ]
+        .map(String::from),
+    ];
+    for e in objects.iter().filter_map(SessionEntry::from_object) {
+        rows.push([
+            e.namespace.clone(),
+            e.id.clone(),
+            e.spec.scope.clone(),
+            e.spec.backend.clone(),
+            secs(e.status.created_ms),
+            secs(e.status.last_active_ms),
+            e.status.failovers.len().to_string(),
+            if e.expired() { "expired" } else { "live" }.into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("   ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+async fn rotate_key(client: &Client) -> Result<(), ClientError> {
+    let req = pb::GetRequest {
+        target: Some(pb::ObjectRef {
+            group: String::new(),
+            kind: "Secret".into(),
+            namespace: token::KEYS_NAMESPACE.into(),
+            name: token::KEYS_SECRET.into(),
+        }),
+        options: None,
+    };
+    let (resp, _) = client
+        .call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    let secret: Value =
+        serde_json::from_str(&resp.object_json).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let current = secret["data"]["current"].as_str().unwrap_or_default();
+    let rv = secret["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let doc = key_secret(&token::new_key_data(), Some(current), rv);
+    let req = pb::ApplyRequest {
+        documents: vec![pb::Document {
+            json: doc.to_string(),
+            source: "gwadm affinity rotate-key".into(),
+            index: 1,
+        }],
+        dry_run: false,
+    };
+    let (resp, _) = client
+        .call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    println!(
+        "session key rotated at revision {} (tokens under the previous key stay valid until the next rotation)",
+        resp.revision
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_their_session_and_routes_their_scope() {
+        let keys = token::Keys::new(b"k", None);
+        let t = keys.issue(&token::Token {
+            session: "abc".into(),
+            scope: "HTTPRoute/d/r/rules/0".into(),
+            backend: "x".into(),
+            issued_ms: 1,
+        });
+        assert_eq!(session_id(&t), "abc");
+        assert_eq!(session_id("plain-id"), "plain-id");
+        assert_eq!(scope_prefix("d/r"), "HTTPRoute/d/r/");
+        assert_eq!(scope_prefix("BackendLBPolicy/d/p"), "BackendLBPolicy/d/p/");
+    }
+}

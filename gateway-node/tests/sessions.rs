@@ -1,0 +1,331 @@
+//! Session persistence across gateway nodes: two nodes (127.0.0.2, 127.0.0.3) over one store, a route
+//! over 4 backends. A session started on one node sticks to its backend on both; a removed backend is
+//! replaced by one committed failover that both nodes follow; weight 0 keeps existing sessions; idle
+//! sessions expire by committed time; tampered tokens are no session.
+
+mod support;
+
+use gw_jepsen::cluster::free_port;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::*;
+
+const PODS: [&str; 4] = ["b0", "b1", "b2", "b3"];
+
+struct Env {
+    store: gw_jepsen::cluster::Cluster,
+    nodes: Vec<NodeProc>,
+    addrs: Vec<SocketAddr>,
+    backends: Vec<gw_node::echo::EchoServer>,
+}
+
+impl Env {
+    fn s(&self) -> String {
+        self.store.servers()
+    }
+}
+
+fn route(rules: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+    )
+}
+
+/// A rule on `prefix` over the 4 backends, with these weights and this sessionPersistence.
+fn rule(prefix: &str, persistence: &str, weights: [u32; 4]) -> String {
+    let refs: Vec<String> = PODS
+        .iter()
+        .zip(weights)
+        .map(|(p, w)| format!("{{name: {p}, port: 8080, weight: {w}}}"))
+        .collect();
+    format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    sessionPersistence: {persistence}\n    backendRefs: [{}]\n",
+        refs.join(", ")
+    )
+}
+
+async fn setup(rules: &str) -> Env {
+    let store = store();
+    let s = store.servers();
+    let mut backends = Vec::new();
+    let mut yaml = CLASS.to_string();
+    let port = free_port();
+    yaml.push_str(&format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
+    ));
+    for p in PODS {
+        let e = echo(p, "web", false).await;
+        yaml.push_str(&service(p, "web", e.addr, None));
+        backends.push(e);
+    }
+    yaml.push_str(&route(rules));
+    apply(&s, &store.dir, &yaml);
+    let nodes = vec![
+        NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a"),
+        NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b"),
+    ];
+    let addrs: Vec<SocketAddr> = nodes
+        .iter()
+        .map(|n| format!("{}:{port}", n.bind).parse().unwrap())
+        .collect();
+    let env = Env {
+        store,
+        nodes,
+        addrs,
+        backends,
+    };
+    // Both nodes serve, and hand out session tokens (the signing key is in the store).
+    for addr in &env.addrs {
+        eventually(&format!("{addr} starts sessions"), || async {
+            get(*addr, "x", "/c", &[])
+                .await
+                .is_ok_and(|r| r.status == 200 && r.header("set-cookie").is_some())
+        })
+        .await;
+    }
+    env
+}
+
+/// The session cookie a response set (`name=value`).
+fn cookie(r: &Resp) -> String {
+    r.header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a Set-Cookie")
+        .to_string()
+}
+
+fn pod(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["pod"].as_str().unwrap().to_string()
+}
+
+/// Starts a session on node `on`: (the backend, the cookie).
+async fn start(env: &Env, on: usize, path: &str) -> (String, String) {
+    let r = get(env.addrs[on], "x", path, &[]).await.unwrap();
+    (pod(&r), cookie(&r))
+}
+
+async fn with_cookie(env: &Env, on: usize, path: &str, cookie: &str) -> Resp {
+    get(env.addrs[on], "x", path, &[("cookie", cookie)])
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_stick_across_nodes_by_cookie_and_by_header() {
+    let rules = [
+        rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1]),
+        rule("/h", "{sessionName: X-Session, type: Header}", [1, 1, 1, 1]),
+        rule(
+            "/p",
+            "{sessionName: keep, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}",
+            [1, 1, 1, 1],
+        ),
+    ]
+    .concat();
+    let env = setup(&rules).await;
+
+    // Cookie: 50 requests alternating between the nodes all reach the session's backend.
+    let first = get(env.addrs[0], "x", "/c", &[]).await.unwrap();
+    let set = first.header("set-cookie").unwrap().to_string();
+    assert!(set.contains("Path=/c"), "{set}");
+    assert!(
+        !set.contains("Max-Age"),
+        "a Session cookie has no Max-Age: {set}"
+    );
+    let (backend, c) = (pod(&first), cookie(&first));
+    assert!(c.starts_with("gw-sess="), "{c}");
+    for i in 0..50 {
+        let r = with_cookie(&env, i % 2, "/c/x", &c).await;
+        assert_eq!(pod(&r), backend, "request {i} on node {}", i % 2);
+        assert!(
+            r.header("set-cookie").is_none(),
+            "no new session on request {i}"
+        );
+    }
+
+    // Header: the same, with the token in X-Session.
+    let first = get(env.addrs[1], "x", "/h", &[]).await.unwrap();
+    let token = first
+        .header("x-session")
+        .expect("the session header")
+        .to_string();
+    let backend = pod(&first);
+    for i in 0..50 {
+        let r = get(env.addrs[i % 2], "x", "/h", &[("x-session", &token)])
+            .await
+            .unwrap();
+        assert_eq!(pod(&r), backend, "header session, request {i}");
+    }
+    // A token of one rule is no session in another (scopes never share sessions).
+    let other = get(
+        env.addrs[0],
+        "x",
+        "/c",
+        &[("cookie", &format!("gw-sess={token}"))],
+    )
+    .await
+    .unwrap();
+    assert!(
+        other.header("set-cookie").is_some(),
+        "another rule's token starts a new session"
+    );
+
+    // Permanent cookies carry Max-Age (the absolute timeout).
+    let p = get(env.addrs[0], "x", "/p", &[]).await.unwrap();
+    let set = p.header("set-cookie").unwrap();
+    assert!(
+        set.contains("Max-Age=3600") && set.contains("Path=/p"),
+        "{set}"
+    );
+
+    // A tampered token (payload changed, MAC kept) or a made-up one is ignored: a new session, with
+    // a new token.
+    let (_, c) = start(&env, 0, "/c").await;
+    let value = c.trim_start_matches("gw-sess=");
+    let mut parts: Vec<String> = value.split('.').map(String::from).collect();
+    let payload = parts[2].clone();
+    let flipped = if payload.ends_with('A') { 'B' } else { 'A' };
+    parts[2] = format!("{}{flipped}", &payload[..payload.len() - 1]);
+    for bad in [
+        format!("gw-sess={}", parts.join(".")),
+        "gw-sess=v1.abc.eyJzIjoieCJ9.AAAA".to_string(),
+    ] {
+        for on in 0..2 {
+            let r = with_cookie(&env, on, "/c", &bad).await;
+            assert_eq!(r.status, 200);
+            assert!(
+                r.header("set-cookie").is_some(),
+                "{bad} must start a new session"
+            );
+        }
+    }
+    drop(env.nodes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_backend_fails_over_once_and_weight_zero_keeps_sessions() {
+    let env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1])).await;
+    let s = env.s();
+    let (backend, c) = start(&env, 0, "/c").await;
+    // Let the session's first activity reach the table.
+    eventually("the session is recorded", || async {
+        let o = gwadm(&s, &["affinity", "ls", "--route", "web/app"]);
+        String::from_utf8_lossy(&o.stdout).contains(&backend)
+    })
+    .await;
+
+    // Remove the backend from its EndpointSlice; wait until both nodes see it gone.
+    apply(
+        &s,
+        &env.store.dir,
+        &format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {backend}, namespace: web, labels: {{kubernetes.io/service-name: {backend}}}}}\naddressType: IPv4\nports: [{{name: http, port: 1}}]\nendpoints: []\n"
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Concurrent requests on both nodes: one replacement, the same for all.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (addr, c) = (env.addrs[i % 2], c.clone());
+        tasks.push(tokio::spawn(async move {
+            get(addr, "x", "/c", &[("cookie", &c)]).await.unwrap()
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tasks {
+        seen.insert(pod(&t.await.unwrap()));
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "every node follows one committed replacement: {seen:?}"
+    );
+    let replacement = seen.into_iter().next().unwrap();
+    assert_ne!(replacement, backend);
+    for i in 0..10 {
+        assert_eq!(pod(&with_cookie(&env, i % 2, "/c", &c).await), replacement);
+    }
+    let shown = gwadm(&s, &["affinity", "show", c.trim_start_matches("gw-sess=")]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("failovers") && shown.contains(&replacement) && shown.contains(&backend),
+        "gwadm affinity show names the committed failover:\n{shown}"
+    );
+    assert_eq!(
+        shown.matches("atMs").count(),
+        1,
+        "exactly one failover committed:\n{shown}"
+    );
+
+    // Weight 0 for a live session's backend: the session stays, new sessions never go there.
+    let (kept, c2) = start(&env, 1, "/c").await;
+    let idx = PODS.iter().position(|p| *p == kept).unwrap();
+    let mut weights = [1, 1, 1, 1];
+    weights[idx] = 0;
+    apply(
+        &s,
+        &env.store.dir,
+        &route(&rule("/c", "{sessionName: gw-sess}", weights)),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..10 {
+        assert_eq!(pod(&with_cookie(&env, i % 2, "/c", &c2).await), kept);
+    }
+    for i in 0..30 {
+        let (b, _) = start(&env, i % 2, "/c").await;
+        assert_ne!(b, kept, "a new session went to a weight-0 backend");
+    }
+    drop(env.nodes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_expire_by_committed_time() {
+    let env = setup(&rule(
+        "/c",
+        "{sessionName: gw-sess, idleTimeout: 2s}",
+        [1, 1, 1, 1],
+    ))
+    .await;
+    // Used every second for 5 s: the binding holds, on both nodes.
+    let (backend, c) = start(&env, 0, "/c").await;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = with_cookie(&env, i % 2, "/c", &c).await;
+        assert_eq!(pod(&r), backend, "active session, second {}", i + 1);
+        assert!(r.header("set-cookie").is_none());
+    }
+    // Idle for 3 s: the session expired; the next request gets a new binding.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = env.s();
+    let listed = String::from_utf8_lossy(&gwadm(&s, &["affinity", "ls"]).stdout).into_owned();
+    assert!(listed.contains("expired"), "{listed}");
+    for on in 0..2 {
+        let r = with_cookie(&env, on, "/c", &c).await;
+        assert!(
+            r.header("set-cookie").is_some(),
+            "node {on}: an expired session is not followed"
+        );
+    }
+    // Eviction: a live session stops binding at once.
+    let (_, c3) = start(&env, 1, "/c").await;
+    let id = c3.trim_start_matches("gw-sess=").to_string();
+    eventually("the session is recorded", || async {
+        gwadm(&s, &["affinity", "show", &id]).status.success()
+    })
+    .await;
+    let o = gwadm(&s, &["affinity", "evict", &id]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("evicted"),
+        "{o:?}"
+    );
+    eventually("an evicted session is not followed", || async {
+        with_cookie(&env, 0, "/c", &c3)
+            .await
+            .header("set-cookie")
+            .is_some()
+    })
+    .await;
+    drop(env.nodes);
+    drop(env.backends);
+}

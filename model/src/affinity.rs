@@ -1,0 +1,184 @@
+//! The replicated session affinity table: one `SessionAffinity` object (group `gw.dev`) per session,
+//! written only by the store's state machine on behalf of gateway nodes. The spec is the binding
+//! (scope, backend, when the token was issued, the timeouts); the status is kept by committed time
+//! (created, last activity, expiry, the committed failovers). Expiry rules live here so that the store
+//! (which decides) and the nodes (which follow) read an entry the same way.
+
+use crate::kinds::{GW_GROUP, ObjectKey, api_version};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub const KIND: &str = "SessionAffinity";
+pub const VERSION: &str = "v1alpha1";
+
+/// A token whose session has no entry binds only while it is younger than this (by committed time in
+/// the store, which refuses to create entries for older tokens). An expired entry is kept, marked
+/// expired, until its token is older than this too; only then is it purged, so a purged session can
+/// never be brought back by its old token.
+pub const CREATE_WINDOW_MS: u64 = 60_000;
+
+/// The binding a session token carries, and its timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSpec {
+    /// What the session is scoped to: `HTTPRoute/ns/name/rules/N` or `BackendLBPolicy/ns/name`.
+    pub scope: String,
+    /// The stable identity of the backend endpoint (see gw-node's `Upstream`).
+    pub backend: String,
+    /// When the token was issued (the issuing node's clock, ms since the epoch).
+    pub issued_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout_ms: Option<u64>,
+}
+
+/// One committed failover of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    pub from: String,
+    pub to: String,
+    pub at_ms: u64,
+}
+
+/// What the cluster knows of a session, all by committed time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    pub created_ms: u64,
+    pub last_active_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failovers: Vec<FailoverRecord>,
+}
+
+impl SessionStatus {
+    /// A fresh session recorded at committed time `now`.
+    pub fn new(now: u64) -> SessionStatus {
+        SessionStatus {
+            created_ms: now,
+            last_active_ms: now,
+            ..SessionStatus::default()
+        }
+    }
+
+    /// Whether a live session has passed its idle or absolute timeout at `now`.
+    pub fn due(&self, spec: &SessionSpec, now: u64) -> bool {
+        let idle = spec
+            .idle_timeout_ms
+            .is_some_and(|t| now.saturating_sub(self.last_active_ms) > t);
+        let absolute = spec
+            .absolute_timeout_ms
+            .is_some_and(|t| now.saturating_sub(self.created_ms) > t);
+        idle || absolute
+    }
+
+    /// Whether an expired entry may be deleted: its token can no longer create it again.
+    pub fn purgeable(&self, spec: &SessionSpec, now: u64) -> bool {
+        self.expired_ms.is_some() && now >= spec.issued_ms.saturating_add(CREATE_WINDOW_MS)
+    }
+}
+
+/// A session entry as read from a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub namespace: String,
+    pub id: String,
+    pub spec: SessionSpec,
+    pub status: SessionStatus,
+}
+
+impl SessionEntry {
+    pub fn from_object(obj: &Value) -> Option<SessionEntry> {
+        Some(SessionEntry {
+            namespace: obj["metadata"]["namespace"].as_str()?.to_string(),
+            id: obj["metadata"]["name"].as_str()?.to_string(),
+            spec: serde_json::from_value(obj.get("spec")?.clone()).ok()?,
+            status: serde_json::from_value(obj.get("status").cloned().unwrap_or(json!({}))).ok()?,
+        })
+    }
+
+    /// The object (without store metadata) holding this entry.
+    pub fn to_object(&self) -> Value {
+        json!({
+            "apiVersion": api_version(GW_GROUP, VERSION),
+            "kind": KIND,
+            "metadata": {"name": self.id, "namespace": self.namespace},
+            "spec": self.spec,
+            "status": self.status,
+        })
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        key(&self.namespace, &self.id)
+    }
+
+    pub fn expired(&self) -> bool {
+        self.status.expired_ms.is_some()
+    }
+}
+
+/// The key of session `id` in `namespace`.
+pub fn key(namespace: &str, id: &str) -> ObjectKey {
+    ObjectKey::new(GW_GROUP, KIND, namespace, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(idle: Option<u64>, absolute: Option<u64>) -> SessionSpec {
+        SessionSpec {
+            scope: "HTTPRoute/d/r/rules/0".into(),
+            backend: "b".into(),
+            issued_ms: 1_000,
+            idle_timeout_ms: idle,
+            absolute_timeout_ms: absolute,
+        }
+    }
+
+    #[test]
+    fn idle_and_absolute_timeouts_by_committed_time() {
+        let mut st = SessionStatus::new(1_000);
+        let s = spec(Some(2_000), Some(10_000));
+        assert!(
+            !st.due(&s, 3_000),
+            "idle exactly the timeout is not yet expired"
+        );
+        assert!(st.due(&s, 3_001));
+        st.last_active_ms = 9_000;
+        assert!(!st.due(&s, 11_000));
+        assert!(
+            st.due(&s, 11_001),
+            "the absolute timeout counts from creation"
+        );
+        assert!(!SessionStatus::new(0).due(&spec(None, None), u64::MAX));
+    }
+
+    #[test]
+    fn only_expired_entries_past_the_create_window_are_purgeable() {
+        let s = spec(Some(1), None);
+        let mut st = SessionStatus::new(1_000);
+        assert!(!st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
+        st.expired_ms = Some(2_000);
+        assert!(!st.purgeable(&s, 1_000 + CREATE_WINDOW_MS - 1));
+        assert!(st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
+    }
+
+    #[test]
+    fn entries_round_trip_through_objects() {
+        let e = SessionEntry {
+            namespace: "d".into(),
+            id: "abc".into(),
+            spec: spec(Some(5), None),
+            status: SessionStatus::new(7),
+        };
+        assert_eq!(SessionEntry::from_object(&e.to_object()), Some(e.clone()));
+        assert_eq!(
+            e.key(),
+            ObjectKey::new("gw.dev", "SessionAffinity", "d", "abc")
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The state machine's side of the replicated session affinity table: what a touch, a failover and an
+//! expiry do to one session entry, decided at committed time. Pure, like the rest of the state.
+
+use crate::types::{Action, Op};
+use gw_model::affinity::{
+    CREATE_WINDOW_MS, FailoverRecord, SessionEntry, SessionSpec, SessionStatus,
+};
+use gw_model::meta::rfc3339;
+use serde_json::{Value, json};
+
+/// What one session operation does.
+#[derive(Debug, PartialEq)]
+pub enum Planned {
+    /// The entry after the operation (created or changed).
+    Put(Action, Value),
+    /// The entry is purged; the object as it was.
+    Delete(Value),
+    Nothing(Action),
+}
+
+/// Plans `op` (a session operation) against the stored entry `old` at committed time `now`.
+pub fn plan(op: &Op, old: Option<&Value>, now: u64, new_rev: u64) -> Planned {
+    let entry = old.and_then(SessionEntry::from_object);
+    match (op, entry) {
+        (Op::SessionTouch { key, spec, uid }, None) => create(
+            key,
+            spec.clone(),
+            SessionStatus::new(now),
+            uid,
+            now,
+            new_rev,
+        ),
+        (Op::SessionTouch { .. }, Some(mut e)) => {
+            if e.expired() {
+                return Planned::Nothing(Action::Skipped);
+            }
+            if e.status.due(&e.spec, now) {
+                e.status.expired_ms = Some(now);
+            } else if e.status.last_active_ms >= now {
+                return Planned::Nothing(Action::Unchanged);
+            } else {
+                e.status.last_active_ms = now;
+            }
+            update(old, &e, false, new_rev)
+        }
+        (
+            Op::SessionFailover {
+                key,
+                from,
+                spec,
+                uid,
+            },
+            None,
+        ) => {
+            let mut status = SessionStatus::new(now);
+            status.failovers.push(FailoverRecord {
+                from: from.clone(),
+                to: spec.backend.clone(),
+                at_ms: now,
+            });
+            create(key, spec.clone(), status, uid, now, new_rev)
+        }
+        (Op::SessionFailover { from, spec, .. }, Some(mut e)) => {
+            if e.expired() {
+                return Planned::Nothing(Action::Skipped);
+            }
+            if e.status.due(&e.spec, now) {
+                e.status.expired_ms = Some(now);
+                return update(old, &e, false, new_rev);
+            }
+            if e.spec.backend != *from {
+                // Someone else's replacement committed first: it stands.
+                return Planned::Nothing(Action::Unchanged);
+            }
+            e.status.failovers.push(FailoverRecord {
+                from: from.clone(),
+                to: spec.backend.clone(),
+                at_ms: now,
+            });
+            e.spec.backend = spec.backend.clone();
+            e.status.last_active_ms = now;
+            update(old, &e, true, new_rev)
+        }
+        (Op::SessionExpire { .. }, None) => Planned::Nothing(Action::NotFound),
+        (Op::SessionExpire { evict, .. }, Some(mut e)) => {
+            if e.status.purgeable(&e.spec, now) {
+                let mut obj = old.cloned().unwrap_or_default();
+                obj["metadata"]["resourceVersion"] = json!(new_rev.to_string());
+                return Planned::Delete(obj);
+            }
+            if e.expired() || !(*evict || e.status.due(&e.spec, now)) {
+                return Planned::Nothing(Action::Skipped);
+            }
+            e.status.expired_ms = Some(now);
+            update(old, &e, false, new_rev)
+        }
+        _ => unreachable!("not a session operation: {op:?}"),
+    }
+}
+
+fn create(
+    key: &gw_model::ObjectKey,
+    spec: SessionSpec,
+    status: SessionStatus,
+    uid: &str,
+    now: u64,
+    new_rev: u64,
+) -> Planned {
+    // A token older than the window may belong to a session that expired and was purged: it must
+    // not bring it back.
+    if now > spec.issued_ms.saturating_add(CREATE_WINDOW_MS) {
+        return Planned::Nothing(Action::Skipped);
+    }
+    let e = SessionEntry {
+        namespace: key.namespace.clone(),
+        id: key.name.clone(),
+        spec,
+        status,
+    };
+    let mut obj = e.to_object();
+    let meta = &mut obj["metadata"];
+    meta["uid"] = json!(uid);
+    meta["resourceVersion"] = json!(new_rev.to_string());
+    meta["generation"] = json!(1);
+    meta["creationTimestamp"] = json!(rfc3339(now));
+    Planned::Put(Action::Created, obj)
+}
+
+fn update(old: Option<&Value>, e: &SessionEntry, rebound: bool, new_rev: u64) -> Planned {
+    let mut obj = e.to_object();
+    let old_meta = old.map(|o| o["metadata"].clone()).unwrap_or_default();
+    obj["metadata"] = old_meta;
+    obj["metadata"]["resourceVersion"] = json!(new_rev.to_string());
+    if rebound {
+        let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        obj["metadata"]["generation"] = json!(generation);
+    }
+    Planned::Put(Action::Configured, obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_model::affinity::key;
+
+    fn spec(backend: &str, issued_ms: u64) -> SessionSpec {
+        SessionSpec {
+            scope: "HTTPRoute/d/r/rules/0".into(),
+            backend: backend.into(),
+            issued_ms,
+            idle_timeout_ms: Some(2_000),
+            absolute_timeout_ms: None,
+        }
+    }
+
+    fn touch(backend: &str, issued_ms: u64) -> Op {
+        Op::SessionTouch {
+            key: key("d", "s1"),
+            spec: spec(backend, issued_ms),
+            uid: "u".into(),
+        }
+    }
+
+    fn failover(from: &str, to: &str) -> Op {
+        Op::SessionFailover {
+            key: key("d", "s1"),
+            from: from.into(),
+            spec: spec(to, 1_000),
+            uid: "u".into(),
+        }
+    }
+
+    fn put(p: Planned) -> Value {
+        match p {
+            Planned::Put(_, v) => v,
+            other => panic!("expected a put, got {other:?}"),
+        }
+    }
+
+    fn backend(v: &Value) -> &str {
+        v["spec"]["backend"].as_str().unwrap()
+    }
+
+    #[test]
+    fn touch_creates_then_records_activity_by_committed_time() {
+        let v = put(plan(&touch("a", 1_000), None, 1_100, 5));
+        assert_eq!(v["status"]["createdMs"], 1_100);
+        assert_eq!(v["metadata"]["resourceVersion"], "5");
+        let v2 = put(plan(&touch("zzz", 1_000), Some(&v), 2_000, 6));
+        assert_eq!(v2["status"]["lastActiveMs"], 2_000);
+        assert_eq!(backend(&v2), "a", "a touch never rebinds");
+        assert_eq!(v2["metadata"]["uid"], "u");
+        assert_eq!(
+            plan(&touch("a", 1_000), Some(&v2), 2_000, 7),
+            Planned::Nothing(Action::Unchanged)
+        );
+    }
+
+    #[test]
+    fn a_touch_after_the_idle_timeout_expires_instead_of_reviving() {
+        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let late = put(plan(&touch("a", 1_000), Some(&v), 3_001, 6));
+        assert_eq!(late["status"]["expiredMs"], 3_001);
+        assert_eq!(
+            plan(&touch("a", 1_000), Some(&late), 3_002, 7),
+            Planned::Nothing(Action::Skipped)
+        );
+    }
+
+    #[test]
+    fn old_tokens_do_not_create_entries() {
+        assert_eq!(
+            plan(&touch("a", 1_000), None, 1_000 + CREATE_WINDOW_MS + 1, 5),
+            Planned::Nothing(Action::Skipped)
+        );
+    }
+
+    #[test]
+    fn failover_is_first_writer_wins() {
+        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let first = put(plan(&failover("a", "b"), Some(&v), 1_500, 6));
+        assert_eq!(backend(&first), "b");
+        assert_eq!(first["metadata"]["generation"], 2);
+        assert_eq!(first["status"]["failovers"][0]["from"], "a");
+        // A second node saw the same failure and proposed its own pick: it loses, and follows "b".
+        assert_eq!(
+            plan(&failover("a", "c"), Some(&first), 1_600, 7),
+            Planned::Nothing(Action::Unchanged)
+        );
+        // No entry yet (the session's first touch is still in a batch): the failover creates it.
+        let created = put(plan(&failover("a", "c"), None, 1_600, 7));
+        assert_eq!(backend(&created), "c");
+    }
+
+    #[test]
+    fn expiry_marks_then_purges_after_the_create_window() {
+        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let expire = Op::SessionExpire {
+            key: key("d", "s1"),
+            evict: false,
+        };
+        assert_eq!(
+            plan(&expire, Some(&v), 2_000, 6),
+            Planned::Nothing(Action::Skipped)
+        );
+        let expired = put(plan(&expire, Some(&v), 3_500, 6));
+        assert_eq!(expired["status"]["expiredMs"], 3_500);
+        assert_eq!(
+            plan(&expire, Some(&expired), 4_000, 7),
+            Planned::Nothing(Action::Skipped)
+        );
+        match plan(&expire, Some(&expired), 1_000 + CREATE_WINDOW_MS, 7) {
+            Planned::Delete(obj) => assert_eq!(obj["metadata"]["resourceVersion"], "7"),
+            other => panic!("expected a purge, got {other:?}"),
+        }
+        assert_eq!(
+            plan(&expire, None, 9_000, 8),
+            Planned::Nothing(Action::NotFound)
+        );
+    }
+
+    #[test]
+    fn eviction_expires_a_live_session_at_once() {
+        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let evict = Op::SessionExpire {
+            key: key("d", "s1"),
+            evict: true,
+        };
+        let evicted = put(plan(&evict, Some(&v), 1_001, 6));
+        assert_eq!(evicted["status"]["expiredMs"], 1_001);
+        assert_eq!(
+            plan(&touch("a", 1_000), Some(&evicted), 1_002, 7),
+            Planned::Nothing(Action::Skipped),
+            "an evicted session is not revived by its token"
+        );
+    }
+}
