@@ -12,11 +12,49 @@ use support::*;
 
 const PODS: [&str; 4] = ["b0", "b1", "b2", "b3"];
 
+/// An echo backend: in this process, or a `gwadm echo-server` process (which can be killed, taking
+/// its connections with it).
+enum Backend {
+    // Held so that it keeps serving until the test ends.
+    #[allow(dead_code)]
+    InProcess(gw_node::echo::EchoServer),
+    Process(std::process::Child),
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Process(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn backend(pod: &str, process: bool) -> (Backend, SocketAddr) {
+    if !process {
+        let e = echo(pod, "web", false).await;
+        let addr = e.addr;
+        return (Backend::InProcess(e), addr);
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = std::process::Command::new(gw_jepsen::cluster::bin("gwadm"))
+        .args(["echo-server", "--listen", &addr.to_string(), "--name", pod])
+        .args(["--namespace", "web"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the echo process listens", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    (Backend::Process(child), addr)
+}
+
 struct Env {
     store: gw_jepsen::cluster::Cluster,
     nodes: Vec<NodeProc>,
     addrs: Vec<SocketAddr>,
-    backends: Vec<gw_node::echo::EchoServer>,
+    backends: Vec<Backend>,
 }
 
 impl Env {
@@ -44,7 +82,7 @@ fn rule(prefix: &str, persistence: &str, weights: [u32; 4]) -> String {
     )
 }
 
-async fn setup(rules: &str) -> Env {
+async fn setup(rules: &str, processes: bool) -> Env {
     let store = store();
     let s = store.servers();
     let mut backends = Vec::new();
@@ -54,9 +92,9 @@ async fn setup(rules: &str) -> Env {
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
     ));
     for p in PODS {
-        let e = echo(p, "web", false).await;
-        yaml.push_str(&service(p, "web", e.addr, None));
-        backends.push(e);
+        let (b, addr) = backend(p, processes).await;
+        yaml.push_str(&service(p, "web", addr, None));
+        backends.push(b);
     }
     yaml.push_str(&route(rules));
     apply(&s, &store.dir, &yaml);
@@ -123,7 +161,7 @@ async fn sessions_stick_across_nodes_by_cookie_and_by_header() {
         ),
     ]
     .concat();
-    let env = setup(&rules).await;
+    let env = setup(&rules, false).await;
 
     // Cookie: 50 requests alternating between the nodes all reach the session's backend.
     let first = get(env.addrs[0], "x", "/c", &[]).await.unwrap();
@@ -205,7 +243,7 @@ async fn sessions_stick_across_nodes_by_cookie_and_by_header() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_backend_fails_over_once_and_weight_zero_keeps_sessions() {
-    let env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1])).await;
+    let env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1]), false).await;
     let s = env.s();
     let (backend, c) = start(&env, 0, "/c").await;
     // Let the session's first activity reach the table.
@@ -281,12 +319,12 @@ async fn a_removed_backend_fails_over_once_and_weight_zero_keeps_sessions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_sessions_expire_by_committed_time() {
-    let env = setup(&rule(
+    let idle = rule(
         "/c",
         "{sessionName: gw-sess, idleTimeout: 2s}",
         [1, 1, 1, 1],
-    ))
-    .await;
+    );
+    let env = setup(&idle, false).await;
     // Used every second for 5 s: the binding holds, on both nodes.
     let (backend, c) = start(&env, 0, "/c").await;
     for i in 0..5 {
@@ -328,4 +366,36 @@ async fn idle_sessions_expire_by_committed_time() {
     .await;
     drop(env.nodes);
     drop(env.backends);
+}
+
+/// A backend that stops answering (its process is killed) is replaced like a removed one: the node
+/// that sees the failure proposes a replacement, and both nodes follow the committed one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_backend_fails_over_once() {
+    let mut env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1]), true).await;
+    let (backend, c) = start(&env, 0, "/c").await;
+    let idx = PODS.iter().position(|p| *p == backend).unwrap();
+    if let Backend::Process(child) = &mut env.backends[idx] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The requests that reach the dead backend before the failover is committed (and seen) get a
+    // 502; once the session is served again, every request is served by the same replacement on both
+    // nodes.
+    eventually("the session is served again", || async {
+        with_cookie(&env, 0, "/c", &c).await.status == 200
+            && with_cookie(&env, 1, "/c", &c).await.status == 200
+    })
+    .await;
+    let mut answers = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        answers.insert(pod(&with_cookie(&env, i % 2, "/c", &c).await));
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "one replacement for both nodes: {answers:?}"
+    );
+    assert!(!answers.contains(&backend), "{answers:?}");
+    drop(env.nodes);
 }

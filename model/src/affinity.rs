@@ -95,8 +95,12 @@ impl SessionEntry {
         Some(SessionEntry {
             namespace: obj["metadata"]["namespace"].as_str()?.to_string(),
             id: obj["metadata"]["name"].as_str()?.to_string(),
-            spec: serde_json::from_value(obj.get("spec")?.clone()).ok()?,
-            status: serde_json::from_value(obj.get("status").cloned().unwrap_or(json!({}))).ok()?,
+            // Deserialized in place (no copy of the JSON): the sweeper reads every entry often.
+            spec: SessionSpec::deserialize(obj.get("spec")?).ok()?,
+            status: match obj.get("status") {
+                Some(s) => SessionStatus::deserialize(s).ok()?,
+                None => SessionStatus::default(),
+            },
         })
     }
 

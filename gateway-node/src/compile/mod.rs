@@ -125,6 +125,16 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
             },
         );
     }
+    for (key, status, meta) in sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms) {
+        statuses.insert(
+            key,
+            DesiredStatus {
+                status,
+                generation: meta.generation,
+                uid: meta.uid,
+            },
+        );
+    }
     Compiled {
         table: build_table(snap.revision, gateways),
         statuses,

@@ -3,13 +3,17 @@
 //! spec says). Policy-level sessions are scoped to the policy, so every rule routing to its Service
 //! shares them.
 
+use super::conditions::{Cond, render};
 use super::index::{Index, Meta, typed};
 use crate::session::{Carrier, DEFAULT_NAME, SessionConfig};
+use gw_model::ObjectKey;
 use gw_model::duration;
 use gw_model::kinds::GATEWAY_GROUP;
 use gw_model::policy::BackendLbPolicySpec;
 use gw_model::route::{BackendRef, CookieLifetimeType, SessionPersistence, SessionPersistenceType};
 use http::HeaderName;
+use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What a rule is: its route's kind and metadata, its index, and its cookie path.
@@ -34,13 +38,8 @@ pub fn session_config<F>(
         );
         return config(sp, scope, &rule.meta.namespace, rule.path);
     }
-    let mut policies: Vec<(Meta, BackendLbPolicySpec)> = idx
-        .of_kind(GATEWAY_GROUP, "BackendLBPolicy")
-        .into_iter()
-        .filter_map(|(_, obj, meta)| Some((meta, typed(obj, Some("spec"))?)))
-        .collect();
-    policies.sort_by_key(|(meta, _)| (meta.created_ms, meta.id()));
-    let (meta, spec) = policies.iter().find(|(meta, spec)| {
+    let policies = policies(idx);
+    let (_, meta, spec) = policies.iter().find(|(_, meta, spec)| {
         spec.session_persistence.is_some()
             && backend_refs.iter().any(|br| {
                 br.group.is_empty()
@@ -100,4 +99,84 @@ fn config(
         idle_timeout_ms: ms(&sp.idle_timeout),
         absolute_timeout_ms,
     }))
+}
+
+/// The BackendLBPolicies, oldest first (the oldest wins a conflict, as for routes).
+fn policies<'a>(idx: &Index<'a>) -> Vec<(&'a ObjectKey, Meta, BackendLbPolicySpec)> {
+    idx.of_kind(GATEWAY_GROUP, "BackendLBPolicy")
+        .into_iter()
+        .filter_map(|(key, obj, meta)| Some((key, meta, typed(obj, Some("spec"))?)))
+        .collect()
+}
+
+/// The status of every BackendLBPolicy: one ancestor per target Service (this controller's entries
+/// replaced, other controllers' kept), Accepted unless the Service does not exist or an older policy
+/// already sets session persistence for it.
+pub fn policy_statuses(
+    idx: &Index<'_>,
+    controller: &str,
+    now_ms: u64,
+) -> Vec<(ObjectKey, Value, Meta)> {
+    let mut claimed: HashMap<(String, String), String> = HashMap::new();
+    let mut out = Vec::new();
+    for (key, meta, spec) in policies(idx) {
+        let prev = idx
+            .snap
+            .objects
+            .get(key)
+            .and_then(|o| o.get("status").cloned());
+        let prev = prev.unwrap_or(Value::Null);
+        let mut ancestors: Vec<Value> = prev["ancestors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["controllerName"] != controller)
+            .cloned()
+            .collect();
+        for t in &spec.target_refs {
+            let target = (meta.namespace.clone(), t.name.clone());
+            let cond = if !t.group.is_empty() || t.kind != "Service" {
+                Cond::fail(
+                    "Accepted",
+                    "Invalid",
+                    format!("target {}/{} is not a core Service", t.group, t.kind),
+                )
+            } else if idx.service(&meta.namespace, &t.name).is_none() {
+                Cond::fail(
+                    "Accepted",
+                    "TargetNotFound",
+                    format!("Service {}/{} not found", meta.namespace, t.name),
+                )
+            } else if spec.session_persistence.is_none() {
+                Cond::ok("Accepted", "Accepted", "policy accepted")
+            } else if let Some(owner) = claimed.get(&target) {
+                Cond::fail(
+                    "Accepted",
+                    "Conflicted",
+                    format!(
+                        "BackendLBPolicy {owner} already sets session persistence for Service {}",
+                        t.name
+                    ),
+                )
+            } else {
+                claimed.insert(target, meta.id());
+                Cond::ok("Accepted", "Accepted", "policy accepted")
+            };
+            let ancestor_ref = json!({"group": "", "kind": "Service", "namespace": meta.namespace, "name": t.name});
+            let previous = prev["ancestors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["controllerName"] == controller && a["ancestorRef"] == ancestor_ref)
+                .map(|a| a["conditions"].clone())
+                .unwrap_or(Value::Null);
+            ancestors.push(json!({
+                "ancestorRef": ancestor_ref,
+                "controllerName": controller,
+                "conditions": render(&[cond], &previous, meta.generation, now_ms),
+            }));
+        }
+        out.push((key.clone(), json!({"ancestors": ancestors}), meta));
+    }
+    out
 }

@@ -479,3 +479,60 @@ fn address_pool_allocation_is_sticky_and_honours_requests() {
     let sockets: Vec<String> = c.table.sockets.keys().map(|a| a.to_string()).collect();
     assert_eq!(sockets, vec!["127.1.0.1:80", "127.1.0.9:80"]);
 }
+
+/// The session persistence of the rule a request is routed to: its scope, or "none".
+fn session_scope(c: &Compiled, port: u16, path: &str) -> String {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let h = HeaderMap::new();
+    let view = RequestView {
+        method: &Method::GET,
+        path,
+        query: None,
+        headers: &h,
+    };
+    let sock = &c.table.sockets[&addr];
+    let e = sock
+        .listener_for("x")
+        .and_then(|l| l.route("x", &view))
+        .expect("routed");
+    e.action
+        .session
+        .as_ref()
+        .map(|s| s.scope.clone())
+        .unwrap_or_else(|| "none".into())
+}
+
+#[test]
+fn session_persistence_comes_from_the_rule_else_the_oldest_backend_lb_policy() {
+    let policy = |name: &str, target: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendLBPolicy\nmetadata: {{name: {name}, namespace: app}}\nspec:\n  targetRefs: [{{group: '', kind: Service, name: {target}}}]\n  sessionPersistence: {{sessionName: p}}\n"
+        )
+    };
+    let c = build(&format!(
+        "{CLASS}{}{}{}{}{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: app}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /own}}}}]\n    sessionPersistence: {{sessionName: own, type: Header}}\n    backendRefs: [{{name: a, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /pol}}}}]\n    backendRefs: [{{name: a, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /none}}}}]\n    backendRefs: [{{name: b, port: 8080}}]\n",
+        gateway(
+            "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n"
+        ),
+        services(&["a", "b"], "app"),
+        policy("first", "a"),
+        policy("second", "a"),
+        policy("lost", "missing"),
+    ));
+    assert_eq!(session_scope(&c, 80, "/own"), "HTTPRoute/app/r/rules/0");
+    assert_eq!(session_scope(&c, 80, "/pol"), "BackendLBPolicy/app/first");
+    assert_eq!(session_scope(&c, 80, "/none"), "none");
+    let reason = |name: &str| {
+        let s = status_of(&c, "BackendLBPolicy", "app", name);
+        let a = &s["ancestors"][0];
+        assert_eq!(a["controllerName"], "gw.dev/gateway-node");
+        format!(
+            "{}/{}",
+            a["conditions"][0]["status"].as_str().unwrap(),
+            a["conditions"][0]["reason"].as_str().unwrap()
+        )
+    };
+    assert_eq!(reason("first"), "True/Accepted");
+    assert_eq!(reason("second"), "False/Conflicted");
+    assert_eq!(reason("lost"), "False/TargetNotFound");
+}

@@ -293,7 +293,7 @@ impl Proxy {
             _ => Selection::Fallback,
         };
         let (chosen, session_token) = match selection {
-            Selection::Chosen(c) => (Some((c.entry, c.endpoint)), c.issue),
+            Selection::Chosen(c) => (Some((c.entry, c.endpoint)), Some(c)),
             Selection::Unavailable(why) => {
                 return failure(grpc, StatusCode::SERVICE_UNAVAILABLE, &why);
             }
@@ -474,6 +474,11 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 let kind = if matches!(e, UpstreamError::Connect(..)) {
+                    if let (Some(cfg), Some(sessions), Some(c)) =
+                        (&action.session, &self.sessions, &session_token)
+                    {
+                        sessions.backend_failed(cfg, c, backends);
+                    }
                     "connect"
                 } else {
                     "http"
@@ -506,7 +511,7 @@ impl Proxy {
         for f in [&backend.filters, &action.filters] {
             f.response_headers.apply(&mut rparts.headers);
         }
-        if let Some((name, value)) = session_token {
+        if let Some((name, value)) = session_token.and_then(|c| c.issue) {
             rparts.headers.append(name, value);
         }
         Response::from_parts(rparts, rbody)

@@ -106,6 +106,8 @@ pub struct Chosen {
     pub endpoint: usize,
     /// The token header of a new session, to add to the response.
     pub issue: Option<(HeaderName, HeaderValue)>,
+    /// The session the request belongs to.
+    pub token: Token,
 }
 
 pub enum Selection {
@@ -169,9 +171,10 @@ impl Sessions {
                     entry,
                     endpoint,
                     issue: None,
+                    token: t,
                 });
             }
-            let Some((e, p)) = fresh(backends) else {
+            let Some((e, p)) = fresh(backends, &backend) else {
                 return Selection::Fallback;
             };
             match self
@@ -189,6 +192,7 @@ impl Sessions {
                         entry: entry_idx,
                         endpoint,
                         issue: None,
+                        token: t,
                     });
                 }
                 // Expired meanwhile: a new session.
@@ -200,7 +204,7 @@ impl Sessions {
                 }
             }
         }
-        let Some((entry, endpoint)) = fresh(backends) else {
+        let Some((entry, endpoint)) = fresh(backends, "") else {
             return Selection::Fallback;
         };
         let t = Token {
@@ -214,7 +218,29 @@ impl Sessions {
             entry,
             endpoint,
             issue: cfg.issue(&keys.issue(&t), https),
+            token: t,
         })
+    }
+
+    /// The session's backend refused the connection: propose a replacement (first writer wins), so
+    /// that the session's next request, on any node, goes where the cluster agrees.
+    pub fn backend_failed(
+        self: &Arc<Self>,
+        cfg: &Arc<SessionConfig>,
+        chosen: &Chosen,
+        backends: &Backends,
+    ) {
+        let from = identity(backends, chosen.entry, chosen.endpoint);
+        let Some((e, p)) = fresh(backends, &from) else {
+            return;
+        };
+        let to = identity(backends, e, p);
+        let (me, cfg, t) = (self.clone(), cfg.clone(), chosen.token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me.failover(&cfg, &t, &from, &to).await {
+                tracing::warn!(error = %e, scope = %cfg.scope, "session failover not committed");
+            }
+        });
     }
 
     fn binding(&self, cfg: &SessionConfig, t: &Token) -> Binding {
@@ -464,9 +490,15 @@ fn find(backends: &Backends, identity: &str) -> Option<(usize, usize)> {
         })
 }
 
-/// The rule's weighted choice among the backends that have a ready endpoint (`None`: none has; let
-/// the normal path answer).
-fn fresh(backends: &Backends) -> Option<(usize, usize)> {
+/// The rule's weighted choice among the backends that have a ready endpoint other than `exclude`
+/// (`None`: none has; let the normal path answer).
+fn fresh(backends: &Backends, exclude: &str) -> Option<(usize, usize)> {
+    (0..8)
+        .filter_map(|_| weighted(backends))
+        .find(|&(e, p)| identity(backends, e, p) != exclude)
+}
+
+fn weighted(backends: &Backends) -> Option<(usize, usize)> {
     use rand::RngExt;
     let ready = |e: &crate::table::BackendEntry| match &e.target {
         BackendTarget::Upstream(u) if !u.endpoints.is_empty() => e.weight,

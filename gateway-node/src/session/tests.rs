@@ -79,7 +79,12 @@ fn bound_backends_are_found_whatever_their_weight() {
 fn new_sessions_go_only_to_weighted_backends_with_ready_endpoints() {
     let b = backends(&[(0, 1), (5, 0), (1, 1)]);
     for _ in 0..50 {
-        assert_eq!(fresh(&b), Some((2, 0)));
+        assert_eq!(fresh(&b, ""), Some((2, 0)));
     }
-    assert_eq!(fresh(&backends(&[(0, 1), (3, 0)])), None);
+    assert_eq!(fresh(&backends(&[(0, 1), (3, 0)]), ""), None);
+    // A failed backend is not its own replacement.
+    let two = backends(&[(1, 1), (1, 1)]);
+    for _ in 0..20 {
+        assert_eq!(fresh(&two, "d/s0:80|pod-0-0|10.0.0.0:80"), Some((1, 0)));
+    }
 }
