@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// NULL CONTROL for the fault-injection suite: serve "linearizable" reads from local state.
     #[arg(long, hide = true, env = "GW_UNSAFE_STALE_READS")]
     pub unsafe_stale_reads: bool,
+
+    /// NULL CONTROL for the fault-injection suite: acknowledge a write as soon as it is proposed,
+    /// with the outcome it would have on the leader's current state, before it is committed.
+    #[arg(long, hide = true, env = "GW_UNSAFE_EARLY_ACK")]
+    pub unsafe_early_ack: bool,
 }
 
 /// Parses `--peers`.

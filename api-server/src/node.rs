@@ -147,6 +147,15 @@ impl Node {
     pub async fn propose(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
         let (tx, rx) = oneshot::channel();
         let closed = || ApiError::Unavailable("the member is shutting down".into());
+        if self.config.unsafe_early_ack {
+            let outcome = self.store.read(|a| a.state.preview(&txn))?;
+            self.proposer
+                .tx
+                .send((txn, tx))
+                .await
+                .map_err(|_| closed())?;
+            return Ok(outcome);
+        }
         self.proposer
             .tx
             .send((txn, tx))
@@ -193,6 +202,22 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| ApiError::Unavailable(format!("waiting to apply read index {index}: {e}")))
+    }
+
+    /// Whether this member sees new commits: a leader that a quorum acknowledged within two election
+    /// timeouts, or a follower or learner that knows a leader (a follower cut off from the leader
+    /// starts an election and forgets it).
+    pub fn in_contact(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let limit = self.config.election_timeout_ms * 2;
+        match m.state {
+            openraft::ServerState::Leader => m.millis_since_quorum_ack.is_none_or(|ms| ms <= limit),
+            openraft::ServerState::Follower | openraft::ServerState::Learner => {
+                m.current_leader.is_some()
+            }
+            openraft::ServerState::Candidate | openraft::ServerState::Shutdown => false,
+        }
     }
 
     /// This member's own report.

@@ -119,13 +119,16 @@ async fn catch_up(tx: &Tx, store: &StoreHandle, filter: &Filter, last_sent: u64)
     }
 }
 
-/// Runs a watch until the client goes away.
+/// Runs a watch until the client goes away, or until this member loses contact with the cluster
+/// (`in_contact`, checked at every bookmark): then the stream ends with UNAVAILABLE, so that the
+/// client resumes on a member that still sees new commits instead of idling on a stale one.
 pub async fn run(
     tx: Tx,
     store: StoreHandle,
     filter: Filter,
     after: Option<u64>,
     bookmark: Duration,
+    in_contact: impl Fn() -> bool + Send + 'static,
 ) {
     // Subscribe before reading the state: every revision applied after the read is then delivered.
     let mut rx = store.subscribe();
@@ -140,6 +143,11 @@ pub async fn run(
         let next = tokio::select! {
             msg = rx.recv() => msg,
             _ = ticker.tick() => {
+                if !in_contact() {
+                    let why = "this member lost contact with the cluster; resume the watch on another member";
+                    let _ = tx.send(Err(Status::unavailable(why))).await;
+                    return;
+                }
                 let bm = pb::Bookmark { revision: last_sent };
                 if tx.send(wrap(pb::watch_response::Body::Bookmark(bm))).await.is_err() {
                     return;

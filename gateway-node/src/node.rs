@@ -75,6 +75,10 @@ pub struct NodeConfig {
     /// FAULT for the conformance harness's self-test: serve `Exact` path matches as `PathPrefix`.
     #[arg(long, hide = true, env = "GW_FAULT_EXACT_AS_PREFIX")]
     pub fault_exact_as_prefix: bool,
+    /// NULL CONTROL for the fault-injection suite, never for production: when a session's backend is
+    /// gone, follow this node's own pick instead of the committed failover.
+    #[arg(long, hide = true, env = "GW_UNSAFE_LOCAL_FAILOVER")]
+    pub unsafe_local_failover: bool,
 }
 
 fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -157,7 +161,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Arc::new(WatchHealth::default()),
         started,
     ));
-    let sessions = Arc::new(Sessions::new(affinity_rx, client.clone()));
+    let sessions = Arc::new(Sessions::new(
+        affinity_rx,
+        client.clone(),
+        cfg.unsafe_local_failover,
+    ));
     tokio::spawn(sessions.clone().run_batches());
     let proxy = Arc::new(Proxy::new(
         table.clone(),

@@ -5,7 +5,7 @@ use crate::checker::{self, Validity, Verdict};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::{register, txn, watch};
+use crate::{affinity, register, txn, watch};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
 const TXN_PROCESSES: i64 = 100_000;
@@ -26,7 +26,8 @@ pub struct RunArgs {
     /// Faults to inject, in turn: kill, pause, partition, catchup (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
-    /// Workloads, side by side (comma-separated): register (with the watch collectors) and txn.
+    /// Workloads, side by side (comma-separated): register (with the watch collectors), txn, and
+    /// affinity (sessions through two gateway nodes over four backends, with backend and gateway churn).
     #[arg(long, value_delimiter = ',', default_value = "register,txn")]
     pub workload: Vec<String>,
     /// Lists of the txn workload.
@@ -48,13 +49,19 @@ pub struct RunArgs {
     pub hold: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Reintroduce a real bug in the store (a null control the checkers must catch): stale-reads
-    /// (linearizable reads answered from local state) or no-sync (writes acknowledged before they are on disk).
+    /// Reintroduce a real bug (a null control the checkers must catch): stale-reads (linearizable
+    /// reads answered from local state), no-sync (writes acknowledged before they are on disk),
+    /// early-ack (writes acknowledged before they are committed), or local-failover (gateway nodes
+    /// follow their own pick when a session's backend is gone).
     #[arg(long)]
     pub null_control: Option<String>,
     /// Search budget of the linearizability checker per key (steps); past it the verdict is unknown.
     #[arg(long, default_value_t = 5_000_000)]
     pub budget: u64,
+    /// Affinity checker: how long after a failover commits a node may still serve the session from
+    /// the backend it replaced (the time for the commit to reach every node).
+    #[arg(long, default_value_t = 1000)]
+    pub affinity_allowance_ms: u64,
 }
 
 fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
@@ -71,12 +78,13 @@ fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
 pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     for w in &args.workload {
         anyhow::ensure!(
-            matches!(w.as_str(), "register" | "txn"),
-            "unknown workload {w:?} (register, txn)"
+            matches!(w.as_str(), "register" | "txn" | "affinity"),
+            "unknown workload {w:?} (register, txn, affinity)"
         );
     }
     let register_on = args.workload.iter().any(|w| w == "register");
     let txn_on = args.workload.iter().any(|w| w == "txn");
+    let affinity_on = args.workload.iter().any(|w| w == "affinity");
     let faults: Vec<Fault> = args
         .nemesis
         .iter()
@@ -84,17 +92,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .map(|s| s.parse())
         .collect::<Result<_, String>>()
         .map_err(anyhow::Error::msg)?;
-    let env = match args.null_control.as_deref() {
-        None => vec![],
-        Some("stale-reads") => vec![("GW_UNSAFE_STALE_READS".to_string(), "true".to_string())],
-        Some("no-sync") => vec![("GW_UNSAFE_NO_SYNC".to_string(), "true".to_string())],
-        Some(other) => anyhow::bail!("unknown null control {other:?} (stale-reads, no-sync)"),
+    let on = |var: &str| vec![(var.to_string(), "true".to_string())];
+    // The switch goes to the store members, or (local-failover) to the gateway nodes.
+    let (env, gateway_env) = match args.null_control.as_deref() {
+        None => (vec![], vec![]),
+        Some("stale-reads") => (on("GW_UNSAFE_STALE_READS"), vec![]),
+        Some("no-sync") => (on("GW_UNSAFE_NO_SYNC"), vec![]),
+        Some("early-ack") => (on("GW_UNSAFE_EARLY_ACK"), vec![]),
+        Some("local-failover") if affinity_on => (vec![], on("GW_UNSAFE_LOCAL_FAILOVER")),
+        Some(other) => anyhow::bail!(
+            "unknown null control {other:?} (stale-reads, no-sync, early-ack; local-failover with the affinity workload)"
+        ),
     };
     std::fs::create_dir_all(&args.out)?;
+    // Addresses of this run only (the partition rules match on them).
+    let ip_prefix = format!("127.77.{}.", std::process::id() % 250);
     let opts = ClusterOptions {
         dir: Some(args.out.join("cluster")),
-        // Addresses of this run only (the partition rules match on them).
-        ip_prefix: Some(format!("127.77.{}.", std::process::id() % 250)),
+        ip_prefix: Some(ip_prefix.clone()),
         // The reference watch at the end reads the whole run's history.
         // Snapshots every 100 entries and no log kept behind them, so that lagging members catch up by
         // snapshot (the catchup nemesis relies on it).
@@ -112,6 +127,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let rec = Recorder::default();
+    let fleet = if affinity_on {
+        Some(Arc::new(
+            affinity::Fleet::start(&cluster, &args.out, &ip_prefix, gateway_env, rec.clone())
+                .await?,
+        ))
+    } else {
+        None
+    };
     let net = if faults.contains(&Fault::Partition) || faults.contains(&Fault::Catchup) {
         Some(Net::new(&cluster).map_err(anyhow::Error::msg)?)
     } else {
@@ -123,7 +147,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .map(|m| (m.id, m.addr.clone()))
         .collect();
     let cluster = tokio::sync::Mutex::new(cluster);
-    let rec = Recorder::default();
     let until = Instant::now() + Duration::from_secs(args.time_limit);
     let ctx = Arc::new(register::Clients {
         stride: args.clients as i64,
@@ -165,6 +188,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
                 txn_values.clone(),
             )));
         }
+    }
+    if let Some(f) = &fleet {
+        for c in 0..args.clients {
+            let f = f.clone();
+            let seed = args.seed * 9000 + c + 1;
+            tasks.push(tokio::spawn(async move {
+                f.client(affinity::PROCESSES + c as i64, seed, until).await
+            }));
+        }
+        let f = f.clone();
+        let schedule = (
+            Duration::from_secs(args.interval),
+            Duration::from_secs(args.hold),
+        );
+        let seed = args.seed * 11 + 5;
+        tasks.push(tokio::spawn(
+            async move { f.churn(schedule, seed, until).await },
+        ));
     }
     let mut rng = Rng::new(args.seed);
     let schedule = nemesis::Schedule {
@@ -253,6 +294,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+    let mut affinity_verdict = None;
+    if let Some(f) = &fleet {
+        f.heal()?;
+        // Let the nodes' last activity batches and failovers reach the store.
+        tokio::time::sleep(crate::affinity::SETTLE).await;
+        let mut table = Err(tonic::Status::unavailable("not read"));
+        for attempt in 0..20 {
+            if leader.is_err() || Instant::now() >= final_deadline {
+                break;
+            }
+            table = affinity::table(&ctx.chans[attempt % ctx.chans.len()].1).await;
+            if table.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        affinity_verdict = Some(match table {
+            Ok(t) => affinity::check(
+                &crate::history::pair(&rec.events()),
+                &t,
+                args.affinity_allowance_ms,
+            ),
+            Err(e) => Verdict {
+                valid: Validity::Unknown,
+                ops: 0,
+                details: json!({"why": format!("the affinity table could not be read: {e}")}),
+            },
+        });
+    }
     let healed = match &leader {
         Err(e) => Verdict {
             valid: Validity::False,
@@ -310,6 +380,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     if txn_on {
         verdicts.push(("transactions", &txn_verdict));
+    }
+    if let Some(v) = &affinity_verdict {
+        verdicts.push(("affinity", v));
     }
     let valid = combine(&verdicts);
     let results = json!({

@@ -124,8 +124,15 @@ pub async fn reference(ch: &Channel, upto: u64) -> Result<BTreeMap<u64, RevEvent
         .map_err(|e| e.to_string())?
         .into_inner();
     let mut last = 0;
+    // Bookmarks keep a stream alive that may never reach `upto` (a member that lost what it had
+    // acknowledged): the whole read has a deadline too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while last < upto {
-        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + Duration::from_secs(10)),
+            stream.next(),
+        );
+        match next.await {
             Ok(Some(Ok(m))) => match m.body {
                 Some(pb::watch_response::Body::Events(r)) => {
                     last = r.revision;

@@ -107,7 +107,8 @@ pub fn open(
     std::fs::create_dir_all(dir).map_err(write_err)?;
     let mut config = sled::Config::new().path(dir.join("sled"));
     if options.unsafe_no_sync {
-        // The null control keeps acknowledged writes in the process only, until sled's buffers fill.
+        // The null control: no background flush either (what sled has not yet handed to the OS
+        // is lost with the process).
         config = config.flush_every_ms(None);
     }
     let db = config.open().map_err(write_err)?;

@@ -132,15 +132,22 @@ pub struct Sessions {
     /// Activity (and new sessions) not yet sent to the store.
     pending: Mutex<HashMap<ObjectKey, pb::Session>>,
     client: Arc<Client>,
+    /// The null control (see `NodeConfig::unsafe_local_failover`).
+    local_failover: bool,
 }
 
 impl Sessions {
-    pub fn new(view: watch::Receiver<Arc<Snapshot>>, client: Arc<Client>) -> Sessions {
+    pub fn new(
+        view: watch::Receiver<Arc<Snapshot>>,
+        client: Arc<Client>,
+        local_failover: bool,
+    ) -> Sessions {
         Sessions {
             keys: ArcSwapOption::empty(),
             view,
             pending: Mutex::new(HashMap::new()),
             client,
+            local_failover,
         }
     }
 
@@ -177,6 +184,14 @@ impl Sessions {
             let Some((e, p)) = fresh(backends, &backend) else {
                 return Selection::Fallback;
             };
+            if self.local_failover {
+                return Selection::Chosen(Chosen {
+                    entry: e,
+                    endpoint: p,
+                    issue: None,
+                    token: t,
+                });
+            }
             match self
                 .failover(cfg, &t, &backend, &identity(backends, e, p))
                 .await
@@ -234,6 +249,9 @@ impl Sessions {
         let Some((e, p)) = fresh(backends, &from) else {
             return;
         };
+        if self.local_failover {
+            return;
+        }
         let to = identity(backends, e, p);
         let (me, cfg, t) = (self.clone(), cfg.clone(), chosen.token.clone());
         tokio::spawn(async move {
