@@ -133,6 +133,9 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
          \x20 curl -s -H 'Host: app.demo.example' {url}/app/hello            # JSON from app-v1 (90%) or app-v2 (10%); note the x-gw-demo header\n\
          \x20 for i in $(seq 100); do curl -s -H 'Host: app.demo.example' {url}/app | grep -o '\"pod\":\"[^\"]*\"'; done | sort | uniq -c   # the 90/10 split\n\
          \x20 curl -si -H 'Host: app.demo.example' {url}/elsewhere | head -1   # 404: no rule matches\n\
+         \x20 c=$(curl -si -H 'Host: app.demo.example' {url}/sticky | sed -n 's/^set-cookie: \\([^;]*\\).*/\\1/Ip')   # a session cookie\n\
+         \x20 for i in $(seq 10); do curl -s -H 'Host: app.demo.example' -H \"Cookie: $c\" {url}/sticky | grep -o '\"pod\":\"[^\"]*\"'; done | uniq -c   # one backend\n\
+         \x20 GW_SERVER={store_addr} gwadm affinity ls                       # the replicated session table\n\
          \x20 GW_SERVER={store_addr} gwadm get httproutes -A                  # the route and its status\n\
          \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\n\
          Press Ctrl-C to stop.",
