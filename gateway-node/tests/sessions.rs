@@ -124,6 +124,23 @@ async fn setup(rules: &str, processes: bool) -> Env {
     env
 }
 
+/// Waits until both nodes serve the revision of an apply (gwadm's last line: "revision N").
+async fn served_by_both(env: &Env, apply_output: &str) {
+    let rev: u64 = apply_output
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("revision "))
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {apply_output:?}"));
+    for n in &env.nodes {
+        eventually("the node serves the change", || async {
+            let r = get(n.admin, "admin", "/status", &[]).await.unwrap();
+            r.json()["revisionServed"].as_u64() >= Some(rev)
+        })
+        .await;
+    }
+}
+
 /// The session cookie a response set (`name=value`).
 fn cookie(r: &Resp) -> String {
     r.header("set-cookie")
@@ -254,14 +271,14 @@ async fn a_removed_backend_fails_over_once_and_weight_zero_keeps_sessions() {
     .await;
 
     // Remove the backend from its EndpointSlice; wait until both nodes see it gone.
-    apply(
+    let out = apply(
         &s,
         &env.store.dir,
         &format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {backend}, namespace: web, labels: {{kubernetes.io/service-name: {backend}}}}}\naddressType: IPv4\nports: [{{name: http, port: 1}}]\nendpoints: []\n"
         ),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    served_by_both(&env, &out).await;
     // Concurrent requests on both nodes: one replacement, the same for all.
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -301,12 +318,12 @@ async fn a_removed_backend_fails_over_once_and_weight_zero_keeps_sessions() {
     let idx = PODS.iter().position(|p| *p == kept).unwrap();
     let mut weights = [1, 1, 1, 1];
     weights[idx] = 0;
-    apply(
+    let out = apply(
         &s,
         &env.store.dir,
         &route(&rule("/c", "{sessionName: gw-sess}", weights)),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    served_by_both(&env, &out).await;
     for i in 0..10 {
         assert_eq!(pod(&with_cookie(&env, i % 2, "/c", &c2).await), kept);
     }
@@ -333,11 +350,14 @@ async fn idle_sessions_expire_by_committed_time() {
         assert_eq!(pod(&r), backend, "active session, second {}", i + 1);
         assert!(r.header("set-cookie").is_none());
     }
-    // Idle for 3 s: the session expired; the next request gets a new binding.
+    // Idle for 3 s: the cluster expires the session (the leader sweeps every 250 ms; polling the
+    // table is not activity); the next request, on either node, gets a new binding.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = env.s();
-    let listed = String::from_utf8_lossy(&gwadm(&s, &["affinity", "ls"]).stdout).into_owned();
-    assert!(listed.contains("expired"), "{listed}");
+    eventually("the store expired the idle session", || async {
+        String::from_utf8_lossy(&gwadm(&s, &["affinity", "ls"]).stdout).contains("expired")
+    })
+    .await;
     for on in 0..2 {
         let r = with_cookie(&env, on, "/c", &c).await;
         assert!(
@@ -397,5 +417,35 @@ async fn a_failing_backend_fails_over_once() {
         "one replacement for both nodes: {answers:?}"
     );
     assert!(!answers.contains(&backend), "{answers:?}");
+    drop(env.nodes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_absolute_timeout_ends_even_an_active_session() {
+    let absolute = rule(
+        "/c",
+        "{sessionName: gw-sess, absoluteTimeout: 3s}",
+        [1, 1, 1, 1],
+    );
+    let env = setup(&absolute, false).await;
+    let started = std::time::Instant::now();
+    let (backend, c) = start(&env, 0, "/c").await;
+    // Active every 500 ms: bound until the absolute timeout (counted from the session's first
+    // committed activity, which is after `started`), then a new session.
+    let mut renewed = None;
+    for i in 0..16 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = with_cookie(&env, i % 2, "/c", &c).await;
+        if r.header("set-cookie").is_some() {
+            renewed = Some(started.elapsed());
+            break;
+        }
+        assert_eq!(pod(&r), backend, "bound while the session lives");
+    }
+    let after = renewed.expect("the session ended while it was being used");
+    assert!(
+        after >= Duration::from_secs(3),
+        "a session lives its absolute timeout: ended after {after:?}"
+    );
     drop(env.nodes);
 }
