@@ -1,10 +1,9 @@
-//! Session expiry, enforced by the cluster: while this member leads, it looks for session entries that
-//! are due (idle or absolute timeout passed) or purgeable, and proposes their expiry. The state machine
-//! decides again at committed time, so a touch that commits first keeps the session alive.
+//! Session expiry, enforced by the cluster: while this member leads, it takes the session entries that
+//! are due (idle or absolute timeout passed) or purgeable from the state's sweep index, and proposes
+//! their expiry. The state machine decides again at committed time, so a touch that commits first
+//! keeps the session alive.
 
 use crate::node::{Node, now_ms};
-use gw_model::affinity::{KIND, SessionEntry};
-use gw_model::kinds::GW_GROUP;
 use gw_store::types::{Op, Txn};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,16 +24,9 @@ pub async fn run(node: Arc<Node>) {
         let now = now_ms();
         let due: Vec<Op> = node.store.read(|a| {
             a.state
-                .list(GW_GROUP, KIND, "")
-                .filter_map(|(_, o)| SessionEntry::from_object(o))
-                .filter(|e| {
-                    e.status.purgeable(&e.spec, now) || (!e.expired() && e.status.due(&e.spec, now))
-                })
-                .take(SWEEP_BATCH)
-                .map(|e| Op::SessionExpire {
-                    key: e.key(),
-                    evict: false,
-                })
+                .sessions_to_sweep(now, SWEEP_BATCH)
+                .into_iter()
+                .map(|key| Op::SessionExpire { key, evict: false })
                 .collect()
         });
         if due.is_empty() {

@@ -153,16 +153,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let (affinity_tx, affinity_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let affinity_health = Arc::new(WatchHealth::default());
     tokio::spawn(watcher::run(
         client.clone(),
         Snapshot::default(),
         watcher::kinds(true),
         affinity_tx,
-        Arc::new(WatchHealth::default()),
+        affinity_health.clone(),
         started,
     ));
     let sessions = Arc::new(Sessions::new(
-        affinity_rx,
+        (affinity_rx, affinity_health, started),
         client.clone(),
         cfg.unsafe_local_failover,
     ));

@@ -429,24 +429,59 @@ async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
     })
 }
 
-/// The replicated affinity table, read from a store member after healing.
-pub async fn table(ch: &tonic::transport::Channel) -> Result<Vec<SessionEntry>, tonic::Status> {
-    let resp = pb::config_client::ConfigClient::new(ch.clone())
-        .max_decoding_message_size(256 << 20)
-        .list(pb::ListRequest {
+/// Every session the replicated affinity table ever held, each as its last committed version (for a
+/// purged one: as it was when purged), read from a store member after healing by watching the table
+/// from revision 0 up to `upto` (the runs keep the whole history).
+pub async fn table_history(
+    ch: &tonic::transport::Channel,
+    upto: u64,
+) -> Result<Vec<SessionEntry>, String> {
+    let req = pb::WatchRequest {
+        after_revision: Some(0),
+        kinds: vec![pb::ObjectRef {
             group: gw_model::kinds::GW_GROUP.into(),
             kind: gw_model::affinity::KIND.into(),
             namespace: String::new(),
-            options: None,
-        })
-        .await?
+            name: String::new(),
+        }],
+        namespace: String::new(),
+        bookmark_interval_ms: 500,
+    };
+    let mut stream = pb::config_client::ConfigClient::new(ch.clone())
+        .max_decoding_message_size(256 << 20)
+        .watch(req)
+        .await
+        .map_err(|e| e.to_string())?
         .into_inner();
-    Ok(resp
-        .objects_json
-        .iter()
-        .filter_map(|o| serde_json::from_str::<Value>(o).ok())
-        .filter_map(|o| SessionEntry::from_object(&o))
-        .collect())
+    let mut last: BTreeMap<String, SessionEntry> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut revision = 0;
+    while revision < upto {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .map_err(|_| format!("the table's history did not reach revision {upto}"))?
+            .map_err(|e| e.to_string())?
+            .ok_or("the table's watch ended")?;
+        match msg.body {
+            Some(pb::watch_response::Body::Events(r)) => {
+                revision = r.revision;
+                for e in r.events {
+                    let entry = serde_json::from_str::<Value>(&e.object_json)
+                        .ok()
+                        .and_then(|o| SessionEntry::from_object(&o));
+                    if let Some(entry) = entry {
+                        last.insert(entry.id.clone(), entry);
+                    }
+                }
+            }
+            Some(pb::watch_response::Body::Bookmark(b)) => revision = revision.max(b.revision),
+            Some(pb::watch_response::Body::Snapshot(_)) => {
+                return Err("the table's history was compacted: raise --history-revisions".into());
+            }
+            None => {}
+        }
+    }
+    Ok(last.into_values().collect())
 }
 
 /// The pod behind a backend identity (`upstream|pod|ip:port`).

@@ -299,29 +299,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         f.heal()?;
         // Let the nodes' last activity batches and failovers reach the store.
         tokio::time::sleep(crate::affinity::SETTLE).await;
-        let mut table = Err(tonic::Status::unavailable("not read"));
-        for attempt in 0..20 {
-            if leader.is_err() || Instant::now() >= final_deadline {
-                break;
-            }
-            table = affinity::table(&ctx.chans[attempt % ctx.chans.len()].1).await;
-            if table.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        affinity_verdict = Some(match table {
-            Ok(t) => affinity::check(
-                &crate::history::pair(&rec.events()),
-                &t,
-                args.affinity_allowance_ms,
-            ),
-            Err(e) => Verdict {
-                valid: Validity::Unknown,
-                ops: 0,
-                details: json!({"why": format!("the affinity table could not be read: {e}")}),
-            },
-        });
     }
     let healed = match &leader {
         Err(e) => Verdict {
@@ -341,6 +318,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         },
     };
     let (convergence, final_revision) = converge(&cluster).await;
+    if fleet.is_some() {
+        let history = match &leader {
+            Ok(id) => {
+                let i = ctx.chans.iter().position(|(n, _)| n == id).unwrap_or(0);
+                affinity::table_history(&ctx.chans[i].1, final_revision).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        affinity_verdict = Some(match history {
+            Ok(t) => affinity::check(
+                &crate::history::pair(&rec.events()),
+                &t,
+                args.affinity_allowance_ms,
+            ),
+            Err(e) => Verdict {
+                valid: Validity::Unknown,
+                ops: 0,
+                details: json!({"why": format!("the affinity table's history could not be read: {e}")}),
+            },
+        });
+    }
     stop_at.store(final_revision.max(1), std::sync::atomic::Ordering::Relaxed);
     let mut collected = Vec::new();
     for c in collectors {

@@ -64,20 +64,33 @@ impl SessionStatus {
         }
     }
 
-    /// Whether a live session has passed its idle or absolute timeout at `now`.
-    pub fn due(&self, spec: &SessionSpec, now: u64) -> bool {
+    /// When a live session passes its idle or absolute timeout (`None`: it has neither).
+    fn due_at(&self, spec: &SessionSpec) -> Option<u64> {
         let idle = spec
             .idle_timeout_ms
-            .is_some_and(|t| now.saturating_sub(self.last_active_ms) > t);
+            .map(|t| self.last_active_ms.saturating_add(t).saturating_add(1));
         let absolute = spec
             .absolute_timeout_ms
-            .is_some_and(|t| now.saturating_sub(self.created_ms) > t);
-        idle || absolute
+            .map(|t| self.created_ms.saturating_add(t).saturating_add(1));
+        idle.into_iter().chain(absolute).min()
+    }
+
+    /// Whether a live session has passed its idle or absolute timeout at `now`.
+    pub fn due(&self, spec: &SessionSpec, now: u64) -> bool {
+        self.due_at(spec).is_some_and(|d| now >= d)
     }
 
     /// Whether an expired entry may be deleted: its token can no longer create it again.
     pub fn purgeable(&self, spec: &SessionSpec, now: u64) -> bool {
         self.expired_ms.is_some() && now >= spec.issued_ms.saturating_add(CREATE_WINDOW_MS)
+    }
+
+    /// When the sweeper next has something to do with this entry: expire it, or purge it.
+    pub fn sweep_at(&self, spec: &SessionSpec) -> Option<u64> {
+        match self.expired_ms {
+            Some(_) => Some(spec.issued_ms.saturating_add(CREATE_WINDOW_MS)),
+            None => self.due_at(spec),
+        }
     }
 }
 
@@ -159,6 +172,18 @@ mod tests {
             "the absolute timeout counts from creation"
         );
         assert!(!SessionStatus::new(0).due(&spec(None, None), u64::MAX));
+        assert_eq!(SessionStatus::new(0).sweep_at(&spec(None, None)), None);
+    }
+
+    #[test]
+    fn the_sweep_time_is_when_an_entry_becomes_due_or_purgeable() {
+        let s = spec(Some(2_000), Some(10_000));
+        let mut st = SessionStatus::new(1_000);
+        assert_eq!(st.sweep_at(&s), Some(3_001));
+        assert!(!st.due(&s, 3_000) && st.due(&s, 3_001));
+        st.expired_ms = Some(3_001);
+        assert_eq!(st.sweep_at(&s), Some(1_000 + CREATE_WINDOW_MS));
+        assert!(st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 use crate::session;
 use crate::types::{Action, Op, OpResult, Txn, TxnError, TxnOutcome};
 use gw_model::ObjectKey;
+use gw_model::affinity::{self, SessionEntry};
+use gw_model::kinds::GW_GROUP;
 use gw_model::kinds::default_status;
 use gw_model::meta::rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +53,10 @@ pub struct State {
     history: VecDeque<Arc<RevisionEvents>>,
     compact_revision: u64,
     history_limit: usize,
+    /// Session affinity entries by when the sweeper next has to look at them (derived from the
+    /// objects: maintained as they change, rebuilt from a snapshot).
+    session_sweeps: BTreeSet<(u64, ObjectKey)>,
+    session_sweep_at: HashMap<ObjectKey, u64>,
 }
 
 /// The serialized form of the state in a Raft snapshot: the objects and the watch history, so that a
@@ -105,6 +111,35 @@ impl State {
             history: VecDeque::new(),
             compact_revision: 0,
             history_limit: history_limit.max(1),
+            session_sweeps: BTreeSet::new(),
+            session_sweep_at: HashMap::new(),
+        }
+    }
+
+    /// Up to `limit` session entries due for expiry or purge at `now`, soonest first.
+    pub fn sessions_to_sweep(&self, now: u64, limit: usize) -> Vec<ObjectKey> {
+        self.session_sweeps
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Keeps the sweep index in step with a session entry (`None`: deleted).
+    fn index_session(&mut self, key: &ObjectKey, obj: Option<&Value>) {
+        if key.group != GW_GROUP || key.kind != affinity::KIND {
+            return;
+        }
+        if let Some(old) = self.session_sweep_at.remove(key) {
+            self.session_sweeps.remove(&(old, key.clone()));
+        }
+        let at = obj
+            .and_then(SessionEntry::from_object)
+            .and_then(|e| e.status.sweep_at(&e.spec));
+        if let Some(at) = at {
+            self.session_sweep_at.insert(key.clone(), at);
+            self.session_sweeps.insert((at, key.clone()));
         }
     }
 
@@ -215,9 +250,11 @@ impl State {
             match e.kind {
                 EventKind::Put => {
                     self.objects.insert(e.key.clone(), e.object.clone());
+                    self.index_session(&e.key, Some(&e.object));
                 }
                 EventKind::Delete => {
                     self.objects.remove(&e.key);
+                    self.index_session(&e.key, None);
                 }
             }
         }
@@ -424,6 +461,11 @@ impl State {
         }
         self.revision = body.revision;
         self.time_ms = body.time_ms;
+        self.session_sweeps.clear();
+        self.session_sweep_at.clear();
+        for (k, o) in &objects {
+            self.index_session(k, Some(o));
+        }
         self.objects = objects;
         self.history = body.history.into();
         self.compact_revision = body.compact_revision;

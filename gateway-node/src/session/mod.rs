@@ -14,8 +14,9 @@ pub mod token;
 
 use crate::compile::Snapshot;
 use crate::node::now_ms;
-use crate::store_client::Client;
+use crate::store_client::{Client, ClientError};
 use crate::table::{BackendTarget, Backends};
+use crate::watcher::WatchHealth;
 use arc_swap::ArcSwapOption;
 use gw_model::ObjectKey;
 use gw_model::affinity::{self, SessionEntry};
@@ -23,8 +24,9 @@ use gw_proto as pb;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use token::{Keys, Token};
 use tokio::sync::watch;
 
@@ -35,6 +37,13 @@ pub const DEFAULT_NAME: &str = "gw-session";
 const GRACE_MS: u64 = affinity::CREATE_WINDOW_MS / 2;
 /// How often activity is sent to the store.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// The affinity view is followed only while its watch has spoken this recently (bookmarks come every
+/// 500 ms; a member cut off from the cluster ends its watches). Past it, a session's entry is read
+/// from the store (linearizably) before the session is followed.
+const FRESH_MS: u64 = 1_500;
+/// Each store call on a request's path gives a member this long before trying the next (a paused
+/// member accepts connections and never answers).
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How the token travels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,8 +136,10 @@ enum Binding {
 
 pub struct Sessions {
     keys: ArcSwapOption<Keys>,
-    /// The replicated affinity table, as this node has it.
+    /// The replicated affinity table, as this node has it, and how recently its watch spoke.
     view: watch::Receiver<Arc<Snapshot>>,
+    view_health: Arc<WatchHealth>,
+    started: Instant,
     /// Activity (and new sessions) not yet sent to the store.
     pending: Mutex<HashMap<ObjectKey, pb::Session>>,
     client: Arc<Client>,
@@ -138,13 +149,16 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(
-        view: watch::Receiver<Arc<Snapshot>>,
+        view: (watch::Receiver<Arc<Snapshot>>, Arc<WatchHealth>, Instant),
         client: Arc<Client>,
         local_failover: bool,
     ) -> Sessions {
+        let (view, view_health, started) = view;
         Sessions {
             keys: ArcSwapOption::empty(),
             view,
+            view_health,
+            started,
             pending: Mutex::new(HashMap::new()),
             client,
             local_failover,
@@ -170,7 +184,7 @@ impl Sessions {
             .and_then(|t| keys.verify(t))
             .filter(|t| t.scope == cfg.scope);
         if let Some(t) = token
-            && let Binding::Bound(backend) = self.binding(cfg, &t)
+            && let Binding::Bound(backend) = self.binding(cfg, &t).await
         {
             if let Some((entry, endpoint)) = find(backends, &backend) {
                 self.touch(cfg, &t);
@@ -261,14 +275,28 @@ impl Sessions {
         });
     }
 
-    fn binding(&self, cfg: &SessionConfig, t: &Token) -> Binding {
+    async fn binding(&self, cfg: &SessionConfig, t: &Token) -> Binding {
         let key = affinity::key(&cfg.namespace, &t.session);
-        let stored = self
-            .view
-            .borrow()
-            .objects
-            .get(&key)
-            .and_then(|o| SessionEntry::from_object(o));
+        let from_view = || {
+            self.view
+                .borrow()
+                .objects
+                .get(&key)
+                .and_then(|o| SessionEntry::from_object(o))
+        };
+        let stored = if self.view_fresh() {
+            from_view()
+        } else {
+            // A stale view (its watch broke, the node just started) may miss a failover or an
+            // expiry: ask the store. If no member answers, the view is all there is.
+            match self.read_entry(&key).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session entry unreadable; following the local view");
+                    from_view()
+                }
+            }
+        };
         match stored {
             Some(e) if e.expired() || e.spec.scope != t.scope => Binding::Gone,
             Some(e) => Binding::Bound(e.spec.backend),
@@ -282,6 +310,40 @@ impl Sessions {
                     Binding::Gone
                 }
             }
+        }
+    }
+
+    fn view_fresh(&self) -> bool {
+        let contact = self.view_health.last_contact_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        contact > 0 && now.saturating_sub(contact) <= FRESH_MS
+    }
+
+    /// A session's entry, read linearizably from the store (`None`: it has none).
+    async fn read_entry(&self, key: &ObjectKey) -> Result<Option<SessionEntry>, String> {
+        let target = pb::ObjectRef {
+            group: key.group.clone(),
+            kind: key.kind.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        };
+        let res = self
+            .client
+            .call(|c| {
+                let mut req = tonic::Request::new(pb::GetRequest {
+                    target: Some(target.clone()),
+                    options: None,
+                });
+                req.set_timeout(CALL_TIMEOUT);
+                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        match res {
+            Ok((r, _)) => Ok(serde_json::from_str(&r.object_json)
+                .ok()
+                .and_then(|o| SessionEntry::from_object(&o))),
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -318,7 +380,8 @@ impl Sessions {
         let (resp, _) = self
             .client
             .call(|c| {
-                let req = req.clone();
+                let mut req = tonic::Request::new(req.clone());
+                req.set_timeout(CALL_TIMEOUT * 2);
                 async move {
                     pb::affinity_client::AffinityClient::new(c)
                         .failover(req)
@@ -353,7 +416,8 @@ impl Sessions {
             let sent = self
                 .client
                 .call(|c| {
-                    let req = req.clone();
+                    let mut req = tonic::Request::new(req.clone());
+                    req.set_timeout(CALL_TIMEOUT * 4);
                     async move { pb::affinity_client::AffinityClient::new(c).touch(req).await }
                 })
                 .await;

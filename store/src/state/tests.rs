@@ -334,3 +334,48 @@ fn preview_changes_nothing() {
     assert_eq!(s.hash(), before);
     assert!(s.preview(&txn(vec![put_op("a", "2", Some(9))])).is_err());
 }
+
+#[test]
+fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
+    let k = affinity::key("d", "s1");
+    let at = |s: &mut State, time_ms: u64, op: Op| {
+        s.apply_txn(&Txn {
+            time_ms,
+            ops: vec![op],
+        })
+        .0
+    };
+    let spec = gw_model::affinity::SessionSpec {
+        scope: "HTTPRoute/d/r/rules/0".into(),
+        backend: "b".into(),
+        issued_ms: 1_000,
+        idle_timeout_ms: Some(2_000),
+        absolute_timeout_ms: None,
+    };
+    let mut s = State::new(100);
+    let touch = Op::SessionTouch {
+        key: k.clone(),
+        spec,
+        uid: "u".into(),
+    };
+    at(&mut s, 1_000, touch.clone()).unwrap();
+    assert!(s.sessions_to_sweep(3_000, 10).is_empty());
+    assert_eq!(s.sessions_to_sweep(3_001, 10), vec![k.clone()]);
+    // Activity moves the deadline.
+    at(&mut s, 2_500, touch).unwrap();
+    assert!(s.sessions_to_sweep(3_001, 10).is_empty());
+    // Expired: next due when purgeable; purged: gone.
+    let expire = Op::SessionExpire {
+        key: k.clone(),
+        evict: false,
+    };
+    at(&mut s, 4_501, expire.clone()).unwrap();
+    let purge_at = 1_000 + affinity::CREATE_WINDOW_MS;
+    assert!(s.sessions_to_sweep(purge_at - 1, 10).is_empty());
+    let mut restored = State::new(100);
+    restored.install_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(restored.sessions_to_sweep(purge_at, 10), vec![k.clone()]);
+    at(&mut s, purge_at, expire).unwrap();
+    assert!(s.get(&k).is_none());
+    assert!(s.sessions_to_sweep(u64::MAX, 10).is_empty());
+}
