@@ -40,12 +40,14 @@ pub struct ServerConfig {
     #[arg(long, default_value = "")]
     pub region: String,
 
-    /// Raft heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    /// Raft heartbeat interval, in milliseconds. openraft 0.9 also uses it as the timeout of every
+    /// AppendEntries call, which includes the follower's durable append (flush + fdatasync): it must
+    /// stay well above the disk's sync latency under load, or replication stalls.
+    #[arg(long, default_value_t = 250)]
     pub heartbeat_ms: u64,
 
     /// Minimum election timeout, in milliseconds (the maximum is twice this).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1500)]
     pub election_timeout_ms: u64,
 
     /// Build a snapshot after this many log entries since the last one.
@@ -161,7 +163,8 @@ impl ServerConfig {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
-            max_payload_entries: 1000,
+            // Bounded AppendEntries payloads: each call (and its sync) has one heartbeat to finish.
+            max_payload_entries: 64,
             ..Default::default()
         }
     }

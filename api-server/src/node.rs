@@ -204,22 +204,6 @@ impl Node {
             .map_err(|e| ApiError::Unavailable(format!("waiting to apply read index {index}: {e}")))
     }
 
-    /// Whether this member sees new commits: a leader that a quorum acknowledged within two election
-    /// timeouts, or a follower or learner that knows a leader (a follower cut off from the leader
-    /// starts an election and forgets it).
-    pub fn in_contact(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let limit = self.config.election_timeout_ms * 2;
-        match m.state {
-            openraft::ServerState::Leader => m.millis_since_quorum_ack.is_none_or(|ms| ms <= limit),
-            openraft::ServerState::Follower | openraft::ServerState::Learner => {
-                m.current_leader.is_some()
-            }
-            openraft::ServerState::Candidate | openraft::ServerState::Shutdown => false,
-        }
-    }
-
     /// This member's own report.
     pub fn member_status(&self) -> pb::MemberStatus {
         let m = self.raft.metrics().borrow().clone();

@@ -359,14 +359,12 @@ impl pb::config_server::Config for ConfigService {
             ms => Duration::from_millis(u64::from(ms)),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let node = self.node.clone();
         tokio::spawn(watch::run(
+            self.node.clone(),
             tx,
-            self.node.store.clone(),
             filter,
             req.after_revision,
             bookmark,
-            move || node.in_contact(),
         ));
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as Self::WatchStream

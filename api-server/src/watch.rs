@@ -4,10 +4,12 @@
 //! member all get an explicit snapshot marked `compacted`, never a silent skip.
 
 use crate::errors::object_ref;
+use crate::node::Node;
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use gw_store::state::{EventKind, RevisionEvents};
 use gw_store::storage::{HubMsg, StoreHandle};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
@@ -119,17 +121,15 @@ async fn catch_up(tx: &Tx, store: &StoreHandle, filter: &Filter, last_sent: u64)
     }
 }
 
-/// Runs a watch until the client goes away, or until this member loses contact with the cluster
-/// (`in_contact`, checked at every bookmark): then the stream ends with UNAVAILABLE, so that the
-/// client resumes on a member that still sees new commits instead of idling on a stale one.
-pub async fn run(
-    tx: Tx,
-    store: StoreHandle,
-    filter: Filter,
-    after: Option<u64>,
-    bookmark: Duration,
-    in_contact: impl Fn() -> bool + Send + 'static,
-) {
+/// Runs a watch until the client goes away. A bookmark is a promise that the watcher has been sent
+/// everything committed until then: it is sent only after this member has confirmed that it is
+/// current (a ReadIndex barrier). A member that cannot confirm it for `2 × election timeout` (cut
+/// off from the cluster) ends the stream with UNAVAILABLE, so that the client resumes on a member
+/// that sees new commits instead of idling on a stale one.
+pub async fn run(node: Arc<Node>, tx: Tx, filter: Filter, after: Option<u64>, bookmark: Duration) {
+    let store = node.store.clone();
+    let give_up = Duration::from_millis(node.config.election_timeout_ms * 2);
+    let mut unconfirmed_since: Option<tokio::time::Instant> = None;
     // Subscribe before reading the state: every revision applied after the read is then delivered.
     let mut rx = store.subscribe();
     let start = match after {
@@ -143,11 +143,16 @@ pub async fn run(
         let next = tokio::select! {
             msg = rx.recv() => msg,
             _ = ticker.tick() => {
-                if !in_contact() {
-                    let why = "this member lost contact with the cluster; resume the watch on another member";
-                    let _ = tx.send(Err(Status::unavailable(why))).await;
-                    return;
+                if !matches!(tokio::time::timeout(bookmark, node.read_barrier()).await, Ok(Ok(()))) {
+                    let since = *unconfirmed_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= give_up {
+                        let why = "this member lost contact with the cluster; resume the watch on another member";
+                        let _ = tx.send(Err(Status::unavailable(why))).await;
+                        return;
+                    }
+                    continue;
                 }
+                unconfirmed_since = None;
                 let bm = pb::Bookmark { revision: last_sent };
                 if tx.send(wrap(pb::watch_response::Body::Bookmark(bm))).await.is_err() {
                     return;

@@ -196,6 +196,9 @@ pub struct WatchHealth {
     pub seen: AtomicU64,
     /// Milliseconds (since the node started) of the last message from the store; 0: never.
     pub last_contact_ms: AtomicU64,
+    /// Milliseconds (since the node started) of the last bookmark: the store sends one only when the
+    /// member has confirmed that the watcher has everything committed until then; 0: never.
+    pub last_bookmark_ms: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
 }
 
@@ -253,10 +256,12 @@ pub async fn run(
                 Ok(Ok(Some(msg))) => msg,
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
             };
-            health
-                .last_contact_ms
-                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let now = started.elapsed().as_millis() as u64;
+            health.last_contact_ms.store(now, Ordering::Relaxed);
             let Some(body) = msg.body else { continue };
+            if matches!(body, pb::watch_response::Body::Bookmark(_)) {
+                health.last_bookmark_ms.store(now, Ordering::Relaxed);
+            }
             match m.feed(body) {
                 Step::Nothing => {}
                 Step::Publish => {

@@ -166,7 +166,7 @@ impl Fleet {
             store,
             rec,
         };
-        fleet.apply(&yaml)?;
+        fleet.apply(&yaml).await?;
         for (g, addr) in fleet.addrs.iter().enumerate() {
             let mut p = Proc {
                 program: bin("gw-node"),
@@ -217,13 +217,14 @@ impl Fleet {
         self.backends.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+    async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         let f = self.dir.join(format!("apply-{}.yaml", free_port()));
         std::fs::write(&f, yaml)?;
-        let o = Command::new(bin("gwadm"))
+        let o = tokio::process::Command::new(bin("gwadm"))
             .args(["--server", &self.store, "--retry-for", "30", "apply", "-f"])
             .arg(&f)
-            .output()?;
+            .output()
+            .await?;
         anyhow::ensure!(
             o.status.success(),
             "gwadm apply: {}",
@@ -258,7 +259,7 @@ impl Fleet {
                 json!([target]),
             ));
             let took = match what {
-                "backend-remove" => self.apply(&slice(i, None)).is_ok(),
+                "backend-remove" => self.apply(&slice(i, None)).await.is_ok(),
                 "backend-kill" => {
                     self.lock_backends()[i].kill();
                     true
@@ -271,7 +272,10 @@ impl Fleet {
             };
             tokio::time::sleep(hold).await;
             let healed = match what {
-                "backend-remove" => self.apply(&slice(i, Some(self.backend_addrs[i]))).is_ok(),
+                "backend-remove" => self
+                    .apply(&slice(i, Some(self.backend_addrs[i])))
+                    .await
+                    .is_ok(),
                 "backend-kill" => self.lock_backends()[i].spawn().is_ok(),
                 _ => {
                     let g: usize = target.trim_start_matches("gateway-").parse().unwrap_or(0);
@@ -349,7 +353,7 @@ impl Fleet {
     }
 
     /// Restores everything (processes and EndpointSlices) after the run.
-    pub fn heal(&self) -> anyhow::Result<()> {
+    pub async fn heal(&self) -> anyhow::Result<()> {
         for p in self.lock_backends().iter_mut() {
             if p.child.is_none() {
                 p.spawn()?;
@@ -363,7 +367,7 @@ impl Fleet {
         let all: String = (0..BACKENDS)
             .map(|i| slice(i, Some(self.backend_addrs[i])))
             .collect();
-        self.apply(&all)
+        self.apply(&all).await
     }
 }
 

@@ -37,10 +37,10 @@ pub const DEFAULT_NAME: &str = "gw-session";
 const GRACE_MS: u64 = affinity::CREATE_WINDOW_MS / 2;
 /// How often activity is sent to the store.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// The affinity view is followed only while its watch has spoken this recently (bookmarks come every
-/// 500 ms; a member cut off from the cluster ends its watches). Past it, a session's entry is read
-/// from the store (linearizably) before the session is followed.
-const FRESH_MS: u64 = 1_500;
+/// The affinity view is followed only while its watch has had a bookmark this recently (one comes
+/// every 500 ms, each sent only once the member has confirmed it is current). Past it, a session's
+/// entry is read from the store (linearizably) before the session is followed.
+const FRESH_MS: u64 = 1_000;
 /// Each store call on a request's path gives a member this long before trying the next (a paused
 /// member accepts connections and never answers).
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -314,7 +314,7 @@ impl Sessions {
     }
 
     fn view_fresh(&self) -> bool {
-        let contact = self.view_health.last_contact_ms.load(Ordering::Relaxed);
+        let contact = self.view_health.last_bookmark_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         contact > 0 && now.saturating_sub(contact) <= FRESH_MS
     }
