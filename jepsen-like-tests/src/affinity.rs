@@ -488,6 +488,86 @@ pub async fn table_history(
     Ok(last.into_values().collect())
 }
 
+/// When (wall clock) each committed change of a session was first seen on a store watch. The times
+/// in the table are the proposer's clock when the change was proposed; a proposal held up (a leader
+/// cut off, then healed) commits later, so the checker measures a node's lag from when the change was
+/// first visible, not from when it was proposed.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// (session, number of failovers) → first seen with that many.
+    failovers: BTreeMap<(String, usize), u64>,
+    expired: BTreeMap<String, u64>,
+}
+
+/// Watches the affinity table on the store members in turn (resuming after the last revision seen)
+/// until `until`, recording when each failover and expiry was first seen.
+pub async fn observe(chans: Vec<tonic::transport::Channel>, until: Instant) -> Seen {
+    let mut seen = Seen::default();
+    let mut after = 0;
+    let mut member = 0;
+    while Instant::now() < until {
+        let ch = chans[member % chans.len()].clone();
+        member += 1;
+        let req = pb::WatchRequest {
+            after_revision: Some(after),
+            kinds: vec![pb::ObjectRef {
+                group: gw_model::kinds::GW_GROUP.into(),
+                kind: gw_model::affinity::KIND.into(),
+                namespace: String::new(),
+                name: String::new(),
+            }],
+            namespace: String::new(),
+            bookmark_interval_ms: 500,
+        };
+        let opened = tokio::time::timeout(
+            Duration::from_secs(2),
+            pb::config_client::ConfigClient::new(ch)
+                .max_decoding_message_size(256 << 20)
+                .watch(req),
+        )
+        .await;
+        let Ok(Ok(resp)) = opened else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = resp.into_inner();
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_secs(3), stream.message()).await
+        {
+            let objects: Vec<String> = match m.body {
+                Some(pb::watch_response::Body::Events(r)) => {
+                    after = r.revision;
+                    r.events.into_iter().map(|e| e.object_json).collect()
+                }
+                Some(pb::watch_response::Body::Snapshot(c)) => {
+                    if c.done {
+                        after = c.revision;
+                    }
+                    c.objects_json
+                }
+                _ => vec![],
+            };
+            let now = wall_ms();
+            for e in objects
+                .iter()
+                .filter_map(|o| serde_json::from_str::<Value>(o).ok())
+                .filter_map(|o| SessionEntry::from_object(&o))
+            {
+                for n in 1..=e.status.failovers.len() {
+                    seen.failovers.entry((e.id.clone(), n)).or_insert(now);
+                }
+                if e.expired() {
+                    seen.expired.entry(e.id.clone()).or_insert(now);
+                }
+            }
+            if Instant::now() >= until {
+                break;
+            }
+        }
+    }
+    seen
+}
+
 /// The pod behind a backend identity (`upstream|pod|ip:port`).
 fn pod_of(identity: &str) -> &str {
     identity.split('|').nth(1).unwrap_or(identity)
@@ -510,7 +590,10 @@ struct Served {
 ///   at the time — the one bound when the request completed, or one superseded less than `allowance_ms`
 ///   before the request began (a node follows a commit once it has seen it);
 /// - **expiry**: no request begun `allowance_ms` after the session expired was served on it.
-pub fn check(ops: &[Op], entries: &[SessionEntry], allowance_ms: u64) -> Verdict {
+///
+/// "Superseded" and "expired" count from when the change was first seen (`seen`), or, if it never
+/// was, from its committed time.
+pub fn check(ops: &[Op], entries: &[SessionEntry], seen: &Seen, allowance_ms: u64) -> Verdict {
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     let mut served: BTreeMap<String, Vec<Served>> = BTreeMap::new();
     for op in ops.iter().filter(|o| o.invoke.f == "session") {
@@ -546,8 +629,8 @@ pub fn check(ops: &[Op], entries: &[SessionEntry], allowance_ms: u64) -> Verdict
         let Some(first) = origin.get(id) else {
             continue;
         };
-        // The chain of bindings: (pod, committed from).
-        let mut chain: Vec<(String, u64)> = vec![(first.clone(), 0)];
+        // The chain of bindings: (pod, committed from, first seen).
+        let mut chain: Vec<(String, u64, u64)> = vec![(first.clone(), 0, 0)];
         if let Some(e) = entry {
             let mut current = e
                 .status
@@ -561,16 +644,23 @@ pub fn check(ops: &[Op], entries: &[SessionEntry], allowance_ms: u64) -> Verdict
                 if f.from != current {
                     anomalies.push(json!({"session": id, "anomaly": "failover-not-from-the-bound-backend", "bound": current, "failover": f}));
                 }
-                chain.push((pod_of(&f.to).to_string(), f.at_ms));
-                current = &f.to;
                 failovers += 1;
+                let first_seen = seen
+                    .failovers
+                    .get(&(id.clone(), chain.len()))
+                    .copied()
+                    .unwrap_or(f.at_ms);
+                chain.push((pod_of(&f.to).to_string(), f.at_ms, first_seen.max(f.at_ms)));
+                current = &f.to;
             }
         }
-        let expired = entry.and_then(|e| e.status.expired_ms);
+        let expired = entry
+            .and_then(|e| e.status.expired_ms)
+            .map(|x| seen.expired.get(id).copied().unwrap_or(x).max(x));
         for r in requests {
             checked += 1;
-            let ok = chain.iter().enumerate().any(|(j, (pod, from))| {
-                let superseded = chain.get(j + 1).map(|(_, t)| *t);
+            let ok = chain.iter().enumerate().any(|(j, (pod, from, _))| {
+                let superseded = chain.get(j + 1).map(|(_, _, t)| *t);
                 *pod == r.pod
                     && *from <= r.done
                     && superseded.is_none_or(|t| t + allowance_ms > r.invoked)

@@ -214,6 +214,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             async move { f.churn(schedule, seed, until).await },
         ));
     }
+    let observer = fleet.as_ref().map(|_| {
+        let chans = ctx.chans.iter().map(|(_, c)| c.clone()).collect();
+        tokio::spawn(affinity::observe(chans, until + Duration::from_secs(3)))
+    });
     let mut rng = Rng::new(args.seed);
     let schedule = nemesis::Schedule {
         faults: faults.clone(),
@@ -333,10 +337,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             }
             Err(e) => Err(e.to_string()),
         };
+        let seen = match observer {
+            Some(o) => o.await.unwrap_or_default(),
+            None => affinity::Seen::default(),
+        };
         affinity_verdict = Some(match history {
             Ok(t) => affinity::check(
                 &crate::history::pair(&rec.events()),
                 &t,
+                &seen,
                 args.affinity_allowance_ms,
             ),
             Err(e) => Verdict {

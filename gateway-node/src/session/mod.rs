@@ -288,12 +288,14 @@ impl Sessions {
             from_view()
         } else {
             // A stale view (its watch broke, the node just started) may miss a failover or an
-            // expiry: ask the store. If no member answers, the view is all there is.
+            // expiry: ask the store. If the store cannot answer, the binding cannot be confirmed:
+            // another node may have moved the session meanwhile, so it is not followed (agreement
+            // before stickiness) and the client gets a new session.
             match self.read_entry(&key).await {
                 Ok(entry) => entry,
                 Err(e) => {
-                    tracing::warn!(error = %e, "session entry unreadable; following the local view");
-                    from_view()
+                    tracing::warn!(error = %e, "session binding cannot be confirmed; starting a new session");
+                    return Binding::Gone;
                 }
             }
         };
