@@ -5,7 +5,7 @@ use base64::Engine;
 use clap::Subcommand;
 use gw_model::affinity::{KIND, SessionEntry};
 use gw_model::kinds::GW_GROUP;
-use gw_node::session::{key_secret, token};
+use gw_node::session::{store_new_key, token};
 use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::Value;
@@ -253,21 +253,7 @@ async fn rotate_key(client: &Client) -> Result<(), ClientError> {
     let rv = secret["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default();
-    let doc = key_secret(&token::new_key_data(), Some(current), rv);
-    let req = pb::ApplyRequest {
-        documents: vec![pb::Document {
-            json: doc.to_string(),
-            source: "gwadm affinity rotate-key".into(),
-            index: 1,
-        }],
-        dry_run: false,
-    };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let resp = store_new_key(client, Some(current), rv, "gwadm affinity rotate-key").await?;
     println!(
         "session key rotated at revision {} (tokens under the previous key stay valid until the next rotation)",
         resp.revision

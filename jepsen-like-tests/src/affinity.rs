@@ -433,15 +433,10 @@ async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
     })
 }
 
-/// Every session the replicated affinity table ever held, each as its last committed version (for a
-/// purged one: as it was when purged), read from a store member after healing by watching the table
-/// from revision 0 up to `upto` (the runs keep the whole history).
-pub async fn table_history(
-    ch: &tonic::transport::Channel,
-    upto: u64,
-) -> Result<Vec<SessionEntry>, String> {
-    let req = pb::WatchRequest {
-        after_revision: Some(0),
+/// A watch of the affinity table after `after`.
+fn table_watch(after: u64) -> pb::WatchRequest {
+    pb::WatchRequest {
+        after_revision: Some(after),
         kinds: vec![pb::ObjectRef {
             group: gw_model::kinds::GW_GROUP.into(),
             kind: gw_model::affinity::KIND.into(),
@@ -450,10 +445,19 @@ pub async fn table_history(
         }],
         namespace: String::new(),
         bookmark_interval_ms: 500,
-    };
+    }
+}
+
+/// Every session the replicated affinity table ever held, each as its last committed version (for a
+/// purged one: as it was when purged), read from a store member after healing by watching the table
+/// from revision 0 up to `upto` (the runs keep the whole history).
+pub async fn table_history(
+    ch: &tonic::transport::Channel,
+    upto: u64,
+) -> Result<Vec<SessionEntry>, String> {
     let mut stream = pb::config_client::ConfigClient::new(ch.clone())
         .max_decoding_message_size(256 << 20)
-        .watch(req)
+        .watch(table_watch(0))
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
@@ -508,22 +512,11 @@ pub async fn observe(chans: Vec<tonic::transport::Channel>, until: Instant) -> S
     while Instant::now() < until {
         let ch = chans[member % chans.len()].clone();
         member += 1;
-        let req = pb::WatchRequest {
-            after_revision: Some(after),
-            kinds: vec![pb::ObjectRef {
-                group: gw_model::kinds::GW_GROUP.into(),
-                kind: gw_model::affinity::KIND.into(),
-                namespace: String::new(),
-                name: String::new(),
-            }],
-            namespace: String::new(),
-            bookmark_interval_ms: 500,
-        };
         let opened = tokio::time::timeout(
             Duration::from_secs(2),
             pb::config_client::ConfigClient::new(ch)
                 .max_decoding_message_size(256 << 20)
-                .watch(req),
+                .watch(table_watch(after)),
         )
         .await;
         let Ok(Ok(resp)) = opened else {

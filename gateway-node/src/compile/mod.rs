@@ -105,7 +105,11 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
 
     let mut gateways = gateways::collect(&idx, opts, class_accepted);
     let mut upstreams = backends::Upstreams::default();
-    for (key, status, meta) in routes::process(&idx, &mut gateways, &mut upstreams, opts) {
+    let policies = sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms);
+    for (key, status, meta) in routes::process(&idx, &mut gateways, &mut upstreams, opts)
+        .into_iter()
+        .chain(policies)
+    {
         statuses.insert(
             key,
             DesiredStatus {
@@ -122,16 +126,6 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
                 status: gateways::status(g, opts.now_ms),
                 generation: g.meta.generation,
                 uid: g.meta.uid.clone(),
-            },
-        );
-    }
-    for (key, status, meta) in sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms) {
-        statuses.insert(
-            key,
-            DesiredStatus {
-                status,
-                generation: meta.generation,
-                uid: meta.uid,
             },
         );
     }

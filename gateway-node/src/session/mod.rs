@@ -477,38 +477,44 @@ impl Sessions {
     }
 
     async fn create_keys(&self) -> Result<(), String> {
-        let doc = key_secret(&token::new_key_data(), None, "0");
-        let req = pb::ApplyRequest {
-            documents: vec![pb::Document {
-                json: doc.to_string(),
-                source: "gw-node".into(),
-                index: 1,
-            }],
-            dry_run: false,
-        };
-        let res = self
-            .client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).apply(req).await }
-            })
-            .await;
-        match res {
+        match store_new_key(&self.client, None, "0", "gw-node").await {
             Ok(_) => Ok(()),
             // Another node created them first: the watch brings them.
-            Err(e) if e.to_string().contains("conflict") => Ok(()),
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::Aborted => Ok(()),
             Err(e) => Err(e.to_string()),
         }
     }
 }
 
-/// The key Secret as a document: `current` signs, `previous` is still accepted. `resource_version`
-/// "0" creates it only if it does not exist; otherwise it is the version being replaced.
-pub fn key_secret(
-    current: &str,
+/// Writes a new signing key to the store, keeping `previous` (the key it replaces) accepted. With
+/// `resource_version` "0" it only creates the Secret; otherwise it replaces that version of it.
+pub async fn store_new_key(
+    client: &Client,
     previous: Option<&str>,
     resource_version: &str,
-) -> serde_json::Value {
+    source: &str,
+) -> Result<pb::WriteResponse, ClientError> {
+    let doc = key_secret(&token::new_key_data(), previous, resource_version);
+    let req = pb::ApplyRequest {
+        documents: vec![pb::Document {
+            json: doc.to_string(),
+            source: source.into(),
+            index: 1,
+        }],
+        dry_run: false,
+    };
+    let (resp, _) = client
+        .call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    Ok(resp)
+}
+
+/// The key Secret as a document: `current` signs, `previous` is still accepted. `resource_version`
+/// "0" creates it only if it does not exist; otherwise it is the version being replaced.
+fn key_secret(current: &str, previous: Option<&str>, resource_version: &str) -> serde_json::Value {
     let mut data = serde_json::json!({"current": current});
     if let Some(p) = previous {
         data["previous"] = serde_json::json!(p);
