@@ -2,13 +2,15 @@
 //! an `ErrorDetail` in the status details with the structured facts (which document and field, which
 //! object and revisions).
 
+use gw_client::object_ref;
 use gw_model::{DocumentError, ObjectKey};
 use gw_proto as pb;
-use gw_store::types::TxnError;
+use gw_store::types::{Member, NodeId, TxnError};
+use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tonic::{Code, Status};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{}", invalid_message(.0))]
     Invalid(Vec<DocumentError>),
@@ -40,12 +42,17 @@ fn invalid_message(docs: &[DocumentError]) -> String {
     msg
 }
 
-pub fn object_ref(k: &ObjectKey) -> pb::ObjectRef {
-    pb::ObjectRef {
-        group: k.group.clone(),
-        kind: k.kind.clone(),
-        namespace: k.namespace.clone(),
-        name: k.name.clone(),
+impl From<RaftError<NodeId, ClientWriteError<NodeId, Member>>> for ApiError {
+    /// openraft's refusal of a write or membership change: leadership moved (the caller forwards), the
+    /// change itself is not possible now (the message says why), or Raft stopped.
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ApiError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                ApiError::BadRequest(c.to_string())
+            }
+            RaftError::Fatal(f) => ApiError::Unavailable(f.to_string()),
+        }
     }
 }
 

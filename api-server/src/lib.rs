@@ -11,10 +11,11 @@ pub mod sweeper;
 pub mod watch;
 
 use crate::config::ServerConfig;
-use crate::network::{Channels, MAX_MESSAGE_BYTES, NetworkFactory};
+use crate::network::{Channels, NetworkFactory};
 use crate::node::Node;
 use crate::services::{AffinityService, ClusterService, ConfigService, RaftService};
 use anyhow::Context;
+use gw_client::MAX_MESSAGE_BYTES;
 use gw_proto as pb;
 use gw_store::storage::{self, StorageOptions};
 use std::sync::Arc;

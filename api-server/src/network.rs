@@ -2,6 +2,7 @@
 //! messages in a `RaftPayload`) and a cache of one HTTP/2 channel per peer address, shared with request
 //! forwarding.
 
+use gw_client::MAX_MESSAGE_BYTES;
 use gw_proto::RaftPayload;
 use gw_proto::raft_client::RaftClient;
 use gw_store::types::{Member, NodeId, TypeConfig};
@@ -18,10 +19,7 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
-
-/// Largest gRPC message accepted or sent (snapshot chunks, big lists).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+use tonic::transport::Channel;
 
 /// One lazily connected channel per peer address.
 #[derive(Clone, Default)]
@@ -42,14 +40,13 @@ impl Channels {
         }
     }
 
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn get(&self, addr: &str) -> Result<Channel, gw_client::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = gw_client::endpoint(addr)?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .local_address(self.source)

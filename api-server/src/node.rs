@@ -3,14 +3,20 @@
 
 use crate::config::ServerConfig;
 use crate::errors::ApiError;
-use crate::network::{Channels, MAX_MESSAGE_BYTES};
+use crate::network::Channels;
+use gw_client::Client;
 use gw_proto as pb;
 use gw_store::storage::StoreHandle;
 use gw_store::types::{Command, Member, NodeId, Raft, Response, Txn, TxnOutcome};
-use openraft::error::{ClientWriteError, RaftError};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// Marks a request that a member forwarded to the leader, so that it is never forwarded twice.
+const FORWARDED: &str = "x-gw-forwarded";
 
 /// How long a request waits for a leader to be elected before failing as unavailable.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -76,12 +82,10 @@ impl Proposer {
                                 .map(|_| Err(ApiError::Internal("malformed batch result".into())))
                                 .collect(),
                         },
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                            (0..n).map(|_| Err(ApiError::NotLeader)).collect()
+                        Err(e) => {
+                            let e = ApiError::from(e);
+                            (0..n).map(|_| Err(e.clone())).collect()
                         }
-                        Err(e) => (0..n)
-                            .map(|_| Err(ApiError::Unavailable(e.to_string())))
-                            .collect(),
                     };
                     for (w, r) in waiters.into_iter().zip(results) {
                         let _ = w.send(r);
@@ -102,12 +106,7 @@ pub enum Route {
 
 /// The wall clock, read at the edge: it only seeds `Txn::time_ms`; the state machine makes committed time
 /// monotonic.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use gw_client::clock::now_ms;
 
 impl Node {
     /// The current leader, waiting up to `LEADER_WAIT` for one to be elected.
@@ -140,6 +139,58 @@ impl Node {
         } else {
             Route::Leader(id, member)
         })
+    }
+
+    /// Runs a write on the leader: `local` when this member leads, else the request is forwarded (once)
+    /// to the leader with `forward`. While leadership moves it tries again, three times in all.
+    pub async fn on_leader<Req, Resp, L, LF, F, FF>(
+        &self,
+        request: tonic::Request<Req>,
+        local: L,
+        forward: F,
+    ) -> Result<tonic::Response<Resp>, Status>
+    where
+        Req: Clone,
+        L: Fn(Arc<Req>) -> LF,
+        LF: Future<Output = Result<Resp, ApiError>>,
+        F: FnOnce(Channel, tonic::Request<Req>) -> FF,
+        FF: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let req = Arc::new(request.into_inner());
+        let mut result = Err(ApiError::NoLeader);
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match self.route().await {
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+                Ok(Route::Local) => {
+                    result = local(req.clone()).await;
+                    if !matches!(result, Err(ApiError::NotLeader)) {
+                        break;
+                    }
+                }
+                Ok(Route::Leader(_, member)) => {
+                    if forwarded {
+                        result = Err(ApiError::NotLeader);
+                        break;
+                    }
+                    let channel = self
+                        .channels
+                        .get(&member.addr)
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    let mut fwd = tonic::Request::new(Arc::unwrap_or_clone(req));
+                    fwd.metadata_mut()
+                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    return forward(channel, fwd).await;
+                }
+            }
+        }
+        result.map(tonic::Response::new).map_err(Status::from)
     }
 
     /// Proposes a transaction on this member, which must be the leader. `NotLeader` means leadership
@@ -184,8 +235,7 @@ impl Node {
             .channels
             .get(&member.addr)
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let mut client = pb::cluster_client::ClusterClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = Client::cluster(channel);
         let mut req = tonic::Request::new(pb::ReadIndexRequest {});
         req.set_timeout(READ_INDEX_WAIT);
         let index = client

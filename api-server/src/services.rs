@@ -1,17 +1,14 @@
 //! The gRPC services of a member: Config (objects and watch), Cluster (status and membership) and
 //! Raft (the transport's server side).
 
-use crate::errors::{ApiError, object_ref};
-use crate::network::MAX_MESSAGE_BYTES;
-use crate::node::{Node, Route, now_ms};
+use crate::errors::ApiError;
+use crate::node::{Node, now_ms};
 use crate::watch;
+use gw_client::{Client, object_ref};
 use gw_model::affinity::SessionSpec;
 use gw_model::kinds::{self, KindInfo};
 use gw_model::{Document, ObjectKey, admit};
 use gw_proto as pb;
-use gw_proto::affinity_client::AffinityClient;
-use gw_proto::cluster_client::ClusterClient;
-use gw_proto::config_client::ConfigClient;
 use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
 use openraft::ChangeMembers;
 use serde_json::Value;
@@ -22,54 +19,6 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-
-/// Marks a request that a member forwarded to the leader, so that it is never forwarded twice.
-const FORWARDED: &str = "x-gw-forwarded";
-
-/// Runs a write on the leader: locally if this member leads, else forwarded once to the leader.
-macro_rules! route_write {
-    ($svc:expr, $request:expr, $local:ident, $client:ident, $rpc:ident) => {{
-        let forwarded = $request.metadata().contains_key(FORWARDED);
-        let req = $request.into_inner();
-        let mut result = Err(ApiError::NoLeader);
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            match $svc.node.route().await {
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-                Ok(Route::Local) => {
-                    result = $svc.$local(&req).await;
-                    if !matches!(result, Err(ApiError::NotLeader)) {
-                        break;
-                    }
-                }
-                Ok(Route::Leader(_, member)) => {
-                    if forwarded {
-                        result = Err(ApiError::NotLeader);
-                        break;
-                    }
-                    let channel = $svc
-                        .node
-                        .channels
-                        .get(&member.addr)
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
-                    let mut client = $client::new(channel)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-                    let mut fwd = Request::new(req);
-                    fwd.metadata_mut()
-                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-                    return client.$rpc(fwd).await;
-                }
-            }
-        }
-        result.map(Response::new).map_err(Status::from)
-    }};
-}
 
 fn kind_info(group: &str, kind: &str) -> Result<&'static KindInfo, ApiError> {
     kinds::by_group_kind(group, kind)
@@ -268,27 +217,39 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        route_write!(self, request, local_apply, ConfigClient, apply)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_apply(&r).await },
+                |c, r| async move { Client::config(c).apply(r).await },
+            )
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        route_write!(self, request, local_delete, ConfigClient, delete)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_delete(&r).await },
+                |c, r| async move { Client::config(c).delete(r).await },
+            )
+            .await
     }
 
     async fn update_status(
         &self,
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        route_write!(
-            self,
-            request,
-            local_update_status,
-            ConfigClient,
-            update_status
-        )
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_update_status(&r).await },
+                |c, r| async move { Client::config(c).update_status(r).await },
+            )
+            .await
     }
 
     async fn get(
@@ -399,16 +360,7 @@ impl ClusterService {
         changes: ChangeMembers<NodeId, Member>,
     ) -> Result<pb::MembershipResponse, ApiError> {
         let retain = false;
-        self.node
-            .raft
-            .change_membership(changes, retain)
-            .await
-            .map_err(|e| match e {
-                openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(_),
-                ) => ApiError::NotLeader,
-                other => ApiError::BadRequest(other.to_string()),
-            })?;
+        self.node.raft.change_membership(changes, retain).await?;
         Ok(pb::MembershipResponse {
             members: members_of(&self.node),
         })
@@ -427,16 +379,7 @@ impl ClusterService {
             addr: req.addr.clone(),
             region: req.region.clone(),
         };
-        self.node
-            .raft
-            .add_learner(req.id, member, true)
-            .await
-            .map_err(|e| match e {
-                openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(_),
-                ) => ApiError::NotLeader,
-                other => ApiError::BadRequest(other.to_string()),
-            })?;
+        self.node.raft.add_learner(req.id, member, true).await?;
         Ok(pb::MembershipResponse {
             members: members_of(&self.node),
         })
@@ -496,7 +439,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 let channel = node.channels.get(&addr).ok()?;
                 let mut req = Request::new(pb::MemberStatusRequest {});
                 req.set_timeout(Duration::from_secs(1));
-                ClusterClient::new(channel)
+                Client::cluster(channel)
                     .member_status(req)
                     .await
                     .ok()
@@ -533,21 +476,39 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        route_write!(self, request, local_add_learner, ClusterClient, add_learner)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_add_learner(&r).await },
+                |c, r| async move { Client::cluster(c).add_learner(r).await },
+            )
+            .await
     }
 
     async fn promote(
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        route_write!(self, request, local_promote, ClusterClient, promote)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_promote(&r).await },
+                |c, r| async move { Client::cluster(c).promote(r).await },
+            )
+            .await
     }
 
     async fn remove(
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        route_write!(self, request, local_remove, ClusterClient, remove)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_remove(&r).await },
+                |c, r| async move { Client::cluster(c).remove(r).await },
+            )
+            .await
     }
 
     async fn read_index(
@@ -723,20 +684,38 @@ impl pb::affinity_server::Affinity for AffinityService {
         &self,
         request: Request<pb::EvictRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        route_write!(self, request, local_evict, AffinityClient, evict)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_evict(&r).await },
+                |c, r| async move { Client::affinity(c).evict(r).await },
+            )
+            .await
     }
 
     async fn touch(
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        route_write!(self, request, local_touch, AffinityClient, touch)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_touch(&r).await },
+                |c, r| async move { Client::affinity(c).touch(r).await },
+            )
+            .await
     }
 
     async fn failover(
         &self,
         request: Request<pb::FailoverRequest>,
     ) -> Result<Response<pb::FailoverResponse>, Status> {
-        route_write!(self, request, local_failover, AffinityClient, failover)
+        self.node
+            .on_leader(
+                request,
+                |r| async move { self.local_failover(&r).await },
+                |c, r| async move { Client::affinity(c).failover(r).await },
+            )
+            .await
     }
 }

@@ -3,8 +3,8 @@
 //! bookmarked. A resume from a compacted revision, a lagging subscriber and a snapshot install on this
 //! member all get an explicit snapshot marked `compacted`, never a silent skip.
 
-use crate::errors::object_ref;
 use crate::node::Node;
+use gw_client::object_ref;
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use gw_store::state::{EventKind, RevisionEvents};
@@ -126,6 +126,7 @@ async fn catch_up(tx: &Tx, store: &StoreHandle, filter: &Filter, last_sent: u64)
 /// current (a ReadIndex barrier). A member that cannot confirm it for `2 × election timeout` (cut
 /// off from the cluster) ends the stream with UNAVAILABLE, so that the client resumes on a member
 /// that sees new commits instead of idling on a stale one.
+#[allow(clippy::disallowed_methods)] // runtime: how long this member has been out of contact
 pub async fn run(node: Arc<Node>, tx: Tx, filter: Filter, after: Option<u64>, bookmark: Duration) {
     let store = node.store.clone();
     let give_up = Duration::from_millis(node.config.election_timeout_ms * 2);

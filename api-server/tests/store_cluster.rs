@@ -2,7 +2,9 @@
 //! the gRPC API (issue: "The Raft config store"). Each test starts its own cluster on free loopback ports
 //! in a temporary directory.
 
-use gw_jepsen::cluster::{Cluster, ClusterOptions};
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
+use gw_testkit::cluster::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
@@ -413,7 +415,7 @@ async fn concurrent_conditional_applies_one_wins() {
                     f.clone(),
                 ];
                 std::thread::spawn(move || {
-                    std::process::Command::new(gw_jepsen::cluster::bin("gwadm"))
+                    std::process::Command::new(gw_testkit::procs::bin("gwadm").unwrap())
                         .args(args)
                         .output()
                         .unwrap()

@@ -1,12 +1,13 @@
 //! `gwadm affinity`: the replicated session affinity table — list, show, evict, rotate the signing key.
 
+use crate::error::{Error, Result};
 use crate::output::{self, Format};
-use base64::Engine;
 use clap::Subcommand;
+use gw_client::{Client, clock};
+use gw_model::ObjectKey;
+use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, key_secret, session_of};
 use gw_model::affinity::{KIND, SessionEntry};
 use gw_model::kinds::GW_GROUP;
-use gw_node::session::{store_new_key, token};
-use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
 use serde_json::Value;
 
@@ -43,7 +44,7 @@ pub enum AffinityCommand {
     RotateKey,
 }
 
-pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientError> {
+pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<()> {
     match cmd {
         AffinityCommand::Ls { route, output } => {
             let sessions = list(client, route.as_deref()).await?;
@@ -58,14 +59,14 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientErro
                 .filter(|o| o["metadata"]["name"] == id.as_str())
                 .collect();
             match found.as_slice() {
-                [] => Err(ClientError::Usage(format!(
+                [] => Err(Error::Usage(format!(
                     "no session {id} (never recorded, or purged after it expired)"
                 ))),
                 [one] => {
                     print!("{}", output::render_one(one, output, true));
                     Ok(())
                 }
-                _ => Err(ClientError::Usage(format!(
+                _ => Err(Error::Usage(format!(
                     "session id {id} is in several namespaces"
                 ))),
             }
@@ -77,7 +78,7 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientErro
         } => {
             let targets: Vec<pb::SessionRef> = if all || route.is_some() {
                 if !sessions.is_empty() {
-                    return Err(ClientError::Usage(
+                    return Err(Error::Usage(
                         "give session ids, or --route, or --all".into(),
                     ));
                 }
@@ -108,18 +109,7 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientErro
                 println!("no live session to evict");
                 return Ok(());
             }
-            let req = pb::EvictRequest { sessions: targets };
-            let (resp, _) = client
-                .call(|c| {
-                    let req = req.clone();
-                    async move {
-                        pb::affinity_client::AffinityClient::new(c)
-                            .evict(req)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await?;
+            let resp = client.evict(targets).await?;
             for r in &resp.results {
                 if let Some(t) = &r.target {
                     let what = if r.action == "configured" {
@@ -137,17 +127,9 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<(), ClientErro
     }
 }
 
-/// The session id of an id or a token (a token's payload names its session; no key is needed to
-/// read it, only to make one).
+/// The session id of an id or of a token as a client holds it.
 fn session_id(s: &str) -> String {
-    let parts: Vec<&str> = s.split('.').collect();
-    if let [_, _, payload, _] = parts.as_slice()
-        && let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)
-        && let Ok(t) = serde_json::from_slice::<token::Token>(&bytes)
-    {
-        return t.session;
-    }
-    s.to_string()
+    session_of(s).unwrap_or_else(|| s.to_string())
 }
 
 /// The scope `--route` names.
@@ -158,24 +140,12 @@ fn scope_prefix(route: &str) -> String {
     }
 }
 
-async fn list(client: &Client, route: Option<&str>) -> Result<Vec<Value>, ClientError> {
-    let req = pb::ListRequest {
-        group: GW_GROUP.into(),
-        kind: KIND.into(),
-        namespace: String::new(),
-        options: None,
-    };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).list(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+async fn list(client: &Client, route: Option<&str>) -> Result<Vec<Value>> {
     let prefix = route.map(scope_prefix);
-    Ok(resp
-        .objects_json
-        .iter()
-        .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+    Ok(client
+        .list_objects(GW_GROUP, KIND, "")
+        .await?
+        .into_iter()
         .filter(|o| {
             prefix.as_deref().is_none_or(|p| {
                 let scope = format!("{}/", o["spec"]["scope"].as_str().unwrap_or(""));
@@ -189,7 +159,7 @@ fn render(objects: &[Value], format: Format) -> String {
     if format != Format::Table {
         return output::render_many(objects, format, true);
     }
-    let now = gw_node::node::now_ms();
+    let now = clock::now_ms();
     let secs = |ms: u64| format!("{}s", now.saturating_sub(ms) / 1000);
     let mut rows = vec![
         [
@@ -231,34 +201,35 @@ fn render(objects: &[Value], format: Format) -> String {
         .collect()
 }
 
-async fn rotate_key(client: &Client) -> Result<(), ClientError> {
-    let req = pb::GetRequest {
-        target: Some(pb::ObjectRef {
-            group: String::new(),
-            kind: "Secret".into(),
-            namespace: token::KEYS_NAMESPACE.into(),
-            name: token::KEYS_SECRET.into(),
-        }),
-        options: None,
-    };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
-    let secret: Value =
-        serde_json::from_str(&resp.object_json).map_err(|e| ClientError::Usage(e.to_string()))?;
+async fn rotate_key(client: &Client) -> Result<()> {
+    let key = ObjectKey::new("", "Secret", KEYS_NAMESPACE, KEYS_SECRET);
+    let secret = client.get_object(&key).await?.ok_or_else(|| {
+        Error::Usage(format!(
+            "{key} does not exist yet: gateway nodes create it when a route first uses session persistence"
+        ))
+    })?;
     let current = secret["data"]["current"].as_str().unwrap_or_default();
     let rv = secret["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default();
-    let resp = store_new_key(client, Some(current), rv, "gwadm affinity rotate-key").await?;
+    let doc = pb::Document {
+        json: key_secret(&new_key(), Some(current), rv).to_string(),
+        source: "gwadm affinity rotate-key".into(),
+        index: 1,
+    };
+    let resp = client.apply(vec![doc], false).await?;
     println!(
         "session key rotated at revision {} (tokens under the previous key stay valid until the next rotation)",
         resp.revision
     );
     Ok(())
+}
+
+/// 32 random bytes: a new session key.
+#[allow(clippy::disallowed_methods)] // an operator command, not decision code
+fn new_key() -> [u8; 32] {
+    use rand::RngExt;
+    rand::rng().random()
 }
 
 #[cfg(test)]
@@ -267,8 +238,8 @@ mod tests {
 
     #[test]
     fn tokens_name_their_session_and_routes_their_scope() {
-        let keys = token::Keys::new(b"k", None);
-        let t = keys.issue(&token::Token {
+        let keys = gw_model::affinity::token::Keys::new(b"k", None);
+        let t = keys.issue(&gw_model::affinity::token::Token {
             session: "abc".into(),
             scope: "HTTPRoute/d/r/rules/0".into(),
             backend: "x".into(),

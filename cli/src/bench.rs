@@ -3,12 +3,15 @@
 //! driven against gw through its public API, so that gw and etcd can be compared on one machine.
 //! A put is an apply of one ConfigMap whose data holds the value; a get reads it back.
 
-use gw_node::store_client::{Client, ClientError};
+#![allow(clippy::disallowed_methods)] // a benchmark: it times what it measures
+
+use crate::error::{Error, Result};
+use gw_client::{Client, kind_ref};
 use gw_proto as pb;
 use gw_proto::config_client::ConfigClient;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreBenchArgs {
@@ -80,14 +83,12 @@ fn load1() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn connect(addr: &str) -> Result<ConfigClient<Channel>, ClientError> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::Usage(e.to_string()))?
-        .tcp_nodelay(true)
+async fn connect(addr: &str) -> Result<ConfigClient<Channel>> {
+    let ch = gw_client::endpoint(addr)?
         .connect()
         .await
-        .map_err(|e| ClientError::Usage(format!("connecting to {addr}: {e}")))?;
-    Ok(ConfigClient::new(ch).max_decoding_message_size(64 << 20))
+        .map_err(|e| Error::Usage(format!("connecting to {addr}: {e}")))?;
+    Ok(Client::config(ch))
 }
 
 fn configmap(name: &str, value: &str) -> String {
@@ -212,27 +213,24 @@ async fn closed_loop(
 
 /// Watch delivery: one watcher on its own connection, paced puts on another; latency = event received
 /// minus put acknowledged (can be negative).
-async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult, ClientError> {
+async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult> {
     let mut writer = connect(&a.endpoint).await?;
     let mut watcher = connect(&a.endpoint).await?;
     let ns = format!("bench-watch-{run}");
     let load = load1();
     let req = pb::WatchRequest {
         after_revision: None,
-        kinds: vec![pb::ObjectRef {
-            kind: "ConfigMap".into(),
-            ..Default::default()
-        }],
+        kinds: vec![kind_ref("", "ConfigMap")],
         namespace: ns.clone(),
         bookmark_interval_ms: 0,
     };
     let mut stream = watcher
         .watch(req)
         .await
-        .map_err(ClientError::Status)?
+        .map_err(gw_client::Error::from)?
         .into_inner();
     // The first message (the snapshot) proves the watch is established.
-    stream.message().await.map_err(ClientError::Status)?;
+    stream.message().await.map_err(gw_client::Error::from)?;
     let n = a.watch_events;
     let recv = tokio::spawn(async move {
         let mut got = std::collections::HashMap::new();
@@ -274,10 +272,10 @@ async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult, ClientErro
                 dry_run: false,
             })
             .await
-            .map_err(ClientError::Status)?;
+            .map_err(gw_client::Error::from)?;
         ack.push(Instant::now());
     }
-    let got = recv.await.map_err(|e| ClientError::Usage(e.to_string()))?;
+    let got = recv.await.map_err(|e| Error::Usage(e.to_string()))?;
     let mut lat_us: Vec<f64> = (0..n)
         .filter_map(|s| {
             got.get(&s).map(|r| {
@@ -311,7 +309,7 @@ async fn gate(a: &StoreBenchArgs, budget_used: &mut f64) {
     }
 }
 
-pub async fn run(a: StoreBenchArgs) -> Result<(), ClientError> {
+pub async fn run(a: StoreBenchArgs) -> Result<()> {
     let mut conns = Vec::new();
     for _ in 0..a.conns.max(1) {
         conns.push(connect(&a.endpoint).await?);
@@ -319,7 +317,7 @@ pub async fn run(a: StoreBenchArgs) -> Result<(), ClientError> {
     let one = vec![conns[0].clone()];
     put(&mut conns[0].clone(), "get-key", &value(a.value_size, 0))
         .await
-        .map_err(ClientError::Status)?;
+        .map_err(gw_client::Error::from)?;
     let follower = match &a.follower {
         Some(f) => Some(vec![connect(f).await?]),
         None => None,
@@ -372,7 +370,7 @@ pub async fn run(a: StoreBenchArgs) -> Result<(), ClientError> {
                     None => continue,
                 },
                 "watch" => watch_run(&a, rep as u64).await?,
-                other => return Err(ClientError::Usage(format!("unknown workload {other:?}"))),
+                other => return Err(Error::Usage(format!("unknown workload {other:?}"))),
             };
             reps.push(r);
         }
@@ -471,23 +469,17 @@ async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
 /// `gwadm bench propagation`: a one-member store, gateway nodes on distinct loopback addresses and an
 /// echo backend; each iteration changes a route (the generation it returns in `x-generation`) and measures the
 /// time from the apply's acknowledgement until every node serves the change.
-pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
-    use crate::procs::{Children, sibling, spawn, spawn_store};
+pub async fn propagation(a: PropagationArgs) -> Result<()> {
+    use gw_testkit::procs::{Children, bin, free_port};
     let dir = tempfile::Builder::new()
         .prefix("gw-prop-")
         .tempdir()
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let port = |()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| ClientError::Usage(e.to_string()))
-    };
-    let (store_port, listen_port) = (port(())?, port(())?);
+        .map_err(anyhow::Error::from)?;
+    let (store_port, listen_port) = (free_port(), free_port());
     let store = format!("127.0.0.1:{store_port}");
     let mut children = Children::default();
-    spawn_store(&mut children, &store, dir.path())?;
-    let backend = gw_node::echo::start(gw_node::echo::EchoConfig {
+    children.spawn_store(&store, dir.path())?;
+    let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         pod: "prop".into(),
         namespace: "prop".into(),
@@ -495,13 +487,12 @@ pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
         log: false,
     })
     .await
-    .map_err(|e| ClientError::Usage(e.to_string()))?;
+    .map_err(anyhow::Error::from)?;
     for ip in &a.nodes {
-        spawn(
-            &mut children,
+        children.spawn(
             "gw-node",
             &dir.path().join(format!("node-{ip}.log")),
-            std::process::Command::new(sibling("gw-node")?)
+            std::process::Command::new(bin("gw-node")?)
                 .args([
                     "--store",
                     &store,
@@ -547,22 +538,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
         ),
         doc(5, route(0)),
     ];
-    let apply = |docs: Vec<pb::Document>| {
-        let client = &client;
-        async move {
-            let req = pb::ApplyRequest {
-                documents: docs,
-                dry_run: false,
-            };
-            client
-                .call(|c| {
-                    let req = req.clone();
-                    async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-                })
-                .await
-        }
-    };
-    apply(base).await?;
+    client.apply(base, false).await?;
     let addrs: Vec<std::net::SocketAddr> = a
         .nodes
         .iter()
@@ -590,7 +566,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
         }
     };
     wait_all(0, Duration::from_secs(30)).await.ok_or_else(|| {
-        ClientError::Usage(format!(
+        Error::Usage(format!(
             "the nodes did not serve the base config (logs in {})",
             dir.path().display()
         ))
@@ -598,12 +574,12 @@ pub async fn propagation(a: PropagationArgs) -> Result<(), ClientError> {
     let (mut propagation, mut acks) = (Vec::new(), Vec::new());
     for generation in 1..=a.applies {
         let t0 = Instant::now();
-        apply(vec![doc(1, route(generation))]).await?;
+        client.apply(vec![doc(1, route(generation))], false).await?;
         acks.push(t0.elapsed().as_secs_f64() * 1e3);
         let took = wait_all(generation as u64, Duration::from_secs(10))
             .await
             .ok_or_else(|| {
-                ClientError::Usage(format!(
+                Error::Usage(format!(
                     "generation {generation} not served by every node within 10 s"
                 ))
             })?;

@@ -1,18 +1,12 @@
 //! `gwadm cluster ...`: status and membership of the store.
 
-use gw_node::store_client::{Client, ClientError};
+use crate::error::Result;
+use gw_client::Client;
 use gw_proto as pb;
 use serde_json::json;
 
-pub async fn status(client: &Client, json_out: bool) -> Result<(), ClientError> {
-    let (s, _) = client
-        .call(|c| async move {
-            Client::cluster(c)
-                .status(pb::ClusterStatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
+pub async fn status(client: &Client, json_out: bool) -> Result<()> {
+    let s = client.cluster_status().await?;
     if json_out {
         let members: Vec<_> = s
             .members
@@ -60,54 +54,26 @@ fn print_members(r: &pb::MembershipResponse) {
     }
 }
 
-pub async fn add_learner(
-    client: &Client,
-    id: u64,
-    addr: &str,
-    region: &str,
-) -> Result<(), ClientError> {
-    let req = pb::AddLearnerRequest {
-        id,
-        addr: addr.into(),
-        region: region.into(),
-    };
-    let (r, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move {
-                Client::cluster(c)
-                    .add_learner(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
+pub async fn add_learner(client: &Client, id: u64, addr: &str, region: &str) -> Result<()> {
+    let r = client
+        .add_learner(pb::AddLearnerRequest {
+            id,
+            addr: addr.into(),
+            region: region.into(),
         })
         .await?;
     print_members(&r);
     Ok(())
 }
 
-pub async fn promote(client: &Client, id: u64) -> Result<(), ClientError> {
-    let (r, _) = client
-        .call(|c| async move {
-            Client::cluster(c)
-                .promote(pb::MemberRequest { id })
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
+pub async fn promote(client: &Client, id: u64) -> Result<()> {
+    let r = client.promote(id).await?;
     print_members(&r);
     Ok(())
 }
 
-pub async fn remove(client: &Client, id: u64) -> Result<(), ClientError> {
-    let (r, _) = client
-        .call(|c| async move {
-            Client::cluster(c)
-                .remove(pb::MemberRequest { id })
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
+pub async fn remove(client: &Client, id: u64) -> Result<()> {
+    let r = client.remove(id).await?;
     print_members(&r);
     Ok(())
 }

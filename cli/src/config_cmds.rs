@@ -1,9 +1,10 @@
 //! `gwadm apply`, `get`, `delete`, `watch`: the config objects in the store.
 
+use crate::error::{Error, Result};
 use crate::output::{self, Format};
+use gw_client::{Client, kind_ref, object_ref};
 use gw_model::kinds::{self, KindInfo};
-use gw_model::parse_documents;
-use gw_node::store_client::{Client, ClientError};
+use gw_model::{ObjectKey, parse_documents};
 use gw_proto as pb;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -12,10 +13,7 @@ use std::time::Duration;
 
 /// Reads the documents of `-f` arguments: files, directories (their .yaml/.yml/.json files, sorted) or
 /// `-` for standard input.
-pub fn read_documents(
-    paths: &[PathBuf],
-    recursive: bool,
-) -> Result<Vec<pb::Document>, ClientError> {
+pub fn read_documents(paths: &[PathBuf], recursive: bool) -> Result<Vec<pb::Document>> {
     let mut files = Vec::new();
     for p in paths {
         collect_files(p, recursive, &mut files)?;
@@ -26,15 +24,15 @@ pub fn read_documents(
             let mut s = String::new();
             std::io::stdin()
                 .read_to_string(&mut s)
-                .map_err(|e| ClientError::Usage(format!("reading stdin: {e}")))?;
+                .map_err(|e| Error::Usage(format!("reading stdin: {e}")))?;
             ("-".to_string(), s)
         } else {
             let text = std::fs::read_to_string(&f)
-                .map_err(|e| ClientError::Usage(format!("{}: cannot read: {e}", f.display())))?;
+                .map_err(|e| Error::Usage(format!("{}: cannot read: {e}", f.display())))?;
             (f.display().to_string(), text)
         };
-        let docs = parse_documents(&name, &text)
-            .map_err(|e| ClientError::Usage(format!("invalid: {e}")))?;
+        let docs =
+            parse_documents(&name, &text).map_err(|e| Error::Usage(format!("invalid: {e}")))?;
         out.extend(docs.into_iter().map(|d| pb::Document {
             json: d.value.to_string(),
             source: d.source,
@@ -42,20 +40,18 @@ pub fn read_documents(
         }));
     }
     if out.is_empty() {
-        return Err(ClientError::Usage(
-            "no objects found in the given files".into(),
-        ));
+        return Err(Error::Usage("no objects found in the given files".into()));
     }
     Ok(out)
 }
 
-fn collect_files(p: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), ClientError> {
+fn collect_files(p: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
     if p == Path::new("-") || !p.is_dir() {
         out.push(p.to_path_buf());
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-        .map_err(|e| ClientError::Usage(format!("{}: cannot read directory: {e}", p.display())))?
+        .map_err(|e| Error::Usage(format!("{}: cannot read directory: {e}", p.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
@@ -106,24 +102,18 @@ pub async fn apply(
     paths: &[PathBuf],
     recursive: bool,
     dry_run: bool,
-) -> Result<(), ClientError> {
+) -> Result<()> {
     let documents = read_documents(paths, recursive)?;
-    let req = pb::ApplyRequest { documents, dry_run };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let resp = client.apply(documents, dry_run).await?;
     print_write(&resp, dry_run);
     Ok(())
 }
 
 /// Resolves a kind as the user typed it.
-pub fn resolve_kind(name: &str) -> Result<&'static KindInfo, ClientError> {
+pub fn resolve_kind(name: &str) -> Result<&'static KindInfo> {
     kinds::resolve(name).ok_or_else(|| {
         let known: Vec<String> = kinds::KINDS.iter().map(|k| k.plural.to_string()).collect();
-        ClientError::Usage(format!(
+        Error::Usage(format!(
             "unknown kind {name:?}; known kinds: {}",
             known.join(", ")
         ))
@@ -140,7 +130,7 @@ pub struct GetArgs<'a> {
     pub version: Option<&'a str>,
 }
 
-pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<(), ClientError> {
+pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
     let info = resolve_kind(a.kind)?;
     let options = Some(pb::ReadOptions {
         serializable: a.serializable,
@@ -152,23 +142,15 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<(), ClientError> {
         a.namespace.unwrap_or("default")
     };
     let out = if let Some(name) = a.name {
-        let req = pb::GetRequest {
-            target: Some(pb::ObjectRef {
-                group: info.group.into(),
-                kind: info.kind.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-            }),
-            options,
-        };
-        let (resp, _) = client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
+        let key = ObjectKey::new(info.group, info.kind, namespace, name);
+        let resp = client
+            .get(pb::GetRequest {
+                target: Some(object_ref(&key)),
+                options,
             })
             .await?;
-        let obj: Value = serde_json::from_str(&resp.object_json)
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let obj: Value =
+            serde_json::from_str(&resp.object_json).map_err(|e| Error::Usage(e.to_string()))?;
         output::render_one(&obj, a.format, false)
     } else {
         let req = pb::ListRequest {
@@ -177,12 +159,7 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<(), ClientError> {
             namespace: namespace.into(),
             options,
         };
-        let (resp, _) = client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).list(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let resp = client.list(req).await?;
         let objs: Vec<Value> = resp
             .objects_json
             .iter()
@@ -210,19 +187,14 @@ pub async fn delete_named(
     namespace: Option<&str>,
     ignore_not_found: bool,
     dry_run: bool,
-) -> Result<(), ClientError> {
+) -> Result<()> {
     let info = resolve_kind(kind)?;
     let ns = if info.namespaced {
         namespace.unwrap_or("default")
     } else {
         ""
     };
-    let target = pb::ObjectRef {
-        group: info.group.into(),
-        kind: info.kind.into(),
-        namespace: ns.into(),
-        name: name.into(),
-    };
+    let target = object_ref(&ObjectKey::new(info.group, info.kind, ns, name));
     delete(client, vec![target], ignore_not_found, dry_run).await
 }
 
@@ -232,31 +204,14 @@ pub async fn delete_files(
     recursive: bool,
     ignore_not_found: bool,
     dry_run: bool,
-) -> Result<(), ClientError> {
+) -> Result<()> {
     let docs = read_documents(paths, recursive)?;
     let mut refs = Vec::new();
     for d in docs {
-        let v: Value =
-            serde_json::from_str(&d.json).map_err(|e| ClientError::Usage(e.to_string()))?;
-        let (group, _) = kinds::split_api_version(v["apiVersion"].as_str().unwrap_or(""));
-        let kind = v["kind"].as_str().unwrap_or("");
-        let info = kinds::by_group_kind(group, kind).ok_or_else(|| {
-            ClientError::Usage(format!(
-                "{}: document {}: {kind:?} is not a kind gw serves",
-                d.source, d.index
-            ))
-        })?;
-        let ns = if info.namespaced {
-            v["metadata"]["namespace"].as_str().unwrap_or("default")
-        } else {
-            ""
-        };
-        refs.push(pb::ObjectRef {
-            group: info.group.into(),
-            kind: info.kind.into(),
-            namespace: ns.into(),
-            name: v["metadata"]["name"].as_str().unwrap_or("").into(),
-        });
+        let v: Value = serde_json::from_str(&d.json).map_err(|e| Error::Usage(e.to_string()))?;
+        let key = ObjectKey::of_document(&v)
+            .map_err(|e| Error::Usage(format!("{}: document {}: {e}", d.source, d.index)))?;
+        refs.push(object_ref(&key));
     }
     delete(client, refs, ignore_not_found, dry_run).await
 }
@@ -266,19 +221,14 @@ async fn delete(
     refs: Vec<pb::ObjectRef>,
     ignore_not_found: bool,
     dry_run: bool,
-) -> Result<(), ClientError> {
+) -> Result<()> {
     let req = pb::DeleteRequest {
         refs,
         dry_run,
         ignore_not_found,
         expected_resource_versions: vec![],
     };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).delete(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let resp = client.delete(req).await?;
     print_write(&resp, dry_run);
     Ok(())
 }
@@ -296,15 +246,12 @@ pub struct WatchArgs<'a> {
 
 /// Watches, reconnecting to the next member when a stream breaks and resuming after the last revision
 /// seen (so that a member crash neither repeats nor loses events).
-pub async fn watch(client: &Client, a: WatchArgs<'_>) -> Result<(), ClientError> {
+#[allow(clippy::disallowed_methods)] // runtime: the --timeout deadline
+pub async fn watch(client: &Client, a: WatchArgs<'_>) -> Result<()> {
     let kinds = match a.kind {
         Some(k) => {
             let info = resolve_kind(k)?;
-            vec![pb::ObjectRef {
-                group: info.group.into(),
-                kind: info.kind.into(),
-                ..Default::default()
-            }]
+            vec![kind_ref(info.group, info.kind)]
         }
         None => vec![],
     };
@@ -319,12 +266,7 @@ pub async fn watch(client: &Client, a: WatchArgs<'_>) -> Result<(), ClientError>
             namespace: a.namespace.unwrap_or("").into(),
             bookmark_interval_ms: 0,
         };
-        let (mut stream, _) = client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).watch(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let mut stream = client.watch(req).await?;
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
@@ -348,11 +290,12 @@ pub async fn watch(client: &Client, a: WatchArgs<'_>) -> Result<(), ClientError>
             }
         }
         failures += 1;
-        if failures > 3 * client.len() {
-            return Err(ClientError::Unreachable {
-                tried: "every member".into(),
-                last: "watch stream kept failing".into(),
-            });
+        if failures > 3 * client.servers().len() {
+            return Err(gw_client::Error::Unavailable {
+                tried: client.servers().join(", "),
+                last: "the watch stream kept breaking".into(),
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

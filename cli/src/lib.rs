@@ -5,13 +5,13 @@ pub mod affinity_cmds;
 pub mod bench;
 pub mod cluster_cmds;
 pub mod config_cmds;
-pub mod conformance;
+pub mod error;
 pub mod output;
-pub mod procs;
 pub mod up;
 
 use clap::{Parser, Subcommand};
-use gw_node::store_client::{Client, ClientError};
+pub use error::{Error, Result};
+use gw_client::Client;
 use output::Format;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,7 +156,7 @@ pub enum BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConformanceCommand {
     /// Run the suite's tests of the chosen profiles; write a ConformanceReport.
-    Run(conformance::RunArgs),
+    Run(gw_conformance::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,7 +182,7 @@ pub enum ClusterCommand {
 }
 
 /// Runs one parsed command.
-pub async fn run(cli: Cli) -> Result<(), ClientError> {
+pub async fn run(cli: Cli) -> Result<()> {
     let client = Client::new(&cli.server, Duration::from_secs_f64(cli.retry_for))?;
     match cli.command {
         Command::Apply {
@@ -238,9 +238,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 )
                 .await
             }
-            _ => Err(ClientError::Usage(
-                "give either KIND NAME or -f FILE".into(),
-            )),
+            _ => Err(Error::Usage("give either KIND NAME or -f FILE".into())),
         },
         Command::Watch {
             kind,
@@ -274,23 +272,23 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Up(args) => up::run(args).await,
         Command::Conformance {
             command: ConformanceCommand::Run(args),
-        } => conformance::run(args).await,
+        } => Ok(gw_conformance::run(args).await?),
         Command::EchoServer {
             listen,
             name,
             namespace,
             h2c,
         } => {
-            let cfg = gw_node::echo::EchoConfig {
+            let cfg = gw_testkit::echo::EchoConfig {
                 listen,
                 pod: name,
                 namespace,
                 h2c_only: h2c,
                 log: true,
             };
-            let server = gw_node::echo::start(cfg)
+            let server = gw_testkit::echo::start(cfg)
                 .await
-                .map_err(|e| ClientError::Usage(format!("echo server on {listen}: {e}")))?;
+                .map_err(|e| Error::Usage(format!("echo server on {listen}: {e}")))?;
             eprintln!("echo server listening on {}", server.addr);
             let _ = tokio::signal::ctrl_c().await;
             Ok(())

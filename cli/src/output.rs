@@ -2,7 +2,6 @@
 
 use gw_model::meta::parse_rfc3339;
 use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -41,11 +40,7 @@ pub fn age(timestamp: &str) -> String {
     let Some(then) = parse_rfc3339(timestamp) else {
         return "<unknown>".into();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let s = now.saturating_sub(then) / 1000;
+    let s = gw_client::clock::now_ms().saturating_sub(then) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

@@ -2,9 +2,13 @@
 //! configured with `deploy/examples/demo.yaml`; prints the commands that show it working and stops
 //! everything on Ctrl-C.
 
-use crate::procs::{Children, free, sibling, spawn, spawn_store};
-use gw_node::store_client::{Client, ClientError};
+#![allow(clippy::disallowed_methods)] // runtime: waits for the demo to be served
+
+use crate::error::{Error, Result};
+use gw_client::Client;
 use gw_proto as pb;
+use gw_testkit::echo::{EchoConfig, start as start_echo};
+use gw_testkit::procs::{Children, bin, ensure_free};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,12 +34,9 @@ pub struct UpArgs {
 }
 
 /// The demo documents, with the listener port and the echo backends' EndpointSlices filled in.
-fn demo_documents(
-    port: u16,
-    backends: &[(&str, SocketAddr)],
-) -> Result<Vec<pb::Document>, ClientError> {
+fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::Document>> {
     let docs = gw_model::parse_documents("deploy/examples/demo.yaml", DEMO)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let mut out: Vec<Value> = docs.into_iter().map(|d| d.value).collect();
     for d in &mut out {
         if d["kind"] == "Gateway" {
@@ -63,9 +64,10 @@ fn demo_documents(
         .collect())
 }
 
-pub async fn run(a: UpArgs) -> Result<(), ClientError> {
+pub async fn run(a: UpArgs) -> Result<()> {
     for p in [a.port, a.store_port, a.admin_port] {
-        free(p)?;
+        ensure_free(p)
+            .map_err(|e| Error::Usage(format!("{e:#}; pick another with the flags of gwadm up")))?;
     }
     let tmp;
     let dir = match &a.data_dir {
@@ -74,33 +76,31 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
             tmp = tempfile::Builder::new()
                 .prefix("gw-up-")
                 .tempdir()
-                .map_err(|e| ClientError::Usage(e.to_string()))?;
+                .map_err(anyhow::Error::from)?;
             tmp.path().to_path_buf()
         }
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
     let store_addr = format!("127.0.0.1:{}", a.store_port);
     let mut children = Children::default();
-    spawn_store(&mut children, &store_addr, &dir)?;
-    let echo = |pod: &str| gw_node::echo::EchoConfig {
+    children.spawn_store(&store_addr, &dir)?;
+    let echo = |pod: &str| EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         pod: pod.into(),
         namespace: "demo".into(),
         h2c_only: false,
         log: false,
     };
-    let v1 = gw_node::echo::start(echo("app-v1"))
+    let v1 = start_echo(echo("app-v1"))
         .await
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let v2 = gw_node::echo::start(echo("app-v2"))
+        .map_err(anyhow::Error::from)?;
+    let v2 = start_echo(echo("app-v2"))
         .await
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    spawn(
-        &mut children,
+        .map_err(anyhow::Error::from)?;
+    children.spawn(
         "gw-node",
         &dir.join("node.log"),
-        Command::new(sibling("gw-node")?)
+        Command::new(bin("gw-node")?)
             .args([
                 "--store",
                 &store_addr,
@@ -114,16 +114,8 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
             .arg(dir.join("node")),
     )?;
     let client = Client::new(std::slice::from_ref(&store_addr), Duration::from_secs(20))?;
-    let req = pb::ApplyRequest {
-        documents: demo_documents(a.port, &[("app-v1", v1.addr), ("app-v2", v2.addr)])?,
-        dry_run: false,
-    };
-    let (resp, _) = client
-        .call(|c| {
-            let req = req.clone();
-            async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let documents = demo_documents(a.port, &[("app-v1", v1.addr), ("app-v2", v2.addr)])?;
+    let resp = client.apply(documents, false).await?;
     eprintln!("applied the demo config (revision {})", resp.revision);
     wait_until_served(a.port).await?;
     let url = format!("http://127.0.0.1:{}", a.port);
@@ -144,7 +136,7 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
         dir = dir.display(),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
+        .map_err(anyhow::Error::from)?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -155,7 +147,7 @@ pub async fn run(a: UpArgs) -> Result<(), ClientError> {
 }
 
 /// Waits until the node routes the demo.
-async fn wait_until_served(port: u16) -> Result<(), ClientError> {
+async fn wait_until_served(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -173,7 +165,7 @@ async fn wait_until_served(port: u16) -> Result<(), ClientError> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(ClientError::Usage(
+    Err(Error::Usage(
         "the gateway node did not start serving within 30 s (see node.log)".into(),
     ))
 }

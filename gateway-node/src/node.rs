@@ -3,32 +3,25 @@
 //! writer, the admin endpoint.
 
 use crate::admin::{self, NodeState};
-use crate::compile::{Addressing, CompileOptions, Snapshot, compile};
+use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Sockets;
 use crate::session::Sessions;
+use crate::snapshot::Snapshot;
 use crate::status::{self, Statuses};
-use crate::store_client::Client;
 use crate::table::RoutingTable;
 use crate::watcher::{self, WatchHealth};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::Parser;
+use gw_client::{Client, clock};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// The wall clock in ms since the epoch (for condition transition times and lease records only).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -133,12 +126,11 @@ impl NodeConfig {
 }
 
 /// Runs a node until the process is told to stop.
+#[allow(clippy::disallowed_methods)] // the composition root: the node's monotonic start time
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Arc::new(
-        Client::new(&cfg.store, Duration::from_secs(2)).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let client = Client::new(&cfg.store, Duration::from_secs(2))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let initial = watcher::load(&cfg.data_dir).unwrap_or_default();
@@ -164,7 +156,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     let sessions = Arc::new(Sessions::new(
         (affinity_rx, affinity_health, started),
-        client.clone(),
+        &client,
         cfg.unsafe_local_failover,
     ));
     tokio::spawn(sessions.clone().run_batches());
@@ -198,7 +190,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         started,
     ));
     tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
-    tokio::spawn(sessions.follow_keys(snap_rx.clone()));
+    tokio::spawn(sessions.follow_keys(client.clone(), snap_rx.clone()));
     let (desired_tx, desired_rx) =
         watch::channel(Arc::new((Arc::new(Snapshot::default()), Statuses::new())));
     let template = CompileOptions {
@@ -253,7 +245,7 @@ async fn compile_loop(
     loop {
         let snap = rx.borrow_and_update().clone();
         let opts = CompileOptions {
-            now_ms: now_ms(),
+            now_ms: clock::now_ms(),
             ..template.clone()
         };
         let s2 = snap.clone();

@@ -5,11 +5,14 @@
 //! compiled statuses with the committed ones and writes only the differences; since the compiler keeps
 //! `lastTransitionTime` for unchanged conditions, writing converges.
 
-use crate::compile::{DesiredStatus, Snapshot};
-use crate::store_client::{Client, ClientError};
+#![allow(clippy::disallowed_methods)] // runtime: the lease is timed on this node's monotonic clock
+
+use crate::compile::DesiredStatus;
+use crate::snapshot::Snapshot;
+use gw_client::{Client, clock, object_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +43,7 @@ fn lease_doc(name: &str, holder: &str, rv: u64) -> pb::Document {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE, "resourceVersion": rv.to_string()},
-        "data": {"holder": holder, "renewed": crate::node::now_ms().to_string()},
+        "data": {"holder": holder, "renewed": clock::now_ms().to_string()},
     });
     pb::Document {
         json: obj.to_string(),
@@ -52,31 +55,16 @@ fn lease_doc(name: &str, holder: &str, rv: u64) -> pb::Document {
 impl Lease {
     /// One step of the election; returns whether this node may write status now.
     async fn step(&mut self, client: &Client) -> bool {
-        let target = pb::ObjectRef {
-            group: String::new(),
-            kind: "ConfigMap".into(),
-            namespace: SYSTEM_NAMESPACE.into(),
-            name: self.name.clone(),
-        };
-        let got = client
-            .call(|c| {
-                let req = pb::GetRequest {
-                    target: Some(target.clone()),
-                    options: None,
-                };
-                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
-            })
-            .await;
-        let (holder, rv) = match got {
-            Ok((resp, _)) => {
-                let obj: Value = serde_json::from_str(&resp.object_json).unwrap_or(Value::Null);
+        let key = ObjectKey::new("", "ConfigMap", SYSTEM_NAMESPACE, &self.name);
+        let (holder, rv) = match client.get_object(&key).await {
+            Ok(Some(obj)) => {
                 let rv = obj["metadata"]["resourceVersion"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 (obj["data"]["holder"].as_str().unwrap_or("").to_string(), rv)
             }
-            Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => (String::new(), 0),
+            Ok(None) => (String::new(), 0),
             Err(_) => return self.still_holding(),
         };
         let now = Instant::now();
@@ -98,16 +86,7 @@ impl Lease {
             return false;
         }
         let doc = lease_doc(&self.name, &self.holder, rv);
-        let wrote = client
-            .call(|c| {
-                let req = pb::ApplyRequest {
-                    documents: vec![doc.clone()],
-                    dry_run: false,
-                };
-                async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-            })
-            .await;
-        match wrote {
+        match client.apply(vec![doc], false).await {
             Ok(_) => {
                 if holder != self.holder {
                     tracing::info!(lease = %self.name, "became the status writer");
@@ -137,12 +116,7 @@ pub fn diff(desired: &Statuses, snap: &Snapshot) -> Vec<pb::StatusUpdate> {
                 return None;
             }
             Some(pb::StatusUpdate {
-                target: Some(pb::ObjectRef {
-                    group: key.group.clone(),
-                    kind: key.kind.clone(),
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                }),
+                target: Some(object_ref(key)),
                 status_json: d.status.to_string(),
                 expected_uid: d.uid.clone(),
                 expected_generation: d.generation,
@@ -153,7 +127,7 @@ pub fn diff(desired: &Statuses, snap: &Snapshot) -> Vec<pb::StatusUpdate> {
 
 /// Runs the election and, while elected, writes statuses whenever they differ.
 pub async fn run(
-    client: Arc<Client>,
+    client: Client,
     node_name: String,
     gateway_class: String,
     mut desired: watch::Receiver<Arc<(Arc<Snapshot>, Statuses)>>,
@@ -178,21 +152,7 @@ pub async fn run(
             };
             let updates = diff(&statuses, &snap);
             for batch in updates.chunks(BATCH) {
-                let req = pb::UpdateStatusRequest {
-                    updates: batch.to_vec(),
-                };
-                let res = client
-                    .call(|c| {
-                        let req = req.clone();
-                        async move {
-                            Client::config(c)
-                                .update_status(req)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    })
-                    .await;
-                if let Err(e) = res {
+                if let Err(e) = client.update_status(batch.to_vec()).await {
                     tracing::warn!(error = %e, "status update failed");
                 }
             }

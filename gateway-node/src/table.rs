@@ -2,6 +2,10 @@
 //! atomically, read by every request. Lookup is pure: socket → listener (most specific hostname, the
 //! Gateway API's listener isolation) → route rules (hostname precedence, then match precedence).
 
+mod persistence;
+
+pub use persistence::{Carrier, DEFAULT_NAME, SessionConfig};
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
@@ -296,7 +300,7 @@ pub struct RuleAction {
     /// The rule's PathPrefix value (ReplacePrefixMatch replaces it).
     pub prefix: Option<String>,
     /// Session persistence, from the rule or a BackendLBPolicy.
-    pub session: Option<Arc<crate::session::SessionConfig>>,
+    pub session: Option<Arc<SessionConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -492,14 +496,45 @@ impl Backends {
         }
     }
 
-    /// Picks a backend with probability proportional to its weight; `r` is uniform in `[0, total)`.
-    pub fn choose(&self, r: u64) -> Option<&BackendEntry> {
-        let mut acc = 0;
-        self.entries.iter().find(|e| {
-            acc += e.weight;
-            e.weight > 0 && r < acc
+    /// The total weight of the entries `eligible` admits.
+    pub fn weight_where(&self, eligible: impl Fn(&BackendEntry) -> bool) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| eligible(e))
+            .map(|e| e.weight)
+            .sum()
+    }
+
+    /// The weighted choice among the entries `eligible` admits: each with probability proportional to
+    /// its weight, for `draw` uniform over `u64`. The index of the entry; `None` when their weights sum
+    /// to 0. The one weighted choice of the data plane: plain requests and new sessions use it.
+    pub fn choose_where(
+        &self,
+        draw: u64,
+        eligible: impl Fn(&BackendEntry) -> bool,
+    ) -> Option<usize> {
+        let total = self.weight_where(&eligible);
+        if total == 0 {
+            return None;
+        }
+        let mut r = uniform_below(draw, total);
+        self.entries.iter().position(|e| {
+            if !eligible(e) || e.weight == 0 {
+                return false;
+            }
+            if r < e.weight {
+                return true;
+            }
+            r -= e.weight;
+            false
         })
     }
+}
+
+/// Maps `draw`, uniform over `u64`, to a value uniform in `[0, n)` (multiply-shift: no modulo bias
+/// worth the name for the small `n` of weights and endpoints).
+pub fn uniform_below(draw: u64, n: u64) -> u64 {
+    ((u128::from(draw) * u128::from(n)) >> 64) as u64
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! persists the state it serves, so that a node restarted while the store is unreachable serves it
 //! (static stability).
 
-use crate::compile::Snapshot;
-use crate::store_client::Client;
+use crate::snapshot::Snapshot;
+use gw_client::{Client, kind_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use serde::{Deserialize, Serialize};
@@ -49,16 +49,6 @@ pub struct WatchMachine {
     pub seen: u64,
 }
 
-fn key_of(obj: &Value) -> ObjectKey {
-    let (group, _) = gw_model::kinds::split_api_version(obj["apiVersion"].as_str().unwrap_or(""));
-    ObjectKey::new(
-        group,
-        obj["kind"].as_str().unwrap_or(""),
-        obj["metadata"]["namespace"].as_str().unwrap_or(""),
-        obj["metadata"]["name"].as_str().unwrap_or(""),
-    )
-}
-
 impl WatchMachine {
     pub fn new(initial: Snapshot) -> WatchMachine {
         let seen = initial.revision;
@@ -94,7 +84,7 @@ impl WatchMachine {
                 }
                 for o in &chunk.objects_json {
                     if let Ok(v) = serde_json::from_str::<Value>(o) {
-                        self.pending.insert(key_of(&v), Arc::new(v));
+                        self.pending.insert(ObjectKey::of_stored(&v), Arc::new(v));
                     }
                 }
                 self.seen = self.seen.max(chunk.revision);
@@ -167,7 +157,11 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 pub fn load(dir: &Path) -> Option<Snapshot> {
     let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
     let p: Persisted = serde_json::from_slice(&bytes).ok()?;
-    let objects = p.objects.into_iter().map(|o| (key_of(&o), o)).collect();
+    let objects = p
+        .objects
+        .into_iter()
+        .map(|o| (ObjectKey::of_stored(&o), o))
+        .collect();
     Some(Snapshot {
         revision: p.revision,
         objects,
@@ -207,18 +201,13 @@ pub fn kinds(internal: bool) -> Vec<pb::ObjectRef> {
     gw_model::kinds::KINDS
         .iter()
         .filter(|k| k.is_internal() == internal)
-        .map(|k| pb::ObjectRef {
-            group: k.group.into(),
-            kind: k.kind.into(),
-            namespace: String::new(),
-            name: String::new(),
-        })
+        .map(|k| kind_ref(k.group, k.kind))
         .collect()
 }
 
 /// Runs the watch of `kinds` forever, publishing each committed state reached.
 pub async fn run(
-    client: Arc<Client>,
+    client: Client,
     initial: Snapshot,
     kinds: Vec<pb::ObjectRef>,
     publish: watch::Sender<Arc<Snapshot>>,
@@ -234,14 +223,8 @@ pub async fn run(
             namespace: String::new(),
             bookmark_interval_ms: 500,
         };
-        let stream = client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).watch(req).await.map(|r| r.into_inner()) }
-            })
-            .await;
-        let mut stream = match stream {
-            Ok((s, _)) => s,
+        let mut stream = match client.watch(req).await {
+            Ok(s) => s,
             Err(e) => {
                 health.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, revision = m.snapshot.revision, "store unreachable; serving the last committed state");

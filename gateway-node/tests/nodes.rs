@@ -1,9 +1,11 @@
 //! Gateway nodes against a real store: several nodes serve the same Gateway and converge on every
 //! committed change; nodes keep serving, and restart, while the store is down; status is written back.
 
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
 mod support;
 
-use gw_jepsen::cluster::free_port;
+use gw_testkit::procs::free_port;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;

@@ -1,11 +1,13 @@
 //! What the data plane does with real traffic: HTTPS with the certificate chosen by SNI (and ALPN),
 //! HTTP/2 cleartext to backends, WebSocket upgrades, and the HTTPRoute filters and timeouts.
 
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
 mod support;
 
 use base64::Engine;
-use gw_jepsen::cluster::free_port;
-use gw_node::echo::ws;
+use gw_testkit::echo::ws;
+use gw_testkit::procs::free_port;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,9 +3,11 @@
 //! replaced by one committed failover that both nodes follow; weight 0 keeps existing sessions; idle
 //! sessions expire by committed time; tampered tokens are no session.
 
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
 mod support;
 
-use gw_jepsen::cluster::free_port;
+use gw_testkit::procs::free_port;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
@@ -17,7 +19,7 @@ const PODS: [&str; 4] = ["b0", "b1", "b2", "b3"];
 enum Backend {
     // Held so that it keeps serving until the test ends.
     #[allow(dead_code)]
-    InProcess(gw_node::echo::EchoServer),
+    InProcess(gw_testkit::echo::EchoServer),
     Process(std::process::Child),
 }
 
@@ -37,7 +39,7 @@ async fn backend(pod: &str, process: bool) -> (Backend, SocketAddr) {
         return (Backend::InProcess(e), addr);
     }
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = std::process::Command::new(gw_jepsen::cluster::bin("gwadm"))
+    let child = std::process::Command::new(gw_testkit::procs::bin("gwadm").unwrap())
         .args(["echo-server", "--listen", &addr.to_string(), "--name", pod])
         .args(["--namespace", "web"])
         .stderr(std::process::Stdio::null())
@@ -51,7 +53,7 @@ async fn backend(pod: &str, process: bool) -> (Backend, SocketAddr) {
 }
 
 struct Env {
-    store: gw_jepsen::cluster::Cluster,
+    store: gw_testkit::cluster::Cluster,
     nodes: Vec<NodeProc>,
     addrs: Vec<SocketAddr>,
     backends: Vec<Backend>,

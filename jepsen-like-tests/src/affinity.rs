@@ -9,13 +9,14 @@
 //! replicated affinity table that the checker reads after healing.
 
 use crate::checker::{Validity, Verdict};
-use crate::cluster::{Cluster, bin, free_port};
 use crate::history::{Kind, NEMESIS, Op, Recorder};
 use crate::nemesis::Rng;
 use anyhow::Context;
 use base64::Engine;
 use gw_model::affinity::SessionEntry;
 use gw_proto as pb;
+use gw_testkit::cluster::Cluster;
+use gw_testkit::procs::{bin, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -132,7 +133,7 @@ impl Fleet {
         for i in 0..BACKENDS {
             let addr: SocketAddr = format!("{ip_prefix}{}:{}", 80 + i, free_port()).parse()?;
             let mut p = Proc {
-                program: bin("gwadm"),
+                program: bin("gwadm").expect("gwadm"),
                 args: ["echo-server", "--listen", &addr.to_string(), "--name"]
                     .map(String::from)
                     .into_iter()
@@ -169,7 +170,7 @@ impl Fleet {
         fleet.apply(&yaml).await?;
         for (g, addr) in fleet.addrs.iter().enumerate() {
             let mut p = Proc {
-                program: bin("gw-node"),
+                program: bin("gw-node").expect("gw-node"),
                 args: vec![
                     "--store".into(),
                     fleet.store.clone(),
@@ -220,7 +221,7 @@ impl Fleet {
     async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         let f = self.dir.join(format!("apply-{}.yaml", free_port()));
         std::fs::write(&f, yaml)?;
-        let o = tokio::process::Command::new(bin("gwadm"))
+        let o = tokio::process::Command::new(bin("gwadm").expect("gwadm"))
             .args(["--server", &self.store, "--retry-for", "30", "apply", "-f"])
             .arg(&f)
             .output()
@@ -437,12 +438,10 @@ async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
 fn table_watch(after: u64) -> pb::WatchRequest {
     pb::WatchRequest {
         after_revision: Some(after),
-        kinds: vec![pb::ObjectRef {
-            group: gw_model::kinds::GW_GROUP.into(),
-            kind: gw_model::affinity::KIND.into(),
-            namespace: String::new(),
-            name: String::new(),
-        }],
+        kinds: vec![gw_client::kind_ref(
+            gw_model::kinds::GW_GROUP,
+            gw_model::affinity::KIND,
+        )],
         namespace: String::new(),
         bookmark_interval_ms: 500,
     }
@@ -455,7 +454,7 @@ pub async fn table_history(
     ch: &tonic::transport::Channel,
     upto: u64,
 ) -> Result<Vec<SessionEntry>, String> {
-    let mut stream = pb::config_client::ConfigClient::new(ch.clone())
+    let mut stream = gw_client::Client::config(ch.clone())
         .max_decoding_message_size(256 << 20)
         .watch(table_watch(0))
         .await
@@ -514,7 +513,7 @@ pub async fn observe(chans: Vec<tonic::transport::Channel>, until: Instant) -> S
         member += 1;
         let opened = tokio::time::timeout(
             Duration::from_secs(2),
-            pb::config_client::ConfigClient::new(ch)
+            gw_client::Client::config(ch)
                 .max_decoding_message_size(256 << 20)
                 .watch(table_watch(after)),
         )

@@ -3,8 +3,8 @@
 //! and connects from, its own 127.77.R.N). Each fault is recorded with its start, its end, the members
 //! it affected, and whether it was seen to take effect.
 
-use crate::cluster::Cluster;
 use crate::history::{Kind, NEMESIS, Recorder};
+use gw_testkit::cluster::Cluster;
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -496,7 +496,7 @@ pub async fn run(
 
 /// Runs `gwadm --server SERVERS ARGS`; its output, or why it failed.
 async fn gwadm(servers: &str, args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new(crate::cluster::bin("gwadm"))
+    let out = tokio::process::Command::new(gw_testkit::procs::bin("gwadm").expect("gwadm"))
         .args(["--server", servers, "--retry-for", "15"])
         .args(args)
         .output()

@@ -4,13 +4,13 @@
 
 use crate::history::{Event, Kind, Recorder};
 use crate::nemesis::Rng;
+use gw_client::{Client, Error};
 use gw_proto as pb;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a client waits for an answer before calling the outcome unknown.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -28,11 +28,12 @@ fn target(key: &str) -> pb::ObjectRef {
     }
 }
 
+/// A channel per member, each call on it bounded by the operation timeout.
 pub fn channels(addrs: &[(u64, String)]) -> Vec<(u64, Channel)> {
     addrs
         .iter()
         .filter_map(|(id, a)| {
-            Endpoint::from_shared(format!("http://{a}")).ok().map(|e| {
+            gw_client::endpoint(a).ok().map(|e| {
                 (
                     *id,
                     e.connect_timeout(Duration::from_millis(300))
@@ -46,14 +47,15 @@ pub fn channels(addrs: &[(u64, String)]) -> Vec<(u64, Channel)> {
 
 /// A linearizable read: the value (None if the object does not exist), its resourceVersion and the
 /// revision of the read.
-pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64), tonic::Status> {
+pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64), Error> {
     let req = pb::GetRequest {
         target: Some(target(key)),
         options: None,
     };
-    match pb::config_client::ConfigClient::new(ch.clone())
+    match Client::config(ch.clone())
         .get(req)
         .await
+        .map_err(Error::from)
     {
         Ok(r) => {
             let r = r.into_inner();
@@ -68,18 +70,13 @@ pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64),
                 r.revision,
             ))
         }
-        Err(s) if s.code() == Code::NotFound => Ok((None, String::new(), 0)),
-        Err(s) => Err(s),
+        Err(Error::NotFound { .. }) => Ok((None, String::new(), 0)),
+        Err(e) => Err(e),
     }
 }
 
 /// Writes `value` (unconditionally, or only if the object is still at `rv`).
-pub async fn write(
-    ch: &Channel,
-    key: &str,
-    value: i64,
-    rv: Option<&str>,
-) -> Result<u64, tonic::Status> {
+pub async fn write(ch: &Channel, key: &str, value: i64, rv: Option<&str>) -> Result<u64, Error> {
     let mut doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": key, "namespace": "jepsen"}, "data": {"value": value.to_string()}});
     if let Some(rv) = rv {
         doc["metadata"]["resourceVersion"] = json!(rv);
@@ -92,18 +89,11 @@ pub async fn write(
         }],
         dry_run: false,
     };
-    pb::config_client::ConfigClient::new(ch.clone())
+    Client::config(ch.clone())
         .apply(req)
         .await
         .map(|r| r.into_inner().revision)
-}
-
-/// Whether a failed write certainly had no effect.
-fn definite(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Aborted | Code::InvalidArgument | Code::FailedPrecondition
-    )
+        .map_err(Error::from)
 }
 
 /// What the clients share.
@@ -159,7 +149,7 @@ pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
             "read" => match tokio::time::timeout(OP_TIMEOUT, read(ch, &key)).await {
                 // A not-found answer carries no revision (0).
                 Ok(Ok((v, _, rev))) => end(Kind::Ok, json!(v), Some(rev).filter(|r| *r > 0), None),
-                Ok(Err(s)) => end(Kind::Fail, Value::Null, None, Some(s.message())),
+                Ok(Err(e)) => end(Kind::Fail, Value::Null, None, Some(&e.to_string())),
                 Err(_) => end(Kind::Fail, Value::Null, None, Some("timeout")),
             },
             "write" => match tokio::time::timeout(
@@ -169,27 +159,29 @@ pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
             .await
             {
                 Ok(Ok(rev)) => end(Kind::Ok, arg.clone(), Some(rev), None),
-                Ok(Err(s)) if definite(&s) => end(Kind::Fail, arg.clone(), None, Some(s.message())),
-                Ok(Err(s)) => end(Kind::Info, arg.clone(), None, Some(s.message())),
+                Ok(Err(e)) if e.is_definite() => {
+                    end(Kind::Fail, arg.clone(), None, Some(&e.to_string()))
+                }
+                Ok(Err(e)) => end(Kind::Info, arg.clone(), None, Some(&e.to_string())),
                 Err(_) => end(Kind::Info, arg.clone(), None, Some("timeout")),
             },
             _ => {
                 let (from, to) = (arg[0].as_i64().unwrap_or(0), arg[1].as_i64().unwrap_or(0));
                 let op = async {
-                    let (v, rv, _) = read(ch, &key).await.map_err(|s| (true, s))?;
+                    let (v, rv, _) = read(ch, &key).await.map_err(|e| (true, e))?;
                     if v != Some(from) {
                         return Ok(None);
                     }
                     write(ch, &key, to, Some(&rv))
                         .await
                         .map(Some)
-                        .map_err(|s| (definite(&s), s))
+                        .map_err(|e| (e.is_definite(), e))
                 };
                 match tokio::time::timeout(OP_TIMEOUT, op).await {
                     Ok(Ok(Some(rev))) => end(Kind::Ok, arg.clone(), Some(rev), None),
                     Ok(Ok(None)) => end(Kind::Fail, arg.clone(), None, Some("value differs")),
-                    Ok(Err((true, s))) => end(Kind::Fail, arg.clone(), None, Some(s.message())),
-                    Ok(Err((false, s))) => end(Kind::Info, arg.clone(), None, Some(s.message())),
+                    Ok(Err((true, e))) => end(Kind::Fail, arg.clone(), None, Some(&e.to_string())),
+                    Ok(Err((false, e))) => end(Kind::Info, arg.clone(), None, Some(&e.to_string())),
                     Err(_) => end(Kind::Info, arg.clone(), None, Some("timeout")),
                 }
             }

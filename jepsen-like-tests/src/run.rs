@@ -2,10 +2,10 @@
 //! back, check, and write the run directory.
 
 use crate::checker::{self, Validity, Verdict};
-use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
 use crate::{affinity, register, txn, watch};
+use gw_testkit::cluster::{Cluster, ClusterOptions};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
 const TXN_PROCESSES: i64 = 100_000;

@@ -10,31 +10,26 @@
 use crate::checker::{Validity, Verdict};
 use crate::history::{Event, Kind, Op, Recorder};
 use crate::nemesis::Rng;
+use gw_client::{Client, Error};
 use gw_proto as pb;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::Code;
 use tonic::transport::Channel;
 
 const NS: &str = "jepsen-txn";
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Every list at one revision: name → (values, resourceVersion), and the revision.
-pub async fn read_all(
-    ch: &Channel,
-) -> Result<(BTreeMap<String, (Vec<i64>, String)>, u64), tonic::Status> {
+pub async fn read_all(ch: &Channel) -> Result<(BTreeMap<String, (Vec<i64>, String)>, u64), Error> {
     let req = pb::ListRequest {
         group: String::new(),
         kind: "ConfigMap".into(),
         namespace: NS.into(),
         options: None,
     };
-    let r = pb::config_client::ConfigClient::new(ch.clone())
-        .list(req)
-        .await?
-        .into_inner();
+    let r = Client::config(ch.clone()).list(req).await?.into_inner();
     let mut out = BTreeMap::new();
     for o in &r.objects_json {
         let v: Value = serde_json::from_str(o).unwrap_or_default();
@@ -92,7 +87,7 @@ pub async fn client(
         inv.node = Some(*node);
         ctx.rec.record(inv);
         let op = async {
-            let (read, rev) = read_all(ch).await.map_err(|s| (true, s))?;
+            let (read, rev) = read_all(ch).await.map_err(|e| (true, e))?;
             let mut docs = Vec::new();
             for (i, (k, v)) in appends.iter().enumerate() {
                 let (mut list, rv) = read.get(k).cloned().unwrap_or_default();
@@ -112,19 +107,11 @@ pub async fn client(
                 documents: docs,
                 dry_run: false,
             };
-            let w = pb::config_client::ConfigClient::new(ch.clone())
-                .apply(req)
-                .await
-                .map_err(|s| {
-                    (
-                        matches!(
-                            s.code(),
-                            Code::Aborted | Code::InvalidArgument | Code::FailedPrecondition
-                        ),
-                        s,
-                    )
-                })?;
-            Ok::<_, (bool, tonic::Status)>((read, rev, w.into_inner().revision))
+            let w = Client::config(ch.clone()).apply(req).await.map_err(|s| {
+                let e = Error::from(s);
+                (e.is_definite(), e)
+            })?;
+            Ok::<_, (bool, Error)>((read, rev, w.into_inner().revision))
         };
         let (kind, value, revision, error) = match tokio::time::timeout(OP_TIMEOUT, op).await {
             Ok(Ok((read, _, wrev))) => {
@@ -146,13 +133,13 @@ pub async fn client(
                 Kind::Fail,
                 json!({"append": appends}),
                 None,
-                Some(s.message().to_string()),
+                Some(s.to_string()),
             ),
             Ok(Err((false, s))) => (
                 Kind::Info,
                 json!({"append": appends}),
                 None,
-                Some(s.message().to_string()),
+                Some(s.to_string()),
             ),
             Err(_) => (
                 Kind::Info,

@@ -34,12 +34,7 @@ pub struct Collected {
 fn request(after: u64) -> pb::WatchRequest {
     pb::WatchRequest {
         after_revision: Some(after),
-        kinds: vec![pb::ObjectRef {
-            group: String::new(),
-            kind: "ConfigMap".into(),
-            namespace: String::new(),
-            name: String::new(),
-        }],
+        kinds: vec![gw_client::kind_ref("", "ConfigMap")],
         namespace: "jepsen".into(),
         bookmark_interval_ms: 500,
     }
@@ -77,7 +72,7 @@ pub async fn collector(
         out.members_used.insert(*id);
         if let Ok(Ok(resp)) = tokio::time::timeout(
             SILENCE,
-            pb::config_client::ConfigClient::new(ch.clone()).watch(request(last)),
+            gw_client::Client::config(ch.clone()).watch(request(last)),
         )
         .await
         {
@@ -118,7 +113,7 @@ pub async fn collector(
 /// The reference: every revision that changed a watched object, from a watch from the beginning.
 pub async fn reference(ch: &Channel, upto: u64) -> Result<BTreeMap<u64, RevEvents>, String> {
     let mut out = BTreeMap::new();
-    let mut stream = pb::config_client::ConfigClient::new(ch.clone())
+    let mut stream = gw_client::Client::config(ch.clone())
         .watch(request(0))
         .await
         .map_err(|e| e.to_string())?

@@ -4,6 +4,8 @@
 //! (created, last activity, expiry, the committed failovers). Expiry rules live here so that the store
 //! (which decides) and the nodes (which follow) read an entry the same way.
 
+pub mod token;
+
 use crate::kinds::{GW_GROUP, ObjectKey, api_version};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

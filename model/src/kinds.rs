@@ -245,6 +245,36 @@ impl ObjectKey {
     pub fn info(&self) -> Option<&'static KindInfo> {
         by_group_kind(&self.group, &self.kind)
     }
+
+    /// The key of a stored object, read as it is from its apiVersion, kind and metadata.
+    pub fn of_stored(obj: &serde_json::Value) -> ObjectKey {
+        let (group, _) = split_api_version(obj["apiVersion"].as_str().unwrap_or(""));
+        ObjectKey::new(
+            group,
+            obj["kind"].as_str().unwrap_or(""),
+            obj["metadata"]["namespace"].as_str().unwrap_or(""),
+            obj["metadata"]["name"].as_str().unwrap_or(""),
+        )
+    }
+
+    /// The key a user's document names: its kind must be one gw serves, and a namespaced object without
+    /// a namespace is in "default" (as kubectl does). `Err` says what is missing.
+    pub fn of_document(obj: &serde_json::Value) -> Result<ObjectKey, String> {
+        let kind = obj["kind"].as_str().ok_or("the document has no kind")?;
+        let (group, _) = split_api_version(obj["apiVersion"].as_str().unwrap_or(""));
+        let info = by_group_kind(group, kind)
+            .ok_or_else(|| format!("{kind:?} in group {group:?} is not a kind gw serves"))?;
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or("the document has no metadata.name")?;
+        let namespace = match (info.namespaced, obj["metadata"]["namespace"].as_str()) {
+            (false, _) => "",
+            (true, Some(ns)) if !ns.is_empty() => ns,
+            (true, _) => "default",
+        };
+        Ok(ObjectKey::new(info.group, info.kind, namespace, name))
+    }
 }
 
 impl fmt::Display for ObjectKey {
@@ -301,6 +331,33 @@ mod tests {
         }
         assert!(resolve("deployment").is_none());
         assert!(resolve("httproutes.example.com").is_none());
+    }
+
+    #[test]
+    fn keys_of_stored_objects_and_of_documents() {
+        let doc = serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"}});
+        assert_eq!(
+            ObjectKey::of_document(&doc),
+            Ok(ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "default", "r"))
+        );
+        assert_eq!(
+            ObjectKey::of_stored(&doc),
+            ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "", "r")
+        );
+        let gc = serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "c", "namespace": "x"}});
+        assert_eq!(ObjectKey::of_document(&gc).unwrap().namespace, "");
+        let deployment = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}});
+        assert!(
+            ObjectKey::of_document(&deployment)
+                .unwrap_err()
+                .contains("Deployment")
+        );
+        let nameless = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {}});
+        assert!(
+            ObjectKey::of_document(&nameless)
+                .unwrap_err()
+                .contains("metadata.name")
+        );
     }
 
     #[test]

@@ -457,7 +457,7 @@ impl State {
         let body: SnapshotBody = serde_json::from_slice(bytes)?;
         let mut objects = BTreeMap::new();
         for obj in body.objects {
-            objects.insert(object_key(&obj), obj);
+            objects.insert(ObjectKey::of_stored(&obj), obj);
         }
         self.revision = body.revision;
         self.time_ms = body.time_ms;
@@ -492,18 +492,6 @@ fn put(key: &ObjectKey, obj: Value) -> Event {
         key: key.clone(),
         object: Arc::new(obj),
     }
-}
-
-/// The key of a stored object, read from its apiVersion, kind and metadata.
-pub fn object_key(obj: &Value) -> ObjectKey {
-    let api_version = obj["apiVersion"].as_str().unwrap_or("");
-    let (group, _) = gw_model::kinds::split_api_version(api_version);
-    ObjectKey::new(
-        group,
-        obj["kind"].as_str().unwrap_or(""),
-        obj["metadata"]["namespace"].as_str().unwrap_or(""),
-        obj["metadata"]["name"].as_str().unwrap_or(""),
-    )
 }
 
 #[cfg(test)]

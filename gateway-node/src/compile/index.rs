@@ -1,5 +1,6 @@
 //! The committed objects a compilation reads, indexed and typed once per revision.
 
+use crate::snapshot::Snapshot;
 use gw_model::ObjectKey;
 use gw_model::core::{
     ConfigMapBody, EndpointSliceBody, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
@@ -11,13 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-/// The committed objects at one revision.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub revision: u64,
-    pub objects: BTreeMap<ObjectKey, Arc<Value>>,
-}
 
 /// What the compiler needs of an object's metadata.
 #[derive(Debug, Clone)]

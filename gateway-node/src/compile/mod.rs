@@ -10,12 +10,13 @@ mod routes;
 mod sessions;
 pub mod tls;
 
+use crate::snapshot::Snapshot;
 use crate::table::{HostIndex, ListenerTable, RoutingTable, SocketTable};
 use conditions::{Cond, render};
 use gw_model::ObjectKey;
 use gw_model::gateway::GatewayClassSpec;
 use gw_model::kinds::GATEWAY_GROUP;
-pub use index::{Index, Snapshot};
+pub use index::Index;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

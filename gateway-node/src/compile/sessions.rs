@@ -5,7 +5,7 @@
 
 use super::conditions::{Cond, render};
 use super::index::{Index, Meta, typed};
-use crate::session::{Carrier, DEFAULT_NAME, SessionConfig};
+use crate::table::{Carrier, DEFAULT_NAME, SessionConfig};
 use gw_model::ObjectKey;
 use gw_model::duration;
 use gw_model::kinds::GATEWAY_GROUP;

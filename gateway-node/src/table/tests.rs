@@ -134,16 +134,29 @@ fn weighted_choice_follows_weights() {
     };
     let b = Backends::new(vec![e(0), e(1), e(3)]);
     assert_eq!(b.total_weight, 4);
+    // Four draws spread over u64 land in the four units of weight.
+    let quarter = u64::MAX / 4 + 1;
     let picks: Vec<usize> = (0..4)
-        .map(|r| {
-            b.entries
-                .iter()
-                .position(|x| std::ptr::eq(x, b.choose(r).unwrap()))
-                .unwrap()
-        })
+        .map(|i| b.choose_where(i * quarter, |_| true).unwrap())
         .collect();
     assert_eq!(picks, vec![1, 2, 2, 2], "a zero weight is never chosen");
-    assert!(Backends::new(vec![e(0)]).choose(0).is_none());
+    assert_eq!(b.choose_where(u64::MAX, |_| true), Some(2));
+    assert!(
+        Backends::new(vec![e(0)])
+            .choose_where(0, |_| true)
+            .is_none()
+    );
+    // Only the eligible entries share the draws.
+    assert_eq!(b.weight_where(|x| x.weight != 3), 1);
+    assert_eq!(b.choose_where(u64::MAX, |x| x.weight != 3), Some(1));
+}
+
+#[test]
+fn uniform_below_covers_the_range() {
+    assert_eq!(uniform_below(0, 7), 0);
+    assert_eq!(uniform_below(u64::MAX, 7), 6);
+    assert_eq!(uniform_below(u64::MAX / 2, 2), 0);
+    assert_eq!(uniform_below(u64::MAX / 2 + 1, 2), 1);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
-use gw_jepsen::cluster::{Cluster, ClusterOptions, bin, free_port};
-use gw_node::echo::{EchoConfig, EchoServer};
+use gw_testkit::cluster::{Cluster, ClusterOptions};
+use gw_testkit::echo::{EchoConfig, EchoServer};
+use gw_testkit::procs::{bin, free_port};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -60,7 +61,7 @@ impl NodeProc {
             .open(&self.log)
             .unwrap();
         self.child = Some(
-            Command::new(bin("gw-node"))
+            Command::new(bin("gw-node").unwrap())
                 .args(&self.args)
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -107,7 +108,7 @@ pub fn store() -> Cluster {
 }
 
 pub fn gwadm(store: &str, args: &[&str]) -> Output {
-    Command::new(bin("gwadm"))
+    Command::new(bin("gwadm").unwrap())
         .arg("--server")
         .arg(store)
         .args(args)
@@ -129,7 +130,7 @@ pub fn apply(store: &str, dir: &Path, yaml: &str) -> String {
 }
 
 pub async fn echo(pod: &str, ns: &str, h2c: bool) -> EchoServer {
-    gw_node::echo::start(EchoConfig {
+    gw_testkit::echo::start(EchoConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         pod: pod.into(),
         namespace: ns.into(),

@@ -1,17 +1,24 @@
-//! `gwadm conformance run`: replays the Gateway API v1.1 conformance suite — its manifests, and its
-//! tests' checks as the case files describe them — against a fresh gw, and writes a ConformanceReport.
-//! The tests run are exactly the case files found; which of them gw should pass follows from the
-//! features it claims (`features::SUPPORTED`).
+//! gw-conformance: the Gateway API conformance harness behind `gwadm conformance run`. It replays the
+//! upstream v1.1 suite — its manifests, and its tests' steps as the case files describe them (typed by
+//! `case`) — against a fresh gw, and writes a ConformanceReport. The tests run are exactly the case
+//! files found; which of them gw should pass follows from the features it claims
+//! (`features::SUPPORTED`).
 
+#![allow(clippy::disallowed_methods)] // a test tool: reads clocks freely; no decision code of gw lives here
+
+pub mod case;
 pub mod env;
 pub mod features;
 pub mod http;
 pub mod report;
 pub mod steps;
 
+use anyhow::{Context, anyhow, bail};
+use case::{CaseFile, Condition};
 use env::Env;
 use features::{PROFILES, Profile};
-use gw_node::store_client::ClientError;
+use gw_model::ObjectKey;
+use gw_model::kinds::GATEWAY_GROUP;
 use report::{Outcome, RunFacts, TestResult};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -54,52 +61,32 @@ pub struct RunArgs {
 /// A test as its case file describes it.
 struct Test {
     file: PathBuf,
-    case: Value,
-    name: String,
-    features: Vec<String>,
+    case: CaseFile,
 }
 
-fn load_tests(dir: &Path) -> Result<Vec<Test>, String> {
+fn load_tests(dir: &Path) -> anyhow::Result<Vec<Test>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .with_context(|| dir.display().to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(format!("{}: no case files (*.json)", dir.display()));
+        bail!("{}: no case files (*.json)", dir.display());
     }
     files
         .into_iter()
         .map(|file| {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let case: Value = serde_json::from_str(&text)
-                .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
-            let name = case["ShortName"]
-                .as_str()
-                .ok_or_else(|| format!("{}: no ShortName", file.display()))?
-                .to_string();
-            let features = case["Features"]
-                .as_array()
-                .ok_or_else(|| format!("{}: no Features", file.display()))?
-                .iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            Ok(Test {
-                file,
-                case,
-                name,
-                features,
-            })
+            let case = CaseFile::load(&file).map_err(|e| anyhow!(e))?;
+            Ok(Test { file, case })
         })
         .collect()
 }
 
 /// The Gateway API version and channel of the suite's CRD bundle.
-fn bundle_facts(suite: &Path) -> Result<(String, String), String> {
+fn bundle_facts(suite: &Path) -> anyhow::Result<(String, String)> {
     let path = suite.join("../crds/experimental-install.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let annotation = |name: &str| {
         text.lines()
             .find_map(|l| {
@@ -107,31 +94,16 @@ fn bundle_facts(suite: &Path) -> Result<(String, String), String> {
                     .strip_prefix(&format!("gateway.networking.k8s.io/{name}:"))
             })
             .map(|v| v.trim().trim_matches('"').to_string())
-            .ok_or_else(|| format!("{}: no {name} annotation", path.display()))
+            .ok_or_else(|| anyhow!("{}: no {name} annotation", path.display()))
     };
     Ok((annotation("bundle-version")?, annotation("channel")?))
-}
-
-/// The steps of a test in execution order.
-fn steps_of(case: &Value) -> Vec<Value> {
-    let mut all: Vec<Value> = ["status_checks", "cases", "actions", "other_checks"]
-        .iter()
-        .flat_map(|k| case[*k].as_array().cloned().unwrap_or_default())
-        .collect();
-    all.sort_by_key(|s| s["seq"].as_u64().unwrap_or(u64::MAX));
-    all
 }
 
 async fn run_test(env: &mut Env, suite: &Path, t: &Test) -> (Outcome, usize) {
     let mut applied = Vec::new();
     let mut outcome = Outcome::Passed;
     let mut steps = 0;
-    for m in t.case["Manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.as_str())
-    {
+    for m in &t.case.manifests {
         match env.apply_file(&suite.join(m)).await {
             Ok(a) => applied.push(a),
             Err(e) => {
@@ -142,8 +114,8 @@ async fn run_test(env: &mut Env, suite: &Path, t: &Test) -> (Outcome, usize) {
     }
     if outcome == Outcome::Passed {
         let mut run = steps::Run::new(env);
-        for s in steps_of(&t.case) {
-            if let Err(e) = run.step(&s).await {
+        for s in t.case.steps() {
+            if let Err(e) = run.step(s).await {
                 outcome = Outcome::Failed(format!("{}: {}", e.step, e.why));
                 break;
             }
@@ -151,7 +123,7 @@ async fn run_test(env: &mut Env, suite: &Path, t: &Test) -> (Outcome, usize) {
         steps = run.steps;
         if steps == 0 {
             outcome = Outcome::Failed(format!(
-                "{}: the harness found no step to execute",
+                "{}: the case has no step to execute",
                 t.file.display()
             ));
         }
@@ -166,20 +138,19 @@ async fn run_test(env: &mut Env, suite: &Path, t: &Test) -> (Outcome, usize) {
     (outcome, steps)
 }
 
-fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>, ClientError> {
+fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     pairs
         .iter()
         .map(|p| {
             p.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| ClientError::Usage(format!("--node-env {p:?}: expected KEY=VALUE")))
+                .ok_or_else(|| anyhow!("--node-env {p:?}: expected KEY=VALUE"))
         })
         .collect()
 }
 
 /// Starts gw, sets up the suite's base, then runs every selected test; fails if any test failed.
-pub async fn run(args: RunArgs) -> Result<(), ClientError> {
-    let usage = ClientError::Usage;
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let profiles: Vec<&Profile> = args
         .profiles
         .iter()
@@ -187,22 +158,20 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
             PROFILES
                 .iter()
                 .find(|p| p.name.eq_ignore_ascii_case(n))
-                .ok_or_else(|| usage(format!("unknown profile {n:?}")))
+                .ok_or_else(|| anyhow!("unknown profile {n:?}"))
         })
-        .collect::<Result<_, _>>()?;
-    let (version, channel) = bundle_facts(&args.suite).map_err(usage)?;
+        .collect::<anyhow::Result<_>>()?;
+    let (version, channel) = bundle_facts(&args.suite)?;
     let tests = load_tests(
         &args
             .cases
             .clone()
             .unwrap_or_else(|| args.suite.join("cases")),
-    )
-    .map_err(usage)?;
+    )?;
     let secrets_spec: Value = {
         let p = args.suite.join("base/programmatic-secrets.json");
-        let text =
-            std::fs::read_to_string(&p).map_err(|e| usage(format!("{}: {e}", p.display())))?;
-        serde_json::from_str(&text).map_err(|e| usage(format!("{}: {e}", p.display())))?
+        let text = std::fs::read_to_string(&p).with_context(|| p.display().to_string())?;
+        serde_json::from_str(&text).with_context(|| p.display().to_string())?
     };
 
     let started = Instant::now();
@@ -215,7 +184,7 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
     eprintln!("gw started in {}", env.dir.display());
     setup(&mut env, &args.suite, &secrets_spec)
         .await
-        .map_err(|e| usage(format!("suite setup: {e}")))?;
+        .map_err(|e| anyhow!("suite setup: {e}"))?;
     eprintln!(
         "base manifests ready after {:.1}s",
         started.elapsed().as_secs_f64()
@@ -223,21 +192,21 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
 
     let mut results = Vec::new();
     for t in &tests {
-        if !args.run.is_empty() && !args.run.iter().any(|r| t.name.contains(r.as_str())) {
+        let (name, features) = (&t.case.short_name, &t.case.features);
+        if !args.run.is_empty() && !args.run.iter().any(|r| name.contains(r.as_str())) {
             continue;
         }
-        let unprofiled = PROFILES.iter().all(|p| !p.covers(&t.features));
+        let unprofiled = PROFILES.iter().all(|p| !p.covers(features));
         let selected =
-            profiles.iter().any(|p| p.covers(&t.features)) || (args.unprofiled && unprofiled);
+            profiles.iter().any(|p| p.covers(features)) || (args.unprofiled && unprofiled);
         if !selected {
             continue;
         }
         let begun = Instant::now();
-        let (outcome, steps) = if features::supported(&t.features) {
+        let (outcome, steps) = if features::supported(features) {
             run_test(&mut env, &args.suite, t).await
         } else {
-            let missing: Vec<&str> = t
-                .features
+            let missing: Vec<&str> = features
                 .iter()
                 .map(String::as_str)
                 .filter(|f| !features::supported(&[f.to_string()]))
@@ -245,8 +214,8 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
             (Outcome::Skipped(format!("needs {}", missing.join(", "))), 0)
         };
         let r = TestResult {
-            name: t.name.clone(),
-            features: t.features.clone(),
+            name: name.clone(),
+            features: features.clone(),
             outcome,
             steps,
             seconds: begun.elapsed().as_secs_f64(),
@@ -255,16 +224,14 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
         results.push(r);
     }
     if results.is_empty() {
-        return Err(usage(
-            "no test matched the profiles and --run filter".into(),
-        ));
+        bail!("no test matched the profiles and --run filter");
     }
 
     let facts = RunFacts {
         gateway_api_version: version,
         channel,
         mode: "default".into(),
-        date: gw_model::meta::rfc3339(gw_node::node::now_ms()),
+        date: gw_model::meta::rfc3339(gw_client::clock::now_ms()),
     };
     let rep = report::report(&profiles, &results, &facts);
     for p in rep["profiles"].as_array().into_iter().flatten() {
@@ -275,8 +242,8 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
         );
     }
     if let Some(path) = &args.report {
-        let yaml = serde_saphyr::to_string(&rep).map_err(|e| usage(format!("report: {e}")))?;
-        std::fs::write(path, yaml).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        let yaml = serde_saphyr::to_string(&rep).context("report")?;
+        std::fs::write(path, yaml).with_context(|| path.display().to_string())?;
         println!("report written to {}", path.display());
     }
     let failed: Vec<&str> = results
@@ -301,10 +268,7 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(usage(format!(
-            "conformance tests failed: {}",
-            failed.join(", ")
-        )))
+        bail!("conformance tests failed: {}", failed.join(", "))
     }
 }
 
@@ -314,17 +278,26 @@ async fn setup(env: &mut Env, suite: &Path, secrets: &Value) -> Result<(), Strin
     env.create_gateway_class()
         .await
         .map_err(|e| e.to_string())?;
-    let class = serde_json::json!({"check": "GatewayClassAccepted", "resource": {"kind": "GatewayClass", "name": env.class},
-                                   "condition": {"type": "Accepted", "status": "True"}});
-    let mut run = steps::Run::new(env);
-    run.step(&class)
+    let accepted = Condition {
+        kind: "Accepted".into(),
+        status: "True".into(),
+        reason: String::new(),
+    };
+    let class = ObjectKey::new(GATEWAY_GROUP, "GatewayClass", "", &env.class);
+    steps::Run::new(env)
+        .await_condition(&class, &accepted, steps::GATEWAYCLASS_ACCEPTED, false)
         .await
-        .map_err(|e| format!("{}: {}", e.step, e.why))?;
+        .map_err(|e| format!("GatewayClass {}: {e}", class.name))?;
     env.apply_file(&suite.join("base/manifests.yaml")).await?;
     env.create_programmatic_secrets(secrets).await?;
-    let ready = serde_json::json!({"check": "NamespacesReady", "namespaces": secrets["readiness_after_setup"]["gateway_namespaces"]});
+    let namespaces: Vec<String> = secrets["readiness_after_setup"]["gateway_namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect();
     steps::Run::new(env)
-        .step(&ready)
+        .namespaces_ready(&namespaces)
         .await
-        .map_err(|e| format!("{}: {}", e.step, e.why))
+        .map_err(|e| format!("base Gateways not ready: {e}"))
 }

@@ -1,7 +1,7 @@
 //! The ConformanceReport (gateway.networking.k8s.io/v1alpha1) as Gateway API v1.1 defines it, and the
 //! human summary.
 
-use super::features::{Profile, SUPPORTED};
+use crate::features::{Profile, SUPPORTED};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +164,7 @@ pub fn summary_line(r: &TestResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::features::PROFILES;
+    use crate::features::PROFILES;
 
     fn r(name: &str, features: &[&str], outcome: Outcome) -> TestResult {
         TestResult {

@@ -2,43 +2,14 @@
 //! directory and log file; members can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP/SIGCONT)
 //! and restarted from their data. Every process is killed when the `Cluster` is dropped.
 
+use crate::procs::{bin, free_port};
 use anyhow::{Context, bail};
 use gw_proto as pb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// Finds a binary of this workspace (`gw-api-server`, `gwadm`, `gw-node`) next to the running test or
-/// tool: `GW_BIN_DIR` if set, else the target directory the current executable was built in.
-pub fn bin(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("GW_BIN_DIR") {
-        return Path::new(&dir).join(name);
-    }
-    let exe = std::env::current_exe().expect("current executable");
-    let mut dir = exe.parent().expect("executable directory").to_path_buf();
-    // Test binaries live in target/<profile>/deps; workspace binaries in target/<profile>.
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
-
-/// A free loopback port (bound then released; collisions between concurrent tests are unlikely).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One member process.
 pub struct MemberProc {
@@ -155,7 +126,7 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&m.log)?;
-        let child = Command::new(bin("gw-api-server"))
+        let child = Command::new(bin("gw-api-server")?)
             .arg("--id")
             .arg(id.to_string())
             .arg("--listen")
@@ -250,7 +221,7 @@ impl Cluster {
 
     /// Runs `gwadm --server <server> <args>` and returns its output.
     pub fn gwadm(&self, server: &str, args: &[&str]) -> Output {
-        Command::new(bin("gwadm"))
+        Command::new(bin("gwadm").expect("gwadm"))
             .arg("--server")
             .arg(server)
             .args(args)
@@ -260,15 +231,10 @@ impl Cluster {
 
     /// A member's own status report, if it answers within a second.
     pub async fn member_status(&self, id: u64) -> Option<pb::MemberStatus> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
-            .ok()?
-            .connect_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .ok()?;
+        let channel = gw_client::channel(self.addr(id)).ok()?;
         let mut req = tonic::Request::new(pb::MemberStatusRequest {});
         req.set_timeout(Duration::from_secs(1));
-        pb::cluster_client::ClusterClient::new(channel)
+        gw_client::Client::cluster(channel)
             .member_status(req)
             .await
             .ok()

@@ -5,12 +5,12 @@
 //! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
 //! TLS Secrets the suite creates at setup.
 
-use crate::procs::{Children, sibling, spawn, spawn_store};
+use anyhow::Context;
+use gw_client::{Client, object_ref};
 use gw_model::ObjectKey;
-use gw_model::kinds;
-use gw_node::echo::{EchoConfig, EchoServer};
-use gw_node::store_client::{Client, ClientError};
 use gw_proto as pb;
+use gw_testkit::echo::{EchoConfig, EchoServer};
+use gw_testkit::procs::{Children, bin, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -67,36 +67,14 @@ pub struct Env {
     pub class: String,
     pub controller: String,
     pub pods: Vec<Pod>,
+    /// Values of the addresses of unsupported types that applied Gateways carry (GatewayStaticAddresses'
+    /// "invalid address").
+    pub invalid_addresses: Vec<String>,
     next_pod: u32,
     services: BTreeMap<ObjectKey, SelectorService>,
     children: std::sync::Mutex<Children>,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-}
-
-pub fn object_ref(k: &ObjectKey) -> pb::ObjectRef {
-    pb::ObjectRef {
-        group: k.group.clone(),
-        kind: k.kind.clone(),
-        namespace: k.namespace.clone(),
-        name: k.name.clone(),
-    }
-}
-
-fn key_of(v: &Value) -> Option<ObjectKey> {
-    let (group, _) = kinds::split_api_version(v["apiVersion"].as_str()?);
-    let info = kinds::by_group_kind(group, v["kind"].as_str()?)?;
-    let ns = if info.namespaced {
-        v["metadata"]["namespace"].as_str().unwrap_or("default")
-    } else {
-        ""
-    };
-    Some(ObjectKey::new(
-        info.group,
-        info.kind,
-        ns,
-        v["metadata"]["name"].as_str()?,
-    ))
 }
 
 impl Env {
@@ -105,27 +83,21 @@ impl Env {
         dir: Option<PathBuf>,
         class: &str,
         node_env: &[(String, String)],
-    ) -> Result<Env, ClientError> {
+    ) -> anyhow::Result<Env> {
         let (dir, tmp) = match dir {
             Some(d) => (d, None),
             None => {
                 let t = tempfile::Builder::new()
                     .prefix("gw-conformance-")
-                    .tempdir()
-                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                    .tempdir()?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ClientError::Usage(format!("{}: {e}", dir.display())))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| ClientError::Usage(e.to_string()))?
-            .port();
-        let store = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        let store = format!("127.0.0.1:{}", free_port());
         let mut children = Children::default();
-        spawn_store(&mut children, &store, &dir)?;
-        let mut node = std::process::Command::new(sibling("gw-node")?);
+        children.spawn_store(&store, &dir)?;
+        let mut node = std::process::Command::new(bin("gw-node")?);
         node.args([
             "--store",
             &store,
@@ -137,13 +109,14 @@ impl Env {
         .arg("--data-dir")
         .arg(dir.join("node"))
         .envs(node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        spawn(&mut children, "gw-node", &dir.join("node.log"), &mut node)?;
+        children.spawn("gw-node", &dir.join("node.log"), &mut node)?;
         let client = Client::new(&[store], Duration::from_secs(30))?;
         Ok(Env {
             client,
             class: class.into(),
             controller: "gw.dev/gateway-node".into(),
             pods: vec![],
+            invalid_addresses: vec![],
             next_pod: 0,
             services: BTreeMap::new(),
             children: std::sync::Mutex::new(children),
@@ -193,7 +166,7 @@ impl Env {
         &self,
         docs: Vec<Value>,
         source: &str,
-    ) -> Result<pb::WriteResponse, ClientError> {
+    ) -> gw_client::Result<pb::WriteResponse> {
         let documents = docs
             .iter()
             .enumerate()
@@ -203,21 +176,10 @@ impl Env {
                 index: i as u32 + 1,
             })
             .collect();
-        let req = pb::ApplyRequest {
-            documents,
-            dry_run: false,
-        };
-        let (resp, _) = self
-            .client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).apply(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
-        Ok(resp)
+        self.client.apply(documents, false).await
     }
 
-    pub async fn delete(&self, refs: Vec<pb::ObjectRef>) -> Result<(), ClientError> {
+    pub async fn delete(&self, refs: Vec<pb::ObjectRef>) -> gw_client::Result<()> {
         if refs.is_empty() {
             return Ok(());
         }
@@ -227,63 +189,11 @@ impl Env {
             ignore_not_found: true,
             expected_resource_versions: vec![],
         };
-        self.client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).delete(req).await.map(|r| r.into_inner()) }
-            })
-            .await
-            .map(|_| ())
-    }
-
-    /// The object, or `None` if it does not exist.
-    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ClientError> {
-        let req = pb::GetRequest {
-            target: Some(object_ref(key)),
-            options: None,
-        };
-        match self
-            .client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).get(req).await.map(|r| r.into_inner()) }
-            })
-            .await
-        {
-            Ok((r, _)) => Ok(serde_json::from_str(&r.object_json).ok()),
-            Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The objects of one kind (in a namespace, or everywhere with "").
-    pub async fn list(
-        &self,
-        group: &str,
-        kind: &str,
-        namespace: &str,
-    ) -> Result<Vec<Value>, ClientError> {
-        let req = pb::ListRequest {
-            group: group.into(),
-            kind: kind.into(),
-            namespace: namespace.into(),
-            options: None,
-        };
-        let (r, _) = self
-            .client
-            .call(|c| {
-                let req = req.clone();
-                async move { Client::config(c).list(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
-        Ok(r.objects_json
-            .iter()
-            .filter_map(|s| serde_json::from_str(s).ok())
-            .collect())
+        self.client.delete(req).await.map(|_| ())
     }
 
     /// The suite's GatewayClass.
-    pub async fn create_gateway_class(&self) -> Result<(), ClientError> {
+    pub async fn create_gateway_class(&self) -> gw_client::Result<()> {
         let gc = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": self.class},
                         "spec": {"controllerName": self.controller, "description": "gw conformance run"}});
         self.apply_docs(vec![gc], "conformance setup")
@@ -291,8 +201,9 @@ impl Env {
             .map(|_| ())
     }
 
-    /// The suite's Applier rewrites (conformance/utils/kubernetes/apply.go).
-    fn rewrite(&self, doc: &mut Value) {
+    /// The suite's Applier rewrites (conformance/utils/kubernetes/apply.go); remembers the addresses of
+    /// unsupported types a Gateway asks for.
+    fn rewrite(&mut self, doc: &mut Value) {
         match doc["kind"].as_str() {
             Some("GatewayClass") => doc["spec"]["controllerName"] = json!(self.controller),
             Some("Gateway") => {
@@ -304,6 +215,13 @@ impl Env {
                     .and_then(Value::as_array_mut)
                 {
                     for a in addrs.iter_mut() {
+                        let supported = matches!(
+                            a["type"].as_str().unwrap_or("IPAddress"),
+                            "IPAddress" | "Hostname" | "NamedAddress"
+                        );
+                        if let (false, Some(v)) = (supported, a["value"].as_str()) {
+                            self.invalid_addresses.push(v.to_string());
+                        }
                         match a["value"].as_str() {
                             Some("PLACEHOLDER_USABLE_ADDRS") => {
                                 *a = json!({"type": "IPAddress", "value": Env::usable_address().to_string()})
@@ -340,7 +258,10 @@ impl Env {
             }
             self.rewrite(&mut v);
             if kind == "Service"
-                && let (Some(key), Some(sel)) = (key_of(&v), v["spec"]["selector"].as_object())
+                && let (Ok(key), Some(sel)) = (
+                    ObjectKey::of_document(&v),
+                    v["spec"]["selector"].as_object(),
+                )
             {
                 let selector = sel
                     .iter()
@@ -415,7 +336,7 @@ impl Env {
                     log: false,
                 };
                 servers.push(
-                    gw_node::echo::start(cfg)
+                    gw_testkit::echo::start(cfg)
                         .await
                         .map_err(|e| format!("starting pod {ns}/{pod} on {ip}:{port}: {e}"))?,
                 );

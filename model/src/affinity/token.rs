@@ -1,7 +1,9 @@
 //! Session tokens: the binding (session id, scope, backend identity, issue time) in a small signed
 //! payload, `v1.<key id>.<payload>.<mac>` (base64url), authenticated with HMAC-SHA256 under a key held in
 //! the store (Secret `gw-system/gw-session-keys`: `current`, and `previous` after a rotation). Any
-//! node verifies a token at once; nobody without the key can make one.
+//! node verifies a token at once; nobody without the key can make one. The format lives with the
+//! affinity table so that gateway nodes (which issue and verify tokens) and gwadm (which reads a
+//! token's session) agree on it.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -80,11 +82,54 @@ impl Keys {
     }
 }
 
-/// A new random key, as stored in the Secret's `data` (base64 of 32 random bytes).
-pub fn new_key_data() -> String {
-    use rand::RngExt;
-    let bytes: [u8; 32] = rand::rng().random();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+/// The Secret holding the keys as a document: `current` (the raw key) signs, `previous` (as stored,
+/// base64) is still accepted. `resource_version` "0" creates it only if it does not exist; otherwise it
+/// is the version being replaced.
+pub fn key_secret(
+    current: &[u8],
+    previous: Option<&str>,
+    resource_version: &str,
+) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "current": base64::engine::general_purpose::STANDARD.encode(current),
+    });
+    if let Some(p) = previous {
+        data["previous"] = serde_json::json!(p);
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": KEYS_SECRET, "namespace": KEYS_NAMESPACE, "resourceVersion": resource_version},
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+impl Keys {
+    /// The keys a Secret holds (`None` without a usable `current`).
+    pub fn from_secret(s: &serde_json::Value) -> Option<Keys> {
+        let decode = |field: &str| {
+            s["data"][field]
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .filter(|k| !k.is_empty())
+        };
+        let current = decode("current")?;
+        Some(Keys::new(&current, decode("previous").as_deref()))
+    }
+}
+
+/// The session a token names, read without any key (the session id is random and reveals nothing;
+/// `None` when `token` is not one).
+pub fn session_of(token: &str) -> Option<String> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [_, _, payload, _] = parts.as_slice() else {
+        return None;
+    };
+    let bytes = B64.decode(payload).ok()?;
+    serde_json::from_slice::<Token>(&bytes)
+        .ok()
+        .map(|t| t.session)
 }
 
 #[cfg(test)]
@@ -120,6 +165,21 @@ mod tests {
         for junk in ["", "v1", "v1.x.y.z", "v2.a.b.c", &t[..t.len() - 2]] {
             assert_eq!(keys.verify(junk), None, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_secret() {
+        let doc = key_secret(b"k2", Some("azE="), "0");
+        let keys = Keys::from_secret(&doc).unwrap();
+        let t = Keys::new(b"k1", None).issue(&token());
+        assert_eq!(
+            keys.verify(&t),
+            Some(token()),
+            "the previous key is accepted"
+        );
+        assert_eq!(session_of(&t).as_deref(), Some("0123"));
+        assert_eq!(session_of("plain-id"), None);
+        assert!(Keys::from_secret(&serde_json::json!({"data": {}})).is_none());
     }
 
     #[test]

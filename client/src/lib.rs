@@ -1,0 +1,329 @@
+//! gw-client: the store client every part of gw uses (gwadm, gateway nodes, the conformance harness, the
+//! fault-injection suite). It knows several members and tries them in turn: it sticks to the member that
+//! answered last, moves on when one is unreachable or has no leader, and keeps trying for a while during
+//! elections. Errors come back typed (`Error`), decoded once from the status and its `ErrorDetail`.
+
+pub mod clock;
+mod convert;
+mod error;
+
+pub use convert::{MAX_MESSAGE_BYTES, key_of_ref, kind_ref, object_ref};
+pub use error::{Error, FieldError, InvalidDocument};
+
+use gw_model::ObjectKey;
+use gw_proto as pb;
+use gw_proto::affinity_client::AffinityClient;
+use gw_proto::cluster_client::ClusterClient;
+use gw_proto::config_client::ConfigClient;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A client of the store. Cheap to clone: clones share the members' connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    /// Deadline of each attempt of a call on one member (`None`: none).
+    call_timeout: Option<Duration>,
+}
+
+struct Inner {
+    servers: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    /// How long a call keeps retrying while no member can serve it (e.g. during a leader election).
+    retry_for: Duration,
+}
+
+/// The endpoint of one member (`HOST:PORT`), for callers that tune it (timeouts, source address)
+/// before connecting.
+pub fn endpoint(addr: &str) -> Result<Endpoint> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| e.tcp_nodelay(true))
+        .map_err(|e| Error::Config(format!("bad server address {addr:?}: {e}")))
+}
+
+/// A lazily connected channel to one member.
+pub fn channel(addr: &str) -> Result<Channel> {
+    Ok(endpoint(addr)?
+        .connect_timeout(Duration::from_millis(1000))
+        .connect_lazy())
+}
+
+impl Client {
+    /// `servers`: `HOST:PORT` entries (a comma-separated entry is split).
+    pub fn new(servers: &[String], retry_for: Duration) -> Result<Client> {
+        let servers: Vec<String> = servers
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return Err(Error::Config(
+                "no store member given (--server HOST:PORT or GW_SERVER)".into(),
+            ));
+        }
+        let channels = servers.iter().map(|s| channel(s)).collect::<Result<_>>()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                servers,
+                channels,
+                current: AtomicUsize::new(0),
+                retry_for,
+            }),
+            call_timeout: None,
+        })
+    }
+
+    /// The same client whose calls give each member at most `timeout` (a paused member accepts
+    /// connections and never answers) before trying the next.
+    pub fn with_call_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            call_timeout: Some(timeout),
+        }
+    }
+
+    pub fn config(channel: Channel) -> ConfigClient<Channel> {
+        ConfigClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn cluster(channel: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(channel)
+    }
+
+    pub fn affinity(channel: Channel) -> AffinityClient<Channel> {
+        AffinityClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The member tried first, then the others in order.
+    fn order(&self) -> Vec<usize> {
+        let n = self.inner.servers.len();
+        let start = self.inner.current.load(Ordering::Relaxed);
+        (0..n).map(|i| (start + i) % n).collect()
+    }
+
+    /// A request carrying this client's per-call deadline.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = self.call_timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+
+    /// Calls `f` on the members in turn until one answers with anything but "unavailable"; while none
+    /// can, keeps trying for the client's retry period (an election takes a second or two). A write
+    /// that failed as unavailable did not reach the leader, or its outcome is unknown; applying the same
+    /// documents again is idempotent, and a conditional write then reports a conflict instead of
+    /// applying twice. Returns the answer and the index of the member that gave it.
+    #[allow(clippy::disallowed_methods)] // runtime: the retry deadline
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<(T, usize)>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.retry_for;
+        let mut last = String::new();
+        let mut no_leader = false;
+        loop {
+            for i in self.order() {
+                match f(self.inner.channels[i].clone()).await {
+                    Ok(v) => {
+                        self.inner.current.store(i, Ordering::Relaxed);
+                        return Ok((v, i));
+                    }
+                    Err(s) if Error::is_retryable(&s) => {
+                        no_leader = Error::is_no_leader(&s);
+                        last = format!("{}: {}", self.inner.servers[i], s.message());
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let tried = self.inner.servers.join(", ");
+                return Err(if no_leader {
+                    Error::NoLeader { tried, last }
+                } else {
+                    Error::Unavailable { tried, last }
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One unary RPC through `call`, with this client's per-call deadline.
+    async fn unary<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.call(|c| rpc(c, self.request(req.clone())))
+            .await
+            .map(|(r, _)| r.into_inner())
+    }
+
+    /// Admits and stores documents in one transaction.
+    pub async fn apply(
+        &self,
+        documents: Vec<pb::Document>,
+        dry_run: bool,
+    ) -> Result<pb::WriteResponse> {
+        let req = pb::ApplyRequest { documents, dry_run };
+        self.unary(req, |c, r| async move { Client::config(c).apply(r).await })
+            .await
+    }
+
+    pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::WriteResponse> {
+        self.unary(req, |c, r| async move { Client::config(c).delete(r).await })
+            .await
+    }
+
+    pub async fn update_status(&self, updates: Vec<pb::StatusUpdate>) -> Result<pb::WriteResponse> {
+        let req = pb::UpdateStatusRequest { updates };
+        self.unary(req, |c, r| async move {
+            Client::config(c).update_status(r).await
+        })
+        .await
+    }
+
+    pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
+        self.unary(req, |c, r| async move { Client::config(c).get(r).await })
+            .await
+    }
+
+    /// An object, read linearizably; `None` if it does not exist.
+    pub async fn get_object(&self, key: &ObjectKey) -> Result<Option<Value>> {
+        let req = pb::GetRequest {
+            target: Some(object_ref(key)),
+            options: None,
+        };
+        match self.get(req).await {
+            Ok(r) => serde_json::from_str(&r.object_json)
+                .map(Some)
+                .map_err(|e| Error::Other {
+                    code: tonic::Code::Internal,
+                    message: format!("{key}: the store sent malformed JSON: {e}"),
+                }),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse> {
+        self.unary(req, |c, r| async move { Client::config(c).list(r).await })
+            .await
+    }
+
+    /// The objects of one kind (in one namespace, or every one with ""), read linearizably.
+    pub async fn list_objects(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Vec<Value>> {
+        let req = pb::ListRequest {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            options: None,
+        };
+        Ok(self
+            .list(req)
+            .await?
+            .objects_json
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+
+    /// Opens a watch on the first member that accepts it.
+    pub async fn watch(
+        &self,
+        req: pb::WatchRequest,
+    ) -> Result<tonic::Streaming<pb::WatchResponse>> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { Client::config(c).watch(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(s, _)| s)
+    }
+
+    /// Records activity on sessions (creating their entries).
+    pub async fn touch(&self, sessions: Vec<pb::Session>) -> Result<pb::WriteResponse> {
+        let req = pb::TouchRequest { sessions };
+        self.unary(
+            req,
+            |c, r| async move { Client::affinity(c).touch(r).await },
+        )
+        .await
+    }
+
+    /// Proposes a session's replacement backend; answers with the committed entry, whoever won.
+    pub async fn failover(&self, req: pb::FailoverRequest) -> Result<pb::FailoverResponse> {
+        self.unary(
+            req,
+            |c, r| async move { Client::affinity(c).failover(r).await },
+        )
+        .await
+    }
+
+    pub async fn evict(&self, sessions: Vec<pb::SessionRef>) -> Result<pb::WriteResponse> {
+        let req = pb::EvictRequest { sessions };
+        self.unary(
+            req,
+            |c, r| async move { Client::affinity(c).evict(r).await },
+        )
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatus> {
+        self.unary(pb::ClusterStatusRequest {}, |c, r| async move {
+            Client::cluster(c).status(r).await
+        })
+        .await
+    }
+
+    pub async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<pb::MembershipResponse> {
+        self.unary(req, |c, r| async move {
+            Client::cluster(c).add_learner(r).await
+        })
+        .await
+    }
+
+    pub async fn promote(&self, id: u64) -> Result<pb::MembershipResponse> {
+        self.unary(pb::MemberRequest { id }, |c, r| async move {
+            Client::cluster(c).promote(r).await
+        })
+        .await
+    }
+
+    pub async fn remove(&self, id: u64) -> Result<pb::MembershipResponse> {
+        self.unary(pb::MemberRequest { id }, |c, r| async move {
+            Client::cluster(c).remove(r).await
+        })
+        .await
+    }
+
+    /// The address of member `i` (as `call` numbers them).
+    pub fn server(&self, i: usize) -> &str {
+        &self.inner.servers[i]
+    }
+
+    pub fn servers(&self) -> &[String] {
+        &self.inner.servers
+    }
+}

@@ -1,0 +1,58 @@
+//! Phase 1, route: the request's listener (by socket, then the most specific listener hostname) and
+//! the highest-precedence rule matching it. Pure over the routing table.
+
+use super::error::{ErrorKind, ProxyError};
+use crate::hostname::normalize_host;
+use crate::table::{RequestView, RoutingTable, RuleAction};
+use http::{Request, header};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A routed request.
+#[derive(Clone)]
+pub struct Routed {
+    pub action: Arc<RuleAction>,
+    /// The port of the listener that took it (redirects default to it).
+    pub listener_port: u16,
+    /// The request's host, normalized (lowercase, no port).
+    pub host: String,
+}
+
+pub fn route<B>(
+    table: &RoutingTable,
+    socket: SocketAddr,
+    req: &Request<B>,
+) -> Result<Routed, ProxyError> {
+    let Some(socket) = table.sockets.get(&socket) else {
+        return Err(ProxyError::new(
+            ErrorKind::ListenerGone,
+            "this listener is no longer configured",
+        ));
+    };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .map(normalize_host)
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoHost, "the request has no Host"))?;
+    let listener = socket.listener_for(&host);
+    let view = RequestView {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let (action, listener_port) = listener
+        .and_then(|l| l.route(&host, &view).map(|e| (e.action.clone(), l.port)))
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route matches"))?;
+    Ok(Routed {
+        action,
+        listener_port,
+        host,
+    })
+}

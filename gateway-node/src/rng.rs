@@ -1,0 +1,16 @@
+//! The data plane's one source of randomness. Decision code (backend choice, the session decision)
+//! takes draws as arguments; the runtimes draw them here.
+
+use rand::RngExt;
+
+/// A draw uniform over `u64`.
+#[allow(clippy::disallowed_methods)] // the RNG module: the one place allowed to create it
+pub fn draw() -> u64 {
+    rand::rng().random()
+}
+
+/// 32 random bytes (a new session key).
+#[allow(clippy::disallowed_methods)] // the RNG module
+pub fn key() -> [u8; 32] {
+    rand::rng().random()
+}

@@ -1,0 +1,204 @@
+//! The session decision, pure: given a rule's session persistence, the request's (verified) token, what
+//! is known of the session's committed entry, the rule's backends, the time and a source of randomness,
+//! where does the request go? No I/O, no clock, no RNG of its own: the runtime (`super::Sessions`)
+//! carries out the store calls a decision asks for (`Confirm`, `ProposeFailover`) and decides again with
+//! the answer. The rules, from DESIGN.md's session semantics:
+//!
+//! - a token whose session is bound goes to its backend, whatever that backend's weight (stickiness);
+//! - a binding this node cannot confirm as current is not followed (agreement before stickiness);
+//! - when the bound backend is gone, exactly one replacement is committed (first writer wins) and
+//!   every node follows the committed one;
+//! - an expired or unknown session (past its grace period) starts a new session.
+
+use crate::table::{BackendEntry, BackendTarget, Backends, SessionConfig, uniform_below};
+use gw_model::affinity::token::Token;
+use gw_model::affinity::{self, SessionEntry};
+
+/// A token whose session has no entry yet binds while it is younger than this (its first activity is
+/// on its way to the store). Kept well inside the store's creation window.
+pub const GRACE_MS: u64 = affinity::CREATE_WINDOW_MS / 2;
+
+/// What this node knows of a session's committed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// Its view of the table may be stale: the entry must be read from the store first.
+    Unconfirmed,
+    /// The entry as committed (from a fresh view or a read); `None`: there is none.
+    Entry(Option<SessionEntry>),
+    /// The store could not be asked.
+    Unreachable,
+    /// This node proposed a failover; the committed entry, whoever won (`None`: expired meanwhile).
+    FailedOver(Option<SessionEntry>),
+    /// A failover could not be committed.
+    FailoverFailed,
+}
+
+/// Everything one decision depends on.
+pub struct Inputs<'a> {
+    pub cfg: &'a SessionConfig,
+    /// The request's token, verified and of this scope.
+    pub token: Option<&'a Token>,
+    pub known: &'a Known,
+    /// Whether this node holds activity of the session not yet sent to the store.
+    pub pending: bool,
+    pub backends: &'a Backends,
+    /// The wall clock, ms since the epoch.
+    pub now_ms: u64,
+    /// The null control of the fault-injection suite: follow this node's own replacement instead of
+    /// proposing a failover.
+    pub local_failover: bool,
+}
+
+/// Where a request with session persistence goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The session's binding: `backends.entries[entry]`, endpoint `endpoint`.
+    Follow { entry: usize, endpoint: usize },
+    /// A new session on this backend; `token` is to be issued to the client.
+    New {
+        entry: usize,
+        endpoint: usize,
+        token: Token,
+    },
+    /// Read the session's entry from the store, then decide again (`Known::Entry` or `Unreachable`).
+    Confirm,
+    /// The bound backend `from` is gone: propose `to` in its place, then decide again with the
+    /// committed entry (`Known::FailedOver` or `FailoverFailed`).
+    ProposeFailover { from: String, to: String },
+    /// Nothing to choose from: route as without persistence.
+    Fallback,
+    /// The session's committed backend is not known to this node yet.
+    Unavailable(String),
+}
+
+pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
+    if let Some(t) = i.token {
+        match bound_backend(i, t) {
+            Bound::Ask(d) => return d,
+            Bound::To(backend) => {
+                if let Some((entry, endpoint)) = find(i.backends, &backend) {
+                    return Decision::Follow { entry, endpoint };
+                }
+                let Some((entry, endpoint)) = fresh(i.backends, &backend, draw) else {
+                    return Decision::Fallback;
+                };
+                if i.local_failover {
+                    return Decision::Follow { entry, endpoint };
+                }
+                return Decision::ProposeFailover {
+                    from: backend,
+                    to: identity(i.backends, entry, endpoint),
+                };
+            }
+            Bound::Committed(e) => {
+                return match find(i.backends, &e.spec.backend) {
+                    Some((entry, endpoint)) => Decision::Follow { entry, endpoint },
+                    None => Decision::Unavailable(format!(
+                        "the session's committed backend {} is not known to this node yet",
+                        e.spec.backend
+                    )),
+                };
+            }
+            Bound::Nothing => {}
+        }
+    }
+    let Some((entry, endpoint)) = fresh(i.backends, "", draw) else {
+        return Decision::Fallback;
+    };
+    Decision::New {
+        entry,
+        endpoint,
+        token: Token {
+            session: format!("{:016x}{:016x}", draw(), draw()),
+            scope: i.cfg.scope.clone(),
+            backend: identity(i.backends, entry, endpoint),
+            issued_ms: i.now_ms,
+        },
+    }
+}
+
+/// What the token's session is bound to, as far as this node knows.
+enum Bound {
+    /// Bound to this backend (it may be gone).
+    To(String),
+    /// The committed entry after a failover this node proposed: follow it as it is.
+    Committed(SessionEntry),
+    /// No binding to follow: a new session.
+    Nothing,
+    /// Ask the store first.
+    Ask(Decision),
+}
+
+fn bound_backend(i: &Inputs<'_>, t: &Token) -> Bound {
+    match i.known {
+        Known::Unconfirmed => Bound::Ask(Decision::Confirm),
+        // The binding cannot be confirmed: another node may have moved the session meanwhile.
+        Known::Unreachable | Known::FailoverFailed | Known::FailedOver(None) => Bound::Nothing,
+        Known::FailedOver(Some(e)) => Bound::Committed(e.clone()),
+        Known::Entry(Some(e)) if e.expired() || e.spec.scope != t.scope => Bound::Nothing,
+        Known::Entry(Some(e)) => Bound::To(e.spec.backend.clone()),
+        Known::Entry(None) => {
+            let age = i.now_ms.saturating_sub(t.issued_ms);
+            let too_old = i.cfg.absolute_timeout_ms.is_some_and(|a| age > a);
+            if !too_old && (i.pending || age < GRACE_MS) {
+                Bound::To(t.backend.clone())
+            } else {
+                Bound::Nothing
+            }
+        }
+    }
+}
+
+/// A replacement for a session whose backend `failed` refused the request: the rule's weighted
+/// choice among the others (`None`: there is none).
+pub fn replacement(
+    backends: &Backends,
+    failed: &str,
+    draw: &mut impl FnMut() -> u64,
+) -> Option<String> {
+    fresh(backends, failed, draw).map(|(e, p)| identity(backends, e, p))
+}
+
+/// The entry and endpoint of the backend with this identity, whatever its weight.
+pub fn find(backends: &Backends, identity: &str) -> Option<(usize, usize)> {
+    backends
+        .entries
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match &e.target {
+            BackendTarget::Upstream(u) => u.find(identity).map(|p| (i, p)),
+            BackendTarget::Invalid(_) => None,
+        })
+}
+
+/// The rule's weighted choice among the backends with a ready endpoint, avoiding the endpoint
+/// `exclude` (`None`: there is nothing else to choose).
+fn fresh(
+    backends: &Backends,
+    exclude: &str,
+    draw: &mut impl FnMut() -> u64,
+) -> Option<(usize, usize)> {
+    let ready = |e: &BackendEntry| match &e.target {
+        BackendTarget::Upstream(u) => u.identities.iter().any(|id| id != exclude),
+        BackendTarget::Invalid(_) => false,
+    };
+    let entry = backends.choose_where(draw(), ready)?;
+    let BackendTarget::Upstream(u) = &backends.entries[entry].target else {
+        return None;
+    };
+    let candidates: Vec<usize> = (0..u.identities.len())
+        .filter(|&p| u.identities[p] != exclude)
+        .collect();
+    let endpoint = candidates[uniform_below(draw(), candidates.len() as u64) as usize];
+    Some((entry, endpoint))
+}
+
+pub fn identity(backends: &Backends, entry: usize, endpoint: usize) -> String {
+    match &backends.entries[entry].target {
+        BackendTarget::Upstream(u) => u.identities[endpoint].clone(),
+        BackendTarget::Invalid(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

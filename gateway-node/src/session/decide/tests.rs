@@ -1,0 +1,316 @@
+//! The session decision as a table: every `Decision` for the situations that lead to it, with time and
+//! randomness given (no clock, no RNG, no sockets).
+
+use super::*;
+use crate::table::{BackendEntry, Carrier, Filters, Upstream, UpstreamProtocol};
+use gw_model::affinity::{SessionSpec, SessionStatus};
+use std::sync::Arc;
+
+const NOW: u64 = 1_000_000;
+
+fn config(absolute_timeout_ms: Option<u64>) -> SessionConfig {
+    SessionConfig {
+        scope: "HTTPRoute/d/r/rules/0".into(),
+        namespace: "d".into(),
+        carrier: Carrier::Header(http::HeaderName::from_static("x-s")),
+        idle_timeout_ms: None,
+        absolute_timeout_ms,
+    }
+}
+
+/// Backends `s0`, `s1`, ...: `(weight, endpoints)` each; endpoint `e` of `si` is `d/si:80|pod-i-e|...`.
+fn backends(spec: &[(u64, usize)]) -> Backends {
+    Backends::new(
+        spec.iter()
+            .enumerate()
+            .map(|(i, (w, n))| BackendEntry {
+                weight: *w,
+                target: BackendTarget::Upstream(Arc::new(Upstream::new(
+                    format!("d/s{i}:80"),
+                    UpstreamProtocol::Http1,
+                    (0..*n)
+                        .map(|e| {
+                            (
+                                format!("10.0.{i}.{e}:80").parse().unwrap(),
+                                format!("pod-{i}-{e}"),
+                            )
+                        })
+                        .collect(),
+                ))),
+                filters: Filters::default(),
+            })
+            .collect(),
+    )
+}
+
+fn id(i: usize, e: usize) -> String {
+    format!("d/s{i}:80|pod-{i}-{e}|10.0.{i}.{e}:80")
+}
+
+fn token(backend: &str, issued_ms: u64) -> Token {
+    Token {
+        session: "abc".into(),
+        scope: "HTTPRoute/d/r/rules/0".into(),
+        backend: backend.into(),
+        issued_ms,
+    }
+}
+
+fn entry(backend: &str, expired: bool, scope: &str) -> SessionEntry {
+    SessionEntry {
+        namespace: "d".into(),
+        id: "abc".into(),
+        spec: SessionSpec {
+            scope: scope.into(),
+            backend: backend.into(),
+            issued_ms: NOW - 10_000,
+            idle_timeout_ms: None,
+            absolute_timeout_ms: None,
+        },
+        status: SessionStatus {
+            expired_ms: expired.then_some(NOW - 1),
+            ..SessionStatus::new(NOW - 10_000)
+        },
+    }
+}
+
+/// A fixed sequence of draws (cycled): the test decides what "random" is.
+fn draws(values: &[u64]) -> impl FnMut() -> u64 + '_ {
+    let mut i = 0;
+    move || {
+        let v = values[i % values.len()];
+        i += 1;
+        v
+    }
+}
+
+struct Case {
+    name: &'static str,
+    token: Option<Token>,
+    known: Known,
+    pending: bool,
+    absolute_timeout_ms: Option<u64>,
+    local_failover: bool,
+    backends: Vec<(u64, usize)>,
+    want: Decision,
+}
+
+fn case(name: &'static str, token: Option<Token>, known: Known, want: Decision) -> Case {
+    Case {
+        name,
+        token,
+        known,
+        pending: false,
+        absolute_timeout_ms: None,
+        local_failover: false,
+        backends: vec![(1, 2), (0, 1)],
+        want,
+    }
+}
+
+fn new_session(entry: usize, endpoint: usize) -> Decision {
+    Decision::New {
+        entry,
+        endpoint,
+        token: Token {
+            // Two draws of 0 make the id; the backend is the one the first draws chose.
+            session: "00000000000000000000000000000000".into(),
+            scope: "HTTPRoute/d/r/rules/0".into(),
+            backend: id(entry, endpoint),
+            issued_ms: NOW,
+        },
+    }
+}
+
+#[test]
+fn every_decision() {
+    let scope = "HTTPRoute/d/r/rules/0";
+    let fresh_token = || Some(token(&id(0, 1), NOW - 1_000));
+    let cases = vec![
+        case("no token: a new session", None, Known::Entry(None), new_session(0, 0)),
+        case(
+            "a stale view: confirm with the store first",
+            fresh_token(),
+            Known::Unconfirmed,
+            Decision::Confirm,
+        ),
+        case(
+            "a committed binding is followed",
+            fresh_token(),
+            Known::Entry(Some(entry(&id(0, 1), false, scope))),
+            Decision::Follow { entry: 0, endpoint: 1 },
+        ),
+        case(
+            "stickiness: a binding to a weight-0 backend is followed",
+            fresh_token(),
+            Known::Entry(Some(entry(&id(1, 0), false, scope))),
+            Decision::Follow { entry: 1, endpoint: 0 },
+        ),
+        case(
+            "a young token without an entry yet binds (its activity is on its way)",
+            fresh_token(),
+            Known::Entry(None),
+            Decision::Follow { entry: 0, endpoint: 1 },
+        ),
+        case(
+            "an old token without an entry: a new session",
+            Some(token(&id(0, 1), NOW - GRACE_MS - 1)),
+            Known::Entry(None),
+            new_session(0, 0),
+        ),
+        Case {
+            pending: true,
+            ..case(
+                "an old token whose activity this node still holds binds",
+                Some(token(&id(0, 1), NOW - GRACE_MS - 1)),
+                Known::Entry(None),
+                Decision::Follow { entry: 0, endpoint: 1 },
+            )
+        },
+        Case {
+            pending: true,
+            absolute_timeout_ms: Some(500),
+            ..case(
+                "past its absolute timeout a token never binds",
+                fresh_token(),
+                Known::Entry(None),
+                new_session(0, 0),
+            )
+        },
+        case(
+            "an expired entry: a new session",
+            fresh_token(),
+            Known::Entry(Some(entry(&id(0, 1), true, scope))),
+            new_session(0, 0),
+        ),
+        case(
+            "an entry of another scope is no binding",
+            fresh_token(),
+            Known::Entry(Some(entry(&id(0, 1), false, "HTTPRoute/d/other/rules/0"))),
+            new_session(0, 0),
+        ),
+        case(
+            "agreement before stickiness: an unconfirmable binding is not followed",
+            fresh_token(),
+            Known::Unreachable,
+            new_session(0, 0),
+        ),
+        case(
+            "the bound backend is gone: propose a replacement",
+            fresh_token(),
+            Known::Entry(Some(entry("d/s0:80|pod-gone|10.0.0.9:80", false, scope))),
+            Decision::ProposeFailover {
+                from: "d/s0:80|pod-gone|10.0.0.9:80".into(),
+                to: id(0, 0),
+            },
+        ),
+        Case {
+            local_failover: true,
+            ..case(
+                "the null control follows its own pick",
+                fresh_token(),
+                Known::Entry(Some(entry("d/s0:80|pod-gone|10.0.0.9:80", false, scope))),
+                Decision::Follow { entry: 0, endpoint: 0 },
+            )
+        },
+        case(
+            "after a failover, the committed entry is followed (another node's pick)",
+            fresh_token(),
+            Known::FailedOver(Some(entry(&id(1, 0), false, scope))),
+            Decision::Follow { entry: 1, endpoint: 0 },
+        ),
+        case(
+            "a committed replacement this node does not know yet",
+            fresh_token(),
+            Known::FailedOver(Some(entry("d/s9:80|pod-new|10.0.9.9:80", false, scope))),
+            Decision::Unavailable(
+                "the session's committed backend d/s9:80|pod-new|10.0.9.9:80 is not known to this node yet"
+                    .into(),
+            ),
+        ),
+        case(
+            "expired while failing over: a new session",
+            fresh_token(),
+            Known::FailedOver(None),
+            new_session(0, 0),
+        ),
+        case(
+            "a failover that could not be committed: a new session",
+            fresh_token(),
+            Known::FailoverFailed,
+            new_session(0, 0),
+        ),
+        Case {
+            backends: vec![(0, 1), (3, 0)],
+            ..case(
+                "no weighted backend with a ready endpoint: route as without persistence",
+                None,
+                Known::Entry(None),
+                Decision::Fallback,
+            )
+        },
+        Case {
+            backends: vec![(1, 0), (0, 1)],
+            ..case(
+                "the bound backend is gone and no weighted one is left: route as without persistence",
+                fresh_token(),
+                Known::Entry(Some(entry(&id(0, 1), false, scope))),
+                Decision::Fallback,
+            )
+        },
+    ];
+    for c in cases {
+        let cfg = config(c.absolute_timeout_ms);
+        let b = backends(&c.backends);
+        let inputs = Inputs {
+            cfg: &cfg,
+            token: c.token.as_ref(),
+            known: &c.known,
+            pending: c.pending,
+            backends: &b,
+            now_ms: NOW,
+            local_failover: c.local_failover,
+        };
+        assert_eq!(decide(&inputs, &mut draws(&[0])), c.want, "{}", c.name);
+    }
+}
+
+#[test]
+fn a_lone_failed_backend_has_no_replacement() {
+    assert_eq!(
+        replacement(&backends(&[(1, 1)]), &id(0, 0), &mut draws(&[0])),
+        None
+    );
+}
+
+#[test]
+fn new_sessions_go_only_to_weighted_backends_with_ready_endpoints() {
+    let b = backends(&[(0, 1), (5, 0), (1, 1)]);
+    for d in [0, u64::MAX / 3, u64::MAX] {
+        assert_eq!(fresh(&b, "", &mut draws(&[d])), Some((2, 0)));
+    }
+    // A failed backend is not its own replacement.
+    let two = backends(&[(1, 1), (1, 1)]);
+    for d in [0, u64::MAX] {
+        assert_eq!(
+            replacement(&two, &id(0, 0), &mut draws(&[d])),
+            Some(id(1, 0))
+        );
+    }
+    // Within a backend, the draw chooses the endpoint.
+    let one = backends(&[(1, 3)]);
+    assert_eq!(fresh(&one, "", &mut draws(&[0, u64::MAX])), Some((0, 2)));
+    assert_eq!(
+        fresh(&one, &id(0, 2), &mut draws(&[0, u64::MAX])),
+        Some((0, 1))
+    );
+}
+
+#[test]
+fn bound_backends_are_found_whatever_their_weight() {
+    let b = backends(&[(1, 2), (0, 1)]);
+    assert_eq!(find(&b, &id(1, 0)), Some((1, 0)));
+    assert_eq!(find(&b, &id(0, 1)), Some((0, 1)));
+    // The same address behind another pod is another backend.
+    assert_eq!(find(&b, "d/s0:80|pod-new|10.0.0.1:80"), None);
+}

@@ -1,0 +1,114 @@
+//! Processes of local setups: the workspace's binaries, free loopback ports, and children that are
+//! stopped (SIGTERM, then SIGKILL) when their owner drops them.
+
+use anyhow::{Context, bail};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of this workspace (`gw-api-server`, `gw-node`, `gwadm`): in `GW_BIN_DIR` if set, else
+/// beside the running executable (test binaries live one level deeper, in `deps/`).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("GW_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().context("the current executable")?;
+            let mut dir = exe
+                .parent()
+                .context("the executable's directory")?
+                .to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace's binaries first (cargo build --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound then released; collisions between concurrent tests are unlikely).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Fails when a loopback port is taken.
+pub fn ensure_free(port: u16) -> anyhow::Result<()> {
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .with_context(|| format!("port {port} is not free"))
+}
+
+/// Children, stopped in reverse order when dropped.
+#[derive(Default)]
+pub struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (name, c) in self.0.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            eprintln!("stopped {name}");
+        }
+    }
+}
+
+impl Children {
+    /// The first child that has exited, with its status.
+    pub fn exited(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+            _ => None,
+        })
+    }
+
+    /// Starts `cmd` as child `name`, its standard error going to `log`.
+    pub fn spawn(&mut self, name: &str, log: &Path, cmd: &mut Command) -> anyhow::Result<()> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.0.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// Starts a one-member store listening on `addr`, with its data and log under `dir`.
+    pub fn spawn_store(&mut self, addr: &str, dir: &Path) -> anyhow::Result<()> {
+        self.spawn(
+            "gw-api-server",
+            &dir.join("store.log"),
+            Command::new(bin("gw-api-server")?)
+                .args([
+                    "--id",
+                    "1",
+                    "--listen",
+                    addr,
+                    "--peers",
+                    &format!("1={addr}"),
+                ])
+                .arg("--data-dir")
+                .arg(dir.join("store")),
+        )
+    }
+}
