@@ -17,22 +17,43 @@ pub struct ServerConfig {
     #[arg(long)]
     pub id: NodeId,
 
-    /// Address to listen on for the client API and the Raft transport (HOST:PORT).
+    /// Address to listen on for the client API (HOST:PORT).
     #[arg(long)]
     pub listen: SocketAddr,
 
-    /// Address other members and clients use to reach this member; defaults to --listen, or to this
-    /// member's entry in --peers.
+    /// Address to listen on for the Raft transport (HOST:PORT), which accepts member certificates
+    /// only; without it, Raft shares the --listen port.
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Address other members and clients use to reach this member's API; defaults to --listen, or
+    /// to this member's entry in --peers.
     #[arg(long)]
     pub advertise: Option<String>,
+
+    /// Address other members use to reach this member's Raft transport; defaults to --peer-listen, or
+    /// to this member's entry in --peers.
+    #[arg(long)]
+    pub advertise_peer: Option<String>,
+
+    /// Mutual TLS on every port: the CA, and this member's certificate, which names
+    /// `spiffe://gw/member/<--id>` (see `gwadm pki`). With --insecure instead, every caller may do
+    /// everything.
+    #[command(flatten)]
+    pub tls: gw_client::TlsArgs,
+
+    /// Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
 
     /// Directory holding this member's log, state machine and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
 
-    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (each optionally `@REGION`). Give the
-    /// same list to every initial member; the cluster forms by itself. Omit it for a member that will
-    /// join as a learner (`gwadm cluster add-learner`).
+    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`, each the member's API address,
+    /// optionally `/HOST:PORT` of its Raft transport (its --peer-listen) and `@REGION`. Give the same
+    /// list to every initial member; the cluster forms by itself. Omit it for a member that will join
+    /// as a learner (`gwadm cluster add-learner`).
     #[arg(long, value_parser = parse_peers)]
     pub peers: Option<BTreeMap<NodeId, Member>>,
 
@@ -80,6 +101,13 @@ pub struct ServerConfig {
     pub unsafe_early_ack: bool,
 }
 
+/// `HOST:PORT` with a numeric port.
+fn host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_some()
+}
+
 /// Parses `--peers`.
 pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
     let mut out = BTreeMap::new();
@@ -90,27 +118,28 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
         let id: NodeId = id
             .parse()
             .map_err(|_| format!("peer id {id:?} is not a positive integer"))?;
-        let (addr, region) = match rest.split_once('@') {
+        let (addrs, region) = match rest.split_once('@') {
             Some((a, r)) => (a, r),
             None => (rest, ""),
         };
-        if addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
+        let (addr, peer_addr) = match addrs.split_once('/') {
+            Some((a, p)) => (a, p),
+            None => (addrs, ""),
+        };
+        if !host_port(addr) {
             return Err(format!("peer {id}: {addr:?} is not HOST:PORT"));
         }
-        if out
-            .insert(
-                id,
-                Member {
-                    addr: addr.to_string(),
-                    region: region.to_string(),
-                },
-            )
-            .is_some()
-        {
+        if !peer_addr.is_empty() && !host_port(peer_addr) {
+            return Err(format!(
+                "peer {id}: Raft address {peer_addr:?} is not HOST:PORT"
+            ));
+        }
+        let member = Member {
+            addr: addr.to_string(),
+            region: region.to_string(),
+            peer_addr: peer_addr.to_string(),
+        };
+        if out.insert(id, member).is_some() {
             return Err(format!("peer id {id} appears twice"));
         }
     }
@@ -125,6 +154,11 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("--id must be a positive integer".into());
+        }
+        if self.peer_listen == Some(self.listen) {
+            return Err(
+                "--peer-listen must differ from --listen (omit it to share the port)".into(),
+            );
         }
         if let Some(peers) = &self.peers
             && !peers.contains_key(&self.id)
@@ -143,15 +177,39 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The address this member is reached at.
-    pub fn advertised_addr(&self) -> String {
-        if let Some(a) = &self.advertise {
-            return a.clone();
+    /// How this member is reached: its API, and its Raft transport when that has its own port.
+    pub fn advertised(&self) -> Member {
+        let own = self.peers.as_ref().and_then(|p| p.get(&self.id));
+        let addr = self
+            .advertise
+            .clone()
+            .or_else(|| own.map(|m| m.addr.clone()))
+            .unwrap_or_else(|| self.listen.to_string());
+        let peer_addr = self
+            .advertise_peer
+            .clone()
+            .or_else(|| own.map(|m| m.peer_addr.clone()).filter(|p| !p.is_empty()))
+            .or_else(|| self.peer_listen.map(|p| p.to_string()))
+            .unwrap_or_default();
+        Member {
+            addr,
+            region: self.region.clone(),
+            peer_addr,
         }
-        if let Some(m) = self.peers.as_ref().and_then(|p| p.get(&self.id)) {
-            return m.addr.clone();
+    }
+
+    /// The TLS material (`Security::Insecure` only with --insecure); a member's certificate must name
+    /// this member.
+    pub fn security(&self) -> Result<gw_client::Security, String> {
+        let s = self.tls.security()?;
+        match s.identity() {
+            None => Ok(s),
+            Some(gw_client::Identity::Member(id)) if id == self.id => Ok(s),
+            Some(other) => Err(format!(
+                "--tls-cert names {other}, but this is member {} (issue it with `gwadm pki issue member --id {}`)",
+                self.id, self.id
+            )),
         }
-        self.listen.to_string()
     }
 
     pub fn raft_config(&self) -> openraft::Config {
@@ -182,9 +240,14 @@ mod tests {
             p[&2],
             Member {
                 addr: "127.0.0.1:7002".into(),
-                region: "eu-west".into()
+                region: "eu-west".into(),
+                peer_addr: String::new(),
             }
         );
+        let p = parse_peers("1=127.0.0.1:7001/127.0.0.1:7101@us").unwrap();
+        assert_eq!(p[&1].peer_addr, "127.0.0.1:7101");
+        assert_eq!(p[&1].raft_addr(), "127.0.0.1:7101");
+        assert!(parse_peers("1=h:1/nope").is_err());
         assert!(parse_peers("1=nohost").is_err());
         assert!(parse_peers("x=h:1").is_err());
         assert!(parse_peers("1=h:1,1=h:2").is_err());

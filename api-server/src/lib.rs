@@ -1,44 +1,134 @@
 //! gw-api-server: one member of the gw config store. It runs openraft over the sled store, serves the
-//! Raft transport and the client API (Config, Cluster) over tonic, forwards writes to the leader, and
-//! answers linearizable reads with ReadIndex.
+//! client API (Config, Affinity, Cluster) and the Raft transport over tonic — mutual TLS on both, the
+//! Raft transport on its own port when `--peer-listen` is given — authorizes every call
+//! (`auth`, `authz`), forwards writes to the leader, and answers linearizable reads with ReadIndex.
 
+pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod errors;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod services;
 pub mod sweeper;
 pub mod watch;
 
+use crate::auth::Auth;
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::network::{Channels, NetworkFactory};
 use crate::node::Node;
 use crate::services::{AffinityService, ClusterService, ConfigService, RaftService};
 use anyhow::Context;
-use gw_client::MAX_MESSAGE_BYTES;
+use gw_client::{MAX_MESSAGE_BYTES, Security};
 use gw_proto as pb;
 use gw_store::storage::{self, StorageOptions};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tonic::transport::server::Router;
+
+/// How long a connection may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running member, for in-process use (tests) and for `main`.
 pub struct Server {
     pub node: Arc<Node>,
-    /// The address the listener is bound to (useful with port 0).
-    pub local_addr: std::net::SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
-    sweeper: JoinHandle<()>,
+    /// The address the API listener is bound to (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// The address the Raft listener is bound to, when it has its own.
+    pub peer_addr: Option<SocketAddr>,
+    shutdown: signal::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true: plaintext, or TLS handshakes done off
+/// the accept loop (a slow client never holds the others up).
+fn serve(
+    router: Router,
+    listener: TcpListener,
+    security: Security,
+    mut shutdown: signal::Receiver<bool>,
+) -> JoinHandle<()> {
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        let result = match security {
+            Security::Insecure => {
+                // Small request/response exchanges: Nagle's algorithm would hold each reply for the
+                // peer's delayed ACK (~40 ms).
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            Security::Mutual(tls) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tokio::spawn(async move {
+                    loop {
+                        let (tcp, remote) = tokio::select! {
+                            r = listener.accept() => match r {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "accept failed");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                            },
+                            _ = tx.closed() => return,
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(stream)) => {
+                                    let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%remote, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                });
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                        stop,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "server stopped");
+        }
+    })
 }
 
 impl Server {
-    /// Starts a member: opens its storage, starts Raft, binds the listener, and (for an initial member
-    /// with fresh data) initializes the cluster from `--peers`.
+    /// Starts a member: opens its storage, starts Raft, binds the listeners, and (for an initial
+    /// member with fresh data) initializes the cluster from `--peers`.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let security = config.security().map_err(anyhow::Error::msg)?;
+        if matches!(security, Security::Insecure) {
+            tracing::warn!(
+                "--insecure: plaintext, and every caller may do everything; never outside a local experiment"
+            );
+        }
         let raft_config = Arc::new(
             config
                 .raft_config()
@@ -57,7 +147,16 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let channels = Channels::from_listen(local_addr);
+        let peer_listener = match config.peer_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding {a}"))?,
+            ),
+            None => None,
+        };
+        let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let channels = Channels::new(security.clone(), local_addr);
         let raft = gw_store::types::Raft::new(
             config.id,
             raft_config,
@@ -70,45 +169,62 @@ impl Server {
         .await
         .context("starting raft")?;
         let proposer = crate::node::Proposer::start(raft.clone());
+        let metrics = Arc::new(Metrics::default());
         let node = Arc::new(Node {
             id: config.id,
-            addr: config.advertised_addr(),
-            region: config.region.clone(),
+            member: config.advertised(),
             raft,
             store,
             channels,
+            auth: Auth::new(security.clone(), metrics.clone()),
             config: config.clone(),
             proposer,
         });
-        let (tx, rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let (shutdown, stopped) = signal::channel(false);
+        let raft_service = || {
+            pb::raft_server::RaftServer::new(RaftService { node: node.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        let api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
                 pb::config_server::ConfigServer::new(ConfigService { node: node.clone() })
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(pb::affinity_server::AffinityServer::new(AffinityService {
-                node: node.clone(),
-            }))
-            .add_service(pb::cluster_server::ClusterServer::new(ClusterService {
-                node: node.clone(),
-            }))
             .add_service(
-                pb::raft_server::RaftServer::new(RaftService { node: node.clone() })
+                pb::affinity_server::AffinityServer::new(AffinityService { node: node.clone() })
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            );
-        // Small request/response exchanges: Nagle's algorithm would hold each reply for the peer's
-        // delayed ACK (~40 ms).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = rx.await;
-        }));
+            )
+            .add_service(pb::cluster_server::ClusterServer::new(ClusterService {
+                node: node.clone(),
+            }));
+        let mut tasks = Vec::new();
+        match peer_listener {
+            Some(peer) => {
+                let peer_router = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(raft_service());
+                tasks.push(serve(peer_router, peer, security.clone(), stopped.clone()));
+                tasks.push(serve(api, listener, security.clone(), stopped.clone()));
+            }
+            None => tasks.push(serve(
+                api.add_service(raft_service()),
+                listener,
+                security.clone(),
+                stopped.clone(),
+            )),
+        }
+        if let Some(addr) = config.metrics {
+            let m = metrics.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(addr, m).await {
+                    tracing::error!(%addr, error = %e, "metrics endpoint failed");
+                }
+            }));
+        }
         if let Some(peers) = &config.peers
             && !node.raft.is_initialized().await?
         {
@@ -121,32 +237,31 @@ impl Server {
                 Err(e) => return Err(e).context("initializing the cluster"),
             }
         }
-        let sweeper = tokio::spawn(crate::sweeper::run(node.clone()));
+        tasks.push(tokio::spawn(crate::sweeper::run(node.clone())));
         Ok(Server {
             node,
             local_addr,
-            shutdown: Some(tx),
-            serve,
-            sweeper,
+            peer_addr,
+            shutdown,
+            tasks,
         })
     }
 
     /// Stops serving and shuts Raft down.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
         self.node
             .raft
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-        self.serve.abort();
-        self.sweeper.abort();
+        for t in self.tasks {
+            t.abort();
+        }
         Ok(())
     }
 
-    /// Runs until the server task ends (it does not on its own) or Ctrl-C/SIGTERM.
+    /// Runs until Ctrl-C or SIGTERM.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

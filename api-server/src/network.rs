@@ -1,8 +1,8 @@
 //! The Raft transport over tonic: openraft's `RaftNetwork` on the client side (JSON-encoded openraft
-//! messages in a `RaftPayload`) and a cache of one HTTP/2 channel per peer address, shared with request
+//! messages in a `RaftPayload`) and a cache of one mutual-TLS HTTP/2 channel per peer, shared with request
 //! forwarding.
 
-use gw_client::MAX_MESSAGE_BYTES;
+use gw_client::{Dialer, Expect, MAX_MESSAGE_BYTES, Security};
 use gw_proto::RaftPayload;
 use gw_proto::raft_client::RaftClient;
 use gw_store::types::{Member, NodeId, TypeConfig};
@@ -21,38 +21,48 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// One lazily connected channel per peer address.
-#[derive(Clone, Default)]
+/// One lazily connected channel per (address, member expected there), dialed with this member's own
+/// certificate from its own listen address.
+#[derive(Clone)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
-    /// Source address of outgoing connections: the member's own listen address when it listens on a
-    /// specific one (multi-homed hosts; peers see connections come from the address they know).
-    source: Option<std::net::IpAddr>,
+    inner: Arc<Mutex<HashMap<(String, u64), Channel>>>,
+    dialer: Dialer,
 }
 
 impl Channels {
-    /// Channels whose connections leave from `listen`'s address, unless it is unspecified.
-    pub fn from_listen(listen: std::net::SocketAddr) -> Channels {
+    /// Channels whose connections leave from `listen`'s address (unless it is unspecified: on a
+    /// multi-homed host, peers see connections come from the address they know).
+    pub fn new(security: Security, listen: std::net::SocketAddr) -> Channels {
         let ip = listen.ip();
         Channels {
-            source: (!ip.is_unspecified()).then_some(ip),
-            ..Channels::default()
+            inner: Arc::default(),
+            dialer: Dialer::new(security)
+                .source((!ip.is_unspecified()).then_some(ip))
+                .connect_timeout(Duration::from_millis(500))
+                .keep_alive(Duration::from_secs(5)),
         }
     }
 
-    pub fn get(&self, addr: &str) -> Result<Channel, gw_client::Error> {
+    /// A channel to member `id` at `addr`: its certificate must name that member.
+    pub fn get(&self, addr: &str, id: u64) -> Result<Channel, gw_client::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(addr) {
+        let k = (addr.to_string(), id);
+        if let Some(c) = map.get(&k) {
             return Ok(c.clone());
         }
-        let channel = gw_client::endpoint(addr)?
-            .connect_timeout(Duration::from_millis(500))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .local_address(self.source)
-            .connect_lazy();
-        map.insert(addr.to_string(), channel.clone());
+        let channel = self.dialer.clone().expect(Expect::Member(id)).lazy(addr)?;
+        map.insert(k, channel.clone());
         Ok(channel)
+    }
+
+    /// Connects to `addr` now and checks that member `id` answers there (a handshake only).
+    pub async fn probe(&self, addr: &str, id: u64) -> Result<(), gw_client::Error> {
+        self.dialer
+            .clone()
+            .expect(Expect::Member(id))
+            .connect(addr)
+            .await
+            .map(drop)
     }
 }
 
@@ -68,7 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            addr: node.raft_addr().to_string(),
             channels: self.channels.clone(),
         }
     }
@@ -103,7 +113,7 @@ impl PeerConnection {
     {
         let channel = self
             .channels
-            .get(&self.addr)
+            .get(&self.addr, self.target)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -1,10 +1,11 @@
 //! A running store member: its Raft instance, its storage, and the operations the services build on
 //! (proposing transactions, linearizable read barriers, leader discovery).
 
+use crate::auth::{Auth, ON_BEHALF_OF};
 use crate::config::ServerConfig;
 use crate::errors::ApiError;
 use crate::network::Channels;
-use gw_client::Client;
+use gw_client::{Client, Identity};
 use gw_proto as pb;
 use gw_store::storage::StoreHandle;
 use gw_store::types::{Command, Member, NodeId, Raft, Response, Txn, TxnOutcome};
@@ -25,11 +26,13 @@ const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub id: NodeId,
-    pub addr: String,
-    pub region: String,
+    /// How this member is reached (API, Raft transport) and its region.
+    pub member: Member,
     pub raft: Raft,
     pub store: StoreHandle,
     pub channels: Channels,
+    /// Who is calling, and whether they may.
+    pub auth: Auth,
     pub config: ServerConfig,
     pub proposer: Proposer,
 }
@@ -141,10 +144,12 @@ impl Node {
         })
     }
 
-    /// Runs a write on the leader: `local` when this member leads, else the request is forwarded (once)
-    /// to the leader with `forward`. While leadership moves it tries again, three times in all.
+    /// Runs a write of `who` on the leader: `local` when this member leads, else the request is
+    /// forwarded (once) to the leader with `forward`, on behalf of `who`. While leadership moves it
+    /// tries again, three times in all.
     pub async fn on_leader<Req, Resp, L, LF, F, FF>(
         &self,
+        who: &Identity,
         request: tonic::Request<Req>,
         local: L,
         forward: F,
@@ -174,18 +179,23 @@ impl Node {
                         break;
                     }
                 }
-                Ok(Route::Leader(_, member)) => {
+                Ok(Route::Leader(leader, member)) => {
                     if forwarded {
                         result = Err(ApiError::NotLeader);
                         break;
                     }
                     let channel = self
                         .channels
-                        .get(&member.addr)
+                        .get(&member.addr, leader)
                         .map_err(|e| Status::unavailable(e.to_string()))?;
                     let mut fwd = tonic::Request::new(Arc::unwrap_or_clone(req));
+                    let on_behalf = who
+                        .uri()
+                        .parse()
+                        .map_err(|_| Status::internal("an identity is not a metadata value"))?;
                     fwd.metadata_mut()
                         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    fwd.metadata_mut().insert(ON_BEHALF_OF, on_behalf);
                     return forward(channel, fwd).await;
                 }
             }
@@ -233,7 +243,7 @@ impl Node {
         }
         let channel = self
             .channels
-            .get(&member.addr)
+            .get(&member.addr, leader)
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let mut client = Client::cluster(channel);
         let mut req = tonic::Request::new(pb::ReadIndexRequest {});
@@ -273,8 +283,8 @@ impl Node {
         });
         pb::MemberStatus {
             id: self.id,
-            addr: self.addr.clone(),
-            region: self.region.clone(),
+            addr: self.member.addr.clone(),
+            region: self.member.region.clone(),
             role: role.into(),
             term: m.current_term,
             leader: m.current_leader.unwrap_or(0),

@@ -1,17 +1,20 @@
-//! The gRPC services of a member: Config (objects and watch), Cluster (status and membership) and
-//! Raft (the transport's server side).
+//! The gRPC services of a member: Config (objects and watch), Affinity (the session table), Cluster
+//! (status and membership) and Raft (the transport's server side). Every call is authenticated and
+//! authorized first (`auth`, `authz`); a write is then carried out on the leader.
 
+use crate::authz::{self, Action, ORIGIN_LABEL, StatusTarget, WriteTarget};
 use crate::errors::ApiError;
 use crate::node::{Node, now_ms};
 use crate::watch;
-use gw_client::{Client, object_ref};
+use gw_client::{Client, Identity, Security, object_ref};
 use gw_model::affinity::SessionSpec;
-use gw_model::kinds::{self, KindInfo};
+use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, key_secret};
+use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
 use gw_model::{Document, ObjectKey, admit};
 use gw_proto as pb;
 use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
 use openraft::ChangeMembers;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,17 +63,108 @@ fn write_response(o: TxnOutcome) -> pb::WriteResponse {
     }
 }
 
-/// Renders a stored object at the requested version of its kind.
-fn render(obj: &Value, key: &ObjectKey, version: &str) -> Result<String, ApiError> {
-    if version.is_empty() {
-        return Ok(obj.to_string());
+/// What a caller asked to see, and may.
+struct View<'a> {
+    who: &'a Identity,
+    version: String,
+    show_secret_values: bool,
+}
+
+impl<'a> View<'a> {
+    fn of(who: &'a Identity, opts: Option<pb::ReadOptions>) -> View<'a> {
+        let opts = opts.unwrap_or_default();
+        View {
+            who,
+            version: opts.version,
+            show_secret_values: opts.show_secret_values,
+        }
     }
-    let info = kind_info(&key.group, &key.kind)?;
-    gw_model::admit::convert_for_output(obj, info, version)
-        .map(|v| v.to_string())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("{} is not served at version {version:?}", key.kind))
+
+    /// A stored object at the requested version of its kind, a Secret's values redacted unless the
+    /// caller may see them.
+    fn render(&self, obj: &Value, key: &ObjectKey) -> Result<String, ApiError> {
+        let redacted;
+        let obj = if key.group.is_empty()
+            && key.kind == "Secret"
+            && !authz::secret_values_visible(self.who, self.show_secret_values, key)
+        {
+            redacted = authz::redact(obj);
+            &redacted
+        } else {
+            obj
+        };
+        if self.version.is_empty() {
+            return Ok(obj.to_string());
+        }
+        let info = kind_info(&key.group, &key.kind)?;
+        gw_model::admit::convert_for_output(obj, info, &self.version)
+            .map(|v| v.to_string())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{} is not served at version {:?}",
+                    key.kind, self.version
+                ))
+            })
+    }
+}
+
+/// The origin label of a stored object (`None` if it does not exist).
+fn current_origin(node: &Node, key: &ObjectKey) -> Option<Option<String>> {
+    node.store.read(|a| {
+        a.state.get(key).map(|o| {
+            o["metadata"]["labels"][ORIGIN_LABEL]
+                .as_str()
+                .map(str::to_string)
         })
+    })
+}
+
+/// What an apply touches, for authorization.
+fn apply_targets(node: &Node, req: &pb::ApplyRequest) -> Result<Vec<WriteTarget>, Status> {
+    req.documents
+        .iter()
+        .map(|d| {
+            let v: Value = serde_json::from_str(&d.json).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "{}: document {}: not JSON: {e}",
+                    d.source, d.index
+                ))
+            })?;
+            let key = ObjectKey::of_document(&v).map_err(|e| {
+                Status::invalid_argument(format!("{}: document {}: {e}", d.source, d.index))
+            })?;
+            Ok(WriteTarget {
+                current_origin: current_origin(node, &key),
+                new_origin: v["metadata"]["labels"][ORIGIN_LABEL]
+                    .as_str()
+                    .map(str::to_string),
+                key,
+            })
+        })
+        .collect()
+}
+
+/// What a status update touches, with the GatewayClass of Gateways.
+fn status_targets(node: &Node, req: &pb::UpdateStatusRequest) -> Result<Vec<StatusTarget>, Status> {
+    req.updates
+        .iter()
+        .map(|u| {
+            let key = key_of(
+                u.target
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("status update without ref"))?,
+            )?;
+            let class = match (key.group.as_str(), key.kind.as_str()) {
+                (GATEWAY_GROUP, "Gateway") => node.store.read(|a| {
+                    a.state
+                        .get(&key)
+                        .and_then(|g| g["spec"]["gatewayClassName"].as_str().map(str::to_string))
+                }),
+                _ => None,
+            };
+            Ok(StatusTarget { key, class })
+        })
+        .collect()
 }
 
 pub struct ConfigService {
@@ -89,20 +183,32 @@ impl ConfigService {
         Ok(write_response(outcome))
     }
 
-    async fn local_apply(&self, req: &pb::ApplyRequest) -> Result<pb::WriteResponse, ApiError> {
+    /// Admits and stores documents. A kube sync agent's documents get its cluster as their origin.
+    async fn local_apply(
+        &self,
+        who: &Identity,
+        req: &pb::ApplyRequest,
+    ) -> Result<pb::WriteResponse, ApiError> {
         if req.documents.is_empty() {
             return Err(ApiError::BadRequest("no documents to apply".into()));
         }
         let mut ops = Vec::new();
         let mut invalid = Vec::new();
         for d in &req.documents {
-            let doc = match serde_json::from_str(&d.json) {
-                Ok(value) => Document {
-                    source: d.source.clone(),
-                    index: d.index as usize,
-                    line: 0,
-                    value,
-                },
+            let doc = match serde_json::from_str::<Value>(&d.json) {
+                Ok(mut value) => {
+                    if let Identity::KubeSync { cluster } = who
+                        && value["metadata"].is_object()
+                    {
+                        value["metadata"]["labels"][ORIGIN_LABEL] = json!(cluster);
+                    }
+                    Document {
+                        source: d.source.clone(),
+                        index: d.index as usize,
+                        line: 0,
+                        value,
+                    }
+                }
                 Err(e) => {
                     return Err(ApiError::BadRequest(format!(
                         "{}: document {}: not JSON: {e}",
@@ -217,10 +323,20 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let targets = apply_targets(&self.node, request.get_ref())?;
+        let who = self.node.auth.check(
+            &request,
+            Action::Write {
+                verb: "apply",
+                targets,
+            },
+        )?;
+        let who = &who;
         self.node
             .on_leader(
+                who,
                 request,
-                |r| async move { self.local_apply(&r).await },
+                |r| async move { self.local_apply(who, &r).await },
                 |c, r| async move { Client::config(c).apply(r).await },
             )
             .await
@@ -230,8 +346,29 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let targets = request
+            .get_ref()
+            .refs
+            .iter()
+            .map(|r| {
+                let key = key_of(r)?;
+                Ok(WriteTarget {
+                    current_origin: current_origin(&self.node, &key),
+                    new_origin: None,
+                    key,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let who = self.node.auth.check(
+            &request,
+            Action::Write {
+                verb: "delete",
+                targets,
+            },
+        )?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_delete(&r).await },
                 |c, r| async move { Client::config(c).delete(r).await },
@@ -243,8 +380,14 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let targets = status_targets(&self.node, request.get_ref())?;
+        let who = self
+            .node
+            .auth
+            .check(&request, Action::UpdateStatus(targets))?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_update_status(&r).await },
                 |c, r| async move { Client::config(c).update_status(r).await },
@@ -256,20 +399,21 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::Read)?;
         let req = request.into_inner();
         let r = req
             .target
             .ok_or_else(|| Status::invalid_argument("ref is required"))?;
         let key = key_of(&r)?;
         let serializable = self.barrier(&req.options).await?;
-        let version = req.options.map(|o| o.version).unwrap_or_default();
+        let view = View::of(&who, req.options);
         let (obj, revision) = self
             .node
             .store
             .read(|a| (a.state.get(&key).cloned(), a.state.revision()));
         let obj = obj.ok_or(ApiError::NotFound(key.clone()))?;
         Ok(Response::new(pb::GetResponse {
-            object_json: render(&obj, &key, &version)?,
+            object_json: view.render(&obj, &key)?,
             revision,
             serializable,
         }))
@@ -279,12 +423,13 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::Read)?;
         let req = request.into_inner();
         if !req.kind.is_empty() {
             kind_info(&req.group, &req.kind)?;
         }
         let serializable = self.barrier(&req.options).await?;
-        let version = req.options.map(|o| o.version).unwrap_or_default();
+        let view = View::of(&who, req.options);
         let (objects, revision) = self.node.store.read(|a| {
             let objs: Vec<(ObjectKey, Arc<Value>)> = a
                 .state
@@ -295,7 +440,7 @@ impl pb::config_server::Config for ConfigService {
         });
         let objects_json = objects
             .iter()
-            .map(|(k, o)| render(o, k, &version))
+            .map(|(k, o)| view.render(o, k))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListResponse {
             objects_json,
@@ -310,11 +455,12 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.node.auth.check(&request, Action::Read)?;
         let req = request.into_inner();
         for k in &req.kinds {
             kind_info(&k.group, &k.kind)?;
         }
-        let filter = watch::filter_from(&req);
+        let filter = watch::filter_from(&req, who);
         let bookmark = match req.bookmark_interval_ms {
             0 => Duration::from_millis(self.node.config.bookmark_ms),
             ms => Duration::from_millis(u64::from(ms)),
@@ -337,15 +483,19 @@ pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
-/// The members of the current membership, as the API presents them (without their own reports).
+/// The members of the current membership, as the API presents them (without their own reports),
+/// with how far each one's log is behind this member's (when it leads and knows).
 fn members_of(node: &Node) -> Vec<pb::Member> {
+    let metrics = node.raft.metrics().borrow().clone();
     node.store
         .members()
         .into_iter()
         .map(|(id, m, voter)| pb::Member {
             id,
+            lag: lag_of(&metrics, id).map_or(-1, |l| l as i64),
             addr: m.addr,
             region: m.region,
+            peer_addr: m.peer_addr,
             role: if voter { "voter" } else { "learner" }.into(),
             applied_revision: 0,
             reachable: false,
@@ -353,6 +503,21 @@ fn members_of(node: &Node) -> Vec<pb::Member> {
         })
         .collect()
 }
+
+/// How many entries member `id`'s log is behind the leader's, by the leader's replication metrics
+/// (`None`: this member does not lead, or has no confirmed match for it).
+fn lag_of(m: &openraft::RaftMetrics<NodeId, Member>, id: NodeId) -> Option<u64> {
+    if m.current_leader == Some(id) && m.id == id {
+        return Some(0);
+    }
+    let matched = m.replication.as_ref()?.get(&id)?.as_ref()?.index;
+    Some(m.last_log_index.unwrap_or(0).saturating_sub(matched))
+}
+
+/// A learner is promoted only when its log is at most this many entries behind the leader's.
+const PROMOTE_MAX_LAG: u64 = 100;
+/// How long a promotion waits for a learner to catch up.
+const PROMOTE_CATCH_UP: Duration = Duration::from_secs(5);
 
 impl ClusterService {
     async fn change(
@@ -378,17 +543,89 @@ impl ClusterService {
         let member = Member {
             addr: req.addr.clone(),
             region: req.region.clone(),
+            peer_addr: req.peer_addr.clone(),
         };
+        // Only a process holding member `id`'s certificate receives the cluster's data.
+        if let Security::Mutual(_) = self.node.auth.security() {
+            self.node
+                .channels
+                .probe(member.raft_addr(), req.id)
+                .await
+                .map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "learner {} at {} does not answer as member {}: {e}",
+                        req.id,
+                        member.raft_addr(),
+                        req.id
+                    ))
+                })?;
+        }
         self.node.raft.add_learner(req.id, member, true).await?;
         Ok(pb::MembershipResponse {
             members: members_of(&self.node),
         })
     }
 
+    /// Promotes a learner that has caught up: a voter that cannot replicate would stall every write
+    /// (and a one-member cluster for good, in a joint configuration nothing can complete).
     async fn local_promote(
         &self,
         req: &pb::MemberRequest,
     ) -> Result<pb::MembershipResponse, ApiError> {
+        if self.node.raft.metrics().borrow().current_leader != Some(self.node.id) {
+            return Err(ApiError::NotLeader);
+        }
+        let Some(learner) = self
+            .node
+            .store
+            .members()
+            .into_iter()
+            .find_map(|(id, m, voter)| (id == req.id && !voter).then_some(m))
+        else {
+            return Err(ApiError::BadRequest(format!(
+                "member {} is not a learner of this cluster",
+                req.id
+            )));
+        };
+        // Answering now, as itself.
+        self.node
+            .channels
+            .probe(learner.raft_addr(), req.id)
+            .await
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "learner {} does not answer at {}: refusing to promote it ({e})",
+                    req.id,
+                    learner.raft_addr()
+                ))
+            })?;
+        // A learner just added may still be catching up: give it a few seconds.
+        let id = req.id;
+        let metrics = self
+            .node
+            .raft
+            .wait(Some(PROMOTE_CATCH_UP))
+            .metrics(
+                |m| lag_of(m, id).is_some_and(|l| l <= PROMOTE_MAX_LAG),
+                "learner caught up",
+            )
+            .await
+            .unwrap_or_else(|_| self.node.raft.metrics().borrow().clone());
+        match lag_of(&metrics, req.id) {
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "learner {} has not replicated anything yet (unreachable, or just added): refusing to promote it",
+                    req.id
+                )));
+            }
+            Some(lag) if lag > PROMOTE_MAX_LAG => {
+                return Err(ApiError::BadRequest(format!(
+                    "learner {} is {lag} log entries behind the leader (more than {PROMOTE_MAX_LAG}): let it catch up first",
+                    req.id
+                )));
+            }
+            Some(_) => {}
+        }
         self.change(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])))
             .await
     }
@@ -425,8 +662,9 @@ impl ClusterService {
 impl pb::cluster_server::Cluster for ClusterService {
     async fn status(
         &self,
-        _: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.node.auth.check(&request, Action::ClusterStatus)?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let mut members = members_of(&self.node);
         let reports = futures::future::join_all(members.iter().map(|m| {
@@ -436,7 +674,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 if id == node.id {
                     return Some(node.member_status());
                 }
-                let channel = node.channels.get(&addr).ok()?;
+                let channel = node.channels.get(&addr, id).ok()?;
                 let mut req = Request::new(pb::MemberStatusRequest {});
                 req.set_timeout(Duration::from_secs(1));
                 Client::cluster(channel)
@@ -457,18 +695,31 @@ impl pb::cluster_server::Cluster for ClusterService {
                 }
             }
         }
+        let membership = metrics.membership_config.clone();
+        let configs = membership
+            .membership()
+            .get_joint_config()
+            .iter()
+            .map(|voters| pb::VoterSet {
+                voters: voters.iter().copied().collect(),
+            })
+            .collect();
+        let committed = membership.log_id() <= &metrics.last_applied;
         Ok(Response::new(pb::ClusterStatus {
             leader: metrics.current_leader.unwrap_or(0),
             revision: self.node.store.read(|a| a.state.revision()),
             term: metrics.current_term,
             members,
+            configs,
+            membership_committed: committed,
         }))
     }
 
     async fn member_status(
         &self,
-        _: Request<pb::MemberStatusRequest>,
+        request: Request<pb::MemberStatusRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
+        self.node.auth.check(&request, Action::ClusterStatus)?;
         Ok(Response::new(self.node.member_status()))
     }
 
@@ -476,8 +727,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::ChangeMembership)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_add_learner(&r).await },
                 |c, r| async move { Client::cluster(c).add_learner(r).await },
@@ -489,8 +742,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::ChangeMembership)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_promote(&r).await },
                 |c, r| async move { Client::cluster(c).promote(r).await },
@@ -502,8 +757,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::ChangeMembership)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_remove(&r).await },
                 |c, r| async move { Client::cluster(c).remove(r).await },
@@ -513,8 +770,9 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn read_index(
         &self,
-        _: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.node.auth.check(&request, Action::ReadIndex)?;
         let (read_log_id, _) = self
             .node
             .raft
@@ -531,9 +789,22 @@ pub struct RaftService {
     pub node: Arc<Node>,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
+fn decode<T: serde::de::DeserializeOwned>(req: &Request<pb::RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.get_ref().data)
         .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+}
+
+impl RaftService {
+    /// A Raft message is accepted only from the member whose vote it carries (the leader of an
+    /// AppendEntries or InstallSnapshot, the candidate of a Vote), holding that member's certificate.
+    fn check(
+        &self,
+        req: &Request<pb::RaftPayload>,
+        vote: &openraft::Vote<NodeId>,
+    ) -> Result<(), Status> {
+        let member = vote.leader_id().voted_for().unwrap_or(0);
+        self.node.auth.check(req, Action::Raft { member }).map(drop)
+    }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
@@ -548,24 +819,29 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let res = self.node.raft.append_entries(decode(request)?).await;
-        encode(&res)
+        let rpc: openraft::raft::AppendEntriesRequest<gw_store::types::TypeConfig> =
+            decode(&request)?;
+        self.check(&request, &rpc.vote)?;
+        encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let res = self.node.raft.vote(decode(request)?).await;
-        encode(&res)
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(&request)?;
+        self.check(&request, &rpc.vote)?;
+        encode(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let res = self.node.raft.install_snapshot(decode(request)?).await;
-        encode(&res)
+        let rpc: openraft::raft::InstallSnapshotRequest<gw_store::types::TypeConfig> =
+            decode(&request)?;
+        self.check(&request, &rpc.vote)?;
+        encode(&self.node.raft.install_snapshot(rpc).await)
     }
 }
 
@@ -654,6 +930,63 @@ impl AffinityService {
 }
 
 impl AffinityService {
+    /// Creates the session keys if there are none (`rotate` false), or replaces the signing key,
+    /// keeping the current one accepted as `previous` (`rotate`). The key is made here, on the leader.
+    async fn local_keys(&self, rotate: bool) -> Result<pb::WriteResponse, ApiError> {
+        use ring::rand::SecureRandom;
+        self.node.read_barrier().await?;
+        let key = ObjectKey::new("", "Secret", KEYS_NAMESPACE, KEYS_SECRET);
+        let (current, revision) = self
+            .node
+            .store
+            .read(|a| (a.state.get(&key).cloned(), a.state.revision()));
+        let (previous, rv) = match (&current, rotate) {
+            (Some(_), false) => {
+                return Ok(pb::WriteResponse {
+                    revision,
+                    results: vec![],
+                });
+            }
+            (None, true) => {
+                return Err(ApiError::BadRequest(
+                    "there are no session keys yet: gateway nodes create them when a route first uses session persistence".into(),
+                ));
+            }
+            (None, false) => (None, "0".to_string()),
+            (Some(s), true) => (
+                s["data"]["current"].as_str().map(str::to_string),
+                s["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_string(),
+            ),
+        };
+        let mut fresh = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut fresh)
+            .map_err(|_| ApiError::Internal("no randomness for a session key".into()))?;
+        let doc = Document {
+            source: "session keys".into(),
+            index: 1,
+            line: 0,
+            value: key_secret(&fresh, previous.as_deref(), &rv),
+        };
+        let a = admit(&doc).map_err(|e| ApiError::Invalid(vec![*e]))?;
+        let outcome = self
+            .node
+            .propose(Txn {
+                time_ms: now_ms(),
+                ops: vec![Op::Put {
+                    key: a.key,
+                    object: a.object,
+                    expected_rv: a.expected_resource_version,
+                    uid: uuid::Uuid::new_v4().to_string(),
+                }],
+            })
+            .await?;
+        Ok(write_response(outcome))
+    }
+
     async fn local_evict(&self, req: &pb::EvictRequest) -> Result<pb::WriteResponse, ApiError> {
         let keys: BTreeSet<ObjectKey> = req
             .sessions
@@ -684,8 +1017,10 @@ impl pb::affinity_server::Affinity for AffinityService {
         &self,
         request: Request<pb::EvictRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::EvictSessions)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_evict(&r).await },
                 |c, r| async move { Client::affinity(c).evict(r).await },
@@ -697,11 +1032,43 @@ impl pb::affinity_server::Affinity for AffinityService {
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::RecordSessions)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_touch(&r).await },
                 |c, r| async move { Client::affinity(c).touch(r).await },
+            )
+            .await
+    }
+
+    async fn ensure_keys(
+        &self,
+        request: Request<pb::KeysRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::EnsureSessionKeys)?;
+        self.node
+            .on_leader(
+                &who,
+                request,
+                |_| async move { self.local_keys(false).await },
+                |c, r| async move { Client::affinity(c).ensure_keys(r).await },
+            )
+            .await
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::KeysRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::RotateSessionKeys)?;
+        self.node
+            .on_leader(
+                &who,
+                request,
+                |_| async move { self.local_keys(true).await },
+                |c, r| async move { Client::affinity(c).rotate_key(r).await },
             )
             .await
     }
@@ -710,8 +1077,10 @@ impl pb::affinity_server::Affinity for AffinityService {
         &self,
         request: Request<pb::FailoverRequest>,
     ) -> Result<Response<pb::FailoverResponse>, Status> {
+        let who = self.node.auth.check(&request, Action::RecordSessions)?;
         self.node
             .on_leader(
+                &who,
                 request,
                 |r| async move { self.local_failover(&r).await },
                 |c, r| async move { Client::affinity(c).failover(r).await },

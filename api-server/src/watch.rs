@@ -3,8 +3,9 @@
 //! bookmarked. A resume from a compacted revision, a lagging subscriber and a snapshot install on this
 //! member all get an explicit snapshot marked `compacted`, never a silent skip.
 
+use crate::authz::{redact, secret_values_visible};
 use crate::node::Node;
-use gw_client::object_ref;
+use gw_client::{Identity, object_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use gw_store::state::{EventKind, RevisionEvents};
@@ -17,13 +18,27 @@ use tonic::Status;
 /// Objects per snapshot message.
 const SNAPSHOT_CHUNK: usize = 500;
 
-/// What a watcher asked for.
+/// What a watcher asked for, and who it is (for what it may see of Secrets).
 pub struct Filter {
     pub kinds: Vec<(String, String)>,
     pub namespace: String,
+    pub who: Identity,
+    pub show_secret_values: bool,
 }
 
 impl Filter {
+    /// An object as this watcher may see it.
+    fn present(&self, k: &ObjectKey, obj: &serde_json::Value) -> String {
+        if k.group.is_empty()
+            && k.kind == "Secret"
+            && !secret_values_visible(&self.who, self.show_secret_values, k)
+        {
+            redact(obj).to_string()
+        } else {
+            obj.to_string()
+        }
+    }
+
     fn matches(&self, k: &ObjectKey) -> bool {
         (self.kinds.is_empty()
             || self
@@ -52,7 +67,7 @@ async fn send_snapshot(
             .state
             .objects()
             .filter(|(k, _)| filter.matches(k))
-            .map(|(_, o)| o.to_string())
+            .map(|(k, o)| filter.present(k, o))
             .collect();
         (a.state.revision(), a.state.compact_revision(), objs)
     });
@@ -91,7 +106,7 @@ async fn send_events(tx: &Tx, ev: &RevisionEvents, filter: &Filter) -> Option<()
                 EventKind::Delete => pb::EventType::Delete as i32,
             },
             target: Some(object_ref(&e.key)),
-            object_json: e.object.to_string(),
+            object_json: filter.present(&e.key, &e.object),
         })
         .collect();
     if events.is_empty() {
@@ -185,7 +200,7 @@ pub async fn run(node: Arc<Node>, tx: Tx, filter: Filter, after: Option<u64>, bo
 }
 
 /// Filters from a request's kinds and namespace.
-pub fn filter_from(req: &pb::WatchRequest) -> Filter {
+pub fn filter_from(req: &pb::WatchRequest, who: Identity) -> Filter {
     Filter {
         kinds: req
             .kinds
@@ -193,5 +208,7 @@ pub fn filter_from(req: &pb::WatchRequest) -> Filter {
             .map(|r| (r.group.clone(), r.kind.clone()))
             .collect(),
         namespace: req.namespace.clone(),
+        who,
+        show_secret_values: req.show_secret_values,
     }
 }

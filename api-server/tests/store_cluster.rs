@@ -407,13 +407,14 @@ async fn concurrent_conditional_applies_one_wins() {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let args = vec![
+                let mut args = c.pki().admin().to_args();
+                args.extend([
                     "--server".to_string(),
                     servers[i % servers.len()].clone(),
                     "apply".into(),
                     "-f".into(),
                     f.clone(),
-                ];
+                ]);
                 std::thread::spawn(move || {
                     std::process::Command::new(gw_testkit::procs::bin("gwadm").unwrap())
                         .args(args)
@@ -536,14 +537,15 @@ async fn watch_resumed_ahead_of_a_member_survives_its_snapshot_install() {
     assert!(ls.purged_index > 5, "the leader purged its log: {ls:?}");
     let resume_after = ls.applied_revision;
     // The watch request reaches the paused member first; its snapshot install comes after.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr(lagging)))
-        .unwrap()
-        .connect_lazy();
+    let channel = gw_client::Dialer::new(c.pki().admin_security())
+        .lazy(c.addr(lagging))
+        .unwrap();
     let req = pb::WatchRequest {
         after_revision: Some(resume_after),
         kinds: vec![],
         namespace: String::new(),
         bookmark_interval_ms: 200,
+        show_secret_values: false,
     };
     let watch = tokio::spawn(async move {
         let mut stream = pb::config_client::ConfigClient::new(channel)

@@ -4,8 +4,7 @@ use crate::error::{Error, Result};
 use crate::output::{self, Format};
 use clap::Subcommand;
 use gw_client::{Client, clock};
-use gw_model::ObjectKey;
-use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, key_secret, session_of};
+use gw_model::affinity::token::session_of;
 use gw_model::affinity::{KIND, SessionEntry};
 use gw_model::kinds::GW_GROUP;
 use gw_proto as pb;
@@ -202,34 +201,12 @@ fn render(objects: &[Value], format: Format) -> String {
 }
 
 async fn rotate_key(client: &Client) -> Result<()> {
-    let key = ObjectKey::new("", "Secret", KEYS_NAMESPACE, KEYS_SECRET);
-    let secret = client.get_object(&key).await?.ok_or_else(|| {
-        Error::Usage(format!(
-            "{key} does not exist yet: gateway nodes create it when a route first uses session persistence"
-        ))
-    })?;
-    let current = secret["data"]["current"].as_str().unwrap_or_default();
-    let rv = secret["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or_default();
-    let doc = pb::Document {
-        json: key_secret(&new_key(), Some(current), rv).to_string(),
-        source: "gwadm affinity rotate-key".into(),
-        index: 1,
-    };
-    let resp = client.apply(vec![doc], false).await?;
+    let resp = client.rotate_key().await?;
     println!(
         "session key rotated at revision {} (tokens under the previous key stay valid until the next rotation)",
         resp.revision
     );
     Ok(())
-}
-
-/// 32 random bytes: a new session key.
-#[allow(clippy::disallowed_methods)] // an operator command, not decision code
-fn new_key() -> [u8; 32] {
-    use rand::RngExt;
-    rand::rng().random()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_methods)] // a benchmark: it times what it measures
 
 use crate::error::{Error, Result};
-use gw_client::{Client, kind_ref};
+use gw_client::{Client, Dialer, kind_ref};
 use gw_proto as pb;
 use gw_proto::config_client::ConfigClient;
 use serde_json::json;
@@ -83,12 +83,8 @@ fn load1() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn connect(addr: &str) -> Result<ConfigClient<Channel>> {
-    let ch = gw_client::endpoint(addr)?
-        .connect()
-        .await
-        .map_err(|e| Error::Usage(format!("connecting to {addr}: {e}")))?;
-    Ok(Client::config(ch))
+async fn connect(dialer: &Dialer, addr: &str) -> Result<ConfigClient<Channel>> {
+    Ok(Client::config(dialer.connect(addr).await?))
 }
 
 fn configmap(name: &str, value: &str) -> String {
@@ -131,6 +127,7 @@ async fn get(
     let options = Some(pb::ReadOptions {
         serializable,
         version: String::new(),
+        show_secret_values: false,
     });
     c.get(pb::GetRequest {
         target: Some(target),
@@ -213,9 +210,9 @@ async fn closed_loop(
 
 /// Watch delivery: one watcher on its own connection, paced puts on another; latency = event received
 /// minus put acknowledged (can be negative).
-async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult> {
-    let mut writer = connect(&a.endpoint).await?;
-    let mut watcher = connect(&a.endpoint).await?;
+async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunResult> {
+    let mut writer = connect(dialer, &a.endpoint).await?;
+    let mut watcher = connect(dialer, &a.endpoint).await?;
     let ns = format!("bench-watch-{run}");
     let load = load1();
     let req = pb::WatchRequest {
@@ -223,6 +220,7 @@ async fn watch_run(a: &StoreBenchArgs, run: u64) -> Result<RunResult> {
         kinds: vec![kind_ref("", "ConfigMap")],
         namespace: ns.clone(),
         bookmark_interval_ms: 0,
+        show_secret_values: false,
     };
     let mut stream = watcher
         .watch(req)
@@ -309,17 +307,18 @@ async fn gate(a: &StoreBenchArgs, budget_used: &mut f64) {
     }
 }
 
-pub async fn run(a: StoreBenchArgs) -> Result<()> {
+pub async fn run(a: StoreBenchArgs, tls: &gw_client::TlsArgs) -> Result<()> {
+    let dialer = Dialer::new(tls.security().map_err(Error::Usage)?);
     let mut conns = Vec::new();
     for _ in 0..a.conns.max(1) {
-        conns.push(connect(&a.endpoint).await?);
+        conns.push(connect(&dialer, &a.endpoint).await?);
     }
     let one = vec![conns[0].clone()];
     put(&mut conns[0].clone(), "get-key", &value(a.value_size, 0))
         .await
         .map_err(gw_client::Error::from)?;
     let follower = match &a.follower {
-        Some(f) => Some(vec![connect(f).await?]),
+        Some(f) => Some(vec![connect(&dialer, f).await?]),
         None => None,
     };
     let mut rows = Vec::new();
@@ -369,7 +368,7 @@ pub async fn run(a: StoreBenchArgs) -> Result<()> {
                     }
                     None => continue,
                 },
-                "watch" => watch_run(&a, rep as u64).await?,
+                "watch" => watch_run(&a, &dialer, rep as u64).await?,
                 other => return Err(Error::Usage(format!("unknown workload {other:?}"))),
             };
             reps.push(r);
@@ -478,7 +477,8 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     let (store_port, listen_port) = (free_port(), free_port());
     let store = format!("127.0.0.1:{store_port}");
     let mut children = Children::default();
-    children.spawn_store(&store, dir.path())?;
+    let pki = gw_testkit::pki::Pki::create(&dir.path().join("pki"))?;
+    children.spawn_store(&store, dir.path(), &pki)?;
     let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         pod: "prop".into(),
@@ -489,10 +489,18 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     .await
     .map_err(anyhow::Error::from)?;
     for ip in &a.nodes {
+        let tls = pki.issue(
+            &format!("node-{ip}"),
+            &gw_client::Identity::Node {
+                class: "prop".into(),
+                name: ip.to_string(),
+            },
+        )?;
         children.spawn(
             "gw-node",
             &dir.path().join(format!("node-{ip}.log")),
             std::process::Command::new(bin("gw-node")?)
+                .args(gw_client::TlsArgs::of(&tls).to_args())
                 .args([
                     "--store",
                     &store,
@@ -505,7 +513,11 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
                 .arg(dir.path().join(format!("node-{ip}"))),
         )?;
     }
-    let client = Client::new(std::slice::from_ref(&store), Duration::from_secs(20))?;
+    let client = Client::new(
+        std::slice::from_ref(&store),
+        Duration::from_secs(20),
+        &Dialer::new(pki.admin_security()),
+    )?;
     let doc = |i: usize, v: serde_json::Value| pb::Document {
         json: v.to_string(),
         source: "bench".into(),

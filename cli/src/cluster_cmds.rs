@@ -5,6 +5,26 @@ use gw_client::Client;
 use gw_proto as pb;
 use serde_json::json;
 
+/// The voter sets in force, as `{1,2,3}`, or `{1} → {1,2} (joint)` during a change.
+fn voters(s: &pb::ClusterStatus) -> String {
+    let sets: Vec<String> = s
+        .configs
+        .iter()
+        .map(|c| {
+            let ids: Vec<String> = c.voters.iter().map(u64::to_string).collect();
+            format!("{{{}}}", ids.join(","))
+        })
+        .collect();
+    let mut out = sets.join(" → ");
+    if sets.len() > 1 {
+        out.push_str(" (joint: a change in progress)");
+    }
+    if !s.membership_committed {
+        out.push_str(" (not committed yet)");
+    }
+    out
+}
+
 pub async fn status(client: &Client, json_out: bool) -> Result<()> {
     let s = client.cluster_status().await?;
     if json_out {
@@ -12,22 +32,27 @@ pub async fn status(client: &Client, json_out: bool) -> Result<()> {
             .members
             .iter()
             .map(|m| {
-                json!({"id": m.id, "addr": m.addr, "region": m.region, "role": m.role,
-                       "applied_revision": m.applied_revision, "reachable": m.reachable, "raft_state": m.raft_state})
+                json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "region": m.region, "role": m.role,
+                       "applied_revision": m.applied_revision, "reachable": m.reachable, "raft_state": m.raft_state,
+                       "lag": if m.lag < 0 { serde_json::Value::Null } else { json!(m.lag) }})
             })
             .collect();
-        let out =
-            json!({"leader": s.leader, "revision": s.revision, "term": s.term, "members": members});
+        let configs: Vec<&Vec<u64>> = s.configs.iter().map(|c| &c.voters).collect();
+        let out = json!({"leader": s.leader, "revision": s.revision, "term": s.term, "members": members,
+                         "configs": configs, "membership_committed": s.membership_committed});
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
     println!(
-        "leader: {}   revision: {}   term: {}",
-        s.leader, s.revision, s.term
+        "leader: {}   revision: {}   term: {}   voters: {}",
+        s.leader,
+        s.revision,
+        s.term,
+        voters(&s)
     );
     println!(
-        "{:<4} {:<24} {:<12} {:<8} {:<10} {:<9}",
-        "ID", "ADDRESS", "REGION", "ROLE", "STATE", "REVISION"
+        "{:<4} {:<24} {:<12} {:<8} {:<10} {:<9} {:<5}",
+        "ID", "ADDRESS", "REGION", "ROLE", "STATE", "REVISION", "LAG"
     );
     for m in &s.members {
         let state = if m.reachable {
@@ -40,9 +65,14 @@ pub async fn status(client: &Client, json_out: bool) -> Result<()> {
         } else {
             "-".into()
         };
+        let lag = if m.lag < 0 {
+            "-".into()
+        } else {
+            m.lag.to_string()
+        };
         println!(
-            "{:<4} {:<24} {:<12} {:<8} {:<10} {:<9}",
-            m.id, m.addr, m.region, m.role, state, rev
+            "{:<4} {:<24} {:<12} {:<8} {:<10} {:<9} {:<5}",
+            m.id, m.addr, m.region, m.role, state, rev, lag
         );
     }
     Ok(())
@@ -54,12 +84,19 @@ fn print_members(r: &pb::MembershipResponse) {
     }
 }
 
-pub async fn add_learner(client: &Client, id: u64, addr: &str, region: &str) -> Result<()> {
+pub async fn add_learner(
+    client: &Client,
+    id: u64,
+    addr: &str,
+    peer_addr: &str,
+    region: &str,
+) -> Result<()> {
     let r = client
         .add_learner(pb::AddLearnerRequest {
             id,
             addr: addr.into(),
             region: region.into(),
+            peer_addr: peer_addr.into(),
         })
         .await?;
     print_members(&r);

@@ -128,6 +128,7 @@ pub struct GetArgs<'a> {
     pub format: Format,
     pub serializable: bool,
     pub version: Option<&'a str>,
+    pub show_secret_values: bool,
 }
 
 pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
@@ -135,6 +136,7 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
     let options = Some(pb::ReadOptions {
         serializable: a.serializable,
         version: a.version.unwrap_or("").into(),
+        show_secret_values: a.show_secret_values,
     });
     let namespace = if !info.namespaced || a.all_namespaces {
         ""
@@ -242,6 +244,7 @@ pub struct WatchArgs<'a> {
     /// Exit after printing the events of this revision.
     pub until: Option<u64>,
     pub timeout: Option<Duration>,
+    pub show_secret_values: bool,
 }
 
 /// Watches, reconnecting to the next member when a stream breaks and resuming after the last revision
@@ -265,6 +268,7 @@ pub async fn watch(client: &Client, a: WatchArgs<'_>) -> Result<()> {
             kinds: kinds.clone(),
             namespace: a.namespace.unwrap_or("").into(),
             bookmark_interval_ms: 0,
+            show_secret_values: a.show_secret_values,
         };
         let mut stream = client.watch(req).await?;
         loop {

@@ -7,6 +7,7 @@ pub mod cluster_cmds;
 pub mod config_cmds;
 pub mod error;
 pub mod output;
+pub mod pki_cmds;
 pub mod up;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,10 @@ pub struct Cli {
     /// Seconds a request keeps retrying while no member can serve it (leader election, restarts).
     #[arg(long, global = true, default_value_t = 15.0)]
     pub retry_for: f64,
+
+    /// Mutual TLS with the store: the CA, and an admin's (or agent's) certificate (see `gwadm pki`).
+    #[command(flatten)]
+    pub tls: gw_client::TlsArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -71,6 +76,10 @@ pub enum Command {
         /// Present the objects at another served version of their kind (e.g. v1alpha2).
         #[arg(long = "api-version")]
         api_version: Option<String>,
+        /// Show the values of Secrets (admins only; never the session keys), which are otherwise
+        /// redacted.
+        #[arg(long)]
+        show_secret_values: bool,
     },
     /// Delete objects by kind and name, or those of files.
     Delete {
@@ -106,6 +115,9 @@ pub enum Command {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Show the values of Secrets (admins only; never the session keys).
+        #[arg(long)]
+        show_secret_values: bool,
     },
     /// Benchmarks (see the README: run side by side with the reference implementations).
     Bench {
@@ -137,6 +149,11 @@ pub enum Command {
     Affinity {
         #[command(subcommand)]
         command: affinity_cmds::AffinityCommand,
+    },
+    /// The cluster's PKI: its CA, and certificates for members, gateway nodes, agents and admins.
+    Pki {
+        #[command(subcommand)]
+        command: pki_cmds::PkiCommand,
     },
     /// The store cluster: status and membership.
     Cluster {
@@ -170,8 +187,12 @@ pub enum ClusterCommand {
     AddLearner {
         #[arg(long)]
         id: u64,
+        /// Its client API (its --listen or --advertise).
         #[arg(long)]
         addr: String,
+        /// Its Raft transport (its --peer-listen), when it has one.
+        #[arg(long, default_value = "")]
+        peer_addr: String,
         #[arg(long, default_value = "")]
         region: String,
     },
@@ -183,14 +204,22 @@ pub enum ClusterCommand {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
-    let client = Client::new(&cli.server, Duration::from_secs_f64(cli.retry_for))?;
+    // Only the commands that talk to the store need its address and TLS material.
+    let store = || -> Result<Client> {
+        let security = cli.tls.security().map_err(Error::Usage)?;
+        Ok(Client::new(
+            &cli.server,
+            Duration::from_secs_f64(cli.retry_for),
+            &gw_client::Dialer::new(security),
+        )?)
+    };
     match cli.command {
         Command::Apply {
             files,
             recursive,
             dry_run,
-        } => config_cmds::apply(&client, &files, recursive, dry_run).await,
-        Command::Affinity { command } => affinity_cmds::run(&client, command).await,
+        } => config_cmds::apply(&store()?, &files, recursive, dry_run).await,
+        Command::Affinity { command } => affinity_cmds::run(&store()?, command).await,
         Command::Get {
             kind,
             name,
@@ -199,9 +228,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             output,
             serializable,
             api_version,
+            show_secret_values,
         } => {
             config_cmds::get(
-                &client,
+                &store()?,
                 config_cmds::GetArgs {
                     kind: &kind,
                     name: name.as_deref(),
@@ -210,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     format: output,
                     serializable,
                     version: api_version.as_deref(),
+                    show_secret_values,
                 },
             )
             .await
@@ -224,12 +255,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             dry_run,
         } => match (kind, name, files.is_empty()) {
             (None, None, false) => {
-                config_cmds::delete_files(&client, &files, recursive, ignore_not_found, dry_run)
+                config_cmds::delete_files(&store()?, &files, recursive, ignore_not_found, dry_run)
                     .await
             }
             (Some(kind), Some(name), true) => {
                 config_cmds::delete_named(
-                    &client,
+                    &store()?,
                     &kind,
                     &name,
                     namespace.as_deref(),
@@ -248,9 +279,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             bookmarks,
             until,
             timeout,
+            show_secret_values,
         } => {
             config_cmds::watch(
-                &client,
+                &store()?,
                 config_cmds::WatchArgs {
                     kind: kind.as_deref(),
                     namespace: namespace.as_deref(),
@@ -259,13 +291,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                     bookmarks,
                     until,
                     timeout: timeout.map(Duration::from_secs_f64),
+                    show_secret_values,
                 },
             )
             .await
         }
         Command::Bench {
             command: BenchCommand::Store(args),
-        } => bench::run(args).await,
+        } => bench::run(args, &cli.tls).await,
         Command::Bench {
             command: BenchCommand::Propagation(args),
         } => bench::propagation(args).await,
@@ -293,15 +326,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             Ok(())
         }
-        Command::Cluster { command } => match command {
-            ClusterCommand::Status { output } => {
-                cluster_cmds::status(&client, output == Format::Json).await
+        Command::Pki { command } => pki_cmds::run(command),
+        Command::Cluster { command } => {
+            let client = store()?;
+            match command {
+                ClusterCommand::Status { output } => {
+                    cluster_cmds::status(&client, output == Format::Json).await
+                }
+                ClusterCommand::AddLearner {
+                    id,
+                    addr,
+                    peer_addr,
+                    region,
+                } => cluster_cmds::add_learner(&client, id, &addr, &peer_addr, &region).await,
+                ClusterCommand::Promote { id } => cluster_cmds::promote(&client, id).await,
+                ClusterCommand::Remove { id } => cluster_cmds::remove(&client, id).await,
             }
-            ClusterCommand::AddLearner { id, addr, region } => {
-                cluster_cmds::add_learner(&client, id, &addr, &region).await
-            }
-            ClusterCommand::Promote { id } => cluster_cmds::promote(&client, id).await,
-            ClusterCommand::Remove { id } => cluster_cmds::remove(&client, id).await,
-        },
+        }
     }
 }

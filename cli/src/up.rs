@@ -5,9 +5,10 @@
 #![allow(clippy::disallowed_methods)] // runtime: waits for the demo to be served
 
 use crate::error::{Error, Result};
-use gw_client::Client;
+use gw_client::{Client, Dialer, Identity, TlsArgs};
 use gw_proto as pb;
 use gw_testkit::echo::{EchoConfig, start as start_echo};
+use gw_testkit::pki::Pki;
 use gw_testkit::procs::{Children, bin, ensure_free};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -82,8 +83,17 @@ pub async fn run(a: UpArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
     let store_addr = format!("127.0.0.1:{}", a.store_port);
+    // Mutual TLS as everywhere: a CA of the demo's own, a member, a node and an admin certificate.
+    let pki = Pki::create(&dir.join("pki"))?;
+    let node_tls = pki.issue(
+        "node",
+        &Identity::Node {
+            class: "gw-demo".into(),
+            name: "demo".into(),
+        },
+    )?;
     let mut children = Children::default();
-    children.spawn_store(&store_addr, &dir)?;
+    children.spawn_store(&store_addr, &dir, &pki)?;
     let echo = |pod: &str| EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         pod: pod.into(),
@@ -101,6 +111,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         "gw-node",
         &dir.join("node.log"),
         Command::new(bin("gw-node")?)
+            .args(TlsArgs::of(&node_tls).to_args())
             .args([
                 "--store",
                 &store_addr,
@@ -113,7 +124,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
             .arg("--data-dir")
             .arg(dir.join("node")),
     )?;
-    let client = Client::new(std::slice::from_ref(&store_addr), Duration::from_secs(20))?;
+    let client = Client::new(
+        std::slice::from_ref(&store_addr),
+        Duration::from_secs(20),
+        &Dialer::new(pki.admin_security()),
+    )?;
     let documents = demo_documents(a.port, &[("app-v1", v1.addr), ("app-v2", v2.addr)])?;
     let resp = client.apply(documents, false).await?;
     eprintln!("applied the demo config (revision {})", resp.revision);
@@ -127,13 +142,15 @@ pub async fn run(a: UpArgs) -> Result<()> {
          \x20 curl -si -H 'Host: app.demo.example' {url}/elsewhere | head -1   # 404: no rule matches\n\
          \x20 c=$(curl -si -H 'Host: app.demo.example' {url}/sticky | sed -n 's/^set-cookie: \\([^;]*\\).*/\\1/Ip')   # a session cookie\n\
          \x20 for i in $(seq 10); do curl -s -H 'Host: app.demo.example' -H \"Cookie: $c\" {url}/sticky | grep -o '\"pod\":\"[^\"]*\"'; done | uniq -c   # one backend\n\
-         \x20 GW_SERVER={store_addr} gwadm affinity ls                       # the replicated session table\n\
-         \x20 GW_SERVER={store_addr} gwadm get httproutes -A                  # the route and its status\n\
+         \x20 export GW_SERVER={store_addr} GW_TLS_CA={pki}/ca.crt GW_TLS_CERT={pki}/admin.crt GW_TLS_KEY={pki}/admin.key   # gwadm as the demo's admin (mutual TLS)\n\\
+         \x20 gwadm affinity ls                                              # the replicated session table\n\\
+         \x20 gwadm get httproutes -A                                        # the route and its status\n\\
          \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\n\
          Press Ctrl-C to stop.",
         port = a.port,
         admin = a.admin_port,
         dir = dir.display(),
+        pki = pki.dir().display(),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(anyhow::Error::from)?;

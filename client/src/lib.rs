@@ -4,11 +4,17 @@
 //! elections. Errors come back typed (`Error`), decoded once from the status and its `ErrorDetail`.
 
 pub mod clock;
+pub mod connect;
 mod convert;
 mod error;
+#[cfg(feature = "pki")]
+pub mod pki;
+pub mod tls;
 
+pub use connect::Dialer;
 pub use convert::{MAX_MESSAGE_BYTES, key_of_ref, kind_ref, object_ref};
 pub use error::{Error, FieldError, InvalidDocument};
+pub use tls::{Expect, Identity, Security, TlsArgs, TlsFiles, TlsMaterial};
 
 use gw_model::ObjectKey;
 use gw_proto as pb;
@@ -21,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -41,24 +47,9 @@ struct Inner {
     retry_for: Duration,
 }
 
-/// The endpoint of one member (`HOST:PORT`), for callers that tune it (timeouts, source address)
-/// before connecting.
-pub fn endpoint(addr: &str) -> Result<Endpoint> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| e.tcp_nodelay(true))
-        .map_err(|e| Error::Config(format!("bad server address {addr:?}: {e}")))
-}
-
-/// A lazily connected channel to one member.
-pub fn channel(addr: &str) -> Result<Channel> {
-    Ok(endpoint(addr)?
-        .connect_timeout(Duration::from_millis(1000))
-        .connect_lazy())
-}
-
 impl Client {
-    /// `servers`: `HOST:PORT` entries (a comma-separated entry is split).
-    pub fn new(servers: &[String], retry_for: Duration) -> Result<Client> {
+    /// `servers`: `HOST:PORT` entries (a comma-separated entry is split), dialed with `dialer`.
+    pub fn new(servers: &[String], retry_for: Duration, dialer: &Dialer) -> Result<Client> {
         let servers: Vec<String> = servers
             .iter()
             .flat_map(|s| s.split(','))
@@ -70,7 +61,10 @@ impl Client {
                 "no store member given (--server HOST:PORT or GW_SERVER)".into(),
             ));
         }
-        let channels = servers.iter().map(|s| channel(s)).collect::<Result<_>>()?;
+        let channels = servers
+            .iter()
+            .map(|s| dialer.lazy(s))
+            .collect::<Result<_>>()?;
         Ok(Client {
             inner: Arc::new(Inner {
                 servers,
@@ -287,6 +281,22 @@ impl Client {
             req,
             |c, r| async move { Client::affinity(c).evict(r).await },
         )
+        .await
+    }
+
+    /// Asks the leader to create the session keys if there are none.
+    pub async fn ensure_keys(&self) -> Result<pb::WriteResponse> {
+        self.unary(pb::KeysRequest {}, |c, r| async move {
+            Client::affinity(c).ensure_keys(r).await
+        })
+        .await
+    }
+
+    /// Asks the leader for a new session signing key (the current one stays accepted).
+    pub async fn rotate_key(&self) -> Result<pb::WriteResponse> {
+        self.unary(pb::KeysRequest {}, |c, r| async move {
+            Client::affinity(c).rotate_key(r).await
+        })
         .await
     }
 

@@ -10,6 +10,7 @@ use gw_client::{Client, object_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use gw_testkit::echo::{EchoConfig, EchoServer};
+use gw_testkit::pki::Pki;
 use gw_testkit::procs::{Children, bin, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -95,9 +96,18 @@ impl Env {
         };
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let store = format!("127.0.0.1:{}", free_port());
+        let pki = Pki::create(&dir.join("pki"))?;
         let mut children = Children::default();
-        children.spawn_store(&store, &dir)?;
+        children.spawn_store(&store, &dir, &pki)?;
+        let node_tls = pki.issue(
+            "node",
+            &gw_client::Identity::Node {
+                class: class.into(),
+                name: "conformance".into(),
+            },
+        )?;
         let mut node = std::process::Command::new(bin("gw-node")?);
+        node.args(gw_client::TlsArgs::of(&node_tls).to_args());
         node.args([
             "--store",
             &store,
@@ -110,7 +120,11 @@ impl Env {
         .arg(dir.join("node"))
         .envs(node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         children.spawn("gw-node", &dir.join("node.log"), &mut node)?;
-        let client = Client::new(&[store], Duration::from_secs(30))?;
+        let client = Client::new(
+            &[store],
+            Duration::from_secs(30),
+            &gw_client::Dialer::new(pki.admin_security()),
+        )?;
         Ok(Env {
             client,
             class: class.into(),

@@ -6,7 +6,7 @@ use crate::admin::{self, NodeState};
 use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::server::Sockets;
+use crate::server::{Limits, Sockets};
 use crate::session::Sessions;
 use crate::snapshot::Snapshot;
 use crate::status::{self, Statuses};
@@ -33,6 +33,10 @@ pub struct NodeConfig {
     /// Store members (HOST:PORT, comma-separated), tried in turn.
     #[arg(long, env = "GW_SERVER", value_delimiter = ',', required = true)]
     pub store: Vec<String>,
+    /// Mutual TLS with the store: the CA, and this node's certificate, which names
+    /// `spiffe://gw/node/<--gateway-class>/NAME` (see `gwadm pki`).
+    #[command(flatten)]
+    pub tls: gw_client::TlsArgs,
     /// Directory where the node keeps the last committed snapshot it served.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -64,6 +68,16 @@ pub struct NodeConfig {
     /// Worker threads of the data plane (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Connections open at once on one listener socket; past it, new ones wait in the backlog.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a client has for the TLS handshake and for each HTTP/1.1 request head (an HTTP/1.1
+    /// connection idle this long between requests is closed too).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds after which a connection that moves no byte is closed.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
 
     /// FAULT for the conformance harness's self-test: serve `Exact` path matches as `PathPrefix`.
     #[arg(long, hide = true, env = "GW_FAULT_EXACT_AS_PREFIX")]
@@ -94,7 +108,26 @@ impl NodeConfig {
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
+        if self.max_connections == 0 || self.header_read_timeout == 0 || self.idle_timeout == 0 {
+            return Err(
+                "--max-connections, --header-read-timeout and --idle-timeout must be positive"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The TLS material; a node's certificate must be for this node's class.
+    pub fn security(&self) -> Result<gw_client::Security, String> {
+        let s = self.tls.security()?;
+        match s.identity() {
+            None => Ok(s),
+            Some(gw_client::Identity::Node { class, .. }) if class == self.gateway_class => Ok(s),
+            Some(other) => Err(format!(
+                "--tls-cert names {other}, but this node serves GatewayClass {:?} (issue one with `gwadm pki issue node --class {} --name NAME`)",
+                self.gateway_class, self.gateway_class
+            )),
+        }
     }
 
     pub fn addressing(&self) -> Addressing {
@@ -130,7 +163,15 @@ impl NodeConfig {
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(&cfg.store, Duration::from_secs(2))?;
+    let security = cfg.security().map_err(anyhow::Error::msg)?;
+    if matches!(security, gw_client::Security::Insecure) {
+        tracing::warn!("--insecure: plaintext to the store, no authentication");
+    }
+    let client = Client::new(
+        &cfg.store,
+        Duration::from_secs(2),
+        &gw_client::Dialer::new(security),
+    )?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let initial = watcher::load(&cfg.data_dir).unwrap_or_default();
@@ -204,7 +245,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snap_rx,
         template,
         table,
-        Sockets::new(proxy),
+        Sockets::new(
+            proxy,
+            Limits {
+                max_connections: cfg.max_connections,
+                header_read_timeout: Duration::from_secs(cfg.header_read_timeout),
+                idle_timeout: Duration::from_secs(cfg.idle_timeout),
+            },
+        ),
         desired_tx,
         state.clone(),
     ));

@@ -8,9 +8,3 @@ use rand::RngExt;
 pub fn draw() -> u64 {
     rand::rng().random()
 }
-
-/// 32 random bytes (a new session key).
-#[allow(clippy::disallowed_methods)] // the RNG module
-pub fn key() -> [u8; 32] {
-    rand::rng().random()
-}

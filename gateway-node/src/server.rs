@@ -1,17 +1,41 @@
 //! Listening sockets: one per (address, port) of the routing table, bound when a table needs it and
 //! closed when no table does. Each accepted connection is served by hyper (HTTP/1.1 and HTTP/2, h2c by
 //! prior knowledge), after a TLS handshake for HTTPS sockets (certificate by SNI, ALPN h2/http1.1).
+//! Every client is treated as hostile: a bounded number of connections per socket, a deadline for the
+//! TLS handshake and for each request's head (which also closes HTTP/1.1 connections idle between
+//! requests), and connections that move no byte for the idle timeout are closed.
+
+#![allow(clippy::disallowed_methods)] // runtime: connection deadlines and idleness
 
 use crate::proxy::{ConnInfo, Proxy};
 use crate::table::RoutingTable;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+/// What a client is allowed on one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// For the TLS handshake, and for each HTTP/1.1 request head (from when the connection is ready
+    /// for it: a keep-alive connection idle this long between requests is closed too).
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+}
 
 /// A bound socket and the switch that stops its accept loop.
 struct Bound {
@@ -21,12 +45,13 @@ struct Bound {
 /// Keeps the bound sockets in line with the routing tables.
 pub struct Sockets {
     proxy: Arc<Proxy>,
+    limits: Limits,
     bound: BTreeMap<SocketAddr, Bound>,
     /// Sockets that could not be bound, with the error (reported by the admin endpoint and logs).
     pub failed: BTreeMap<SocketAddr, String>,
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -39,9 +64,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Sockets {
-    pub fn new(proxy: Arc<Proxy>) -> Sockets {
+    pub fn new(proxy: Arc<Proxy>, limits: Limits) -> Sockets {
         Sockets {
             proxy,
+            limits,
             bound: BTreeMap::new(),
             failed: BTreeMap::new(),
         }
@@ -67,7 +93,13 @@ impl Sockets {
             match bind(addr) {
                 Ok(listener) => {
                     let (stop, stopped) = watch::channel(false);
-                    tokio::spawn(accept_loop(self.proxy.clone(), addr, listener, stopped));
+                    tokio::spawn(accept_loop(
+                        self.proxy.clone(),
+                        self.limits,
+                        addr,
+                        listener,
+                        stopped,
+                    ));
                     self.bound.insert(addr, Bound { stop });
                     self.failed.remove(&addr);
                     tracing::info!(%addr, "listening");
@@ -84,17 +116,26 @@ impl Sockets {
 
 async fn accept_loop(
     proxy: Arc<Proxy>,
+    limits: Limits,
     addr: SocketAddr,
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = stopped.changed() => return,
+        };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -103,42 +144,160 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            // The TLS configuration is the one of the table current at accept time.
-            let tls = proxy
-                .table
-                .load()
-                .sockets
-                .get(&addr)
-                .and_then(|s| s.tls.clone());
-            let conn = Arc::new(ConnInfo::new(addr, remote, tls.is_some()));
-            let service = service_fn(move |req| {
-                let (proxy, conn) = (proxy.clone(), conn.clone());
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(&conn, req).await) }
-            });
-            // Small messages: one flattened write is cheaper than writev (measured).
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().writev(false);
-            let result = match tls {
-                Some(cfg) => match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                    Ok(stream) => {
+            serve(proxy, limits, addr, tcp, remote).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve(
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    addr: SocketAddr,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+) {
+    // The TLS configuration is the one of the table current at accept time.
+    let tls = proxy
+        .table
+        .load()
+        .sockets
+        .get(&addr)
+        .and_then(|s| s.tls.clone());
+    let conn = Arc::new(ConnInfo::new(addr, remote, tls.is_some()));
+    let service = service_fn(move |req| {
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&conn, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Small messages: one flattened write is cheaper than writev (measured).
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let (io, activity) = Idle::wrap(tcp);
+    let served = async {
+        match tls {
+            Some(cfg) => {
+                let handshake = tokio_rustls::TlsAcceptor::from(cfg).accept(io);
+                match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                    Ok(Ok(stream)) => {
                         builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
+                        Ok(())
                     }
-                },
-                None => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                        .await
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        Ok(())
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
+            None => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .await
+            }
+        }
+    };
+    tokio::select! {
+        r = served => if let Err(e) = r {
+            tracing::debug!(%remote, error = %e, "connection ended with an error");
+        },
+        _ = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!(%remote, "closing an idle connection");
+        }
+    }
+}
+
+/// When a connection last moved a byte.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    }
+}
+
+/// A stream that records its activity.
+struct Idle<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Idle<T> {
+    fn wrap(inner: T) -> (Idle<T>, Arc<Activity>) {
+        let activity = Arc::new(Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
         });
+        (
+            Idle {
+                inner,
+                activity: activity.clone(),
+            },
+            activity,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

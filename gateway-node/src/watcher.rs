@@ -222,6 +222,7 @@ pub async fn run(
             kinds: kinds.clone(),
             namespace: String::new(),
             bookmark_interval_ms: 500,
+            show_secret_values: false,
         };
         let mut stream = match client.watch(req).await {
             Ok(s) => s,

@@ -27,7 +27,7 @@ fn route(backend: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_serve_the_same_route_and_follow_changes() {
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let (v1, v2) = (
         echo("app-v1", "web", false).await,
         echo("app-v2", "web", false).await,
@@ -80,7 +80,7 @@ async fn two_nodes_serve_the_same_route_and_follow_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_survive_a_store_outage_and_restart_from_their_snapshot() {
     let mut store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let v1 = echo("app-v1", "web", false).await;
     let port = free_port();
     apply(
@@ -136,7 +136,7 @@ async fn nodes_survive_a_store_outage_and_restart_from_their_snapshot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn route_status_is_written_back() {
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let v1 = echo("app-v1", "web", false).await;
     let port = free_port();
     let other_ns_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: foreign, namespace: other}\nspec:\n  parentRefs: [{name: gw, namespace: web}]\n";

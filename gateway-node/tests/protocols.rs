@@ -44,7 +44,7 @@ fn cert_secret(name: &str, host: &str) -> (String, CertificateDer<'static>) {
 async fn https_certificate_by_sni() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let v1 = echo("app-v1", "web", false).await;
     let port = free_port();
     let (sa, ca) = cert_secret("cert-a", "a.example.com");
@@ -119,7 +119,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn filters_timeouts_and_backend_protocols() {
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let (v1, v2, h2) = (
         echo("app-v1", "web", false).await,
         echo("app-v2", "web", false).await,
@@ -244,7 +244,7 @@ async fn filters_timeouts_and_backend_protocols() {
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_upgrade_passes_through() {
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let v1 = echo("app-v1", "web", false).await;
     let port = free_port();
     apply(

@@ -60,8 +60,8 @@ struct Env {
 }
 
 impl Env {
-    fn s(&self) -> String {
-        self.store.servers()
+    fn s(&self) -> Store {
+        reach(&self.store)
     }
 }
 
@@ -86,7 +86,7 @@ fn rule(prefix: &str, persistence: &str, weights: [u32; 4]) -> String {
 
 async fn setup(rules: &str, processes: bool) -> Env {
     let store = store();
-    let s = store.servers();
+    let s = reach(&store);
     let mut backends = Vec::new();
     let mut yaml = CLASS.to_string();
     let port = free_port();

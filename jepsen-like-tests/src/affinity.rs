@@ -94,6 +94,8 @@ pub struct Fleet {
     backend_addrs: Vec<SocketAddr>,
     dir: PathBuf,
     store: String,
+    /// gwadm's flags (the cluster's admin certificate).
+    admin: gw_client::TlsArgs,
     pub rec: Recorder,
 }
 
@@ -123,6 +125,7 @@ impl Fleet {
         let dir = dir.join("affinity");
         std::fs::create_dir_all(&dir)?;
         let store = cluster.servers();
+        let admin = cluster.pki().admin();
         let port = free_port();
         let mut backends = Vec::new();
         let mut backend_addrs = Vec::new();
@@ -165,24 +168,34 @@ impl Fleet {
             backend_addrs,
             dir: dir.clone(),
             store,
+            admin,
             rec,
         };
         fleet.apply(&yaml).await?;
         for (g, addr) in fleet.addrs.iter().enumerate() {
+            let tls = cluster.pki().issue(
+                &format!("gateway-{g}"),
+                &gw_client::Identity::Node {
+                    class: "jepsen".into(),
+                    name: format!("gateway-{g}"),
+                },
+            )?;
+            let mut args = gw_client::TlsArgs::of(&tls).to_args();
+            args.extend([
+                "--store".into(),
+                fleet.store.clone(),
+                "--gateway-class".into(),
+                "jepsen".into(),
+                "--bind-address".into(),
+                addr.ip().to_string(),
+                "--node-name".into(),
+                format!("gateway-{g}"),
+                "--data-dir".into(),
+                dir.join(format!("gateway-{g}")).display().to_string(),
+            ]);
             let mut p = Proc {
                 program: bin("gw-node").expect("gw-node"),
-                args: vec![
-                    "--store".into(),
-                    fleet.store.clone(),
-                    "--gateway-class".into(),
-                    "jepsen".into(),
-                    "--bind-address".into(),
-                    addr.ip().to_string(),
-                    "--node-name".into(),
-                    format!("gateway-{g}"),
-                    "--data-dir".into(),
-                    dir.join(format!("gateway-{g}")).display().to_string(),
-                ],
+                args,
                 env: gateway_env.clone(),
                 log: dir.join(format!("gateway-{g}.log")),
                 child: None,
@@ -222,6 +235,7 @@ impl Fleet {
         let f = self.dir.join(format!("apply-{}.yaml", free_port()));
         std::fs::write(&f, yaml)?;
         let o = tokio::process::Command::new(bin("gwadm").expect("gwadm"))
+            .args(self.admin.to_args())
             .args(["--server", &self.store, "--retry-for", "30", "apply", "-f"])
             .arg(&f)
             .output()
@@ -444,6 +458,7 @@ fn table_watch(after: u64) -> pb::WatchRequest {
         )],
         namespace: String::new(),
         bookmark_interval_ms: 500,
+        show_secret_values: false,
     }
 }
 

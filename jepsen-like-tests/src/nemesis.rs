@@ -375,11 +375,16 @@ pub async fn run(
                     None,
                     json!({"member": f}),
                 ));
-                let (servers, addr) = {
+                let (servers, addr, peer_addr, admin) = {
                     let c = cluster.lock().await;
-                    (c.servers(), c.addr(f).to_string())
+                    (
+                        c.servers(),
+                        c.addr(f).to_string(),
+                        c.peer_addr(f).to_string(),
+                        c.pki().admin(),
+                    )
                 };
-                let removed = gwadm(&servers, &["cluster", "remove", &f.to_string()]).await;
+                let removed = gwadm(&servers, &admin, &["cluster", "remove", &f.to_string()]).await;
                 {
                     // The member is gone: wipe it and start it empty, without --peers.
                     let mut c = cluster.lock().await;
@@ -396,6 +401,7 @@ pub async fn run(
                 let region = format!("region-{f}");
                 let added = gwadm(
                     &servers,
+                    &admin,
                     &[
                         "cluster",
                         "add-learner",
@@ -403,13 +409,15 @@ pub async fn run(
                         &f.to_string(),
                         "--addr",
                         &addr,
+                        "--peer-addr",
+                        &peer_addr,
                         "--region",
                         &region,
                     ],
                 )
                 .await;
                 let promoted = match &added {
-                    Ok(_) => gwadm(&servers, &["cluster", "promote", &f.to_string()]).await,
+                    Ok(_) => gwadm(&servers, &admin, &["cluster", "promote", &f.to_string()]).await,
                     Err(e) => Err(e.clone()),
                 };
                 let mut voter = false;
@@ -494,9 +502,10 @@ pub async fn run(
     effects
 }
 
-/// Runs `gwadm --server SERVERS ARGS`; its output, or why it failed.
-async fn gwadm(servers: &str, args: &[&str]) -> Result<String, String> {
+/// Runs `gwadm --server SERVERS ARGS` as the cluster's admin; its output, or why it failed.
+async fn gwadm(servers: &str, admin: &gw_client::TlsArgs, args: &[&str]) -> Result<String, String> {
     let out = tokio::process::Command::new(gw_testkit::procs::bin("gwadm").expect("gwadm"))
+        .args(admin.to_args())
         .args(["--server", servers, "--retry-for", "15"])
         .args(args)
         .output()

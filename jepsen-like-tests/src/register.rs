@@ -29,19 +29,13 @@ fn target(key: &str) -> pb::ObjectRef {
 }
 
 /// A channel per member, each call on it bounded by the operation timeout.
-pub fn channels(addrs: &[(u64, String)]) -> Vec<(u64, Channel)> {
+pub fn channels(addrs: &[(u64, String)], security: &gw_client::Security) -> Vec<(u64, Channel)> {
+    let dialer = gw_client::Dialer::new(security.clone())
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(OP_TIMEOUT);
     addrs
         .iter()
-        .filter_map(|(id, a)| {
-            gw_client::endpoint(a).ok().map(|e| {
-                (
-                    *id,
-                    e.connect_timeout(Duration::from_millis(300))
-                        .timeout(OP_TIMEOUT)
-                        .connect_lazy(),
-                )
-            })
-        })
+        .filter_map(|(id, a)| dialer.lazy(a).ok().map(|c| (*id, c)))
         .collect()
 }
 

@@ -153,17 +153,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .iter()
         .map(|m| (m.id, m.addr.clone()))
         .collect();
+    let admin = cluster.pki().admin_security();
     let cluster = tokio::sync::Mutex::new(cluster);
     let until = Instant::now() + Duration::from_secs(args.time_limit);
     let ctx = Arc::new(register::Clients {
         stride: args.clients as i64,
-        chans: register::channels(&addrs),
+        chans: register::channels(&addrs, &admin),
         keys: args.keys,
         rec: rec.clone(),
         next_value: AtomicI64::new(1),
         until,
     });
-    let watch_chans = Arc::new(register::channels(&addrs));
+    let watch_chans = Arc::new(register::channels(&addrs, &admin));
     let stop_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let collectors: Vec<_> = (0..addrs.len())
         .map(|i| {

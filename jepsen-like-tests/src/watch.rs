@@ -37,6 +37,7 @@ fn request(after: u64) -> pb::WatchRequest {
         kinds: vec![gw_client::kind_ref("", "ConfigMap")],
         namespace: "jepsen".into(),
         bookmark_interval_ms: 500,
+        show_secret_values: false,
     }
 }
 

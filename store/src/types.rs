@@ -11,17 +11,36 @@ use std::io::Cursor;
 /// A member's identifier (`--id`).
 pub type NodeId = u64;
 
-/// What the cluster knows about a member: where to reach it and its region label.
+/// What the cluster knows about a member: where to reach its API and its Raft transport, and its
+/// region label.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The client API (`HOST:PORT`).
     pub addr: String,
     #[serde(default)]
     pub region: String,
+    /// The Raft transport, when it has a port of its own (`--peer-listen`); empty: the API's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer_addr: String,
+}
+
+impl Member {
+    /// Where Raft messages for this member go.
+    pub fn raft_addr(&self) -> &str {
+        if self.peer_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.peer_addr
+        }
+    }
 }
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.addr)?;
+        if !self.peer_addr.is_empty() {
+            write!(f, "/{}", self.peer_addr)?;
+        }
         if !self.region.is_empty() {
             write!(f, "@{}", self.region)?;
         }

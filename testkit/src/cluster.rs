@@ -1,9 +1,13 @@
-//! Control of a cluster of real `gw-api-server` processes on loopback: each member has its own port, data
-//! directory and log file; members can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP/SIGCONT)
-//! and restarted from their data. Every process is killed when the `Cluster` is dropped.
+//! Control of a cluster of real `gw-api-server` processes on loopback: each member has its own API and
+//! Raft ports, data directory, log file and member certificate (mutual TLS everywhere, from a CA the
+//! cluster makes in its directory); members can be killed (SIGKILL), stopped (SIGTERM), paused
+//! (SIGSTOP/SIGCONT) and restarted from their data. Every process is killed when the `Cluster` is
+//! dropped.
 
+use crate::pki::Pki;
 use crate::procs::{bin, free_port};
 use anyhow::{Context, bail};
+use gw_client::{Dialer, Identity, TlsArgs};
 use gw_proto as pb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -14,7 +18,10 @@ use std::time::{Duration, Instant};
 /// One member process.
 pub struct MemberProc {
     pub id: u64,
+    /// Its client API.
     pub addr: String,
+    /// Its Raft transport.
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Flags given at every start of this member.
@@ -34,6 +41,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub members: Vec<MemberProc>,
+    pki: Pki,
 }
 
 /// Options for starting a cluster.
@@ -63,24 +71,34 @@ impl Cluster {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let addrs: Vec<String> = (1..=n)
-            .map(|id| match &opts.ip_prefix {
-                Some(p) => format!("{p}{id}:{}", free_port()),
-                None => format!("127.0.0.1:{}", free_port()),
+        let host = |id: u64| match &opts.ip_prefix {
+            Some(p) => format!("{p}{id}"),
+            None => "127.0.0.1".to_string(),
+        };
+        let addrs: Vec<(String, String)> = (1..=n)
+            .map(|id| {
+                (
+                    format!("{}:{}", host(id), free_port()),
+                    format!("{}:{}", host(id), free_port()),
+                )
             })
             .collect();
         let peers = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        // A fresh CA for every start: material left by an earlier run in this directory goes.
+        let _ = std::fs::remove_dir_all(dir.join("pki"));
+        let pki = Pki::create(&dir.join("pki"))?;
         let mut cluster = Cluster {
             dir: dir.clone(),
             _tmp: tmp,
             members: vec![],
+            pki,
         };
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, (addr, peer_addr)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let mut args = vec![
                 "--peers".to_string(),
@@ -89,20 +107,44 @@ impl Cluster {
                 format!("region-{id}"),
             ];
             args.extend(opts.extra_args.iter().cloned());
-            cluster.members.push(MemberProc {
-                id,
-                addr: addr.clone(),
-                data_dir: dir.join(format!("member-{id}")),
-                log: dir.join(format!("member-{id}.log")),
-                args,
-                env: opts.env.clone(),
-                child: None,
-            });
+            cluster.add_member(id, addr.clone(), peer_addr.clone(), args, opts.env.clone())?;
         }
         for id in 1..=n {
             cluster.spawn(id)?;
         }
         Ok(cluster)
+    }
+
+    /// Records a member (its certificate issued), not started yet.
+    fn add_member(
+        &mut self,
+        id: u64,
+        addr: String,
+        peer_addr: String,
+        mut args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let tls = self
+            .pki
+            .issue(&format!("member-{id}"), &Identity::Member(id))?;
+        args.extend(TlsArgs::of(&tls).to_args());
+        args.extend(["--peer-listen".to_string(), peer_addr.clone()]);
+        self.members.push(MemberProc {
+            id,
+            addr,
+            peer_addr,
+            data_dir: self.dir.join(format!("member-{id}")),
+            log: self.dir.join(format!("member-{id}.log")),
+            args,
+            env,
+            child: None,
+        });
+        Ok(())
+    }
+
+    /// The cluster's PKI: its CA, the admin's certificate, and more on demand (gateway nodes).
+    pub fn pki(&self) -> &Pki {
+        &self.pki
     }
 
     fn member(&self, id: u64) -> &MemberProc {
@@ -143,22 +185,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a member that is not part of the initial membership (to be added with add-learner).
-    pub fn add_process(&mut self, id: u64, extra_args: &[String]) -> anyhow::Result<String> {
+    /// Adds a member that is not part of the initial membership (to be added with add-learner);
+    /// returns its API and Raft addresses.
+    pub fn add_process(
+        &mut self,
+        id: u64,
+        extra_args: &[String],
+    ) -> anyhow::Result<(String, String)> {
         let addr = format!("127.0.0.1:{}", free_port());
+        let peer_addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec!["--region".to_string(), format!("region-{id}")];
         args.extend(extra_args.iter().cloned());
-        self.members.push(MemberProc {
-            id,
-            addr: addr.clone(),
-            data_dir: self.dir.join(format!("member-{id}")),
-            log: self.dir.join(format!("member-{id}.log")),
-            args,
-            env: vec![],
-            child: None,
-        });
+        self.add_member(id, addr.clone(), peer_addr.clone(), args, vec![])?;
         self.spawn(id)?;
-        Ok(addr)
+        Ok((addr, peer_addr))
     }
 
     /// SIGKILL: the process dies at once, with whatever it had not synced.
@@ -206,6 +246,11 @@ impl Cluster {
         &self.member(id).addr
     }
 
+    /// Member `id`'s Raft transport.
+    pub fn peer_addr(&self, id: u64) -> &str {
+        &self.member(id).peer_addr
+    }
+
     /// Every member's address, comma-separated (for `--server`).
     pub fn servers(&self) -> String {
         self.members
@@ -224,6 +269,7 @@ impl Cluster {
         Command::new(bin("gwadm").expect("gwadm"))
             .arg("--server")
             .arg(server)
+            .args(self.pki.admin().to_args())
             .args(args)
             .output()
             .expect("running gwadm")
@@ -231,7 +277,9 @@ impl Cluster {
 
     /// A member's own status report, if it answers within a second.
     pub async fn member_status(&self, id: u64) -> Option<pb::MemberStatus> {
-        let channel = gw_client::channel(self.addr(id)).ok()?;
+        let channel = Dialer::new(self.pki.admin_security())
+            .lazy(self.addr(id))
+            .ok()?;
         let mut req = tonic::Request::new(pb::MemberStatusRequest {});
         req.set_timeout(Duration::from_secs(1));
         gw_client::Client::cluster(channel)

@@ -1,7 +1,9 @@
 //! Processes of local setups: the workspace's binaries, free loopback ports, and children that are
 //! stopped (SIGTERM, then SIGKILL) when their owner drops them.
 
+use crate::pki::Pki;
 use anyhow::{Context, bail};
+use gw_client::{Identity, TlsArgs};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,20 +95,19 @@ impl Children {
         Ok(())
     }
 
-    /// Starts a one-member store listening on `addr`, with its data and log under `dir`.
-    pub fn spawn_store(&mut self, addr: &str, dir: &Path) -> anyhow::Result<()> {
+    /// Starts a one-member store with its API on `addr` (Raft on a free port beside it), its data and
+    /// log under `dir`, and a member certificate from `pki`.
+    pub fn spawn_store(&mut self, addr: &str, dir: &Path, pki: &Pki) -> anyhow::Result<()> {
+        let ip = addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        let peer = format!("{ip}:{}", free_port());
+        let tls = pki.issue("member-1", &Identity::Member(1))?;
         self.spawn(
             "gw-api-server",
             &dir.join("store.log"),
             Command::new(bin("gw-api-server")?)
-                .args([
-                    "--id",
-                    "1",
-                    "--listen",
-                    addr,
-                    "--peers",
-                    &format!("1={addr}"),
-                ])
+                .args(["--id", "1", "--listen", addr, "--peer-listen", &peer])
+                .args(["--peers", &format!("1={addr}/{peer}")])
+                .args(TlsArgs::of(&tls).to_args())
                 .arg("--data-dir")
                 .arg(dir.join("store")),
         )

@@ -5,6 +5,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 /// Called once when a pooled response body has been read to its end.
@@ -12,6 +14,9 @@ pub type Release = Box<dyn FnOnce() + Send>;
 
 pub enum Body {
     Incoming(Incoming),
+    /// A client's request body on its way to a backend; `failed` records that the client sent a
+    /// malformed one (so that the failed exchange is the client's 400, not the backend's 502).
+    Request(Incoming, Arc<AtomicBool>),
     Full(Full<Bytes>),
     /// A backend response; `release` returns its connection to the pool once the body is complete.
     Pooled(Incoming, Option<Release>),
@@ -37,6 +42,13 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Request(b, failed) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &r {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            }
             Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Body::Pooled(b, release) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
@@ -55,14 +67,14 @@ impl HttpBody for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Incoming(b) | Body::Pooled(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::Request(b, _) | Body::Pooled(b, _) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Incoming(b) | Body::Pooled(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::Request(b, _) | Body::Pooled(b, _) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
         }
     }

@@ -13,6 +13,11 @@ pub enum ErrorKind {
     NoRoute,
     /// The socket's listeners are gone from the routing table (a connection that outlived them).
     ListenerGone,
+    /// The request is malformed (several Host headers, a Host the target disagrees with, a path that
+    /// cannot be normalized).
+    BadRequest,
+    /// The request body is malformed (e.g. a bad chunk size).
+    MalformedBody,
     /// The request names no host.
     NoHost,
     /// The request's host cannot be forwarded as an authority.
@@ -60,7 +65,9 @@ impl ErrorKind {
     pub fn side(self) -> Side {
         use ErrorKind::*;
         match self {
-            NoRoute | NoHost | InvalidHost | BodyTooLarge => Side::Downstream,
+            NoRoute | BadRequest | MalformedBody | NoHost | InvalidHost | BodyTooLarge => {
+                Side::Downstream
+            }
             UpstreamConnect | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
             ListenerGone | InvalidFilter | InvalidBackend | NoBackend | InvalidRewrite
             | NoEndpoint | SessionUnavailable => Side::Internal,
@@ -80,7 +87,7 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             NoRoute => StatusCode::NOT_FOUND,
-            NoHost | InvalidHost => StatusCode::BAD_REQUEST,
+            BadRequest | MalformedBody | NoHost | InvalidHost => StatusCode::BAD_REQUEST,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidFilter | InvalidBackend | NoBackend | InvalidRewrite => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -179,6 +186,22 @@ mod tests {
                 GRPC_UNAVAILABLE,
                 Side::Internal,
                 true,
+                None,
+            ),
+            (
+                BadRequest,
+                400,
+                GRPC_INTERNAL,
+                Side::Downstream,
+                false,
+                None,
+            ),
+            (
+                MalformedBody,
+                400,
+                GRPC_INTERNAL,
+                Side::Downstream,
+                false,
                 None,
             ),
             (NoHost, 400, GRPC_INTERNAL, Side::Downstream, false, None),

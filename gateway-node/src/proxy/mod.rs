@@ -5,6 +5,7 @@
 //! session runtime, wires WebSocket upgrades and turns a `ProxyError` into the response the Gateway
 //! API prescribes (gRPC requests get gRPC statuses).
 
+mod accept;
 mod body;
 mod choose;
 pub mod error;
@@ -106,16 +107,15 @@ impl Proxy {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
         let table = self.table.load_full();
-        match route::route(&table, conn.socket, &req) {
-            Ok(routed) => {
+        let routed =
+            accept::accept(req).and_then(|req| Ok((route::route(&table, conn.socket, &req)?, req)));
+        match routed {
+            Ok((routed, req)) => {
                 let route = routed.action.route.clone();
-                let resp = self
-                    .forward(conn, &routed, req)
-                    .await
-                    .unwrap_or_else(|e| {
-                        log::failure(&e, &route.id);
-                        e.response(grpc)
-                    });
+                let resp = self.forward(conn, &routed, req).await.unwrap_or_else(|e| {
+                    log::failure(&e, &route.id);
+                    e.response(grpc)
+                });
                 let metrics = route.metrics.get_or_init(|| self.metrics.route(&route.id));
                 log::record(&self.metrics, metrics, resp.status(), start.elapsed());
                 resp
@@ -191,8 +191,9 @@ impl Proxy {
             .iter()
             .flat_map(|f| f.mirrors.iter().cloned())
             .collect();
+        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let body = if mirrors.is_empty() {
-            Body::Incoming(body)
+            Body::Request(body, client_failed.clone())
         } else {
             let bytes = send::buffer(Body::Incoming(body)).await?;
             send::mirror(
@@ -215,6 +216,12 @@ impl Proxy {
         let mut resp =
             match send::send(&self.upstreams, protocol, endpoint, out, action.timeouts).await {
                 Ok(r) => r,
+                Err(_) if client_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(ProxyError::new(
+                        ErrorKind::MalformedBody,
+                        "the request body is malformed",
+                    ));
+                }
                 Err(e) => {
                     if e.kind == ErrorKind::UpstreamConnect
                         && let (Some(cfg), Some(sessions), Some(c)) =

@@ -48,7 +48,16 @@ pub async fn buffer(body: Body) -> Result<Bytes, ProxyError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|_| ProxyError::new(ErrorKind::BodyTooLarge, "request body too large to mirror"))
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ProxyError::new(ErrorKind::BodyTooLarge, "request body too large to mirror")
+            } else {
+                ProxyError::new(
+                    ErrorKind::MalformedBody,
+                    format!("the request body is malformed: {e}"),
+                )
+            }
+        })
 }
 
 /// Sends a copy of the request to one endpoint of each mirror, in the background.

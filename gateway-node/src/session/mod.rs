@@ -23,7 +23,7 @@ use arc_swap::ArcSwapOption;
 use decide::{Decision, Inputs, Known, decide, identity, replacement};
 use gw_client::{Client, Error, clock};
 use gw_model::ObjectKey;
-use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token, key_secret};
+use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token};
 use gw_model::affinity::{self, SessionEntry};
 use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -319,20 +319,11 @@ impl Sessions {
                     }
                 }
                 None if snap.revision > 0 && uses_sessions(&snap) => {
-                    let doc = key_secret(&rng::key(), None, "0");
-                    let doc = pb::Document {
-                        json: doc.to_string(),
-                        source: "gw-node".into(),
-                        index: 1,
-                    };
-                    match client.apply(vec![doc], false).await {
-                        // Created, or another node created them first: the watch brings them.
-                        Ok(_) | Err(Error::Conflict { expected: 0, .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot create the session keys yet");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
+                    // The leader makes them (once); the watch brings them.
+                    if let Err(e) = client.ensure_keys().await {
+                        tracing::warn!(error = %e, "cannot create the session keys yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
                 None => {}

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use gw_client::{Identity, TlsArgs, TlsFiles};
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::echo::{EchoConfig, EchoServer};
 use gw_testkit::procs::{bin, free_port};
@@ -13,6 +14,40 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// How tests reach the store: its members, and the cluster's PKI (the admin's certificate for gwadm,
+/// the CA to issue gateway nodes' certificates).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub servers: String,
+    pki: PathBuf,
+}
+
+pub fn reach(c: &Cluster) -> Store {
+    Store {
+        servers: c.servers(),
+        pki: c.pki().dir().to_path_buf(),
+    }
+}
+
+impl Store {
+    fn admin(&self) -> Vec<String> {
+        TlsArgs::of(&TlsFiles::in_dir(&self.pki, "admin")).to_args()
+    }
+
+    /// A gateway node's certificate for `class`.
+    fn node_tls(&self, class: &str, name: &str) -> Vec<String> {
+        let ca = gw_client::pki::Ca::load(&self.pki).unwrap();
+        let identity = Identity::Node {
+            class: class.into(),
+            name: name.into(),
+        };
+        let files = ca
+            .issue_to(&self.pki, &format!("node-{name}"), &identity, 30)
+            .unwrap();
+        TlsArgs::of(&files).to_args()
+    }
+}
 
 /// A gw-node process.
 pub struct NodeProc {
@@ -25,12 +60,25 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    pub fn start(store: &str, bind: &str, class: &str, dir: &Path, name: &str) -> NodeProc {
+    pub fn start(store: &Store, bind: &str, class: &str, dir: &Path, name: &str) -> NodeProc {
+        Self::start_with(store, bind, class, dir, name, &[])
+    }
+
+    /// A node with these flags besides the usual ones.
+    pub fn start_with(
+        store: &Store,
+        bind: &str,
+        class: &str,
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> NodeProc {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let data_dir = dir.join(format!("node-{name}"));
-        let args = vec![
+        let mut args = store.node_tls(class, name);
+        args.extend([
             "--store".into(),
-            store.into(),
+            store.servers.clone(),
             "--gateway-class".into(),
             class.into(),
             "--bind-address".into(),
@@ -41,7 +89,8 @@ impl NodeProc {
             name.into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-        ];
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut n = NodeProc {
             bind: bind.into(),
             admin,
@@ -107,17 +156,18 @@ pub fn store() -> Cluster {
     Cluster::start(1, ClusterOptions::default()).unwrap()
 }
 
-pub fn gwadm(store: &str, args: &[&str]) -> Output {
+pub fn gwadm(store: &Store, args: &[&str]) -> Output {
     Command::new(bin("gwadm").unwrap())
         .arg("--server")
-        .arg(store)
+        .arg(&store.servers)
+        .args(store.admin())
         .args(args)
         .output()
         .unwrap()
 }
 
 /// Applies YAML text; panics with gwadm's message if it fails.
-pub fn apply(store: &str, dir: &Path, yaml: &str) -> String {
+pub fn apply(store: &Store, dir: &Path, yaml: &str) -> String {
     let f = dir.join(format!("apply-{}.yaml", free_port()));
     std::fs::write(&f, yaml).unwrap();
     let o = gwadm(store, &["apply", "-f", f.to_str().unwrap()]);
