@@ -2,12 +2,13 @@
 //! messages in a `RaftPayload`) and a cache of one mutual-TLS HTTP/2 channel per peer, shared with request
 //! forwarding.
 
-use gw_client::{Dialer, Expect, MAX_MESSAGE_BYTES, Security};
+use gw_client::{Dialer, Expect, MAX_APPLY_BYTES, MAX_MESSAGE_BYTES, Security};
 use gw_proto::RaftPayload;
 use gw_proto::raft_client::RaftClient;
 use gw_store::types::{Member, NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -90,8 +91,12 @@ pub struct PeerConnection {
     channels: Channels,
 }
 
+/// The most bytes of entries one AppendEntries carries when it carries several (openraft 0.9 gives the
+/// call one heartbeat interval, including the follower's sync).
+const APPEND_BUDGET_BYTES: usize = MAX_APPLY_BYTES;
+
 /// Which Raft RPC to call.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Rpc {
     AppendEntries,
     Vote,
@@ -104,6 +109,7 @@ impl PeerConnection {
         &mut self,
         rpc: Rpc,
         req: &Req,
+        entries: u64,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
@@ -119,6 +125,16 @@ impl PeerConnection {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if entries > 1 && data.len() > APPEND_BUDGET_BYTES {
+            // Too many (big) entries for one call to finish within its heartbeat: openraft sends
+            // fewer next time. One entry always goes (an apply is at most MAX_APPLY_BYTES).
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(
+                    (entries * APPEND_BUDGET_BYTES as u64 / data.len() as u64)
+                        .clamp(1, entries - 1),
+                ),
+            ));
+        }
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
@@ -145,7 +161,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        let entries = rpc.entries.len() as u64;
+        self.call(Rpc::AppendEntries, &rpc, entries, &option).await
     }
 
     async fn install_snapshot(
@@ -156,7 +173,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+        self.call(Rpc::InstallSnapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -164,6 +181,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, 0, &option).await
     }
 }

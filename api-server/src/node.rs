@@ -23,6 +23,8 @@ const FORWARDED: &str = "x-gw-forwarded";
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a follower waits to apply up to a read index.
 const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+/// How long a caller waits for its write to commit.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
     pub id: NodeId,
@@ -222,7 +224,14 @@ impl Node {
             .send((txn, tx))
             .await
             .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        match tokio::time::timeout(COMMIT_WAIT, rx).await {
+            Ok(result) => result.map_err(|_| closed())?,
+            // A leader cut off from its quorum does not know it yet: rather than hold the caller for
+            // ever, say that the write may or may not commit.
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the write was proposed but not committed within {COMMIT_WAIT:?} (no quorum reachable?): it may still commit"
+            ))),
+        }
     }
 
     /// Makes the next local read linearizable (Raft §8, ReadIndex): the leader confirms its leadership

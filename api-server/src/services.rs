@@ -6,7 +6,7 @@ use crate::authz::{self, Action, ORIGIN_LABEL, StatusTarget, WriteTarget};
 use crate::errors::ApiError;
 use crate::node::{Node, now_ms};
 use crate::watch;
-use gw_client::{Client, Identity, Security, object_ref};
+use gw_client::{Client, Identity, MAX_APPLY_BYTES, Security, object_ref};
 use gw_model::affinity::SessionSpec;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, key_secret};
 use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
@@ -323,6 +323,14 @@ impl pb::config_server::Config for ConfigService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let size = prost::Message::encoded_len(request.get_ref());
+        if size > MAX_APPLY_BYTES {
+            let e = gw_client::Error::TooLarge {
+                size,
+                limit: MAX_APPLY_BYTES,
+            };
+            return Err(Status::invalid_argument(e.to_string()));
+        }
         let targets = apply_targets(&self.node, request.get_ref())?;
         let who = self.node.auth.check(
             &request,
@@ -930,7 +938,7 @@ impl AffinityService {
 }
 
 impl AffinityService {
-    /// Creates the session keys if there are none (`rotate` false), or replaces the signing key,
+    /// Creates the session keys if there are none (`rotate` false), or replaces the sealing key,
     /// keeping the current one accepted as `previous` (`rotate`). The key is made here, on the leader.
     async fn local_keys(&self, rotate: bool) -> Result<pb::WriteResponse, ApiError> {
         use ring::rand::SecureRandom;

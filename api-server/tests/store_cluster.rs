@@ -36,6 +36,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
+/// The API addresses of every member but `except`, comma-separated.
+fn others(c: &Cluster, except: u64) -> String {
+    let live: Vec<String> = c
+        .ids()
+        .into_iter()
+        .filter(|id| *id != except)
+        .map(|id| c.addr(id).to_string())
+        .collect();
+    live.join(",")
+}
+
 const GATEWAY_ROUTE_SERVICE: &str = "\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -180,13 +191,7 @@ async fn lagging_member_catches_up_by_snapshot() {
     ok(c.gwadm(&c.servers(), &["apply", "-f", &f]));
     c.wait_for_revision(lagging, 1, ELECTION).await.unwrap();
     c.stop(lagging);
-    let live: Vec<String> = c
-        .ids()
-        .into_iter()
-        .filter(|id| *id != lagging)
-        .map(|id| c.addr(id).to_string())
-        .collect();
-    let live = live.join(",");
+    let live = others(&c, lagging);
     for i in 0..40 {
         let f = write(
             &c.dir,
@@ -226,6 +231,67 @@ async fn lagging_member_catches_up_by_snapshot() {
     ));
     let list: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 41);
+}
+
+/// A write to a leader cut off from its quorum is not held for ever: the member gives up waiting for
+/// the commit, and gwadm says the outcome is unknown (not that it failed): the entry is in the leader's
+/// log, and commits if the leader keeps its leadership once the quorum is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_without_quorum_has_an_unknown_outcome() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    for f in &followers {
+        c.stop(*f);
+    }
+    let f = write(
+        &c.dir,
+        "a.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: maybe}\n",
+    );
+    let o = c.gwadm(c.addr(leader), &["--retry-for", "1", "apply", "-f", &f]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the outcome is unknown") && stderr(&o).contains("may still commit"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A member that missed several large entries (together more than one replication call carries) catches
+/// up: the leader sends them in smaller batches instead of timing out on the same big call for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_entries_reach_a_lagging_member_in_smaller_batches() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let lagging = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.stop(lagging);
+    let live = others(&c, lagging);
+    // Twelve applies of a ConfigMap of 500,000 bytes: 6 MB of entries, four times what one
+    // replication call may carry.
+    let value = "x".repeat(500_000);
+    for i in 0..12 {
+        let docs: Vec<String> = (0..1)
+            .map(|j| {
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big-{i}-{j}}}\ndata: {{v: {value}}}\n")
+            })
+            .collect();
+        let f = write(&c.dir, "big.yaml", &docs.join("---\n"));
+        ok(c.gwadm(&live, &["apply", "-f", &f]));
+    }
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let ls = c.wait_for_revision(leader, 12, ELECTION).await.unwrap();
+    c.spawn(lagging).unwrap();
+    // (Generous: under a loaded CI machine a debug build takes its time.)
+    let s = c
+        .wait_for_revision(lagging, ls.applied_revision, ELECTION * 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(lagging, 40)));
+    assert_eq!(
+        s.snapshot_index, 0,
+        "caught up by replication, not a snapshot"
+    );
+    assert_eq!(s.state_hash, ls.state_hash);
 }
 
 /// `gwadm watch --from R` against any member prints exactly the events after R, in order, once each; a
@@ -335,7 +401,21 @@ async fn invalid_documents_are_refused_whole() {
             "{good}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: two}}\n---\nmetadata: [oops\n"
         ),
     );
+    // One apply over the store's limit (a 2 MiB ConfigMap): refused before it is sent, saying the
+    // size and the limit.
+    let big = write(
+        &c.dir,
+        "big.yaml",
+        &format!(
+            "{good}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata: {{v: {}}}\n",
+            "x".repeat(2 << 20)
+        ),
+    );
     let cases = [
+        (
+            big,
+            "bytes, over the store's limit of 1572864 bytes for one apply: split the documents into several applies",
+        ),
         (
             too_many,
             "too-many.yaml: document 2 (HTTPRoute app/big): spec.rules[0].backendRefs: Too many: 17: must have at most 16 items",
@@ -358,6 +438,30 @@ async fn invalid_documents_are_refused_whole() {
             stderr(&o)
         );
     }
+    // The member checks too (for clients that do not): the same error, as INVALID_ARGUMENT.
+    let channel = gw_client::Dialer::new(c.pki().admin_security())
+        .connect(c.addr(1))
+        .await
+        .unwrap();
+    let huge = gw_proto::Document {
+        json: serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "big", "namespace": "default"}, "data": {"v": "x".repeat(2 << 20)}})
+        .to_string(),
+        source: "raw".into(),
+        index: 1,
+    };
+    let refused = gw_client::Client::config(channel)
+        .apply(gw_proto::ApplyRequest {
+            documents: vec![huge],
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("over the store's limit"),
+        "{refused:?}"
+    );
     let o = c.gwadm(&c.servers(), &["get", "cm", "innocent"]);
     assert!(
         !o.status.success() && stderr(&o).contains("not found"),
@@ -523,13 +627,7 @@ async fn watch_resumed_ahead_of_a_member_survives_its_snapshot_install() {
     ));
     c.wait_for_revision(lagging, 1, ELECTION).await.unwrap();
     c.pause(lagging);
-    let live: Vec<String> = c
-        .ids()
-        .into_iter()
-        .filter(|id| *id != lagging)
-        .map(|id| c.addr(id).to_string())
-        .collect();
-    let live = live.join(",");
+    let live = others(&c, lagging);
     for i in 1..=45 {
         ok(c.gwadm(&live, &["apply", "-f", &write(&c.dir, "n.yaml", &cm(i))]));
     }

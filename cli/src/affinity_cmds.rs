@@ -1,4 +1,6 @@
-//! `gwadm affinity`: the replicated session affinity table — list, show, evict, rotate the signing key.
+//! `gwadm affinity`: the replicated session affinity table — list, show, evict, rotate the token key.
+//! A session has an entry from the first time its client comes back with its token; one never used
+//! again has none (and nothing to evict: rotate the key twice to end every token at once).
 
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
@@ -38,7 +40,7 @@ pub enum AffinityCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Sign new tokens with a new key; tokens signed with the current one stay valid until the next
+    /// Seal new tokens with a new key; tokens sealed with the current one stay valid until the next
     /// rotation.
     RotateKey,
 }
@@ -59,7 +61,7 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<()> {
                 .collect();
             match found.as_slice() {
                 [] => Err(Error::Usage(format!(
-                    "no session {id} (never recorded, or purged after it expired)"
+                    "no session {id} (its token never came back, or it expired and was purged)"
                 ))),
                 [one] => {
                     print!("{}", output::render_one(one, output, true));
@@ -216,12 +218,15 @@ mod tests {
     #[test]
     fn tokens_name_their_session_and_routes_their_scope() {
         let keys = gw_model::affinity::token::Keys::new(b"k", None);
-        let t = keys.issue(&gw_model::affinity::token::Token {
-            session: "abc".into(),
-            scope: "HTTPRoute/d/r/rules/0".into(),
-            backend: "x".into(),
-            issued_ms: 1,
-        });
+        let t = keys.issue(
+            &gw_model::affinity::token::Token {
+                session: "abc".into(),
+                scope: "HTTPRoute/d/r/rules/0".into(),
+                backend: "x".into(),
+                issued_ms: 1,
+            },
+            [0; 12],
+        );
         assert_eq!(session_id(&t), "abc");
         assert_eq!(session_id("plain-id"), "plain-id");
         assert_eq!(scope_prefix("d/r"), "HTTPRoute/d/r/");

@@ -121,6 +121,9 @@ impl Dialer {
     }
 }
 
+/// How a failure to reach a member (TCP or the TLS handshake: nothing was sent) begins.
+pub(crate) const CONNECT_FAILED: &str = "error trying to connect";
+
 /// An error and its causes on one line (TLS refusals are buried a few levels down).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -156,30 +159,42 @@ impl tower_service::Service<Uri> for TlsConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let me = self.clone();
         Box::pin(async move {
-            let host = uri.host().ok_or("a member address without host")?;
-            let port = uri.port_u16().ok_or("a member address without port")?;
-            let addr: SocketAddr = tokio::net::lookup_host((host, port))
-                .await?
-                .next()
-                .ok_or_else(|| format!("{host} resolves to no address"))?;
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            if let Some(ip) = me.source {
-                socket.bind(SocketAddr::new(ip, 0))?;
-            }
-            socket.set_nodelay(true)?;
-            let tcp = socket.connect(addr).await?;
-            let config = me.tls.client_config(me.expect)?;
-            // Identities are checked, not names: the server name only fills SNI.
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TokioIo::new(stream))
+            me.connect(uri)
+                .await
+                .map_err(|e| format!("{CONNECT_FAILED}: {}", error_chain(e.as_ref())).into())
         })
+    }
+}
+
+impl TlsConnector {
+    /// TCP, then the handshake.
+    async fn connect(
+        self,
+        uri: Uri,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, BoxError> {
+        let host = uri.host().ok_or("a member address without host")?;
+        let port = uri.port_u16().ok_or("a member address without port")?;
+        let addr: SocketAddr = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address"))?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.set_nodelay(true)?;
+        let tcp = socket.connect(addr).await?;
+        let config = self.tls.client_config(self.expect)?;
+        // Identities are checked, not names: the server name only fills SNI.
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        Ok(TokioIo::new(stream))
     }
 }

@@ -6,6 +6,11 @@ use gw_proto as pb;
 /// Largest gRPC message sent or accepted by every part (snapshot chunks, big lists, applies).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest apply (encoded request) the store takes. One apply is one Raft entry, and openraft 0.9 gives
+/// each replication call one heartbeat interval to be sent, stored and synced: an entry must be small
+/// enough for that: 1.5 MiB, etcd's default limit on a request (`--max-request-bytes`).
+pub const MAX_APPLY_BYTES: usize = 3 * 512 * 1024;
+
 pub fn object_ref(k: &ObjectKey) -> pb::ObjectRef {
     pb::ObjectRef {
         group: k.group.clone(),

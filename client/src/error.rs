@@ -51,6 +51,17 @@ pub enum Error {
     /// No member answered for as long as the client kept trying.
     #[error("no store member reachable (tried {tried}): {last}")]
     Unavailable { tried: String, last: String },
+    /// A write was sent, and no answer came back for as long as the client kept trying: it may or may
+    /// not have been carried out.
+    #[error(
+        "the outcome is unknown: the write was sent but no answer came back (tried {tried}: {last}); it may have been applied — read the objects back before retrying a change that is not idempotent"
+    )]
+    OutcomeUnknown { tried: String, last: String },
+    /// The request is larger than the store takes; nothing was sent.
+    #[error(
+        "the request is {size} bytes, over the store's limit of {limit} bytes for one apply: split the documents into several applies"
+    )]
+    TooLarge { size: usize, limit: usize },
     /// The request itself is wrong (unknown kind, missing name, ...).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -73,7 +84,14 @@ impl Error {
                 | Error::NotFound { .. }
                 | Error::BadRequest(_)
                 | Error::Config(_)
+                | Error::TooLarge { .. }
         )
+    }
+
+    /// Whether a retryable failure happened before the request left for a member: no connection
+    /// could be made, or the member answered that it knows no leader (so nothing was proposed).
+    pub(crate) fn was_not_sent(s: &Status) -> bool {
+        Error::is_no_leader(s) || (s.code() == Code::Unavailable && connect_failure(s))
     }
 
     /// Whether another member may be able to serve the call (the client moves on and retries).
@@ -88,6 +106,19 @@ impl Error {
     pub(crate) fn is_no_leader(s: &Status) -> bool {
         matches!(detail(s), Some(pb::error_detail::Detail::NoLeader(_)))
     }
+}
+
+/// Whether the status is the channel's failure to connect (its message or source chain names the
+/// connect step; "connection reset" and the like are not: they may come after the request was sent).
+fn connect_failure(s: &Status) -> bool {
+    const CONNECT: [&str; 2] = ["tcp connect error", crate::connect::CONNECT_FAILED];
+    let mut texts = vec![s.message().to_string()];
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = source {
+        texts.push(e.to_string());
+        source = e.source();
+    }
+    texts.iter().any(|t| CONNECT.iter().any(|c| t.contains(c)))
 }
 
 fn detail(s: &Status) -> Option<pb::error_detail::Detail> {

@@ -12,7 +12,7 @@ pub mod pki;
 pub mod tls;
 
 pub use connect::Dialer;
-pub use convert::{MAX_MESSAGE_BYTES, key_of_ref, kind_ref, object_ref};
+pub use convert::{MAX_APPLY_BYTES, MAX_MESSAGE_BYTES, key_of_ref, kind_ref, object_ref};
 pub use error::{Error, FieldError, InvalidDocument};
 pub use tls::{Expect, Identity, Security, TlsArgs, TlsFiles, TlsMaterial};
 
@@ -28,6 +28,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tonic::Status;
 use tonic::transport::Channel;
+
+/// Whether a call changes the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Read,
+    Write,
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -117,13 +124,24 @@ impl Client {
         r
     }
 
-    /// Calls `f` on the members in turn until one answers with anything but "unavailable"; while none
-    /// can, keeps trying for the client's retry period (an election takes a second or two). A write
-    /// that failed as unavailable did not reach the leader, or its outcome is unknown; applying the same
-    /// documents again is idempotent, and a conditional write then reports a conflict instead of
-    /// applying twice. Returns the answer and the index of the member that gave it.
-    #[allow(clippy::disallowed_methods)] // runtime: the retry deadline
+    /// Calls `f` (a read) on the members in turn until one answers with anything but "unavailable";
+    /// while none can, keeps trying for the client's retry period (an election takes a second or two).
+    /// Returns the answer and the index of the member that gave it.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<(T, usize)>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.attempt(Effect::Read, f).await
+    }
+
+    /// `call`, for a read or a write. A write that failed as unavailable after it was sent may have
+    /// been carried out: it is tried again (applying the same documents again is idempotent, and a
+    /// conditional write is refused rather than applied twice); if no member ever answers, or the
+    /// retry is refused as a conflict or a missing object (perhaps because of the first attempt), the
+    /// error is `OutcomeUnknown`, not a failure.
+    #[allow(clippy::disallowed_methods)] // runtime: the retry deadline
+    async fn attempt<T, F, Fut>(&self, effect: Effect, f: F) -> Result<(T, usize)>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -131,6 +149,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.inner.retry_for;
         let mut last = String::new();
         let mut no_leader = false;
+        let mut maybe_applied = false;
         loop {
             for i in self.order() {
                 match f(self.inner.channels[i].clone()).await {
@@ -140,14 +159,30 @@ impl Client {
                     }
                     Err(s) if Error::is_retryable(&s) => {
                         no_leader = Error::is_no_leader(&s);
+                        maybe_applied |= effect == Effect::Write && !Error::was_not_sent(&s);
                         last = format!("{}: {}", self.inner.servers[i], s.message());
                     }
-                    Err(s) => return Err(s.into()),
+                    Err(s) => {
+                        let e = Error::from(s);
+                        // A retry refused as a conflict (or a delete as not found) may be refused
+                        // because the first attempt was applied.
+                        return Err(match e {
+                            Error::Conflict { .. } | Error::NotFound { .. } if maybe_applied => {
+                                Error::OutcomeUnknown {
+                                    tried: self.inner.servers.join(", "),
+                                    last: format!("{last}; then, retried: {e}"),
+                                }
+                            }
+                            e => e,
+                        });
+                    }
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 let tried = self.inner.servers.join(", ");
-                return Err(if no_leader {
+                return Err(if maybe_applied {
+                    Error::OutcomeUnknown { tried, last }
+                } else if no_leader {
                     Error::NoLeader { tried, last }
                 } else {
                     Error::Unavailable { tried, last }
@@ -157,14 +192,33 @@ impl Client {
         }
     }
 
-    /// One unary RPC through `call`, with this client's per-call deadline.
+    /// One unary read through `call`, with this client's per-call deadline.
     async fn unary<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.call(|c| rpc(c, self.request(req.clone())))
+        self.unary_as(Effect::Read, req, rpc).await
+    }
+
+    /// One unary write (see `attempt`), with this client's per-call deadline.
+    async fn write<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.unary_as(Effect::Write, req, rpc).await
+    }
+
+    async fn unary_as<Req, Resp, F, Fut>(&self, effect: Effect, req: Req, rpc: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.attempt(effect, |c| rpc(c, self.request(req.clone())))
             .await
             .map(|(r, _)| r.into_inner())
     }
@@ -176,18 +230,25 @@ impl Client {
         dry_run: bool,
     ) -> Result<pb::WriteResponse> {
         let req = pb::ApplyRequest { documents, dry_run };
-        self.unary(req, |c, r| async move { Client::config(c).apply(r).await })
+        let size = prost::Message::encoded_len(&req);
+        if size > MAX_APPLY_BYTES {
+            return Err(Error::TooLarge {
+                size,
+                limit: MAX_APPLY_BYTES,
+            });
+        }
+        self.write(req, |c, r| async move { Client::config(c).apply(r).await })
             .await
     }
 
     pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::WriteResponse> {
-        self.unary(req, |c, r| async move { Client::config(c).delete(r).await })
+        self.write(req, |c, r| async move { Client::config(c).delete(r).await })
             .await
     }
 
     pub async fn update_status(&self, updates: Vec<pb::StatusUpdate>) -> Result<pb::WriteResponse> {
         let req = pb::UpdateStatusRequest { updates };
-        self.unary(req, |c, r| async move {
+        self.write(req, |c, r| async move {
             Client::config(c).update_status(r).await
         })
         .await
@@ -259,7 +320,7 @@ impl Client {
     /// Records activity on sessions (creating their entries).
     pub async fn touch(&self, sessions: Vec<pb::Session>) -> Result<pb::WriteResponse> {
         let req = pb::TouchRequest { sessions };
-        self.unary(
+        self.write(
             req,
             |c, r| async move { Client::affinity(c).touch(r).await },
         )
@@ -268,7 +329,7 @@ impl Client {
 
     /// Proposes a session's replacement backend; answers with the committed entry, whoever won.
     pub async fn failover(&self, req: pb::FailoverRequest) -> Result<pb::FailoverResponse> {
-        self.unary(
+        self.write(
             req,
             |c, r| async move { Client::affinity(c).failover(r).await },
         )
@@ -277,7 +338,7 @@ impl Client {
 
     pub async fn evict(&self, sessions: Vec<pb::SessionRef>) -> Result<pb::WriteResponse> {
         let req = pb::EvictRequest { sessions };
-        self.unary(
+        self.write(
             req,
             |c, r| async move { Client::affinity(c).evict(r).await },
         )
@@ -286,15 +347,15 @@ impl Client {
 
     /// Asks the leader to create the session keys if there are none.
     pub async fn ensure_keys(&self) -> Result<pb::WriteResponse> {
-        self.unary(pb::KeysRequest {}, |c, r| async move {
+        self.write(pb::KeysRequest {}, |c, r| async move {
             Client::affinity(c).ensure_keys(r).await
         })
         .await
     }
 
-    /// Asks the leader for a new session signing key (the current one stays accepted).
+    /// Asks the leader for a new session token key (the current one stays accepted).
     pub async fn rotate_key(&self) -> Result<pb::WriteResponse> {
-        self.unary(pb::KeysRequest {}, |c, r| async move {
+        self.write(pb::KeysRequest {}, |c, r| async move {
             Client::affinity(c).rotate_key(r).await
         })
         .await
@@ -308,21 +369,21 @@ impl Client {
     }
 
     pub async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<pb::MembershipResponse> {
-        self.unary(req, |c, r| async move {
+        self.write(req, |c, r| async move {
             Client::cluster(c).add_learner(r).await
         })
         .await
     }
 
     pub async fn promote(&self, id: u64) -> Result<pb::MembershipResponse> {
-        self.unary(pb::MemberRequest { id }, |c, r| async move {
+        self.write(pb::MemberRequest { id }, |c, r| async move {
             Client::cluster(c).promote(r).await
         })
         .await
     }
 
     pub async fn remove(&self, id: u64) -> Result<pb::MembershipResponse> {
-        self.unary(pb::MemberRequest { id }, |c, r| async move {
+        self.write(pb::MemberRequest { id }, |c, r| async move {
             Client::cluster(c).remove(r).await
         })
         .await

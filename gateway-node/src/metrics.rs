@@ -39,6 +39,8 @@ pub struct Metrics {
     pub revision_served: Gauge<u64, AtomicU64>,
     pub revision_seen: Gauge<u64, AtomicU64>,
     pub table_swaps: Counter,
+    pub session_creations: Counter,
+    pub session_creations_deferred: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,8 @@ impl Default for Metrics {
         let revision_served = Gauge::<u64, AtomicU64>::default();
         let revision_seen = Gauge::<u64, AtomicU64>::default();
         let table_swaps = Counter::default();
+        let session_creations = Counter::default();
+        let session_creations_deferred = Counter::default();
         registry.register(
             "requests",
             "Requests served, by route and status code",
@@ -82,6 +86,16 @@ impl Default for Metrics {
             "Routing tables installed",
             table_swaps.clone(),
         );
+        registry.register(
+            "session_creations",
+            "Session entries proposed to the store (a session's first return with its token)",
+            session_creations.clone(),
+        );
+        registry.register(
+            "session_creations_deferred",
+            "Session entries not proposed: past --session-creations-per-second (the session binds by its token until a later request)",
+            session_creations_deferred.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -90,6 +104,8 @@ impl Default for Metrics {
             revision_served,
             revision_seen,
             table_swaps,
+            session_creations,
+            session_creations_deferred,
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::{Limits, Sockets};
-use crate::session::Sessions;
+use crate::session::{SessionOptions, Sessions};
 use crate::snapshot::Snapshot;
 use crate::status::{self, Statuses};
 use crate::table::RoutingTable;
@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// Seconds after which a connection that moves no byte is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Session entries this node proposes to the store at most per second (each is one replicated
+    /// write); past it, a returning session binds by its token alone until a later request.
+    #[arg(long, default_value_t = 1_000)]
+    pub session_creations_per_second: u64,
 
     /// FAULT for the conformance harness's self-test: serve `Exact` path matches as `PathPrefix`.
     #[arg(long, hide = true, env = "GW_FAULT_EXACT_AS_PREFIX")]
@@ -198,7 +202,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let sessions = Arc::new(Sessions::new(
         (affinity_rx, affinity_health, started),
         &client,
-        cfg.unsafe_local_failover,
+        metrics.clone(),
+        SessionOptions {
+            creations_per_second: cfg.session_creations_per_second,
+            local_failover: cfg.unsafe_local_failover,
+        },
     ));
     tokio::spawn(sessions.clone().run_batches());
     let proxy = Arc::new(Proxy::new(

@@ -8,3 +8,9 @@ use rand::RngExt;
 pub fn draw() -> u64 {
     rand::rng().random()
 }
+
+/// A fresh 96-bit nonce (a session token's).
+#[allow(clippy::disallowed_methods)] // the RNG module
+pub fn nonce() -> [u8; 12] {
+    rand::rng().random()
+}

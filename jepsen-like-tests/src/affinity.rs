@@ -12,8 +12,8 @@ use crate::checker::{Validity, Verdict};
 use crate::history::{Kind, NEMESIS, Op, Recorder};
 use crate::nemesis::Rng;
 use anyhow::Context;
-use base64::Engine;
 use gw_model::affinity::SessionEntry;
+use gw_model::affinity::token::session_of;
 use gw_proto as pb;
 use gw_testkit::cluster::Cluster;
 use gw_testkit::procs::{bin, free_port};
@@ -384,16 +384,6 @@ impl Fleet {
             .collect();
         self.apply(&all).await
     }
-}
-
-/// The session a token names (its payload is readable; only making one needs the key).
-fn session_of(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(2)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v["s"].as_str().map(str::to_string)
 }
 
 struct Answer {

@@ -13,11 +13,14 @@ use serde_json::{Value, json};
 pub const KIND: &str = "SessionAffinity";
 pub const VERSION: &str = "v1alpha1";
 
-/// A token whose session has no entry binds only while it is younger than this (by committed time in
-/// the store, which refuses to create entries for older tokens). An expired entry is kept, marked
-/// expired, until its token is older than this too; only then is it purged, so a purged session can
-/// never be brought back by its old token.
-pub const CREATE_WINDOW_MS: u64 = 60_000;
+/// How long any session lasts at most when its rule sets no `absoluteTimeout`: gw's cap, so that no
+/// session — nor its entry — lives for ever.
+pub const MAX_SESSION_MS: u64 = 24 * 3_600_000;
+
+/// How far a gateway node's clock may be behind the store leader's without a purged session being
+/// brought back: an expired entry is kept this much longer than its token's window, since a node
+/// decides a token's age by its own clock.
+pub const CLOCK_SKEW_MS: u64 = 5_000;
 
 /// The binding a session token carries, and its timeouts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,27 @@ pub struct SessionStatus {
     pub failovers: Vec<FailoverRecord>,
 }
 
+impl SessionSpec {
+    /// The absolute timeout in force (the rule's, else gw's cap).
+    pub fn absolute_ms(&self) -> u64 {
+        self.absolute_timeout_ms.unwrap_or(MAX_SESSION_MS)
+    }
+
+    /// How long after its issue a token binds on its own, without an entry: until its session would
+    /// have passed its idle timeout unused, or its absolute timeout. The store creates no entry for a
+    /// token older than this, and purges an expired entry once its token is older than this, so a
+    /// purged session can never be brought back by its old token.
+    pub fn window_ms(&self) -> u64 {
+        window_ms(self.idle_timeout_ms, self.absolute_timeout_ms)
+    }
+}
+
+/// The window (see `SessionSpec::window_ms`) of a session with these timeouts.
+pub fn window_ms(idle_timeout_ms: Option<u64>, absolute_timeout_ms: Option<u64>) -> u64 {
+    let absolute = absolute_timeout_ms.unwrap_or(MAX_SESSION_MS);
+    idle_timeout_ms.map_or(absolute, |i| i.min(absolute))
+}
+
 impl SessionStatus {
     /// A fresh session recorded at committed time `now`.
     pub fn new(now: u64) -> SessionStatus {
@@ -66,34 +90,42 @@ impl SessionStatus {
         }
     }
 
-    /// When a live session passes its idle or absolute timeout (`None`: it has neither).
-    fn due_at(&self, spec: &SessionSpec) -> Option<u64> {
-        let idle = spec
-            .idle_timeout_ms
-            .map(|t| self.last_active_ms.saturating_add(t).saturating_add(1));
+    /// When a live session passes its idle timeout (from its last recorded activity) or its absolute
+    /// timeout (from its token's issue).
+    fn due_at(&self, spec: &SessionSpec) -> u64 {
         let absolute = spec
-            .absolute_timeout_ms
-            .map(|t| self.created_ms.saturating_add(t).saturating_add(1));
-        idle.into_iter().chain(absolute).min()
+            .issued_ms
+            .saturating_add(spec.absolute_ms())
+            .saturating_add(1);
+        spec.idle_timeout_ms.map_or(absolute, |t| {
+            absolute.min(self.last_active_ms.saturating_add(t).saturating_add(1))
+        })
     }
 
     /// Whether a live session has passed its idle or absolute timeout at `now`.
     pub fn due(&self, spec: &SessionSpec, now: u64) -> bool {
-        self.due_at(spec).is_some_and(|d| now >= d)
+        now >= self.due_at(spec)
     }
 
-    /// Whether an expired entry may be deleted: its token can no longer create it again.
+    /// Whether an expired entry may be deleted: its token can no longer create it again, nor bind on
+    /// its own on any node whose clock is within `CLOCK_SKEW_MS` of the leader's.
     pub fn purgeable(&self, spec: &SessionSpec, now: u64) -> bool {
-        self.expired_ms.is_some() && now >= spec.issued_ms.saturating_add(CREATE_WINDOW_MS)
+        self.expired_ms.is_some() && now >= purge_at(spec)
     }
 
     /// When the sweeper next has something to do with this entry: expire it, or purge it.
-    pub fn sweep_at(&self, spec: &SessionSpec) -> Option<u64> {
+    pub fn sweep_at(&self, spec: &SessionSpec) -> u64 {
         match self.expired_ms {
-            Some(_) => Some(spec.issued_ms.saturating_add(CREATE_WINDOW_MS)),
+            Some(_) => purge_at(spec),
             None => self.due_at(spec),
         }
     }
+}
+
+fn purge_at(spec: &SessionSpec) -> u64 {
+    spec.issued_ms
+        .saturating_add(spec.window_ms())
+        .saturating_add(CLOCK_SKEW_MS)
 }
 
 /// A session entry as read from a stored object.
@@ -171,31 +203,44 @@ mod tests {
         assert!(!st.due(&s, 11_000));
         assert!(
             st.due(&s, 11_001),
-            "the absolute timeout counts from creation"
+            "the absolute timeout counts from the token's issue"
         );
-        assert!(!SessionStatus::new(0).due(&spec(None, None), u64::MAX));
-        assert_eq!(SessionStatus::new(0).sweep_at(&spec(None, None)), None);
+        let forever = spec(None, None);
+        assert!(!SessionStatus::new(1_000).due(&forever, 1_000 + MAX_SESSION_MS));
+        assert!(
+            SessionStatus::new(1_000).due(&forever, 1_001 + MAX_SESSION_MS),
+            "without an absolute timeout, gw's cap ends a session"
+        );
+    }
+
+    #[test]
+    fn the_window_is_how_long_a_token_binds_without_an_entry() {
+        assert_eq!(spec(Some(2_000), Some(10_000)).window_ms(), 2_000);
+        assert_eq!(spec(Some(20_000), Some(10_000)).window_ms(), 10_000);
+        assert_eq!(spec(None, Some(10_000)).window_ms(), 10_000);
+        assert_eq!(spec(None, None).window_ms(), MAX_SESSION_MS);
     }
 
     #[test]
     fn the_sweep_time_is_when_an_entry_becomes_due_or_purgeable() {
         let s = spec(Some(2_000), Some(10_000));
         let mut st = SessionStatus::new(1_000);
-        assert_eq!(st.sweep_at(&s), Some(3_001));
+        assert_eq!(st.sweep_at(&s), 3_001);
         assert!(!st.due(&s, 3_000) && st.due(&s, 3_001));
         st.expired_ms = Some(3_001);
-        assert_eq!(st.sweep_at(&s), Some(1_000 + CREATE_WINDOW_MS));
-        assert!(st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
+        assert_eq!(st.sweep_at(&s), 1_000 + 2_000 + CLOCK_SKEW_MS);
+        assert!(st.purgeable(&s, 1_000 + 2_000 + CLOCK_SKEW_MS));
     }
 
     #[test]
-    fn only_expired_entries_past_the_create_window_are_purgeable() {
-        let s = spec(Some(1), None);
+    fn only_expired_entries_past_the_window_are_purgeable() {
+        let s = spec(Some(5_000), None);
         let mut st = SessionStatus::new(1_000);
-        assert!(!st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
+        let purge = 1_000 + 5_000 + CLOCK_SKEW_MS;
+        assert!(!st.purgeable(&s, purge));
         st.expired_ms = Some(2_000);
-        assert!(!st.purgeable(&s, 1_000 + CREATE_WINDOW_MS - 1));
-        assert!(st.purgeable(&s, 1_000 + CREATE_WINDOW_MS));
+        assert!(!st.purgeable(&s, purge - 1));
+        assert!(st.purgeable(&s, purge));
     }
 
     #[test]

@@ -2,9 +2,7 @@
 //! expiry do to one session entry, decided at committed time. Pure, like the rest of the state.
 
 use crate::types::{Action, Op};
-use gw_model::affinity::{
-    CREATE_WINDOW_MS, FailoverRecord, SessionEntry, SessionSpec, SessionStatus,
-};
+use gw_model::affinity::{FailoverRecord, SessionEntry, SessionSpec, SessionStatus};
 use gw_model::meta::rfc3339;
 use serde_json::{Value, json};
 
@@ -106,9 +104,9 @@ fn create(
     now: u64,
     new_rev: u64,
 ) -> Planned {
-    // A token older than the window may belong to a session that expired and was purged: it must
-    // not bring it back.
-    if now > spec.issued_ms.saturating_add(CREATE_WINDOW_MS) {
+    // A token past its window may belong to a session that expired and was purged: it must not bring
+    // it back.
+    if now > spec.issued_ms.saturating_add(spec.window_ms()) {
         return Planned::Nothing(Action::Skipped);
     }
     let e = SessionEntry {
@@ -141,7 +139,7 @@ fn update(old: Option<&Value>, e: &SessionEntry, rebound: bool, new_rev: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_model::affinity::key;
+    use gw_model::affinity::{CLOCK_SKEW_MS, key};
 
     fn spec(backend: &str, issued_ms: u64) -> SessionSpec {
         SessionSpec {
@@ -210,7 +208,7 @@ mod tests {
     #[test]
     fn old_tokens_do_not_create_entries() {
         assert_eq!(
-            plan(&touch("a", 1_000), None, 1_000 + CREATE_WINDOW_MS + 1, 5),
+            plan(&touch("a", 1_000), None, 1_000 + 2_000 + 1, 5),
             Planned::Nothing(Action::Skipped)
         );
     }
@@ -233,28 +231,41 @@ mod tests {
     }
 
     #[test]
-    fn expiry_marks_then_purges_after_the_create_window() {
+    fn expiry_marks_then_purges_once_the_token_is_past_its_window() {
         let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
-        let expire = Op::SessionExpire {
+        let expire = |evict| Op::SessionExpire {
             key: key("d", "s1"),
-            evict: false,
+            evict,
         };
         assert_eq!(
-            plan(&expire, Some(&v), 2_000, 6),
+            plan(&expire(false), Some(&v), 2_000, 6),
             Planned::Nothing(Action::Skipped)
         );
-        let expired = put(plan(&expire, Some(&v), 3_500, 6));
-        assert_eq!(expired["status"]["expiredMs"], 3_500);
+        // Idle past its timeout: marked, then purged once its token is past its window (and the
+        // allowance for nodes' clocks).
+        let expired = put(plan(&expire(false), Some(&v), 3_001, 6));
+        assert_eq!(expired["status"]["expiredMs"], 3_001);
+        let purge = 1_000 + 2_000 + CLOCK_SKEW_MS;
         assert_eq!(
-            plan(&expire, Some(&expired), 4_000, 7),
+            plan(&expire(false), Some(&expired), purge - 1, 7),
             Planned::Nothing(Action::Skipped)
         );
-        match plan(&expire, Some(&expired), 1_000 + CREATE_WINDOW_MS, 7) {
+        match plan(&expire(false), Some(&expired), purge, 7) {
             Planned::Delete(obj) => assert_eq!(obj["metadata"]["resourceVersion"], "7"),
             other => panic!("expected a purge, got {other:?}"),
         }
+        // Evicted early: kept, expired, while its token could still bring it back.
+        let evicted = put(plan(&expire(true), Some(&v), 1_500, 6));
         assert_eq!(
-            plan(&expire, None, 9_000, 8),
+            plan(&expire(false), Some(&evicted), purge - 1, 7),
+            Planned::Nothing(Action::Skipped)
+        );
+        assert!(matches!(
+            plan(&expire(false), Some(&evicted), purge, 7),
+            Planned::Delete(_)
+        ));
+        assert_eq!(
+            plan(&expire(false), None, 9_000, 8),
             Planned::Nothing(Action::NotFound)
         );
     }

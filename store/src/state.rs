@@ -136,7 +136,7 @@ impl State {
         }
         let at = obj
             .and_then(SessionEntry::from_object)
-            .and_then(|e| e.status.sweep_at(&e.spec));
+            .map(|e| e.status.sweep_at(&e.spec));
         if let Some(at) = at {
             self.session_sweep_at.insert(key.clone(), at);
             self.session_sweeps.insert((at, key.clone()));

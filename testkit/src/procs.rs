@@ -4,9 +4,11 @@
 use crate::pki::Pki;
 use anyhow::{Context, bail};
 use gw_client::{Identity, TlsArgs};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A binary of this workspace (`gw-api-server`, `gw-node`, `gwadm`): in `GW_BIN_DIR` if set, else
@@ -36,12 +38,20 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound then released; collisions between concurrent tests are unlikely).
+/// A free loopback port (bound then released), never the same twice in one process: the kernel may
+/// hand a just-released port out again at once, and two members of one test cluster must not share one.
+/// (Collisions between concurrent test processes are unlikely: the port is taken within moments.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Fails when a loopback port is taken.

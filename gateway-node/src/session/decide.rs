@@ -8,15 +8,14 @@
 //! - a binding this node cannot confirm as current is not followed (agreement before stickiness);
 //! - when the bound backend is gone, exactly one replacement is committed (first writer wins) and
 //!   every node follows the committed one;
-//! - an expired or unknown session (past its grace period) starts a new session.
+//! - a token whose session has no entry yet binds on its own while it is inside its window (younger
+//!   than its idle and absolute timeouts): the store creates its entry when it comes back, and refuses
+//!   to past that window;
+//! - an expired or unknown session starts a new session.
 
 use crate::table::{BackendEntry, BackendTarget, Backends, SessionConfig, uniform_below};
 use gw_model::affinity::token::Token;
 use gw_model::affinity::{self, SessionEntry};
-
-/// A token whose session has no entry yet binds while it is younger than this (its first activity is
-/// on its way to the store). Kept well inside the store's creation window.
-pub const GRACE_MS: u64 = affinity::CREATE_WINDOW_MS / 2;
 
 /// What this node knows of a session's committed entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +38,6 @@ pub struct Inputs<'a> {
     /// The request's token, verified and of this scope.
     pub token: Option<&'a Token>,
     pub known: &'a Known,
-    /// Whether this node holds activity of the session not yet sent to the store.
-    pub pending: bool,
     pub backends: &'a Backends,
     /// The wall clock, ms since the epoch.
     pub now_ms: u64,
@@ -138,9 +135,8 @@ fn bound_backend(i: &Inputs<'_>, t: &Token) -> Bound {
         Known::Entry(Some(e)) if e.expired() || e.spec.scope != t.scope => Bound::Nothing,
         Known::Entry(Some(e)) => Bound::To(e.spec.backend.clone()),
         Known::Entry(None) => {
-            let age = i.now_ms.saturating_sub(t.issued_ms);
-            let too_old = i.cfg.absolute_timeout_ms.is_some_and(|a| age > a);
-            if !too_old && (i.pending || age < GRACE_MS) {
+            let window = affinity::window_ms(i.cfg.idle_timeout_ms, i.cfg.absolute_timeout_ms);
+            if i.now_ms.saturating_sub(t.issued_ms) < window {
                 Bound::To(t.backend.clone())
             } else {
                 Bound::Nothing

@@ -3,9 +3,12 @@
 //! session up in this node's copy of the replicated affinity table (or, when that copy may be stale,
 //! in the store), proposes failovers, records activity in batches and keeps the token keys.
 //!
-//! - A new session gets a backend by the rule's weighted choice and a signed token (cookie or header)
-//!   naming the session, its scope and the backend's stable identity. No store write is on its path:
-//!   its first activity is recorded in the next batch.
+//! - A new session gets a backend by the rule's weighted choice and a sealed token (cookie or header)
+//!   naming the session and, opaque to the client, its scope and the backend's stable identity. No
+//!   store write is on its path, and none follows it: the session's entry is made when the client
+//!   comes back with its token (so clients that never do, e.g. a flood of cookie-less requests, leave
+//!   nothing in the table), and at most `--session-creations-per-second` entries a second are
+//!   proposed by one node (past it, a session binds by its token alone until a later request).
 //! - A request with a valid token goes where the replicated affinity table says (the committed
 //!   failover, if any), else where the token says, even to a backend whose weight is now 0.
 //! - When that backend is gone, this node proposes a replacement with a first-writer-wins
@@ -15,6 +18,7 @@
 
 pub mod decide;
 
+use crate::metrics::Metrics;
 use crate::rng;
 use crate::snapshot::Snapshot;
 use crate::table::{Backends, SessionConfig};
@@ -35,6 +39,9 @@ use tokio::sync::watch;
 
 /// How often activity is sent to the store.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Sessions per store call when activity is sent: one Raft entry each, of a few hundred KiB (an entry
+/// must replicate within a heartbeat, see `gw_client::MAX_APPLY_BYTES`).
+const TOUCHES_PER_CALL: usize = 2_000;
 /// The affinity view is followed only while its watch has had a bookmark this recently (one comes
 /// every 500 ms, each sent only once the member has confirmed it is current). Past it, a session's
 /// entry is read from the store (linearizably) before the session is followed.
@@ -56,7 +63,7 @@ pub struct Chosen {
 
 pub enum Selection {
     Chosen(Chosen),
-    /// The rule has nothing to choose from (or no key to sign with): route as without persistence.
+    /// The rule has nothing to choose from (or no key to seal tokens with): route as without persistence.
     Fallback,
     /// The session's committed backend is not known to this node yet.
     Unavailable(String),
@@ -72,15 +79,34 @@ pub struct Sessions {
     pending: Mutex<HashMap<ObjectKey, pb::Session>>,
     /// The store, for calls on a request's path (each member gets `CALL_TIMEOUT`).
     client: Client,
+    /// New entries this node may propose in one second, and how many it has this second.
+    creations: Mutex<Creations>,
+    metrics: Arc<Metrics>,
     /// The null control (see `NodeConfig::unsafe_local_failover`).
     local_failover: bool,
+}
+
+/// How many session entries may be created, per node and second.
+struct Creations {
+    per_second: u64,
+    second: u64,
+    count: u64,
+}
+
+/// How a node runs sessions.
+pub struct SessionOptions {
+    /// Session entries this node proposes at most per second.
+    pub creations_per_second: u64,
+    /// The null control (see `NodeConfig::unsafe_local_failover`).
+    pub local_failover: bool,
 }
 
 impl Sessions {
     pub fn new(
         view: (watch::Receiver<Arc<Snapshot>>, Arc<WatchHealth>, Instant),
         client: &Client,
-        local_failover: bool,
+        metrics: Arc<Metrics>,
+        options: SessionOptions,
     ) -> Sessions {
         let (view, view_health, started) = view;
         Sessions {
@@ -90,7 +116,13 @@ impl Sessions {
             started,
             pending: Mutex::new(HashMap::new()),
             client: client.with_call_timeout(CALL_TIMEOUT),
-            local_failover,
+            creations: Mutex::new(Creations {
+                per_second: options.creations_per_second,
+                second: 0,
+                count: 0,
+            }),
+            metrics,
+            local_failover: options.local_failover,
         }
     }
 
@@ -118,14 +150,12 @@ impl Sessions {
             Some(_) => Known::Unconfirmed,
             None => Known::Entry(None),
         };
-        let pending = key.as_ref().is_some_and(|k| self.pending_has(k));
         // Each store call is asked for at most once, so this ends within three rounds.
         for _ in 0..3 {
             let inputs = Inputs {
                 cfg,
                 token: token.as_ref(),
                 known: &known,
-                pending,
                 backends,
                 now_ms: clock::now_ms(),
                 local_failover: self.local_failover,
@@ -152,7 +182,8 @@ impl Sessions {
                     }
                 }
                 (Decision::Follow { entry, endpoint }, Some(t), _) => {
-                    self.touch(cfg, t);
+                    // Without an entry, this touch creates it.
+                    self.touch(cfg, t, known == Known::Entry(None));
                     return Selection::Chosen(Chosen {
                         entry,
                         endpoint,
@@ -169,11 +200,10 @@ impl Sessions {
                     _,
                     _,
                 ) => {
-                    self.touch(cfg, &token);
                     return Selection::Chosen(Chosen {
                         entry,
                         endpoint,
-                        issue: cfg.issue(&keys.issue(&token), https),
+                        issue: cfg.issue(&keys.issue(&token, rng::nonce()), https),
                         token,
                     });
                 }
@@ -230,20 +260,28 @@ impl Sessions {
             .and_then(|o| SessionEntry::from_object(&o)))
     }
 
-    fn pending_has(&self, key: &ObjectKey) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
-    }
-
-    /// Records activity, sent with the next batch.
-    fn touch(&self, cfg: &SessionConfig, t: &Token) {
+    /// Records activity, sent with the next batch; `creates`: the session has no entry yet, and this
+    /// touch makes it (unless this node is past its creations for this second).
+    fn touch(&self, cfg: &SessionConfig, t: &Token, creates: bool) {
         let key = affinity::key(&cfg.namespace, &t.session);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending
-            .entry(key)
-            .or_insert_with(|| session_message(cfg, t));
+        if pending.contains_key(&key) {
+            return;
+        }
+        if creates {
+            let second = self.started.elapsed().as_secs();
+            let mut c = self.creations.lock().unwrap_or_else(|p| p.into_inner());
+            if c.second != second {
+                (c.second, c.count) = (second, 0);
+            }
+            if c.count >= c.per_second {
+                self.metrics.session_creations_deferred.inc();
+                return;
+            }
+            c.count += 1;
+            self.metrics.session_creations.inc();
+        }
+        pending.insert(key, session_message(cfg, t));
     }
 
     /// Proposes `to` as the replacement of `from` and returns the committed entry (`None`: expired).
@@ -280,14 +318,15 @@ impl Sessions {
             tick.tick().await;
             let batch =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if batch.is_empty() {
-                continue;
-            }
-            if let Err(e) = client.touch(batch.values().cloned().collect()).await {
-                tracing::warn!(error = %e, sessions = batch.len(), "session activity not recorded; will retry");
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                for (k, s) in batch {
-                    pending.entry(k).or_insert(s);
+            let batch: Vec<(ObjectKey, pb::Session)> = batch.into_iter().collect();
+            for chunk in batch.chunks(TOUCHES_PER_CALL) {
+                let sessions = chunk.iter().map(|(_, s)| s.clone()).collect();
+                if let Err(e) = client.touch(sessions).await {
+                    tracing::warn!(error = %e, sessions = chunk.len(), "session activity not recorded; will retry");
+                    let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    for (k, s) in chunk {
+                        pending.entry(k.clone()).or_insert_with(|| s.clone());
+                    }
                 }
             }
         }

@@ -353,6 +353,7 @@ fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
         absolute_timeout_ms: None,
     };
     let mut s = State::new(100);
+    let window = spec.window_ms();
     let touch = Op::SessionTouch {
         key: k.clone(),
         spec,
@@ -370,7 +371,7 @@ fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
         evict: false,
     };
     at(&mut s, 4_501, expire.clone()).unwrap();
-    let purge_at = 1_000 + affinity::CREATE_WINDOW_MS;
+    let purge_at = 1_000 + window + affinity::CLOCK_SKEW_MS;
     assert!(s.sessions_to_sweep(purge_at - 1, 10).is_empty());
     let mut restored = State::new(100);
     restored.install_snapshot(&s.to_snapshot()).unwrap();

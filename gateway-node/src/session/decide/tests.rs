@@ -6,14 +6,14 @@ use crate::table::{BackendEntry, Carrier, Filters, Upstream, UpstreamProtocol};
 use gw_model::affinity::{SessionSpec, SessionStatus};
 use std::sync::Arc;
 
-const NOW: u64 = 1_000_000;
+const NOW: u64 = 1_800_000_000_000;
 
-fn config(absolute_timeout_ms: Option<u64>) -> SessionConfig {
+fn config(idle_timeout_ms: Option<u64>, absolute_timeout_ms: Option<u64>) -> SessionConfig {
     SessionConfig {
         scope: "HTTPRoute/d/r/rules/0".into(),
         namespace: "d".into(),
         carrier: Carrier::Header(http::HeaderName::from_static("x-s")),
-        idle_timeout_ms: None,
+        idle_timeout_ms,
         absolute_timeout_ms,
     }
 }
@@ -88,7 +88,7 @@ struct Case {
     name: &'static str,
     token: Option<Token>,
     known: Known,
-    pending: bool,
+    idle_timeout_ms: Option<u64>,
     absolute_timeout_ms: Option<u64>,
     local_failover: bool,
     backends: Vec<(u64, usize)>,
@@ -100,7 +100,7 @@ fn case(name: &'static str, token: Option<Token>, known: Known, want: Decision) 
         name,
         token,
         known,
-        pending: false,
+        idle_timeout_ms: None,
         absolute_timeout_ms: None,
         local_failover: false,
         backends: vec![(1, 2), (0, 1)],
@@ -147,28 +147,31 @@ fn every_decision() {
             Decision::Follow { entry: 1, endpoint: 0 },
         ),
         case(
-            "a young token without an entry yet binds (its activity is on its way)",
+            "a token without an entry yet binds inside its window (its entry is made on its return)",
             fresh_token(),
             Known::Entry(None),
             Decision::Follow { entry: 0, endpoint: 1 },
         ),
-        case(
-            "an old token without an entry: a new session",
-            Some(token(&id(0, 1), NOW - GRACE_MS - 1)),
-            Known::Entry(None),
-            new_session(0, 0),
-        ),
         Case {
-            pending: true,
+            idle_timeout_ms: Some(1_001),
             ..case(
-                "an old token whose activity this node still holds binds",
-                Some(token(&id(0, 1), NOW - GRACE_MS - 1)),
+                "just inside its idle timeout, a token without an entry binds",
+                fresh_token(),
                 Known::Entry(None),
                 Decision::Follow { entry: 0, endpoint: 1 },
             )
         },
         Case {
-            pending: true,
+            idle_timeout_ms: Some(1_000),
+            ..case(
+                "past its idle timeout, a token without an entry: a new session",
+                fresh_token(),
+                Known::Entry(None),
+                new_session(0, 0),
+            )
+        },
+        Case {
+            idle_timeout_ms: Some(60_000),
             absolute_timeout_ms: Some(500),
             ..case(
                 "past its absolute timeout a token never binds",
@@ -177,6 +180,12 @@ fn every_decision() {
                 new_session(0, 0),
             )
         },
+        case(
+            "without an absolute timeout, gw's cap: a day-old token never binds",
+            Some(token(&id(0, 1), NOW - affinity::MAX_SESSION_MS)),
+            Known::Entry(None),
+            new_session(0, 0),
+        ),
         case(
             "an expired entry: a new session",
             fresh_token(),
@@ -260,13 +269,12 @@ fn every_decision() {
         },
     ];
     for c in cases {
-        let cfg = config(c.absolute_timeout_ms);
+        let cfg = config(c.idle_timeout_ms, c.absolute_timeout_ms);
         let b = backends(&c.backends);
         let inputs = Inputs {
             cfg: &cfg,
             token: c.token.as_ref(),
             known: &c.known,
-            pending: c.pending,
             backends: &b,
             now_ms: NOW,
             local_failover: c.local_failover,
