@@ -230,9 +230,36 @@ pub fn redact(obj: &serde_json::Value) -> serde_json::Value {
     o
 }
 
+/// The inverse for a Secret written back as it was read (`kubectl edit`, `replace` of a `get`): each
+/// value that reads `REDACTED` where `stored` has a value for that key keeps the stored value.
+pub fn unredact(written: &mut serde_json::Value, stored: &serde_json::Value) {
+    if let Some(m) = written.get_mut("data").and_then(|d| d.as_object_mut()) {
+        for (k, v) in m.iter_mut() {
+            if v == "REDACTED"
+                && let Some(old) = stored["data"].get(k)
+            {
+                *v = old.clone();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_secret_written_back_keeps_its_values() {
+        let stored = serde_json::json!({"data": {"a": "c2VjcmV0", "b": "Yg=="}});
+        let mut written = redact(&stored);
+        written["data"]["b"] = serde_json::json!("bmV3");
+        written["data"]["c"] = serde_json::json!("REDACTED");
+        unredact(&mut written, &stored);
+        assert_eq!(
+            written["data"],
+            serde_json::json!({"a": "c2VjcmV0", "b": "bmV3", "c": "REDACTED"})
+        );
+    }
 
     fn key(group: &str, kind: &str, ns: &str, name: &str) -> ObjectKey {
         ObjectKey::new(group, kind, ns, name)

@@ -42,6 +42,12 @@ pub struct ServerConfig {
     #[command(flatten)]
     pub tls: gw_client::TlsArgs,
 
+    /// Serve the Kubernetes API (for kubectl, kube-rs, GitOps tools) on HOST:PORT: HTTPS with this
+    /// member's certificate (issue it with `--host` names clients connect to), clients authenticated
+    /// by their certificates as on the gRPC API (see `gwadm kubeconfig`); plaintext with --insecure.
+    #[arg(long)]
+    pub kube_listen: Option<SocketAddr>,
+
     /// Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,

@@ -28,6 +28,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Compacted(#[from] gw_store::state::Compacted),
 }
 
 fn invalid_message(docs: &[DocumentError]) -> String {
@@ -111,6 +113,13 @@ impl From<ApiError> for Status {
             }
             ApiError::Unavailable(_) => (Code::Unavailable, None),
             ApiError::Internal(_) => (Code::Internal, None),
+            ApiError::Compacted(c) => (
+                Code::OutOfRange,
+                Some(Detail::Compacted(pb::Compacted {
+                    requested: c.requested,
+                    compact_revision: c.compact_revision,
+                })),
+            ),
         };
         match detail {
             Some(d) => {

@@ -1,12 +1,14 @@
 //! gw-api-server: one member of the gw config store. It runs openraft over the sled store, serves the
 //! client API (Config, Affinity, Cluster) and the Raft transport over tonic — mutual TLS on both, the
 //! Raft transport on its own port when `--peer-listen` is given — authorizes every call
-//! (`auth`, `authz`), forwards writes to the leader, and answers linearizable reads with ReadIndex.
+//! (`auth`, `authz`), forwards writes to the leader, and answers linearizable reads with ReadIndex;
+//! with `--kube-listen`, it serves the Kubernetes API too (`kube`).
 
 pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod errors;
+pub mod kube;
 pub mod metrics;
 pub mod network;
 pub mod node;
@@ -36,6 +38,44 @@ use tonic::transport::server::Router;
 /// How long a connection may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The next connection, with Nagle's algorithm off (small request/response exchanges: it would hold
+/// each reply for the peer's delayed ACK, ~40 ms); a failed accept (out of file descriptors, say) is
+/// logged and retried.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, within `HANDSHAKE_TIMEOUT`; a failure is logged (debug: it is
+/// the client's) and gives `None`.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// A running member, for in-process use (tests) and for `main`.
 pub struct Server {
     pub node: Arc<Node>,
@@ -43,6 +83,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// The address the Raft listener is bound to, when it has its own.
     pub peer_addr: Option<SocketAddr>,
+    /// The address the Kubernetes API is bound to, when it is served.
+    pub kube_addr: Option<SocketAddr>,
     shutdown: signal::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,30 +117,14 @@ fn serve(
                 tokio::spawn(async move {
                     loop {
                         let (tcp, remote) = tokio::select! {
-                            r = listener.accept() => match r {
-                                Ok(x) => x,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "accept failed");
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            },
+                            c = accept(&listener) => c,
                             _ = tx.closed() => return,
                         };
-                        let _ = tcp.set_nodelay(true);
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(stream)) => {
-                                    let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%remote, error = %e, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                            if let Some(stream) = handshake(&acceptor, tcp, remote).await {
+                                let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
                             }
                         });
                     }
@@ -217,6 +243,22 @@ impl Server {
                 stopped.clone(),
             )),
         }
+        let kube_addr = match config.kube_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (--kube-listen)"))?;
+                let bound = l.local_addr()?;
+                tasks.push(crate::kube::serve(
+                    node.clone(),
+                    l,
+                    bound.to_string(),
+                    stopped.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         if let Some(addr) = config.metrics {
             let m = metrics.clone();
             tasks.push(tokio::spawn(async move {
@@ -242,6 +284,7 @@ impl Server {
             node,
             local_addr,
             peer_addr,
+            kube_addr,
             shutdown,
             tasks,
         })

@@ -7,11 +7,13 @@ use crate::errors::ApiError;
 use crate::node::{Node, now_ms};
 use crate::watch;
 use gw_client::{Client, Identity, MAX_APPLY_BYTES, Security, object_ref};
+use gw_model::admit::{has_transition_rules, transition_errors};
 use gw_model::affinity::SessionSpec;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, key_secret};
 use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
-use gw_model::{Document, ObjectKey, admit};
+use gw_model::{Document, DocumentError, ObjectKey, admit};
 use gw_proto as pb;
+use gw_store::state::resource_version;
 use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
 use openraft::ChangeMembers;
 use serde_json::{Value, json};
@@ -217,12 +219,34 @@ impl ConfigService {
                 }
             };
             match admit(&doc) {
-                Ok(a) => ops.push(Op::Put {
-                    key: a.key,
-                    object: a.object,
-                    expected_rv: a.expected_resource_version,
-                    uid: uuid::Uuid::new_v4().to_string(),
-                }),
+                Ok(a) => {
+                    let mut expected_rv = a.expected_resource_version;
+                    // Transition rules: checked against the stored version, and the write pinned
+                    // to it (a version written meanwhile is a conflict, never an unchecked change).
+                    if has_transition_rules(&a.key.kind)
+                        && let Some(old) = self.node.store.read(|s| s.state.get(&a.key).cloned())
+                    {
+                        let errors = transition_errors(&a.key.kind, &old, &a.object);
+                        if !errors.is_empty() {
+                            invalid.push(DocumentError {
+                                source: doc.source.clone(),
+                                index: doc.index,
+                                kind: a.key.kind.clone(),
+                                namespace: a.key.namespace.clone(),
+                                name: a.key.name.clone(),
+                                errors,
+                            });
+                            continue;
+                        }
+                        expected_rv.get_or_insert(resource_version(&old));
+                    }
+                    ops.push(Op::Put {
+                        key: a.key,
+                        object: a.object,
+                        expected_rv,
+                        uid: uuid::Uuid::new_v4().to_string(),
+                    });
+                }
                 Err(e) => invalid.push(*e),
             }
         }
@@ -293,6 +317,7 @@ impl ConfigService {
                 status,
                 expected_uid: Some(u.expected_uid.clone()).filter(|s| !s.is_empty()),
                 expected_generation: Some(u.expected_generation).filter(|g| *g != 0),
+                expected_rv: Some(u.expected_resource_version).filter(|rv| *rv != 0),
             });
         }
         self.commit(
@@ -436,16 +461,33 @@ impl pb::config_server::Config for ConfigService {
         if !req.kind.is_empty() {
             kind_info(&req.group, &req.kind)?;
         }
-        let serializable = self.barrier(&req.options).await?;
+        // A later page of a list is read at the first page's revision: this member must have it.
+        let serializable = if req.at_revision > 0 {
+            self.node.read_barrier().await?;
+            false
+        } else {
+            self.barrier(&req.options).await?
+        };
         let view = View::of(&who, req.options);
-        let (objects, revision) = self.node.store.read(|a| {
-            let objs: Vec<(ObjectKey, Arc<Value>)> = a
-                .state
-                .list(&req.group, &req.kind, &req.namespace)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (objs, a.state.revision())
-        });
+        let (objects, revision) = self
+            .node
+            .store
+            .read(|a| {
+                if req.at_revision > 0 {
+                    let at = req.at_revision.min(a.state.revision());
+                    return a
+                        .state
+                        .list_at(at, &req.group, &req.kind, &req.namespace)
+                        .map(|objs| (objs, at));
+                }
+                let objs: Vec<(ObjectKey, Arc<Value>)> = a
+                    .state
+                    .list(&req.group, &req.kind, &req.namespace)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Ok((objs, a.state.revision()))
+            })
+            .map_err(ApiError::from)?;
         let objects_json = objects
             .iter()
             .map(|(k, o)| view.render(o, k))

@@ -107,6 +107,7 @@ async fn send_events(tx: &Tx, ev: &RevisionEvents, filter: &Filter) -> Option<()
             },
             target: Some(object_ref(&e.key)),
             object_json: filter.present(&e.key, &e.object),
+            created: e.kind == EventKind::Put && e.prev.is_none(),
         })
         .collect();
     if events.is_empty() {

@@ -197,6 +197,7 @@ async fn callers_without_the_right_certificate_are_refused_by_name() {
                 name: "mallory".into(),
             },
             1,
+            &[],
         )
         .unwrap();
     let e = pb::config_client::ConfigClient::new(attacker(&addr, Some((&crt, &key))))

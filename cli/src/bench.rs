@@ -478,7 +478,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     let store = format!("127.0.0.1:{store_port}");
     let mut children = Children::default();
     let pki = gw_testkit::pki::Pki::create(&dir.path().join("pki"))?;
-    children.spawn_store(&store, dir.path(), &pki)?;
+    children.spawn_store(&store, None, dir.path(), &pki)?;
     let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         pod: "prop".into(),

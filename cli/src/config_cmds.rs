@@ -160,6 +160,7 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
             kind: info.kind.into(),
             namespace: namespace.into(),
             options,
+            at_revision: 0,
         };
         let resp = client.list(req).await?;
         let objs: Vec<Value> = resp

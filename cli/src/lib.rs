@@ -119,6 +119,16 @@ pub enum Command {
         #[arg(long)]
         show_secret_values: bool,
     },
+    /// Print a kubeconfig for a member's Kubernetes API (its --kube-listen address), with this
+    /// client's certificate (--tls-*): `gwadm kubeconfig --kube-server H:P > kc; kubectl --kubeconfig kc ...`.
+    Kubeconfig {
+        /// The member's Kubernetes API (`HOST:PORT`, as its certificate names the host).
+        #[arg(long)]
+        kube_server: String,
+        /// The name of the cluster, user and context in the kubeconfig.
+        #[arg(long, default_value = "gw")]
+        name: String,
+    },
     /// Benchmarks (see the README: run side by side with the reference implementations).
     Bench {
         #[command(subcommand)]
@@ -327,6 +337,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pki { command } => pki_cmds::run(command),
+        Command::Kubeconfig { kube_server, name } => {
+            let kc = gw_client::kubeconfig::kubeconfig(&kube_server, &cli.tls, &name)
+                .map_err(Error::Usage)?;
+            println!("{}", serde_json::to_string_pretty(&kc).unwrap_or_default());
+            Ok(())
+        }
         Command::Cluster { command } => {
             let client = store()?;
             match command {

@@ -28,6 +28,10 @@ pub enum PkiCommand {
         /// File name (without extension) of the certificate and key; default: after the identity.
         #[arg(long, global = true)]
         out: Option<String>,
+        /// A DNS name or IP address the certificate is also good for (repeatable): a member's, for
+        /// clients that check the server's name (kubectl, against `--kube-listen`).
+        #[arg(long = "host", global = true)]
+        hosts: Vec<String>,
     },
 }
 
@@ -74,6 +78,7 @@ pub fn run(cmd: PkiCommand) -> Result<()> {
             dir,
             days,
             out,
+            hosts,
         } => {
             let (identity, name) = match who {
                 IssueFor::Member { id } => (Identity::Member(id), format!("member-{id}")),
@@ -102,7 +107,13 @@ pub fn run(cmd: PkiCommand) -> Result<()> {
                 ))
             })?;
             let files = ca
-                .issue_to(&dir, out.as_deref().unwrap_or(&name), &identity, days)
+                .issue_to(
+                    &dir,
+                    out.as_deref().unwrap_or(&name),
+                    &identity,
+                    days,
+                    &hosts,
+                )
                 .map_err(Error::Usage)?;
             println!(
                 "{identity}: --tls-ca {} --tls-cert {} --tls-key {}",

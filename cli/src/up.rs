@@ -32,6 +32,9 @@ pub struct UpArgs {
     /// Port of the node's admin endpoint.
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
+    /// Port of the store's Kubernetes API (for kubectl: the kubeconfig is written beside the data).
+    #[arg(long, default_value_t = 6443)]
+    pub kube_port: u16,
 }
 
 /// The demo documents, with the listener port and the echo backends' EndpointSlices filled in.
@@ -66,7 +69,7 @@ fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::
 }
 
 pub async fn run(a: UpArgs) -> Result<()> {
-    for p in [a.port, a.store_port, a.admin_port] {
+    for p in [a.port, a.store_port, a.admin_port, a.kube_port] {
         ensure_free(p)
             .map_err(|e| Error::Usage(format!("{e:#}; pick another with the flags of gwadm up")))?;
     }
@@ -93,7 +96,13 @@ pub async fn run(a: UpArgs) -> Result<()> {
         },
     )?;
     let mut children = Children::default();
-    children.spawn_store(&store_addr, &dir, &pki)?;
+    let kube_addr = format!("127.0.0.1:{}", a.kube_port);
+    children.spawn_store(&store_addr, Some(&kube_addr), &dir, &pki)?;
+    let kubeconfig = dir.join("kubeconfig.json");
+    let kc = gw_client::kubeconfig::kubeconfig(&kube_addr, &pki.admin(), "gw-demo")
+        .map_err(Error::Usage)?;
+    std::fs::write(&kubeconfig, kc.to_string())
+        .map_err(|e| Error::Usage(format!("{}: {e}", kubeconfig.display())))?;
     let echo = |pod: &str| EchoConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         pod: pod.into(),
@@ -142,15 +151,17 @@ pub async fn run(a: UpArgs) -> Result<()> {
          \x20 curl -si -H 'Host: app.demo.example' {url}/elsewhere | head -1   # 404: no rule matches\n\
          \x20 c=$(curl -si -H 'Host: app.demo.example' {url}/sticky | sed -n 's/^set-cookie: \\([^;]*\\).*/\\1/Ip')   # a session cookie\n\
          \x20 for i in $(seq 10); do curl -s -H 'Host: app.demo.example' -H \"Cookie: $c\" {url}/sticky | grep -o '\"pod\":\"[^\"]*\"'; done | uniq -c   # one backend\n\
-         \x20 export GW_SERVER={store_addr} GW_TLS_CA={pki}/ca.crt GW_TLS_CERT={pki}/admin.crt GW_TLS_KEY={pki}/admin.key   # gwadm as the demo's admin (mutual TLS)\n\\
-         \x20 gwadm affinity ls                                              # the replicated session table\n\\
-         \x20 gwadm get httproutes -A                                        # the route and its status\n\\
+         \x20 export GW_SERVER={store_addr} GW_TLS_CA={pki}/ca.crt GW_TLS_CERT={pki}/admin.crt GW_TLS_KEY={pki}/admin.key   # gwadm as the demo's admin (mutual TLS)\n\
+         \x20 gwadm affinity ls                                              # the replicated session table\n\
+         \x20 gwadm get httproutes -A                                        # the route and its status\n\
+         \x20 kubectl --kubeconfig {kubeconfig} get httproutes -A -o yaml   # the same, through the store's Kubernetes API\n\
          \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\n\
          Press Ctrl-C to stop.",
         port = a.port,
         admin = a.admin_port,
         dir = dir.display(),
         pki = pki.dir().display(),
+        kubeconfig = kubeconfig.display(),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(anyhow::Error::from)?;

@@ -44,6 +44,12 @@ pub enum Error {
     },
     #[error("{}", not_found_message(.key))]
     NotFound { key: ObjectKey },
+    /// A revision older than the history the store keeps (a list page or a watch resumed too late).
+    #[error("revision {requested} is compacted (the history starts after {compact_revision})")]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
     /// No member could name a leader for as long as the client kept trying (an election that did not
     /// end, or no quorum).
     #[error("no leader in the store cluster (tried {tried}): {last}")]
@@ -82,6 +88,7 @@ impl Error {
             Error::Invalid(_)
                 | Error::Conflict { .. }
                 | Error::NotFound { .. }
+                | Error::Compacted { .. }
                 | Error::BadRequest(_)
                 | Error::Config(_)
                 | Error::TooLarge { .. }
@@ -156,6 +163,10 @@ impl From<Status> for Error {
             },
             Some(Detail::NotFound(n)) => Error::NotFound {
                 key: key_of_ref(&n.target.unwrap_or_default()),
+            },
+            Some(Detail::Compacted(c)) => Error::Compacted {
+                requested: c.requested,
+                compact_revision: c.compact_revision,
             },
             _ if s.code() == Code::InvalidArgument => Error::BadRequest(s.message().to_string()),
             _ => Error::Other {

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod connect;
 mod convert;
 mod error;
+pub mod kubeconfig;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod tls;
@@ -294,6 +295,7 @@ impl Client {
             kind: kind.into(),
             namespace: namespace.into(),
             options: None,
+            at_revision: 0,
         };
         Ok(self
             .list(req)

@@ -112,8 +112,15 @@ impl Ca {
     }
 
     /// A certificate (PEM) and its key (PEM) for `identity`, valid for `days`. Every certificate is
-    /// good for both ends of a connection (members are servers and clients).
-    pub fn issue(&self, identity: &Identity, days: u32) -> Result<(String, String), String> {
+    /// good for both ends of a connection (members are servers and clients). `hosts` (DNS names or IP
+    /// addresses) are for clients that check a server's name, as kubectl does of a member's Kubernetes
+    /// API; gw's own parts check the identity only.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        days: u32,
+        hosts: &[String],
+    ) -> Result<(String, String), String> {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -123,6 +130,17 @@ impl Ca {
         p.subject_alt_names = vec![SanType::URI(
             identity.uri().try_into().map_err(|e| format!("{e}"))?,
         )];
+        for h in hosts {
+            p.subject_alt_names
+                .push(match h.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(
+                        h.clone()
+                            .try_into()
+                            .map_err(|e| format!("host {h:?}: {e}"))?,
+                    ),
+                });
+        }
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -142,10 +160,11 @@ impl Ca {
         name: &str,
         identity: &Identity,
         days: u32,
+        hosts: &[String],
     ) -> Result<TlsFiles, String> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let files = TlsFiles::in_dir(dir, name);
-        let (crt, key) = self.issue(identity, days)?;
+        let (crt, key) = self.issue(identity, days, hosts)?;
         std::fs::write(&files.cert, crt).map_err(|e| io(&files.cert, e))?;
         write_key(&files.key, &key)?;
         if !files.ca.exists() {
@@ -180,10 +199,10 @@ mod tests {
             class: "gw".into(),
             name: "n1".into(),
         };
-        let files = ca.issue_to(dir.path(), "node", &node, 30).unwrap();
+        let files = ca.issue_to(dir.path(), "node", &node, 30, &[]).unwrap();
         let tls = TlsMaterial::load(files).unwrap();
         assert_eq!(tls.identity(), node);
-        let (crt, _) = ca.issue(&Identity::Member(3), 30).unwrap();
+        let (crt, _) = ca.issue(&Identity::Member(3), 30, &[]).unwrap();
         assert_eq!(
             san_names(&der(&crt), SanKind::Uri),
             ["spiffe://gw/member/3"]
@@ -192,7 +211,7 @@ mod tests {
         // Another CA's certificate is refused, naming who it claims to be.
         let other = Ca::generate().unwrap();
         let (foreign, _) = other
-            .issue(&Identity::Admin { name: "eve".into() }, 30)
+            .issue(&Identity::Admin { name: "eve".into() }, 30, &[])
             .unwrap();
         let e = tls.verify_peer(&[der(&foreign)]).unwrap_err();
         assert!(

@@ -604,8 +604,10 @@ impl AnyClientCert {
         let anchor = webpki::anchor_from_trusted_cert(ca)
             .map_err(|e| format!("the CA certificate: {e:?}"))?;
         Ok(AnyClientCert {
-            hints: vec![rustls::DistinguishedName::from(
-                anchor.subject.as_ref().to_vec(),
+            // The anchor holds the Name's contents; the hint is the whole DER SEQUENCE (OpenSSL
+            // clients refuse the handshake otherwise).
+            hints: vec![rustls::DistinguishedName::in_sequence(
+                anchor.subject.as_ref(),
             )],
         })
     }

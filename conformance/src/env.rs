@@ -98,7 +98,7 @@ impl Env {
         let store = format!("127.0.0.1:{}", free_port());
         let pki = Pki::create(&dir.join("pki"))?;
         let mut children = Children::default();
-        children.spawn_store(&store, &dir, &pki)?;
+        children.spawn_store(&store, None, &dir, &pki)?;
         let node_tls = pki.issue(
             "node",
             &gw_client::Identity::Node {

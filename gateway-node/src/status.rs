@@ -120,6 +120,7 @@ pub fn diff(desired: &Statuses, snap: &Snapshot) -> Vec<pb::StatusUpdate> {
                 status_json: d.status.to_string(),
                 expected_uid: d.uid.clone(),
                 expected_generation: d.generation,
+                expected_resource_version: 0,
             })
         })
         .collect()

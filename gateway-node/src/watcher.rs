@@ -317,6 +317,7 @@ mod tests {
                     name: name.into(),
                 }),
                 object_json: obj(name, revision),
+                created: false,
             }],
         })
     }

@@ -39,9 +39,31 @@ pub fn channels(addrs: &[(u64, String)], security: &gw_client::Security) -> Vec<
         .collect()
 }
 
+/// How a client reaches a member: the store's gRPC API, or its Kubernetes API (`--via kube`).
+#[derive(Clone)]
+pub enum Conn {
+    Grpc(Channel),
+    Kube(kube::Api<k8s_openapi::api::core::v1::ConfigMap>),
+}
+
 /// A linearizable read: the value (None if the object does not exist), its resourceVersion and the
 /// revision of the read.
-pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64), Error> {
+pub async fn read(conn: &Conn, key: &str) -> Result<(Option<i64>, String, u64), Error> {
+    match conn {
+        Conn::Grpc(ch) => grpc_read(ch, key).await,
+        Conn::Kube(api) => crate::kube_api::read(api, key).await,
+    }
+}
+
+/// Writes `value` (unconditionally, or only if the object is still at `rv`); returns the revision.
+pub async fn write(conn: &Conn, key: &str, value: i64, rv: Option<&str>) -> Result<u64, Error> {
+    match conn {
+        Conn::Grpc(ch) => grpc_write(ch, key, value, rv).await,
+        Conn::Kube(api) => crate::kube_api::write(api, key, value, rv).await,
+    }
+}
+
+async fn grpc_read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64), Error> {
     let req = pb::GetRequest {
         target: Some(target(key)),
         options: None,
@@ -69,8 +91,7 @@ pub async fn read(ch: &Channel, key: &str) -> Result<(Option<i64>, String, u64),
     }
 }
 
-/// Writes `value` (unconditionally, or only if the object is still at `rv`).
-pub async fn write(ch: &Channel, key: &str, value: i64, rv: Option<&str>) -> Result<u64, Error> {
+async fn grpc_write(ch: &Channel, key: &str, value: i64, rv: Option<&str>) -> Result<u64, Error> {
     let mut doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": key, "namespace": "jepsen"}, "data": {"value": value.to_string()}});
     if let Some(rv) = rv {
         doc["metadata"]["resourceVersion"] = json!(rv);
@@ -95,6 +116,8 @@ pub struct Clients {
     /// Process ids of one client are `first + k * stride`.
     pub stride: i64,
     pub chans: Vec<(u64, Channel)>,
+    /// The register's connections (gRPC, or the Kubernetes API).
+    pub conns: Vec<(u64, Conn)>,
     pub keys: u64,
     pub rec: Recorder,
     pub next_value: AtomicI64,
@@ -106,11 +129,12 @@ pub struct Clients {
 pub async fn client(ctx: Arc<Clients>, first_process: i64, seed: u64) {
     let Clients {
         stride,
-        chans,
+        conns: chans,
         keys,
         rec,
         next_value,
         until,
+        ..
     } = &*ctx;
     let (stride, keys, until) = (*stride, *keys, *until);
     let mut rng = Rng::new(seed);

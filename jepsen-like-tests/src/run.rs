@@ -4,7 +4,7 @@
 use crate::checker::{self, Validity, Verdict};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::{affinity, register, txn, watch};
+use crate::{affinity, kube_api, register, txn, watch};
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// affinity (sessions through two gateway nodes over four backends, with backend and gateway churn).
     #[arg(long, value_delimiter = ',', default_value = "register,txn")]
     pub workload: Vec<String>,
+    /// How the register workload and its watch collectors reach the members: grpc (the store's own
+    /// API) or kube (their Kubernetes API, with kube-rs).
+    #[arg(long, default_value = "grpc", value_parser = ["grpc", "kube"])]
+    pub via: String,
     /// Lists of the txn workload.
     #[arg(long, default_value_t = 8)]
     pub lists: u64,
@@ -131,6 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .map(String::from)
         .to_vec(),
         env,
+        kube_api: args.via == "kube",
     };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -154,11 +159,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .map(|m| (m.id, m.addr.clone()))
         .collect();
     let admin = cluster.pki().admin_security();
+    let chans = register::channels(&addrs, &admin);
+    let kube_apis = if args.via == "kube" {
+        Some(Arc::new(kube_api::apis(&cluster).await?))
+    } else {
+        None
+    };
+    let conns = match &kube_apis {
+        Some(apis) => apis
+            .iter()
+            .map(|(id, a)| (*id, register::Conn::Kube(a.clone())))
+            .collect(),
+        None => chans
+            .iter()
+            .map(|(id, c)| (*id, register::Conn::Grpc(c.clone())))
+            .collect(),
+    };
     let cluster = tokio::sync::Mutex::new(cluster);
     let until = Instant::now() + Duration::from_secs(args.time_limit);
     let ctx = Arc::new(register::Clients {
         stride: args.clients as i64,
-        chans: register::channels(&addrs, &admin),
+        chans,
+        conns,
         keys: args.keys,
         rec: rec.clone(),
         next_value: AtomicI64::new(1),
@@ -168,12 +190,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let stop_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let collectors: Vec<_> = (0..addrs.len())
         .map(|i| {
-            tokio::spawn(watch::collector(
-                watch_chans.clone(),
-                i,
-                stop_at.clone(),
-                until + Duration::from_secs(120),
-            ))
+            let deadline = until + Duration::from_secs(120);
+            match &kube_apis {
+                Some(apis) => tokio::spawn(kube_api::collector(
+                    apis.clone(),
+                    i,
+                    stop_at.clone(),
+                    deadline,
+                )),
+                None => tokio::spawn(watch::collector(
+                    watch_chans.clone(),
+                    i,
+                    stop_at.clone(),
+                    deadline,
+                )),
+            }
         })
         .collect();
     let mut tasks = Vec::new();
@@ -257,7 +288,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             if !register_on || leader.is_err() || Instant::now() >= final_deadline {
                 break;
             }
-            let (node, ch) = &ctx.chans[(k as usize + attempt) % ctx.chans.len()];
+            let (node, ch) = &ctx.conns[(k as usize + attempt) % ctx.conns.len()];
             let mut inv =
                 Recorder::event(final_process, Kind::Invoke, "read", Some(&key), Value::Null);
             inv.node = Some(*node);
@@ -403,6 +434,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let results = json!({
         "valid": match valid { Validity::True => json!(true), Validity::False => json!(false), Validity::Unknown => json!("unknown") },
         "workload": args.workload,
+        "via": args.via,
         "nodes": args.nodes,
         "time_limit_s": args.time_limit,
         "nemesis": args.nemesis,

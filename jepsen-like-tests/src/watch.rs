@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 /// Silence longer than this (no event, no bookmark) ends a connection.
-const SILENCE: Duration = Duration::from_secs(3);
+pub const SILENCE: Duration = Duration::from_secs(3);
 
 /// One revision's events as a collector received them: key → value (None: deleted).
 pub type RevEvents = BTreeMap<String, Option<String>>;

@@ -8,7 +8,9 @@ use crate::gateway::{GatewayClassSpec, GatewaySpec};
 use crate::grpcroute::GrpcRouteSpec;
 use crate::httproute::HttpRouteSpec;
 use crate::kinds::{self, BACKEND_TLS_POLICY_LEGACY_VERSION, KindInfo, ObjectKey};
-use crate::meta::{InputMeta, NameRule, validate_annotations, validate_labels, validate_name};
+use crate::meta::{
+    InputMeta, NameRule, validate_annotations, validate_finalizers, validate_labels, validate_name,
+};
 use crate::parse::Document;
 use crate::policy::{
     BackendLbPolicySpec, BackendTlsPolicySpec, ReferenceGrantSpec,
@@ -25,7 +27,7 @@ use std::fmt;
 pub struct Admitted {
     pub key: ObjectKey,
     /// The object to store: storage apiVersion, defaults applied, `metadata` reduced to what a user may
-    /// set (name, namespace, labels, annotations), no `status`.
+    /// set (name, namespace, labels, annotations, finalizers, managedFields), no `status`.
     pub object: Value,
     /// `metadata.resourceVersion` of the document, a precondition of the write.
     pub expected_resource_version: Option<u64>,
@@ -67,7 +69,10 @@ const ENVELOPE: &[&str] = &["apiVersion", "kind", "metadata", "status"];
 /// Admits one document.
 /// Admits one document. The error is boxed: it is large, and the success path is the common one.
 pub fn admit(doc: &Document) -> Result<Admitted, Box<DocumentError>> {
-    let obj = doc.value.as_object();
+    // As kube-apiserver does for custom resources: explicit nulls are pruned before defaulting
+    // (`hostnames: null` is no hostnames), and validation sees the pruned object.
+    let pruned = prune_nulls(&doc.value);
+    let obj = pruned.as_object();
     let get_str = |k: &str| {
         obj.and_then(|o| o.get(k))
             .and_then(Value::as_str)
@@ -167,6 +172,7 @@ pub fn admit(doc: &Document) -> Result<Admitted, Box<DocumentError>> {
         &Path::root("metadata.annotations"),
         &meta.annotations,
     );
+    validate_finalizers(&mut v, &Path::root("metadata.finalizers"), &meta.finalizers);
     let expected_resource_version = match meta.resource_version.as_deref() {
         None | Some("") => None,
         Some(s) => match s.parse::<u64>() {
@@ -208,6 +214,12 @@ pub fn admit(doc: &Document) -> Result<Admitted, Box<DocumentError>> {
     if !meta.annotations.is_empty() {
         metadata.insert("annotations".into(), json!(meta.annotations));
     }
+    if !meta.finalizers.is_empty() {
+        metadata.insert("finalizers".into(), json!(meta.finalizers));
+    }
+    if let Some(m) = meta.managed_fields {
+        metadata.insert("managedFields".into(), Value::Array(m));
+    }
     let mut object = Map::new();
     object.insert("apiVersion".into(), json!(info.storage_api_version()));
     object.insert("kind".into(), json!(info.kind));
@@ -218,6 +230,39 @@ pub fn admit(doc: &Document) -> Result<Admitted, Box<DocumentError>> {
         object: Value::Object(object),
         expected_resource_version,
     })
+}
+
+/// The object without its `null` fields (in objects at any depth; list items stay).
+fn prune_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), prune_nulls(x)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(prune_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether a kind has rules over its previous version (the CRDs' transition rules, `oldSelf`).
+pub fn has_transition_rules(kind: &str) -> bool {
+    kind == "GatewayClass"
+}
+
+/// The transition rules of an update from `old` to `new` (admitted objects of one kind), as the
+/// CRDs state them: a GatewayClass's `spec.controllerName` is immutable.
+pub fn transition_errors(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+    match kind {
+        "GatewayClass" if old["spec"]["controllerName"] != new["spec"]["controllerName"] => {
+            vec![FieldError {
+                path: "spec.controllerName".into(),
+                message: "Invalid value: \"string\": Value is immutable".into(),
+            }]
+        }
+        _ => vec![],
+    }
 }
 
 /// Deserializes `value` into `T`, reporting the failing field's path under `prefix`.

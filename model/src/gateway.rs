@@ -4,10 +4,11 @@
 use crate::meta::LabelSelector;
 use crate::route::gateway_group;
 use crate::validate::{Path, RE_ADDRESS_TYPE, RE_HOSTNAME, RE_PROTOCOL, Validator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayClassSpec {
     pub controller_name: String,
@@ -17,7 +18,7 @@ pub struct GatewayClassSpec {
     pub parameters_ref: Option<ParametersReference>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParametersReference {
     pub group: String,
@@ -45,7 +46,7 @@ impl GatewayClassSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewaySpec {
     pub gateway_class_name: String,
@@ -60,7 +61,7 @@ fn ip_address() -> String {
     "IPAddress".to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayAddress {
     #[serde(default = "ip_address", rename = "type")]
@@ -68,7 +69,7 @@ pub struct GatewayAddress {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayInfrastructure {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -79,7 +80,7 @@ pub struct GatewayInfrastructure {
     pub parameters_ref: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
@@ -93,7 +94,7 @@ pub struct Listener {
     pub allowed_routes: AllowedRoutes,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedRoutes {
     #[serde(default)]
@@ -102,7 +103,7 @@ pub struct AllowedRoutes {
     pub kinds: Vec<RouteGroupKind>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum FromNamespaces {
     All,
     Selector,
@@ -110,7 +111,7 @@ pub enum FromNamespaces {
     Same,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteNamespaces {
     #[serde(default)]
@@ -119,7 +120,7 @@ pub struct RouteNamespaces {
     pub selector: Option<LabelSelector>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteGroupKind {
     #[serde(default = "gateway_group")]
@@ -127,7 +128,7 @@ pub struct RouteGroupKind {
     pub kind: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum TlsMode {
     #[default]
     Terminate,
@@ -138,7 +139,7 @@ fn secret_kind() -> String {
     "Secret".to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretObjectReference {
     #[serde(default)]
@@ -150,7 +151,7 @@ pub struct SecretObjectReference {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayTlsConfig {
     #[serde(default)]
@@ -163,7 +164,7 @@ pub struct GatewayTlsConfig {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FrontendTlsValidation {
     #[serde(default)]
@@ -171,7 +172,7 @@ pub struct FrontendTlsValidation {
 }
 
 /// `ObjectReference` (group, kind, name, optional namespace), as frontendValidation uses it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectReference {
     pub group: String,
@@ -241,6 +242,12 @@ impl GatewaySpec {
             let ip = ap.index(i);
             v.string(&ip.field("type"), &a.kind, 1, 253, &RE_ADDRESS_TYPE);
             v.len(&ip.field("value"), &a.value, 1, 253);
+            // The CRD's `anyOf: [{format: ipv4}, {format: ipv6}]` for IPAddress values.
+            v.rule(
+                &ip.field("value"),
+                a.kind != "IPAddress" || a.value.parse::<std::net::IpAddr>().is_ok(),
+                "must be an IPv4 or IPv6 address (formats ipv4, ipv6)",
+            );
             v.rule(
                 &ip,
                 a.kind != "Hostname" || RE_HOSTNAME.is_match(&a.value),

@@ -7,9 +7,10 @@ use crate::route::{
     SessionPersistence, validate_hostnames, validate_parent_refs,
 };
 use crate::validate::{Path, RE_GRPC_METHOD, RE_GRPC_SERVICE, Validator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -20,7 +21,7 @@ pub struct GrpcRouteSpec {
     pub rules: Vec<GrpcRouteRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -33,7 +34,7 @@ pub struct GrpcRouteRule {
     pub session_persistence: Option<SessionPersistence>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,7 +43,7 @@ pub struct GrpcRouteMatch {
     pub headers: Vec<GrpcHeaderMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcMethodMatch {
     #[serde(default, rename = "type")]
@@ -53,7 +54,7 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcHeaderMatch {
     #[serde(default, rename = "type")]
@@ -62,7 +63,7 @@ pub struct GrpcHeaderMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum GrpcRouteFilterType {
     ResponseHeaderModifier,
     RequestHeaderModifier,
@@ -70,7 +71,7 @@ pub enum GrpcRouteFilterType {
     ExtensionRef,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteFilter {
     #[serde(rename = "type")]

@@ -1,6 +1,7 @@
 //! gw-model: Gateway API v1.1 resources (standard and experimental channels) and the core Kubernetes
 //! objects they refer to, as Rust types; parsing of multi-document YAML/JSON; validation that re-states
-//! the CRD schemas and CEL rules; version conversion; the kind registry. Pure: no I/O.
+//! the CRD schemas and CEL rules; version conversion; the kind registry; the Kubernetes API's patch
+//! formats and selectors. Pure: no I/O.
 
 pub mod admit;
 pub mod affinity;
@@ -10,10 +11,14 @@ pub mod gateway;
 pub mod grpcroute;
 pub mod httproute;
 pub mod kinds;
+pub mod managed;
 pub mod meta;
 pub mod parse;
+pub mod patch;
 pub mod policy;
 pub mod route;
+pub mod schema;
+pub mod selector;
 pub mod validate;
 
 pub use admit::{Admitted, DocumentError, admit};

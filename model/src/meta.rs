@@ -30,12 +30,18 @@ pub struct InputMeta {
     pub _generation: Option<serde_json::Value>,
     #[serde(default, rename = "creationTimestamp")]
     pub _creation_timestamp: Option<serde_json::Value>,
-    #[serde(default, rename = "managedFields")]
-    pub _managed_fields: Option<serde_json::Value>,
+    /// Who owns which fields (server-side apply); kept as given, maintained by the Kubernetes API.
+    #[serde(default)]
+    pub managed_fields: Option<Vec<serde_json::Value>>,
     #[serde(default, rename = "selfLink")]
     pub _self_link: Option<serde_json::Value>,
-    #[serde(default, rename = "finalizers")]
-    pub _finalizers: Option<serde_json::Value>,
+    /// What must happen before the object may go: a delete only marks it until the list is empty.
+    #[serde(default)]
+    pub finalizers: Vec<String>,
+    #[serde(default, rename = "deletionTimestamp")]
+    pub _deletion_timestamp: Option<serde_json::Value>,
+    #[serde(default, rename = "deletionGracePeriodSeconds")]
+    pub _deletion_grace_period_seconds: Option<serde_json::Value>,
     #[serde(default, rename = "ownerReferences")]
     pub _owner_references: Option<serde_json::Value>,
 }
@@ -127,6 +133,17 @@ pub fn validate_labels(v: &mut Validator, path: &Path, labels: &BTreeMap<String,
     }
 }
 
+/// Finalizers are qualified names (`example.com/cleanup`), each at most once.
+pub fn validate_finalizers(v: &mut Validator, path: &Path, finalizers: &[String]) {
+    for (i, f) in finalizers.iter().enumerate() {
+        let p = path.index(i);
+        validate_qualified_key(v, &p, f);
+        if finalizers[..i].contains(f) {
+            v.error(&p, format!("Duplicate value: {f:?}"));
+        }
+    }
+}
+
 /// Total size limit of all annotations, as the Kubernetes API server enforces it.
 pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 
@@ -149,7 +166,7 @@ pub fn validate_annotations(
 }
 
 /// Selects objects by their labels (`matchLabels` AND `matchExpressions`), as Kubernetes defines it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -158,7 +175,7 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     pub key: String,

@@ -4,6 +4,7 @@
 use crate::duration;
 use crate::kinds::GATEWAY_GROUP;
 use crate::validate::{Path, Validator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub(crate) fn gateway_group() -> String {
@@ -20,7 +21,7 @@ fn weight_one() -> i64 {
 }
 
 /// `ParentReference`: the Gateway (or, for mesh routes, the Service) a route attaches to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentReference {
     #[serde(default = "gateway_group")]
@@ -96,7 +97,7 @@ pub fn validate_parent_refs(v: &mut Validator, p: &Path, refs: &[ParentReference
 }
 
 /// `BackendObjectReference`: a Service (by default) and port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendObjectReference {
     #[serde(default)]
@@ -150,7 +151,7 @@ fn validate_backend_object_ref(
 }
 
 /// A weighted backend of a route rule, with its own filters (`F` is the route's filter type).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef<F> {
     #[serde(default)]
@@ -165,6 +166,7 @@ pub struct BackendRef<F> {
     #[serde(default = "weight_one")]
     pub weight: i64,
     #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub filters: Vec<F>,
 }
 
@@ -196,7 +198,7 @@ impl<F> BackendRef<F> {
 }
 
 /// A header name and value, as header modifiers use them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHeader {
     pub name: String,
@@ -204,7 +206,7 @@ pub struct HttpHeader {
 }
 
 /// `HTTPHeaderFilter`: RequestHeaderModifier and ResponseHeaderModifier.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,14 +235,14 @@ impl HeaderModifier {
 }
 
 /// `HTTPRequestMirrorFilter` (v1.1: no percent or fraction yet).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMirror {
     pub backend_ref: BackendObjectReference,
 }
 
 /// `LocalObjectReference` (extensionRef, caCertificateRefs of BackendTLSPolicy).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalObjectReference {
     pub group: String,
@@ -257,7 +259,7 @@ impl LocalObjectReference {
 }
 
 /// Whether the session is carried in a cookie or a header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum SessionPersistenceType {
     #[default]
     Cookie,
@@ -265,14 +267,14 @@ pub enum SessionPersistenceType {
 }
 
 /// Whether a persistence cookie lives for the browser session or carries an expiry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum CookieLifetimeType {
     #[default]
     Session,
     Permanent,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CookieConfig {
     #[serde(default)]
@@ -280,7 +282,7 @@ pub struct CookieConfig {
 }
 
 /// `SessionPersistence` (GEP-1619), on route rules and in BackendLBPolicy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionPersistence {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,6 +26,10 @@ pub struct Event {
     pub key: ObjectKey,
     /// After the change; for a delete, the last state with resourceVersion set to the delete's revision.
     pub object: Arc<Value>,
+    /// Before the change (`None`: the change created it), so that the state at an earlier revision can
+    /// be rebuilt (lists at one revision, page after page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<Arc<Value>>,
 }
 
 /// Every change of one committed transaction.
@@ -85,11 +89,31 @@ fn user_content(obj: &Value) -> Value {
         map.remove("status");
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.retain(|k, _| {
-                matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations")
+                matches!(
+                    k.as_str(),
+                    "name"
+                        | "namespace"
+                        | "labels"
+                        | "annotations"
+                        | "finalizers"
+                        | "managedFields"
+                )
             });
         }
     }
     out
+}
+
+/// Whether an object is being deleted (it had finalizers when it was deleted).
+fn terminating(obj: &Value) -> bool {
+    obj["metadata"].get("deletionTimestamp").is_some()
+}
+
+/// Whether an object has finalizers left.
+fn has_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 /// The content that `generation` tracks: everything but metadata and status.
@@ -185,6 +209,34 @@ impl State {
     /// Every object, in key order.
     pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<Value>)> {
         self.objects.iter()
+    }
+
+    /// `list` as it was at `revision` (at most the current one), rebuilt from the current objects by
+    /// undoing the changes after it; `Compacted` when those changes have left the history.
+    pub fn list_at(
+        &self,
+        revision: u64,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Vec<(ObjectKey, Arc<Value>)>, Compacted> {
+        let mut at: BTreeMap<ObjectKey, Arc<Value>> = self
+            .list(group, kind, namespace)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let matches = |k: &ObjectKey| {
+            (kind.is_empty() || (k.group == group && k.kind == kind))
+                && (namespace.is_empty() || k.namespace == namespace)
+        };
+        for rev in self.events_after(revision)?.iter().rev() {
+            for e in rev.events.iter().rev().filter(|e| matches(&e.key)) {
+                match &e.prev {
+                    Some(p) => at.insert(e.key.clone(), p.clone()),
+                    None => at.remove(&e.key),
+                };
+            }
+        }
+        Ok(at.into_iter().collect())
     }
 
     /// The events of every revision after `after`, oldest first.
@@ -304,7 +356,9 @@ impl State {
             }
             let current = self.objects.get(key).map(|o| resource_version(o));
             let expected = match op {
-                Op::Put { expected_rv, .. } | Op::Delete { expected_rv, .. } => *expected_rv,
+                Op::Put { expected_rv, .. }
+                | Op::Delete { expected_rv, .. }
+                | Op::Status { expected_rv, .. } => *expected_rv,
                 _ => None,
             };
             // Expected resourceVersion 0 means "must not exist yet" (create-only).
@@ -343,7 +397,15 @@ impl State {
             } => {
                 let mut obj = object.clone();
                 obj.as_object_mut().map(|m| m.remove("status"));
-                match self.objects.get(key) {
+                let old = self.objects.get(key);
+                // A document without managedFields leaves them as they are (only the Kubernetes API
+                // maintains them).
+                if let Some(m) = old.and_then(|o| o["metadata"].get("managedFields"))
+                    && obj["metadata"].get("managedFields").is_none()
+                {
+                    obj["metadata"]["managedFields"] = m.clone();
+                }
+                match old {
                     None => {
                         let meta = &mut obj["metadata"];
                         meta["uid"] = json!(uid);
@@ -353,7 +415,10 @@ impl State {
                         if let Some(status) = default_status(&key.group, &key.kind) {
                             obj["status"] = status;
                         }
-                        (result(key, Action::Created, new_rev), Some(put(key, obj)))
+                        (
+                            result(key, Action::Created, new_rev),
+                            Some(put(key, obj, None)),
+                        )
                     }
                     Some(old) if user_content(old) == user_content(&obj) => {
                         (result(key, Action::Unchanged, resource_version(old)), None)
@@ -362,22 +427,60 @@ impl State {
                         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1)
                             + i64::from(spec_content(old) != spec_content(&obj));
                         let meta = &mut obj["metadata"];
-                        meta["uid"] = old["metadata"]["uid"].clone();
+                        for kept in [
+                            "uid",
+                            "creationTimestamp",
+                            "deletionTimestamp",
+                            "deletionGracePeriodSeconds",
+                        ] {
+                            if let Some(v) = old["metadata"].get(kept) {
+                                meta[kept] = v.clone();
+                            }
+                        }
                         meta["resourceVersion"] = rv_str;
                         meta["generation"] = json!(generation);
-                        meta["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
                         if let Some(status) = old.get("status") {
                             obj["status"] = status.clone();
                         }
+                        // The last finalizer of an object being deleted is gone: it goes.
+                        if terminating(old) && !has_finalizers(&obj) {
+                            return (
+                                result(key, Action::Deleted, new_rev),
+                                Some(Event {
+                                    kind: EventKind::Delete,
+                                    key: key.clone(),
+                                    object: Arc::new(obj),
+                                    prev: Some(old.clone()),
+                                }),
+                            );
+                        }
                         (
                             result(key, Action::Configured, new_rev),
-                            Some(put(key, obj)),
+                            Some(put(key, obj, Some(old))),
                         )
                     }
                 }
             }
             Op::Delete { key, .. } => match self.objects.get(key) {
                 None => (result(key, Action::NotFound, 0), None),
+                // Finalizers hold a delete: the object is marked, and goes when the last one is removed.
+                Some(old) if terminating(old) => (
+                    result(key, Action::Terminating, resource_version(old)),
+                    None,
+                ),
+                Some(old) if has_finalizers(old) => {
+                    let mut obj = (**old).clone();
+                    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                    let meta = &mut obj["metadata"];
+                    meta["deletionTimestamp"] = json!(rfc3339(self.time_ms));
+                    meta["deletionGracePeriodSeconds"] = json!(0);
+                    meta["generation"] = json!(generation);
+                    meta["resourceVersion"] = rv_str;
+                    (
+                        result(key, Action::Terminating, new_rev),
+                        Some(put(key, obj, Some(old))),
+                    )
+                }
                 Some(old) => {
                     let mut obj = (**old).clone();
                     obj["metadata"]["resourceVersion"] = rv_str;
@@ -385,6 +488,7 @@ impl State {
                         kind: EventKind::Delete,
                         key: key.clone(),
                         object: Arc::new(obj),
+                        prev: Some(old.clone()),
                     };
                     (result(key, Action::Deleted, new_rev), Some(event))
                 }
@@ -394,6 +498,7 @@ impl State {
                 status,
                 expected_uid,
                 expected_generation,
+                ..
             } => {
                 let Some(old) = self.objects.get(key) else {
                     return (result(key, Action::Skipped, 0), None);
@@ -413,15 +518,16 @@ impl State {
                 obj["metadata"]["resourceVersion"] = rv_str;
                 (
                     result(key, Action::StatusUpdated, new_rev),
-                    Some(put(key, obj)),
+                    Some(put(key, obj, Some(old))),
                 )
             }
             Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
                 let key = op.key();
-                let old = self.objects.get(key).map(|o| &**o);
+                let stored = self.objects.get(key);
+                let old = stored.map(|o| &**o);
                 match crate::session::plan(op, old, self.time_ms, new_rev) {
                     session::Planned::Put(action, obj) => {
-                        (result(key, action, new_rev), Some(put(key, obj)))
+                        (result(key, action, new_rev), Some(put(key, obj, stored)))
                     }
                     session::Planned::Delete(obj) => (
                         result(key, Action::Deleted, new_rev),
@@ -429,6 +535,7 @@ impl State {
                             kind: EventKind::Delete,
                             key: key.clone(),
                             object: Arc::new(obj),
+                            prev: stored.cloned(),
                         }),
                     ),
                     session::Planned::Nothing(action) => (
@@ -486,11 +593,12 @@ fn result(key: &ObjectKey, action: Action, resource_version: u64) -> OpResult {
     }
 }
 
-fn put(key: &ObjectKey, obj: Value) -> Event {
+fn put(key: &ObjectKey, obj: Value, prev: Option<&Arc<Value>>) -> Event {
     Event {
         kind: EventKind::Put,
         key: key.clone(),
         object: Arc::new(obj),
+        prev: prev.cloned(),
     }
 }
 

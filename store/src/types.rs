@@ -110,6 +110,10 @@ pub enum Op {
         status: Value,
         expected_uid: Option<String>,
         expected_generation: Option<i64>,
+        /// Precondition of the whole transaction (unlike uid and generation, which skip): the stored
+        /// object's resourceVersion.
+        #[serde(default)]
+        expected_rv: Option<u64>,
     },
     /// Session affinity: records activity on a session at committed time, creating its entry from
     /// `spec` if it has none yet (and its token is recent enough). Never fails the transaction.
@@ -177,6 +181,9 @@ pub enum Action {
     NotFound,
     StatusUpdated,
     Skipped,
+    /// A delete held by finalizers: the object is marked (`deletionTimestamp`) and goes when its last
+    /// finalizer is removed.
+    Terminating,
 }
 
 impl Action {
@@ -189,6 +196,7 @@ impl Action {
             Action::NotFound => "not found",
             Action::StatusUpdated => "status updated",
             Action::Skipped => "skipped",
+            Action::Terminating => "deletion pending",
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct MemberProc {
     pub addr: String,
     /// Its Raft transport.
     pub peer_addr: String,
+    /// Its Kubernetes API, when the cluster serves it.
+    pub kube_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Flags given at every start of this member.
@@ -56,6 +58,8 @@ pub struct ClusterOptions {
     pub ip_prefix: Option<String>,
     /// Environment of every member (the null controls' hidden switches).
     pub env: Vec<(String, String)>,
+    /// Serve the Kubernetes API on every member (`--kube-listen`, see `Cluster::kubeconfig`).
+    pub kube_api: bool,
 }
 
 impl Cluster {
@@ -106,8 +110,15 @@ impl Cluster {
                 "--region".into(),
                 format!("region-{id}"),
             ];
+            let kube_addr = opts
+                .kube_api
+                .then(|| format!("{}:{}", host(id), free_port()));
+            if let Some(k) = &kube_addr {
+                args.extend(["--kube-listen".to_string(), k.clone()]);
+            }
             args.extend(opts.extra_args.iter().cloned());
             cluster.add_member(id, addr.clone(), peer_addr.clone(), args, opts.env.clone())?;
+            cluster.member_mut(id).kube_addr = kube_addr;
         }
         for id in 1..=n {
             cluster.spawn(id)?;
@@ -124,15 +135,17 @@ impl Cluster {
         mut args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<()> {
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
         let tls = self
             .pki
-            .issue(&format!("member-{id}"), &Identity::Member(id))?;
+            .issue_for(&format!("member-{id}"), &Identity::Member(id), &[host])?;
         args.extend(TlsArgs::of(&tls).to_args());
         args.extend(["--peer-listen".to_string(), peer_addr.clone()]);
         self.members.push(MemberProc {
             id,
             addr,
             peer_addr,
+            kube_addr: None,
             data_dir: self.dir.join(format!("member-{id}")),
             log: self.dir.join(format!("member-{id}.log")),
             args,
@@ -145,6 +158,38 @@ impl Cluster {
     /// The cluster's PKI: its CA, the admin's certificate, and more on demand (gateway nodes).
     pub fn pki(&self) -> &Pki {
         &self.pki
+    }
+
+    /// `n` members on loopback serving the Kubernetes API too (`extra_args` for every member), with a
+    /// leader elected: for tests of Kubernetes clients (`kubeconfig`, `kube_addr`).
+    pub async fn start_kube(n: u64, extra_args: &[&str]) -> anyhow::Result<Cluster> {
+        let c = Cluster::start(
+            n,
+            ClusterOptions {
+                kube_api: true,
+                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            },
+        )?;
+        c.wait_for_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    /// A member's Kubernetes API (`HOST:PORT`; the cluster must be started with `kube_api`).
+    pub fn kube_addr(&self, id: u64) -> &str {
+        self.member(id)
+            .kube_addr
+            .as_deref()
+            .expect("a cluster started with kube_api")
+    }
+
+    /// A kubeconfig file for member `id`'s Kubernetes API, as the admin.
+    pub fn kubeconfig(&self, id: u64) -> anyhow::Result<PathBuf> {
+        let kc = gw_client::kubeconfig::kubeconfig(self.kube_addr(id), &self.pki.admin(), "gw")
+            .map_err(anyhow::Error::msg)?;
+        let path = self.dir.join(format!("kubeconfig-{id}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&kc)?)?;
+        Ok(path)
     }
 
     fn member(&self, id: u64) -> &MemberProc {

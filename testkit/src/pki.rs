@@ -33,10 +33,24 @@ impl Pki {
         &self.dir
     }
 
-    /// A certificate for `identity`, written as `NAME.crt`/`NAME.key` beside the CA.
+    /// A certificate for `identity`, written as `NAME.crt`/`NAME.key` beside the CA, good for the
+    /// loopback names too (`127.0.0.1`, `localhost`: kubectl checks a server's name).
     pub fn issue(&self, name: &str, identity: &Identity) -> anyhow::Result<TlsFiles> {
+        self.issue_for(name, identity, &[])
+    }
+
+    /// As `issue`, good for `hosts` too (a member's own address, for clients that check it).
+    pub fn issue_for(
+        &self,
+        name: &str,
+        identity: &Identity,
+        hosts: &[&str],
+    ) -> anyhow::Result<TlsFiles> {
+        let mut all = loopback();
+        all.extend(hosts.iter().map(|h| h.to_string()));
+        all.dedup();
         self.ca
-            .issue_to(&self.dir, name, identity, DEFAULT_DAYS)
+            .issue_to(&self.dir, name, identity, DEFAULT_DAYS, &all)
             .map_err(|e| anyhow!(e))
     }
 
@@ -52,4 +66,8 @@ impl Pki {
                 .expect("the admin certificate this PKI issued"),
         )
     }
+}
+
+fn loopback() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into()]
 }

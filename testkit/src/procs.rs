@@ -106,20 +106,26 @@ impl Children {
     }
 
     /// Starts a one-member store with its API on `addr` (Raft on a free port beside it), its data and
-    /// log under `dir`, and a member certificate from `pki`.
-    pub fn spawn_store(&mut self, addr: &str, dir: &Path, pki: &Pki) -> anyhow::Result<()> {
+    /// log under `dir`, and a member certificate from `pki`; its Kubernetes API on `kube` if given.
+    pub fn spawn_store(
+        &mut self,
+        addr: &str,
+        kube: Option<&str>,
+        dir: &Path,
+        pki: &Pki,
+    ) -> anyhow::Result<()> {
         let ip = addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
         let peer = format!("{ip}:{}", free_port());
-        let tls = pki.issue("member-1", &Identity::Member(1))?;
-        self.spawn(
-            "gw-api-server",
-            &dir.join("store.log"),
-            Command::new(bin("gw-api-server")?)
-                .args(["--id", "1", "--listen", addr, "--peer-listen", &peer])
-                .args(["--peers", &format!("1={addr}/{peer}")])
-                .args(TlsArgs::of(&tls).to_args())
-                .arg("--data-dir")
-                .arg(dir.join("store")),
-        )
+        let tls = pki.issue_for("member-1", &Identity::Member(1), &[ip])?;
+        let mut cmd = Command::new(bin("gw-api-server")?);
+        cmd.args(["--id", "1", "--listen", addr, "--peer-listen", &peer])
+            .args(["--peers", &format!("1={addr}/{peer}")])
+            .args(TlsArgs::of(&tls).to_args())
+            .arg("--data-dir")
+            .arg(dir.join("store"));
+        if let Some(k) = kube {
+            cmd.args(["--kube-listen", k]);
+        }
+        self.spawn("gw-api-server", &dir.join("store.log"), &mut cmd)
     }
 }

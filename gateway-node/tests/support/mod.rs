@@ -43,7 +43,7 @@ impl Store {
             name: name.into(),
         };
         let files = ca
-            .issue_to(&self.pki, &format!("node-{name}"), &identity, 30)
+            .issue_to(&self.pki, &format!("node-{name}"), &identity, 30, &[])
             .unwrap();
         TlsArgs::of(&files).to_args()
     }

@@ -253,3 +253,58 @@ fn metadata_rules() {
         json!({"name": "a", "namespace": "default"})
     );
 }
+
+#[test]
+fn explicit_nulls_are_pruned_before_defaulting() {
+    let a = admit_one(&format!(
+        "{ROUTE_HEAD}spec:\n  hostnames: null\n  parentRefs: [{{name: gw, port: null}}]\n  rules:\n  - matches: null\n    backendRefs: [{{name: svc, port: 80, weight: null}}]\n"
+    ))
+    .unwrap();
+    let spec = &a.object["spec"];
+    assert!(
+        spec.get("hostnames").is_none_or(|h| h == &json!([])),
+        "{spec}"
+    );
+    assert!(spec["parentRefs"][0].get("port").is_none(), "{spec}");
+    assert_eq!(
+        spec["rules"][0]["matches"][0]["path"]["type"], "PathPrefix",
+        "a null list gets the default"
+    );
+    assert_eq!(spec["rules"][0]["backendRefs"][0]["weight"], 1);
+}
+
+#[test]
+fn gateway_ip_addresses_are_checked_as_ipv4_or_ipv6() {
+    let gw = |value: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: app}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n  addresses: [{{type: IPAddress, value: \"{value}\"}}]\n"
+        )
+    };
+    assert!(admit_one(&gw("10.0.0.1")).is_ok());
+    assert!(admit_one(&gw("fd00::1")).is_ok());
+    for bad in ["10.0.0.256", "not-an-ip", "10.0.0"] {
+        assert_eq!(
+            error_paths(&gw(bad)),
+            vec!["spec.addresses[0].value"],
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn gateway_class_controller_name_is_immutable() {
+    let class = |controller: &str| {
+        admit_one(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: c}}\nspec: {{controllerName: {controller}}}\n"
+        ))
+        .unwrap()
+        .object
+    };
+    let (a, b) = (class("example.com/a"), class("example.com/b"));
+    assert!(has_transition_rules("GatewayClass"));
+    assert!(transition_errors("GatewayClass", &a, &a).is_empty());
+    let errs = transition_errors("GatewayClass", &a, &b);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "spec.controllerName");
+    assert!(errs[0].message.contains("Value is immutable"));
+}

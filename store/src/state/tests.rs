@@ -89,6 +89,7 @@ fn status_is_a_subresource() {
             status: status.clone(),
             expected_uid: None,
             expected_generation: Some(1),
+            expected_rv: None,
         }],
     )
     .unwrap();
@@ -116,6 +117,7 @@ fn status_is_a_subresource() {
             status: json!({}),
             expected_uid: None,
             expected_generation: Some(1),
+            expected_rv: None,
         }],
     )
     .unwrap();
@@ -127,11 +129,28 @@ fn status_is_a_subresource() {
             status: json!({}),
             expected_uid: None,
             expected_generation: None,
+            expected_rv: None,
         }],
     )
     .unwrap();
     assert_eq!(actions(&o), vec![Action::Skipped]);
     assert_eq!(s.revision(), 3);
+    // A resourceVersion precondition fails the transaction instead.
+    let stale = Op::Status {
+        key: key("a"),
+        status: json!({"x": 1}),
+        expected_uid: None,
+        expected_generation: None,
+        expected_rv: Some(2),
+    };
+    assert!(matches!(
+        apply(&mut s, vec![stale]),
+        Err(TxnError::Conflict {
+            expected: 2,
+            actual: 3,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -379,4 +398,107 @@ fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
     at(&mut s, purge_at, expire).unwrap();
     assert!(s.get(&k).is_none());
     assert!(s.sessions_to_sweep(u64::MAX, 10).is_empty());
+}
+
+fn delete_op(name: &str) -> Op {
+    Op::Delete {
+        key: key(name),
+        expected_rv: None,
+        ignore_missing: false,
+    }
+}
+
+fn data_at(s: &State, revision: u64) -> Vec<(String, String)> {
+    s.list_at(revision, "", "ConfigMap", "default")
+        .unwrap()
+        .into_iter()
+        .map(|(k, o)| (k.name, o["data"]["k"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn lists_at_an_earlier_revision_undo_the_changes_since() {
+    let mut s = State::new(4);
+    apply(&mut s, vec![put_op("a", "1", None), put_op("b", "1", None)]).unwrap(); // 1
+    apply(&mut s, vec![put_op("a", "2", None)]).unwrap(); // 2
+    apply(&mut s, vec![delete_op("b"), put_op("c", "1", None)]).unwrap(); // 3
+    apply(&mut s, vec![put_op("d", "1", None)]).unwrap(); // 4
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(data_at(&s, 4), pairs(&[("a", "2"), ("c", "1"), ("d", "1")]));
+    assert_eq!(data_at(&s, 2), pairs(&[("a", "2"), ("b", "1")]));
+    assert_eq!(data_at(&s, 1), pairs(&[("a", "1"), ("b", "1")]));
+    assert!(data_at(&s, 0).is_empty());
+    assert_eq!(
+        s.list_at(2, "", "ConfigMap", "default").unwrap()[1].1["metadata"]["resourceVersion"],
+        "1",
+        "the object as it was, its resourceVersion included"
+    );
+    // One more revision pushes revision 1 out of a four-revision history.
+    apply(&mut s, vec![put_op("e", "1", None)]).unwrap(); // 5
+    assert!(s.list_at(0, "", "ConfigMap", "default").is_err());
+    assert_eq!(data_at(&s, 1), pairs(&[("a", "1"), ("b", "1")]));
+    // A snapshot keeps what is needed to go back.
+    let mut restored = State::new(4);
+    restored.install_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(data_at(&restored, 2), data_at(&s, 2));
+}
+
+#[test]
+fn finalizers_hold_a_delete_until_the_last_one_is_removed() {
+    let mut s = State::new(100);
+    let mut held = cm("a", "1");
+    held["metadata"]["finalizers"] = json!(["example.com/cleanup"]);
+    let put_obj = |object: Value| Op::Put {
+        key: key("a"),
+        object,
+        expected_rv: None,
+        uid: "u".into(),
+    };
+    apply(&mut s, vec![put_obj(held.clone())]).unwrap();
+    let o = apply(&mut s, vec![delete_op("a")]).unwrap();
+    assert_eq!((o.revision, actions(&o)), (2, vec![Action::Terminating]));
+    let a = s.get(&key("a")).unwrap().clone();
+    assert!(a["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(a["metadata"]["generation"], 2);
+    // Deleting again changes nothing; an update keeps the mark.
+    let o = apply(&mut s, vec![delete_op("a")]).unwrap();
+    assert_eq!((o.revision, actions(&o)), (2, vec![Action::Terminating]));
+    let mut changed = held.clone();
+    changed["data"]["k"] = json!("2");
+    apply(&mut s, vec![put_obj(changed.clone())]).unwrap();
+    assert_eq!(
+        s.get(&key("a")).unwrap()["metadata"]["deletionTimestamp"],
+        a["metadata"]["deletionTimestamp"]
+    );
+    // The last finalizer removed: the object is gone, and the delete event says so.
+    changed["metadata"]["finalizers"] = json!([]);
+    let (o, events) = s.apply_txn(&txn(vec![put_obj(changed)]));
+    assert_eq!(actions(&o.unwrap()), vec![Action::Deleted]);
+    assert_eq!(events.unwrap().events[0].kind, EventKind::Delete);
+    assert!(s.get(&key("a")).is_none());
+}
+
+#[test]
+fn managed_fields_stay_unless_a_document_brings_new_ones() {
+    let mut s = State::new(100);
+    let mut with = cm("a", "1");
+    with["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply"}]);
+    let put_obj = |object: Value| Op::Put {
+        key: key("a"),
+        object,
+        expected_rv: None,
+        uid: "u".into(),
+    };
+    apply(&mut s, vec![put_obj(with)]).unwrap();
+    let o = apply(&mut s, vec![put_obj(cm("a", "1"))]).unwrap();
+    assert_eq!(actions(&o), vec![Action::Unchanged]);
+    apply(&mut s, vec![put_obj(cm("a", "2"))]).unwrap();
+    assert_eq!(
+        s.get(&key("a")).unwrap()["metadata"]["managedFields"][0]["manager"],
+        "kubectl"
+    );
 }
