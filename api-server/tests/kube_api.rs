@@ -407,6 +407,32 @@ async fn kubectl_drives_the_store() {
         "{err}"
     );
 
+    // Unknown fields: refused by name (kubectl's default, Strict), dropped with a warning, or dropped.
+    let typo = k.write(
+        "typo.yaml",
+        &SSA_ROUTE
+            .replace("name: ssa", "name: typo")
+            .replace("hostnames:", "colour: blue\n  hostnames:"),
+    );
+    let err = k.fails(&["apply", "-f", &typo]);
+    assert!(
+        err.contains("The HTTPRoute \"typo\" is invalid: spec.colour: unknown field"),
+        "{err}"
+    );
+    let o = k.kubectl(&["apply", "--validate=warn", "-f", &typo]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("Warning: unknown field \"spec.colour\""),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(k.route_json("typo")["spec"].get("colour").is_none());
+    let o = k.kubectl(&["apply", "--validate=false", "-f", &typo]);
+    assert!(
+        o.status.success() && !text(&o.stderr).contains("Warning"),
+        "{o:?}"
+    );
+
     // A transition rule: a GatewayClass's controllerName is immutable.
     let class = k.write(
         "class.yaml",

@@ -122,27 +122,120 @@ pub fn kind_schema(info: &KindInfo, version: &str) -> KindSchema {
     }
 }
 
+impl KindSchema {
+    /// Removes from `obj`'s `spec` the fields its schema does not declare (objects with
+    /// `additionalProperties: false`: the types admission denies unknown fields in), and returns
+    /// their paths (`spec.rules[0].colour`): `fieldValidation=Warn|Ignore` of the Kubernetes API.
+    pub fn prune_unknown(&self, obj: &mut Value) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some(spec), Some(v)) = (self.schema["properties"].get("spec"), obj.get_mut("spec"))
+        {
+            self.prune(spec, v, "spec", &mut out);
+        }
+        out
+    }
+
+    /// The schema a `$ref`, `allOf` or nullable `anyOf` stands for.
+    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+        if let Some(name) = schema["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        {
+            return self
+                .components
+                .get(name)
+                .map_or(schema, |s| self.resolve(s));
+        }
+        for combinator in ["allOf", "anyOf", "oneOf"] {
+            if let Some(first) = schema[combinator].as_array().and_then(|alternatives| {
+                alternatives
+                    .iter()
+                    .find(|a| a.get("$ref").is_some() || a.get("properties").is_some())
+            }) {
+                return self.resolve(first);
+            }
+        }
+        schema
+    }
+
+    fn prune(&self, schema: &Value, v: &mut Value, path: &str, out: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        match v {
+            Value::Object(m) => {
+                let properties = schema["properties"].as_object();
+                let closed = schema["additionalProperties"] == Value::Bool(false);
+                let unknown: Vec<String> = m
+                    .keys()
+                    .filter(|k| closed && !properties.is_some_and(|p| p.contains_key(*k)))
+                    .cloned()
+                    .collect();
+                for k in unknown {
+                    m.remove(&k);
+                    out.push(format!("{path}.{k}"));
+                }
+                for (k, child) in m.iter_mut() {
+                    let at = format!("{path}.{k}");
+                    match properties.and_then(|p| p.get(k)) {
+                        Some(s) => self.prune(s, child, &at, out),
+                        None if schema["additionalProperties"].is_object() => {
+                            self.prune(&schema["additionalProperties"], child, &at, out)
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Value::Array(items) if schema.get("items").is_some() => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.prune(&schema["items"], item, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kinds::{self, GATEWAY_GROUP};
 
-    /// Follows `$ref`s within the components.
-    fn resolve<'a>(v: &'a Value, components: &'a Map<String, Value>) -> &'a Value {
-        match v["$ref"].as_str() {
-            Some(r) => &components[r.trim_start_matches("#/components/schemas/")],
-            None => v,
-        }
+    #[test]
+    fn unknown_fields_are_pruned_and_named() {
+        let info = kinds::by_group_kind(GATEWAY_GROUP, "HTTPRoute").unwrap();
+        let s = kind_schema(info, "v1");
+        let mut obj = json!({"spec": {
+            "colour": "blue",
+            "hostnames": ["a.example"],
+            "parentRefs": [{"name": "gw", "sectionNmae": "http"}],
+            "rules": [{"matches": [{"path": {"type": "Exact", "value": "/", "x": 1}}],
+                       "backendRefs": [{"name": "svc", "port": 80}]}],
+        }});
+        let mut unknown = s.prune_unknown(&mut obj);
+        unknown.sort();
+        assert_eq!(
+            unknown,
+            vec![
+                "spec.colour",
+                "spec.parentRefs[0].sectionNmae",
+                "spec.rules[0].matches[0].path.x"
+            ]
+        );
+        assert_eq!(
+            obj["spec"],
+            json!({"hostnames": ["a.example"], "parentRefs": [{"name": "gw"}],
+                   "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
+                              "backendRefs": [{"name": "svc", "port": 80}]}]})
+        );
     }
 
     #[test]
     fn an_httproute_schema_describes_its_rules_down_to_the_matches() {
         let info = kinds::by_group_kind(GATEWAY_GROUP, "HTTPRoute").unwrap();
         let k = kind_schema(info, "v1");
-        let spec = resolve(&k.schema["properties"]["spec"], &k.components);
+        let spec = k.resolve(&k.schema["properties"]["spec"]);
         let rules = &spec["properties"]["rules"];
         assert_eq!(rules["type"], "array");
-        let rule = resolve(&rules["items"], &k.components);
+        let rule = k.resolve(&rules["items"]);
         assert!(rule["properties"]["matches"].is_object(), "{rule}");
         assert!(rule["properties"]["backendRefs"].is_object());
         assert!(k.components.contains_key("ObjectMeta"));

@@ -59,6 +59,8 @@ pub struct Call {
     pub query: HashMap<String, String>,
     /// The client's `User-Agent`, whose program name is the default field manager.
     pub user_agent: String,
+    /// Warnings for the response (`Warning` headers, which kubectl prints).
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Call {
@@ -67,6 +69,14 @@ impl Call {
             .get(k)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// A warning for the response (once, however often a retried write finds it).
+    pub fn warn(&self, w: String) {
+        let mut list = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        if !list.contains(&w) {
+            list.push(w);
+        }
     }
 
     pub fn flag(&self, k: &str) -> bool {
@@ -136,6 +146,7 @@ impl KubeApi {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string(),
+            warnings: Default::default(),
         };
         let accept = req
             .headers()

@@ -57,9 +57,47 @@ pub async fn handle(
             req.uri().path()
         ))),
     };
-    match result {
+    let mut response = match result {
         Ok((code, body)) => json_response(code, &body),
         Err(f) => f.into(),
+    };
+    for w in call
+        .warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        // RFC 7234 warn-code 299 ("miscellaneous persistent warning"), as kube-apiserver sends.
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
+/// `fieldValidation`: Strict (kubectl's default) leaves unknown fields to admission, which refuses
+/// them by name; Warn (kube-apiserver's default) drops them with a warning each; Ignore drops them.
+/// For the Gateway API kinds only: of a built-in kind gw keeps the fields it uses and drops the
+/// others, which are not unknown to Kubernetes.
+fn field_validation(call: &Call, r: &ResourcePath, obj: &mut Value) -> Result<(), Failure> {
+    let mode = call.param("fieldValidation").unwrap_or("Warn");
+    match mode {
+        "Strict" => Ok(()),
+        "Warn" | "Ignore" => {
+            if !super::openapi::builtin(r.info) {
+                let unknown = gw_model::schema::kind_schema(r.info, &r.version).prune_unknown(obj);
+                if mode == "Warn" {
+                    for f in unknown {
+                        call.warn(format!("unknown field {f:?}"));
+                    }
+                }
+            }
+            Ok(())
+        }
+        other => Err(Failure::bad_request(format!(
+            "fieldValidation must be Strict, Warn or Ignore, not {other:?}"
+        ))),
     }
 }
 
@@ -367,6 +405,7 @@ async fn create(
     }
     let mut body = body_json(req).await?;
     check_body(r, &mut body)?;
+    field_validation(call, r, &mut body)?;
     if body["metadata"]["name"].as_str().unwrap_or("").is_empty()
         && let Some(prefix) = body["metadata"]["generateName"].as_str()
     {
@@ -422,6 +461,7 @@ async fn update(
     let n = name(r).to_string();
     let mut body = body_json(req).await?;
     check_body(r, &mut body)?;
+    field_validation(call, r, &mut body)?;
     if body["metadata"]["name"].as_str() != Some(n.as_str()) {
         return Err(Failure::bad_request(
             "the name of the object does not match the name on the URL",
@@ -592,6 +632,7 @@ async fn patch(
         obj["apiVersion"] = json!(kinds::api_version(r.info.group, &r.version));
         let rv = resource_version(&obj);
         let mut out = patched(r, &content_type, &obj, &patch)?;
+        field_validation(call, r, &mut out)?;
         if out["metadata"]["name"] != obj["metadata"]["name"]
             || out["metadata"]["namespace"] != obj["metadata"]["namespace"]
         {
@@ -639,6 +680,7 @@ async fn server_side_apply(
     }
     let mut config = parse_body(bytes, "application/apply-patch+yaml")?;
     check_body(r, &mut config)?;
+    field_validation(call, r, &mut config)?;
     if config["metadata"]["name"].as_str() != Some(n.as_str()) {
         return Err(Failure::bad_request(
             "the name of the apply configuration does not match the name on the URL",
