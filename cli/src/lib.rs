@@ -119,6 +119,9 @@ pub enum Command {
         #[arg(long)]
         show_secret_values: bool,
     },
+    /// The kube sync agents that reported to the store: their last contact and the objects of
+    /// theirs the store refused (held by another cluster).
+    Clusters,
     /// Print a kubeconfig for a member's Kubernetes API (its --kube-listen address), with this
     /// client's certificate (--tls-*): `gwadm kubeconfig --kube-server H:P > kc; kubectl --kubeconfig kc ...`.
     Kubeconfig {
@@ -337,6 +340,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pki { command } => pki_cmds::run(command),
+        Command::Clusters => {
+            let reports = store()?.list_objects("", "ConfigMap", "gw-system").await?;
+            print!("{}", output::clusters(&reports));
+            Ok(())
+        }
         Command::Kubeconfig { kube_server, name } => {
             let kc = gw_client::kubeconfig::kubeconfig(&kube_server, &cli.tls, &name)
                 .map_err(Error::Usage)?;

@@ -35,6 +35,34 @@ pub fn render_one(object: &Value, format: Format, show_namespace: bool) -> Strin
     }
 }
 
+/// The kube sync agents' reports (ConfigMaps `gw-system/kube-sync-CLUSTER`): CLUSTER, LAST CONTACT
+/// (how long ago), CONFLICTS (how many), then each conflict on its own line.
+pub fn clusters(config_maps: &[Value]) -> String {
+    let mut out = format!("{:<20} {:<14} {}\n", "CLUSTER", "LAST CONTACT", "CONFLICTS");
+    let reports = config_maps.iter().filter(|c| {
+        c["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-sync-"))
+    });
+    for r in reports {
+        let data = &r["data"];
+        let conflicts: Vec<String> = data["conflicts"]
+            .as_str()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<20} {:<14} {}\n",
+            data["cluster"].as_str().unwrap_or("?"),
+            age(data["lastContact"].as_str().unwrap_or("")),
+            conflicts.len()
+        ));
+        for c in conflicts {
+            out.push_str(&format!("  refused {c}\n"));
+        }
+    }
+    out
+}
+
 /// How long ago a timestamp was, the way kubectl abbreviates it.
 pub fn age(timestamp: &str) -> String {
     let Some(then) = parse_rfc3339(timestamp) else {

@@ -1,0 +1,563 @@
+//! gw-kube-sync: the agent of one Kubernetes cluster. It carries the cluster's Gateway API objects,
+//! Namespaces, Services and EndpointSlices into the gw store (each written as this cluster's: the member
+//! stamps the origin label from the agent's certificate, and refuses to let it touch another cluster's
+//! objects), and carries the status gateway nodes write back to the origin objects' `status`.
+//!
+//! - Cluster → store (`carry`): one kube-runtime watcher per kind (list, then watch; a relist after a 410;
+//!   backoff on errors). Every object seen is applied; an object deleted is deleted; after each full list,
+//!   the store's objects of this origin that the list did not show are deleted (deleted while the agent
+//!   was away). An agent that cannot list its cluster deletes nothing.
+//! - Store → cluster (`status`): a store watch of the kinds with status; a status on an object of this
+//!   origin is written to the cluster's object when it differs, its `observedGeneration`s translated
+//!   from the store's generation to the cluster's.
+//! - Conflicts: an object another cluster already has in the store (same kind, namespace and name) is
+//!   refused by the store; the first origin keeps it. The refused object gets an `Accepted: False`
+//!   condition (reason `OriginConflict`) in its cluster, is listed in the agent's report in the store
+//!   (`gwadm clusters`), and is tried again every few seconds: when the holder's copy goes, it is taken.
+
+use anyhow::Context;
+use futures::StreamExt;
+use gw_client::{Client, Error, kind_ref, object_ref};
+use gw_model::ObjectKey;
+use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
+use gw_proto as pb;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The label the store's members stamp with the writer's cluster.
+pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
+/// The cluster's generation of a carried object (the store keeps its own).
+pub const ORIGIN_GENERATION: &str = "gw.dev/origin-generation";
+/// The namespace of the agents' reports (ConfigMaps `kube-sync-CLUSTER`).
+pub const REPORT_NAMESPACE: &str = "gw-system";
+/// How often refused objects are tried again, and the report written.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The kinds carried into the store, in the order they are started (referenced kinds first).
+const CARRIED: &[(&str, &str)] = &[
+    ("", "Namespace"),
+    ("", "Service"),
+    ("discovery.k8s.io", "EndpointSlice"),
+    (GATEWAY_GROUP, "GatewayClass"),
+    (GATEWAY_GROUP, "Gateway"),
+    (GATEWAY_GROUP, "ReferenceGrant"),
+    (GATEWAY_GROUP, "HTTPRoute"),
+    (GATEWAY_GROUP, "GRPCRoute"),
+    (GATEWAY_GROUP, "BackendLBPolicy"),
+    (GATEWAY_GROUP, "BackendTLSPolicy"),
+];
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "gw-kube-sync",
+    about = "Carries one Kubernetes cluster's Gateway API objects into the gw store, and their status back"
+)]
+pub struct Args {
+    /// This cluster's name (its objects' origin in the store; must match the agent's certificate).
+    #[arg(long)]
+    pub cluster: String,
+    /// The cluster's kubeconfig.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Store members (HOST:PORT, comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub store: Vec<String>,
+    #[command(flatten)]
+    pub tls: gw_client::TlsArgs,
+}
+
+/// What the carrying and status tasks share.
+struct Agent {
+    cluster: String,
+    store: Client,
+    kube: kube::Client,
+    /// Objects the store refused because another cluster holds them: the object, and why.
+    refused: Mutex<BTreeMap<ObjectKey, (&'static KindInfo, DynamicObject, String)>>,
+}
+
+fn info(group: &str, kind: &str) -> &'static KindInfo {
+    kinds::by_group_kind(group, kind).expect("a kind gw stores")
+}
+
+fn api_resource(info: &KindInfo) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(info.group, info.storage_version(), info.kind),
+        info.plural,
+    )
+}
+
+/// Runs the agent until it fails to start (it does not stop on its own).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let security = args.tls.security().map_err(anyhow::Error::msg)?;
+    let store = Client::new(
+        &args.store,
+        Duration::from_secs(10),
+        &gw_client::Dialer::new(security),
+    )?;
+    let kc = Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let agent = Arc::new(Agent {
+        cluster: args.cluster,
+        store,
+        kube: kube::Client::try_from(config)?,
+        refused: Mutex::default(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (group, kind) in CARRIED {
+        tasks.spawn(carry(agent.clone(), info(group, kind)));
+    }
+    tasks.spawn(status(agent.clone()));
+    tasks.spawn(retry_and_report(agent.clone()));
+    while let Some(r) = tasks.join_next().await {
+        r.context("a task of the agent panicked")?;
+    }
+    Ok(())
+}
+
+/// The store's copy of a cluster's object: name, namespace, labels and annotations (the cluster's
+/// generation among them), and its content; no status (the gateway nodes write that).
+fn store_document(info: &KindInfo, obj: &DynamicObject) -> Value {
+    let mut doc = serde_json::to_value(obj).unwrap_or_default();
+    let meta = &obj.metadata;
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    if let Some(g) = meta.generation {
+        annotations.insert(ORIGIN_GENERATION.into(), g.to_string());
+    }
+    doc["apiVersion"] = json!(info.storage_api_version());
+    doc["kind"] = json!(info.kind);
+    doc["metadata"] = json!({
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "labels": meta.labels.clone().unwrap_or_default(),
+        "annotations": annotations,
+    });
+    if let Some(o) = doc.as_object_mut() {
+        o.remove("status");
+    }
+    doc
+}
+
+fn key_of(info: &KindInfo, obj: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        info.group,
+        info.kind,
+        obj.metadata.namespace.as_deref().unwrap_or(""),
+        obj.metadata.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// Retries a store write until it is done or definitely refused (the store may be electing a
+/// leader, or out of reach: the cluster's watch waits meanwhile). `Some(why)`: held by another
+/// cluster.
+async fn until_done<F, Fut>(what: &str, mut write: F) -> Option<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<pb::WriteResponse, Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(_) => return None,
+            Err(e @ (Error::Invalid(_) | Error::BadRequest(_) | Error::TooLarge { .. })) => {
+                tracing::warn!(%what, error = %e, "refused by the store");
+                return None;
+            }
+            Err(Error::Other {
+                code: tonic::Code::PermissionDenied,
+                message,
+            }) => {
+                // Another cluster's object of the same name: the first origin keeps it.
+                tracing::warn!(%what, %message, "held by another cluster");
+                return Some(message);
+            }
+            Err(e) => {
+                tracing::info!(%what, error = %e, "store write failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Agent {
+    async fn put(&self, info: &'static KindInfo, obj: &DynamicObject) {
+        let key = key_of(info, obj);
+        let doc = pb::Document {
+            json: store_document(info, obj).to_string(),
+            source: format!("cluster {}", self.cluster),
+            index: 1,
+        };
+        let held = until_done(&key.to_string(), || {
+            self.store.apply(vec![doc.clone()], false)
+        })
+        .await;
+        let was_refused = {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            match &held {
+                Some(why) => refused
+                    .insert(key.clone(), (info, obj.clone(), why.clone()))
+                    .is_some_and(|(_, old, w)| {
+                        old.metadata.generation == obj.metadata.generation && &w == why
+                    }),
+                None => {
+                    refused.remove(&key);
+                    false
+                }
+            }
+        };
+        if let Some(why) = held
+            && !was_refused
+        {
+            self.mark_refused(info, obj, &why).await;
+        }
+    }
+
+    /// Tells the cluster why its object is not carried: an `Accepted: False` condition (reason
+    /// `OriginConflict`), per parent for routes.
+    async fn mark_refused(&self, info: &KindInfo, obj: &DynamicObject, why: &str) {
+        if !info.status_subresource {
+            return;
+        }
+        let condition = json!({
+            "type": "Accepted",
+            "status": "False",
+            "reason": "OriginConflict",
+            "message": format!("not carried into the gw store: {why}"),
+            "observedGeneration": obj.metadata.generation.unwrap_or(0),
+            "lastTransitionTime": gw_model::meta::rfc3339(gw_client::clock::now_ms()),
+        });
+        let status = match info.kind {
+            "HTTPRoute" | "GRPCRoute" => {
+                let parents: Vec<Value> = obj.data["spec"]["parentRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        json!({"parentRef": p, "controllerName": "gw.dev/kube-sync", "conditions": [condition]})
+                    })
+                    .collect();
+                json!({ "parents": parents })
+            }
+            _ => json!({ "conditions": [condition] }),
+        };
+        let name = obj.metadata.name.as_deref().unwrap_or("");
+        let ar = api_resource(info);
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(ns) if info.namespaced => Api::namespaced_with(self.kube.clone(), ns, &ar),
+            _ => Api::all_with(self.kube.clone(), &ar),
+        };
+        let patch = Patch::Merge(json!({ "status": status }));
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &patch)
+            .await
+        {
+            tracing::info!(kind = info.kind, %name, error = %e, "marking a conflict failed");
+        }
+    }
+
+    async fn delete(&self, keys: Vec<ObjectKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            for k in &keys {
+                refused.remove(k);
+            }
+        }
+        let what = format!("deleting {} objects", keys.len());
+        let req = pb::DeleteRequest {
+            refs: keys.iter().map(object_ref).collect(),
+            dry_run: false,
+            ignore_not_found: true,
+            expected_resource_versions: vec![],
+        };
+        until_done(&what, || self.store.delete(req.clone())).await;
+    }
+
+    /// The agent's report in the store (`gwadm clusters`): when it last wrote, and what was refused.
+    async fn report(&self) {
+        let conflicts: Vec<String> = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, (_, _, why))| format!("{k}: {why}"))
+            .collect();
+        let doc = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("kube-sync-{}", self.cluster), "namespace": REPORT_NAMESPACE},
+            "data": {
+                "cluster": self.cluster,
+                "lastContact": gw_model::meta::rfc3339(gw_client::clock::now_ms()),
+                "conflicts": serde_json::to_string(&conflicts).unwrap_or_default(),
+            },
+        });
+        let doc = pb::Document {
+            json: doc.to_string(),
+            source: format!("cluster {} report", self.cluster),
+            index: 1,
+        };
+        if let Err(e) = self.store.apply(vec![doc], false).await {
+            tracing::info!(error = %e, "writing the report failed");
+        }
+    }
+
+    /// The store's objects of this kind and origin.
+    async fn owned(&self, info: &KindInfo) -> Result<Vec<ObjectKey>, Error> {
+        let objects = self.store.list_objects(info.group, info.kind, "").await?;
+        Ok(objects
+            .iter()
+            .filter(|o| o["metadata"]["labels"][ORIGIN_LABEL] == self.cluster.as_str())
+            .map(|o| {
+                ObjectKey::new(
+                    info.group,
+                    info.kind,
+                    o["metadata"]["namespace"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or(""),
+                )
+            })
+            .collect())
+    }
+
+    /// After a full list: deletes what the store holds of this origin and the list did not show.
+    async fn delete_missing(&self, info: &KindInfo, seen: &BTreeSet<ObjectKey>) {
+        let mut pause = Duration::from_millis(100);
+        let owned = loop {
+            match self.owned(info).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::info!(kind = info.kind, error = %e, "listing the store failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let gone: Vec<ObjectKey> = owned.into_iter().filter(|k| !seen.contains(k)).collect();
+        if !gone.is_empty() {
+            tracing::info!(kind = info.kind, count = gone.len(), "deleted while away");
+        }
+        self.delete(gone).await;
+    }
+}
+
+/// Tries the refused objects again and writes the report, every `RETRY`, for ever.
+async fn retry_and_report(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(RETRY).await;
+        let refused: Vec<(&'static KindInfo, DynamicObject)> = agent
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(info, obj, _)| (*info, obj.clone()))
+            .collect();
+        for (info, obj) in refused {
+            agent.put(info, &obj).await;
+        }
+        agent.report().await;
+    }
+}
+
+/// Carries one kind from the cluster into the store, for ever.
+async fn carry(agent: Arc<Agent>, info: &'static KindInfo) {
+    let api: Api<DynamicObject> = Api::all_with(agent.kube.clone(), &api_resource(info));
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // The keys of the list in progress (between Init and InitDone).
+    let mut listing: Option<BTreeSet<ObjectKey>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(BTreeSet::new()),
+            Ok(watcher::Event::InitApply(o)) => {
+                if let Some(seen) = listing.as_mut() {
+                    seen.insert(key_of(info, &o));
+                }
+                agent.put(info, &o).await;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = listing.take() {
+                    agent.delete_missing(info, &seen).await;
+                }
+            }
+            Ok(watcher::Event::Apply(o)) => agent.put(info, &o).await,
+            Ok(watcher::Event::Delete(o)) => agent.delete(vec![key_of(info, &o)]).await,
+            Err(e) => tracing::info!(kind = info.kind, error = %e, "cluster watch failed"),
+        }
+    }
+}
+
+/// A status with the store's generation replaced by the cluster's in every `observedGeneration`
+/// that refers to the store's current one (older ones are left: they are stale either way).
+fn translated(status: &Value, store_generation: &Value, origin_generation: i64) -> Value {
+    match status {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = if k == "observedGeneration" && v == store_generation {
+                        json!(origin_generation)
+                    } else {
+                        translated(v, store_generation, origin_generation)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| translated(v, store_generation, origin_generation))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+impl Agent {
+    /// Writes a store object's status to the cluster's object, if it is this cluster's and differs.
+    async fn write_back(&self, obj: &Value) {
+        let meta = &obj["metadata"];
+        if meta["labels"][ORIGIN_LABEL] != self.cluster.as_str() || obj["status"].is_null() {
+            return;
+        }
+        let (group, _) = kinds::split_api_version(obj["apiVersion"].as_str().unwrap_or(""));
+        let Some(info) = kinds::by_group_kind(group, obj["kind"].as_str().unwrap_or("")) else {
+            return;
+        };
+        let Some(origin_generation) = meta["annotations"][ORIGIN_GENERATION]
+            .as_str()
+            .and_then(|g| g.parse::<i64>().ok())
+        else {
+            return;
+        };
+        let name = meta["name"].as_str().unwrap_or("");
+        let ar = api_resource(info);
+        let api: Api<DynamicObject> = match meta["namespace"].as_str() {
+            Some(ns) if info.namespaced => Api::namespaced_with(self.kube.clone(), ns, &ar),
+            _ => Api::all_with(self.kube.clone(), &ar),
+        };
+        let status = translated(&obj["status"], &meta["generation"], origin_generation);
+        match api.get_opt(name).await {
+            Ok(Some(current)) if current.data.get("status") == Some(&status) => {}
+            Ok(Some(current)) if current.metadata.generation != Some(origin_generation) => {
+                // The cluster's object has moved on: the store's status is for an older version.
+            }
+            Ok(Some(_)) => {
+                let patch = Patch::Merge(json!({ "status": status }));
+                if let Err(e) = api
+                    .patch_status(name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    tracing::info!(kind = info.kind, %name, error = %e, "status write-back failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(kind = info.kind, %name, error = %e, "reading the cluster failed")
+            }
+        }
+    }
+}
+
+/// Carries status from the store to the cluster, for ever: a store watch of the kinds with status,
+/// resumed after the last revision (a fresh snapshot after an error it cannot resume from).
+async fn status(agent: Arc<Agent>) {
+    let kinds: Vec<pb::ObjectRef> = CARRIED
+        .iter()
+        .map(|(g, k)| info(g, k))
+        .filter(|i| i.status_subresource)
+        .map(|i| kind_ref(i.group, i.kind))
+        .collect();
+    let mut after: Option<u64> = None;
+    loop {
+        let req = pb::WatchRequest {
+            after_revision: after,
+            kinds: kinds.clone(),
+            namespace: String::new(),
+            bookmark_interval_ms: 0,
+            show_secret_values: false,
+        };
+        let mut stream = match agent.store.watch(req).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(error = %e, "store watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = stream.next().await {
+            let Ok(msg) = msg else { break };
+            match msg.body {
+                Some(pb::watch_response::Body::Snapshot(s)) => {
+                    for o in &s.objects_json {
+                        if let Ok(v) = serde_json::from_str::<Value>(o) {
+                            agent.write_back(&v).await;
+                        }
+                    }
+                    if s.done {
+                        after = Some(s.revision);
+                    }
+                }
+                Some(pb::watch_response::Body::Events(r)) => {
+                    for e in &r.events {
+                        if e.r#type == pb::EventType::Put as i32
+                            && let Ok(v) = serde_json::from_str::<Value>(&e.object_json)
+                        {
+                            agent.write_back(&v).await;
+                        }
+                    }
+                    after = Some(r.revision);
+                }
+                Some(pb::watch_response::Body::Bookmark(b)) => after = Some(b.revision),
+                None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_generations_are_translated_to_the_clusters() {
+        let status = json!({"parents": [{"conditions": [
+            {"type": "Accepted", "observedGeneration": 3},
+            {"type": "Old", "observedGeneration": 2},
+        ]}]});
+        let t = translated(&status, &json!(3), 7);
+        assert_eq!(t["parents"][0]["conditions"][0]["observedGeneration"], 7);
+        assert_eq!(t["parents"][0]["conditions"][1]["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn the_store_copy_keeps_content_and_identity_only() {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "app", "generation": 4, "uid": "u",
+                         "resourceVersion": "99", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"hostnames": ["x.example"]},
+            "status": {"parents": []},
+        }))
+        .unwrap();
+        let doc = store_document(info(GATEWAY_GROUP, "HTTPRoute"), &obj);
+        assert_eq!(
+            doc["metadata"],
+            json!({"name": "r", "namespace": "app", "labels": {"a": "b"},
+                   "annotations": {ORIGIN_GENERATION: "4"}})
+        );
+        assert_eq!(doc["spec"]["hostnames"][0], "x.example");
+        assert!(doc.get("status").is_none());
+    }
+}

@@ -1,0 +1,347 @@
+//! One Kubernetes cluster (a gw member serving the Kubernetes API, with its own CA), a store, an agent
+//! and a gateway node, all real processes: what kubectl applies in the cluster is served by the node
+//! and its status comes back to the cluster; a route deleted while the agent was down is gone after its
+//! restart; an agent cut off from its cluster deletes nothing.
+
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
+use gw_client::{Identity, TlsArgs};
+use gw_testkit::cluster::{Cluster, ClusterOptions};
+use gw_testkit::echo::{EchoConfig, EchoServer, start};
+use gw_testkit::procs::{Children, bin, free_port};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "app";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+        .output()
+        .expect("running kubectl")
+}
+
+/// The status code of `GET /` with this Host on a new connection (0 if there is no answer).
+async fn status_of(port: u16, host: &str) -> u16 {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return 0;
+    };
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    text(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds (checked every 100 ms), returning how long it took.
+async fn until<F, Fut>(what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if f().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 30 s");
+}
+
+fn manifests(listener: u16, backend: u16) -> String {
+    format!(
+        "\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: gw}}
+spec: {{controllerName: gw.dev/gateway-node}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  gatewayClassName: gw
+  listeners: [{{name: http, port: {listener}, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: {NS}}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {backend}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-a
+  namespace: {NS}
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{name: http, port: {backend}, protocol: TCP}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop, namespace: {NS}}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [shop.example]
+  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
+"
+    )
+}
+
+fn spawn_agent(children: &mut Children, store: &Cluster, cluster: &str, kubeconfig: &Path) {
+    let tls = store
+        .pki()
+        .issue(
+            &format!("kube-sync-{cluster}"),
+            &Identity::KubeSync {
+                cluster: cluster.into(),
+            },
+        )
+        .unwrap();
+    let log = store
+        .dir
+        .join(format!("agent-{cluster}-{}.log", free_port()));
+    children
+        .spawn(
+            "gw-kube-sync",
+            &log,
+            Command::new(bin("gw-kube-sync").unwrap())
+                .args(["--cluster", cluster, "--store", store.addr(1)])
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(TlsArgs::of(&tls).to_args()),
+        )
+        .unwrap();
+}
+
+/// The store side: a one-member store, a gateway node of class `gw`, an echo backend.
+struct Fleet {
+    store: Cluster,
+    echo: EchoServer,
+    node: Children,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let store = Cluster::start(1, ClusterOptions::default()).unwrap();
+        store
+            .wait_for_leader(Duration::from_secs(20))
+            .await
+            .unwrap();
+        let echo = start(EchoConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            pod: "echo-a".into(),
+            namespace: NS.into(),
+            h2c_only: false,
+            log: false,
+        })
+        .await
+        .unwrap();
+        let mut node = Children::default();
+        let node_tls = store
+            .pki()
+            .issue(
+                "node-a",
+                &Identity::Node {
+                    class: "gw".into(),
+                    name: "a".into(),
+                },
+            )
+            .unwrap();
+        node.spawn(
+            "gw-node",
+            &store.dir.join("node.log"),
+            Command::new(bin("gw-node").unwrap())
+                .args(TlsArgs::of(&node_tls).to_args())
+                .args(["--store", store.addr(1), "--gateway-class", "gw"])
+                .args(["--bind-address", "127.0.0.1", "--node-name", "a"])
+                .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+                .arg("--data-dir")
+                .arg(store.dir.join("node")),
+        )
+        .unwrap();
+        Fleet { store, echo, node }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_feeds_the_store_and_gets_status_back() {
+    let Fleet {
+        store,
+        echo,
+        node: _node,
+    } = Fleet::start().await;
+    let mut cluster = Cluster::start_kube(1, &[]).await.unwrap();
+    let kubeconfig = cluster.kubeconfig(1).unwrap();
+    let mut agent = Children::default();
+    spawn_agent(&mut agent, &store, "a", &kubeconfig);
+
+    // kubectl in the cluster; the node serves it.
+    let port = free_port();
+    let file = store.dir.join("app.yaml");
+    std::fs::write(&file, manifests(port, echo.addr.port())).unwrap();
+    let o = kubectl(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let took = until("the node serves the cluster's route", || async {
+        status_of(port, "shop.example").await == 200
+    })
+    .await;
+    eprintln!("served {took:?} after kubectl apply returned");
+
+    // The status the node wrote, in the cluster, at the cluster's generation.
+    let route_status = || {
+        let o = kubectl(
+            &kubeconfig,
+            &["get", "httproute", "shop", "-n", NS, "-o", "json"],
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+    };
+    until("the route's status in the cluster", || async {
+        let r = route_status();
+        let conditions = &r["status"]["parents"][0]["conditions"];
+        conditions.as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Accepted"
+                    && c["status"] == "True"
+                    && c["observedGeneration"] == r["metadata"]["generation"]
+            })
+        })
+    })
+    .await;
+    let gw = kubectl(
+        &kubeconfig,
+        &["get", "gateway", "web", "-n", NS, "-o", "yaml"],
+    );
+    assert!(
+        text(&gw.stdout).contains("type: Programmed"),
+        "{}",
+        text(&gw.stdout)
+    );
+
+    // An agent cut off from its cluster deletes nothing.
+    cluster.stop(1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of(port, "shop.example").await, 200);
+    cluster.spawn(1).unwrap();
+
+    // Deleted while the agent was down: gone after its restart.
+    drop(agent);
+    until("the cluster's API is back", || async {
+        kubectl(&kubeconfig, &["get", "ns", NS]).status.success()
+    })
+    .await;
+    let o = kubectl(&kubeconfig, &["delete", "httproute", "shop", "-n", NS]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        status_of(port, "shop.example").await,
+        200,
+        "no agent: the store still has the route"
+    );
+    let mut agent = Children::default();
+    spawn_agent(&mut agent, &store, "a", &kubeconfig);
+    let took = until("the route is gone from the node", || async {
+        status_of(port, "shop.example").await == 404
+    })
+    .await;
+    eprintln!("gone {took:?} after the agent restarted");
+    let listed = store.gwadm(store.addr(1), &["get", "httproutes", "-A"]);
+    assert!(
+        !text(&listed.stdout).contains("shop"),
+        "{}",
+        text(&listed.stdout)
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_cluster_keeps_a_name_and_the_second_takes_over_when_it_goes() {
+    let fleet = Fleet::start().await;
+    let store = &fleet.store;
+    let a = Cluster::start_kube(1, &[]).await.unwrap();
+    let b = Cluster::start_kube(1, &[]).await.unwrap();
+    let (kc_a, kc_b) = (a.kubeconfig(1).unwrap(), b.kubeconfig(1).unwrap());
+    let mut agents = Children::default();
+    spawn_agent(&mut agents, store, "a", &kc_a);
+    spawn_agent(&mut agents, store, "b", &kc_b);
+
+    let port = free_port();
+    let file = store.dir.join("a.yaml");
+    std::fs::write(&file, manifests(port, fleet.echo.addr.port())).unwrap();
+    let o = kubectl(&kc_a, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    until("A's route is served", || async {
+        status_of(port, "shop.example").await == 200
+    })
+    .await;
+
+    // The same route name in B: refused, visibly, and A's keeps serving.
+    let route_b = store.dir.join("b.yaml");
+    std::fs::write(
+        &route_b,
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop, namespace: {NS}}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [b.example]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
+        ),
+    )
+    .unwrap();
+    let o = kubectl(&kc_b, &["apply", "-f", route_b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    until("B's route shows why it is not carried", || async {
+        let o = kubectl(&kc_b, &["get", "httproute", "shop", "-n", NS, "-o", "yaml"]);
+        let y = text(&o.stdout);
+        y.contains("reason: OriginConflict") && y.contains("belongs to cluster")
+    })
+    .await;
+    until("gwadm clusters lists the conflict", || async {
+        let out = text(&store.gwadm(store.addr(1), &["clusters"]).stdout);
+        out.lines()
+            .any(|l| l.starts_with("b ") && l.trim_end().ends_with(" 1"))
+            && out.contains("refused")
+            && out.contains("HTTPRoute")
+    })
+    .await;
+    assert_eq!(status_of(port, "shop.example").await, 200);
+    assert_eq!(status_of(port, "b.example").await, 404);
+
+    // A's copy goes: B's takes the name.
+    let o = kubectl(&kc_a, &["delete", "httproute", "shop", "-n", NS]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let took = until("B's route is served", || async {
+        status_of(port, "b.example").await == 200
+    })
+    .await;
+    eprintln!("B's route served {took:?} after A's was deleted");
+    until("B's route gets the node's status", || async {
+        let o = kubectl(&kc_b, &["get", "httproute", "shop", "-n", NS, "-o", "yaml"]);
+        let y = text(&o.stdout);
+        y.contains("reason: Accepted") && !y.contains("OriginConflict")
+    })
+    .await;
+}
