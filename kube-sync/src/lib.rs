@@ -10,10 +10,13 @@
 //! - Store → cluster (`status`): a store watch of the kinds with status; a status on an object of this
 //!   origin is written to the cluster's object when it differs, its `observedGeneration`s translated
 //!   from the store's generation to the cluster's.
+//! - Secrets and ConfigMaps: only those a carried object references (`referenced`).
 //! - Conflicts: an object another cluster already has in the store (same kind, namespace and name) is
 //!   refused by the store; the first origin keeps it. The refused object gets an `Accepted: False`
 //!   condition (reason `OriginConflict`) in its cluster, is listed in the agent's report in the store
 //!   (`gwadm clusters`), and is tried again every few seconds: when the holder's copy goes, it is taken.
+
+mod referenced;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -80,6 +83,9 @@ struct Agent {
     kube: kube::Client,
     /// Objects the store refused because another cluster holds them: the object, and why.
     refused: Mutex<BTreeMap<ObjectKey, (&'static KindInfo, DynamicObject, String)>>,
+    /// The Secrets and ConfigMaps carried objects reference, and what wakes their reconciliation.
+    referenced: Mutex<referenced::Referenced>,
+    wake: tokio::sync::Notify,
 }
 
 fn info(group: &str, kind: &str) -> &'static KindInfo {
@@ -110,6 +116,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
         kube: kube::Client::try_from(config)?,
         refused: Mutex::default(),
+        referenced: Mutex::default(),
+        wake: tokio::sync::Notify::new(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (group, kind) in CARRIED {
@@ -117,6 +125,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tasks.spawn(status(agent.clone()));
     tasks.spawn(retry_and_report(agent.clone()));
+    for kind in ["Secret", "ConfigMap"] {
+        tasks.spawn(referenced::watch(agent.clone(), info("", kind)));
+    }
+    tasks.spawn(referenced::reconcile(agent.clone()));
     while let Some(r) = tasks.join_next().await {
         r.context("a task of the agent panicked")?;
     }
@@ -383,17 +395,52 @@ async fn carry(agent: Arc<Agent>, info: &'static KindInfo) {
                 if let Some(seen) = listing.as_mut() {
                     seen.insert(key_of(info, &o));
                 }
+                agent.references(info, &o, false);
                 agent.put(info, &o).await;
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = listing.take() {
+                    if referenced::REFERRERS.contains(&info.kind) {
+                        agent
+                            .referenced
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .listed(info.kind, &seen);
+                        agent.wake.notify_one();
+                    }
                     agent.delete_missing(info, &seen).await;
                 }
             }
-            Ok(watcher::Event::Apply(o)) => agent.put(info, &o).await,
-            Ok(watcher::Event::Delete(o)) => agent.delete(vec![key_of(info, &o)]).await,
+            Ok(watcher::Event::Apply(o)) => {
+                agent.references(info, &o, false);
+                agent.put(info, &o).await;
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                agent.references(info, &o, true);
+                agent.delete(vec![key_of(info, &o)]).await;
+            }
             Err(e) => tracing::info!(kind = info.kind, error = %e, "cluster watch failed"),
         }
+    }
+}
+
+impl Agent {
+    /// Records what a carried object references (`gone`: nothing any more) and wakes the
+    /// reconciliation of the referenced Secrets and ConfigMaps.
+    fn references(&self, info: &KindInfo, obj: &DynamicObject, gone: bool) {
+        if !referenced::REFERRERS.contains(&info.kind) {
+            return;
+        }
+        let refs = if gone {
+            BTreeSet::new()
+        } else {
+            referenced::refs_of(info, obj)
+        };
+        self.referenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_refs(key_of(info, obj), refs);
+        self.wake.notify_one();
     }
 }
 

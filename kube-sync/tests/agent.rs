@@ -345,3 +345,57 @@ async fn the_first_cluster_keeps_a_name_and_the_second_takes_over_when_it_goes()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_secrets_a_carried_gateway_references_are_carried() {
+    let fleet = Fleet::start().await;
+    let store = &fleet.store;
+    let a = Cluster::start_kube(1, &[]).await.unwrap();
+    let kc = a.kubeconfig(1).unwrap();
+    let mut agents = Children::default();
+    spawn_agent(&mut agents, store, "a", &kc);
+    let gateway = |tls: bool| {
+        let https = if tls {
+            ", {name: https, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: 8080, protocol: HTTP}}{https}]\n"
+        )
+    };
+    let file = store.dir.join("secrets.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: {NS}}}\ntype: Opaque\nstringData: {{k: v}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: unrelated, namespace: {NS}}}\ntype: Opaque\nstringData: {{k: v}}\n---\n{}",
+            gateway(true)
+        ),
+    )
+    .unwrap();
+    let o = kubectl(&kc, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let in_store = |name: &str| {
+        store
+            .gwadm(store.addr(1), &["get", "secret", name, "-n", NS])
+            .status
+            .success()
+    };
+    until("the referenced Secret is in the store", || async {
+        in_store("cert")
+    })
+    .await;
+    assert!(!in_store("unrelated"), "an unreferenced Secret was carried");
+
+    // The reference goes: so does the Secret.
+    let file = store.dir.join("gateway.yaml");
+    std::fs::write(&file, gateway(false)).unwrap();
+    let o = kubectl(&kc, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    until(
+        "the Secret no longer referenced leaves the store",
+        || async { !in_store("cert") },
+    )
+    .await;
+    assert!(!in_store("unrelated"));
+}
