@@ -129,6 +129,8 @@ pub struct GetArgs<'a> {
     pub serializable: bool,
     pub version: Option<&'a str>,
     pub show_secret_values: bool,
+    /// Only the objects a kube sync agent carried from this cluster.
+    pub origin: Option<&'a str>,
 }
 
 pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
@@ -166,7 +168,8 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
         let objs: Vec<Value> = resp
             .objects_json
             .iter()
-            .filter_map(|s| serde_json::from_str(s).ok())
+            .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+            .filter(|o| a.origin.is_none_or(|c| output::origin(o) == c))
             .collect();
         if objs.is_empty() && a.format == Format::Table {
             let where_ = if namespace.is_empty() {

@@ -80,6 +80,9 @@ pub enum Command {
         /// redacted.
         #[arg(long)]
         show_secret_values: bool,
+        /// Only the objects carried from this Kubernetes cluster (by its kube sync agent).
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// Delete objects by kind and name, or those of files.
     Delete {
@@ -242,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             serializable,
             api_version,
             show_secret_values,
+            origin,
         } => {
             config_cmds::get(
                 &store()?,
@@ -254,6 +258,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     serializable,
                     version: api_version.as_deref(),
                     show_secret_values,
+                    origin: origin.as_deref(),
                 },
             )
             .await

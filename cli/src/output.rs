@@ -35,6 +35,13 @@ pub fn render_one(object: &Value, format: Format, show_namespace: bool) -> Strin
     }
 }
 
+/// The Kubernetes cluster an object was carried from ("" if none: an operator's).
+pub fn origin(o: &Value) -> &str {
+    o["metadata"]["labels"]["gw.dev/origin-cluster"]
+        .as_str()
+        .unwrap_or("")
+}
+
 /// The kube sync agents' reports (ConfigMaps `gw-system/kube-sync-CLUSTER`): CLUSTER, LAST CONTACT
 /// (how long ago), CONFLICTS (how many), then each conflict on its own line.
 pub fn clusters(config_maps: &[Value]) -> String {
@@ -172,7 +179,7 @@ fn table(objects: &[Value], show_namespace: bool) -> String {
     header.push("NAME".into());
     let extra = single_kind.map(columns).unwrap_or(&[]);
     header.extend(extra.iter().map(|s| s.to_string()));
-    header.extend(["RESOURCEVERSION".to_string(), "AGE".to_string()]);
+    header.extend(["ORIGIN", "RESOURCEVERSION", "AGE"].map(String::from));
     rows.push(header);
     for o in objects {
         let m = &o["metadata"];
@@ -187,6 +194,10 @@ fn table(objects: &[Value], show_namespace: bool) -> String {
         if let Some(k) = single_kind {
             row.extend(cells(k, o));
         }
+        row.push(match origin(o) {
+            "" => "-".to_string(),
+            cluster => cluster.to_string(),
+        });
         row.push(m["resourceVersion"].as_str().unwrap_or("").to_string());
         row.push(age(m["creationTimestamp"].as_str().unwrap_or("")));
         rows.push(row);

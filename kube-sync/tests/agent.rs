@@ -329,6 +329,25 @@ async fn the_first_cluster_keeps_a_name_and_the_second_takes_over_when_it_goes()
     .await;
     assert_eq!(status_of(port, "shop.example").await, 200);
     assert_eq!(status_of(port, "b.example").await, 404);
+    let by_origin = |cluster: &str| {
+        text(
+            &store
+                .gwadm(
+                    store.addr(1),
+                    &["get", "httproutes", "-A", "--origin", cluster],
+                )
+                .stdout,
+        )
+    };
+    let of_a = by_origin("a");
+    assert!(
+        of_a.lines().next().is_some_and(|h| h.contains("ORIGIN"))
+            && of_a
+                .lines()
+                .any(|l| l.contains("shop") && l.contains(" a ")),
+        "{of_a}"
+    );
+    assert!(!by_origin("b").contains("shop"));
 
     // A's copy goes: B's takes the name.
     let o = kubectl(&kc_a, &["delete", "httproute", "shop", "-n", NS]);
