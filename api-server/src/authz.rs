@@ -20,7 +20,7 @@ use std::fmt;
 
 /// The label recording which Kubernetes cluster an object comes from (set by the member on a kube sync
 /// agent's writes).
-pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
+pub use gw_model::kinds::ORIGIN_LABEL;
 /// The namespace of gw's own coordination objects.
 pub const SYSTEM_NAMESPACE: &str = "gw-system";
 /// The status-writer lease of a GatewayClass's nodes.

@@ -37,7 +37,7 @@ pub fn render_one(object: &Value, format: Format, show_namespace: bool) -> Strin
 
 /// The Kubernetes cluster an object was carried from ("" if none: an operator's).
 pub fn origin(o: &Value) -> &str {
-    o["metadata"]["labels"]["gw.dev/origin-cluster"]
+    o["metadata"]["labels"][gw_model::kinds::ORIGIN_LABEL]
         .as_str()
         .unwrap_or("")
 }

@@ -22,7 +22,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use gw_client::{Client, Error, kind_ref, object_ref};
 use gw_model::ObjectKey;
-use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
+use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL};
 use gw_proto as pb;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -34,8 +34,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The label the store's members stamp with the writer's cluster.
-pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
 /// The cluster's generation of a carried object (the store keeps its own).
 pub const ORIGIN_GENERATION: &str = "gw.dev/origin-generation";
 /// The namespace of the agents' reports (ConfigMaps `kube-sync-CLUSTER`).
@@ -137,7 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The store's copy of a cluster's object: name, namespace, labels and annotations (the cluster's
 /// generation among them), and its content; no status (the gateway nodes write that).
-fn store_document(info: &KindInfo, obj: &DynamicObject) -> Value {
+fn store_document(info: &KindInfo, obj: &DynamicObject, cluster: &str) -> Value {
     let mut doc = serde_json::to_value(obj).unwrap_or_default();
     let meta = &obj.metadata;
     let mut annotations = meta.annotations.clone().unwrap_or_default();
@@ -146,10 +144,15 @@ fn store_document(info: &KindInfo, obj: &DynamicObject) -> Value {
     }
     doc["apiVersion"] = json!(info.storage_api_version());
     doc["kind"] = json!(info.kind);
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    if info.kind == "EndpointSlice" {
+        // EndpointSlices stay per cluster (a Service backendRef reaches its route's cluster only).
+        labels.insert(SOURCE_CLUSTER_LABEL.into(), cluster.into());
+    }
     doc["metadata"] = json!({
         "name": meta.name,
         "namespace": meta.namespace,
-        "labels": meta.labels.clone().unwrap_or_default(),
+        "labels": labels,
         "annotations": annotations,
     });
     if let Some(o) = doc.as_object_mut() {
@@ -204,7 +207,7 @@ impl Agent {
     async fn put(&self, info: &'static KindInfo, obj: &DynamicObject) {
         let key = key_of(info, obj);
         let doc = pb::Document {
-            json: store_document(info, obj).to_string(),
+            json: store_document(info, obj, &self.cluster).to_string(),
             source: format!("cluster {}", self.cluster),
             index: 1,
         };
@@ -598,7 +601,7 @@ mod tests {
             "status": {"parents": []},
         }))
         .unwrap();
-        let doc = store_document(info(GATEWAY_GROUP, "HTTPRoute"), &obj);
+        let doc = store_document(info(GATEWAY_GROUP, "HTTPRoute"), &obj, "a");
         assert_eq!(
             doc["metadata"],
             json!({"name": "r", "namespace": "app", "labels": {"a": "b"},

@@ -30,27 +30,37 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("running kubectl")
 }
 
-/// The status code of `GET /` with this Host on a new connection (0 if there is no answer).
-async fn status_of(port: u16, host: &str) -> u16 {
+/// `GET /` with this Host on a new connection: the status code (0 if there is no answer) and body.
+async fn get(port: u16, host: &str) -> (u16, String) {
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::TcpStream::connect(("127.0.0.1", port)),
     )
     .await
     else {
-        return 0;
+        return (0, String::new());
     };
     let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
-        return 0;
+        return (0, String::new());
     }
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    text(&buf)
+    let response = text(&buf);
+    let code = response
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+async fn status_of(port: u16, host: &str) -> u16 {
+    get(port, host).await.0
 }
 
 /// Waits until `f` holds (checked every 100 ms), returning how long it took.
@@ -307,7 +317,13 @@ async fn the_first_cluster_keeps_a_name_and_the_second_takes_over_when_it_goes()
     std::fs::write(
         &route_b,
         format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop, namespace: {NS}}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [b.example]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop, namespace: {NS}}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [b.example]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n---\n{}",
+            // B's own endpoints of the Service (its route reaches B's only).
+            manifests(port, fleet.echo.addr.port())
+                .split("---\n")
+                .find(|d| d.contains("kind: EndpointSlice"))
+                .unwrap()
+                .replace("echo-a", "echo-b")
         ),
     )
     .unwrap();
@@ -417,4 +433,63 @@ async fn only_the_secrets_a_carried_gateway_references_are_carried() {
     )
     .await;
     assert!(!in_store("unrelated"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_backend_reaches_the_routes_own_cluster_only() {
+    let fleet = Fleet::start().await;
+    let store = &fleet.store;
+    let echo_b = start(EchoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pod: "echo-b".into(),
+        namespace: NS.into(),
+        h2c_only: false,
+        log: false,
+    })
+    .await
+    .unwrap();
+    let a = Cluster::start_kube(1, &[]).await.unwrap();
+    let b = Cluster::start_kube(1, &[]).await.unwrap();
+    let (kc_a, kc_b) = (a.kubeconfig(1).unwrap(), b.kubeconfig(1).unwrap());
+    let mut agents = Children::default();
+    spawn_agent(&mut agents, store, "a", &kc_a);
+    spawn_agent(&mut agents, store, "b", &kc_b);
+    let port = free_port();
+    let file = store.dir.join("a.yaml");
+    std::fs::write(&file, manifests(port, fleet.echo.addr.port())).unwrap();
+    let o = kubectl(&kc_a, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // B has the same Service, with its own endpoints (a slice of another name).
+    let file = store.dir.join("b.yaml");
+    let b_side = manifests(port, echo_b.addr.port()).replace("echo-a", "echo-b");
+    let b_docs: Vec<&str> = b_side
+        .split("---\n")
+        .filter(|d| {
+            d.contains("kind: Service")
+                || d.contains("kind: EndpointSlice")
+                || d.contains("kind: Namespace")
+        })
+        .collect();
+    std::fs::write(&file, b_docs.join("---\n")).unwrap();
+    let o = kubectl(&kc_b, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    until("B's EndpointSlice is in the store", || async {
+        store
+            .gwadm(store.addr(1), &["get", "endpointslice", "echo-b", "-n", NS])
+            .status
+            .success()
+    })
+    .await;
+    until("A's route is served", || async {
+        status_of(port, "shop.example").await == 200
+    })
+    .await;
+    for _ in 0..20 {
+        let (code, body) = get(port, "shop.example").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("echo-a") && !body.contains("echo-b"),
+            "{body}"
+        );
+    }
 }

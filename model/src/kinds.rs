@@ -9,6 +9,10 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// gw's own group: objects that gw writes itself (the replicated session affinity table).
 pub const GW_GROUP: &str = "gw.dev";
+/// The label a store member stamps on what a kube sync agent writes: the agent's cluster.
+pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
+/// The label of an EndpointSlice carried from a cluster (the MCS API's): its cluster.
+pub const SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cluster";
 
 /// Everything the store and the CLI need to know about one kind.
 #[derive(Debug, PartialEq, Eq)]

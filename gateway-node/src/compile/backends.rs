@@ -32,16 +32,16 @@ const H2C_APP_PROTOCOLS: &[&str] = &["kubernetes.io/h2c"];
 
 #[derive(Default)]
 pub struct Upstreams {
-    cache: HashMap<(String, String, i64, bool), Arc<Upstream>>,
+    cache: HashMap<(String, String, i64, bool, String), Arc<Upstream>>,
 }
 
 impl Upstreams {
-    /// Resolves `r`, referenced by a route of `route_kind` in `route_ns`. `grpc` forces HTTP/2.
+    /// Resolves `r`, referenced by a route of `route_kind` in `route_ns`, carried from cluster
+    /// `route_origin` ("" if none). `grpc` forces HTTP/2.
     pub fn resolve(
         &mut self,
         idx: &Index<'_>,
-        route_kind: &str,
-        route_ns: &str,
+        (route_kind, route_ns, route_origin): (&str, &str, &str),
         r: &BackendObjectReference,
         grpc: bool,
     ) -> Result<Arc<Upstream>, RefError> {
@@ -87,7 +87,13 @@ impl Upstreams {
                 format!("Service {ns}/{} has no port {port}", r.name),
             ));
         };
-        let key = (ns.to_string(), r.name.clone(), port, grpc);
+        let key = (
+            ns.to_string(),
+            r.name.clone(),
+            port,
+            grpc,
+            route_origin.to_string(),
+        );
         if let Some(u) = self.cache.get(&key) {
             return Ok(u.clone());
         }
@@ -104,7 +110,7 @@ impl Upstreams {
         let upstream = Arc::new(Upstream::new(
             format!("{ns}/{}:{port}", r.name),
             protocol,
-            endpoints(idx, ns, &r.name, sp),
+            endpoints(idx, ns, &r.name, sp, route_origin),
         ));
         self.cache.insert(key, upstream.clone());
         Ok(upstream)
@@ -113,10 +119,16 @@ impl Upstreams {
 
 /// The ready endpoints of a Service port, from its EndpointSlices (the slice port with the Service port's
 /// name; an unnamed single-port Service matches the unnamed slice port).
-fn endpoints(idx: &Index<'_>, ns: &str, svc: &str, sp: &ServicePort) -> Vec<(SocketAddr, String)> {
+fn endpoints(
+    idx: &Index<'_>,
+    ns: &str,
+    svc: &str,
+    sp: &ServicePort,
+    origin: &str,
+) -> Vec<(SocketAddr, String)> {
     let name = sp.name.as_deref().unwrap_or("");
     let mut out = Vec::new();
-    for slice in idx.endpoint_slices(ns, svc) {
+    for slice in idx.endpoint_slices(ns, svc, origin) {
         let port = slice
             .ports
             .iter()

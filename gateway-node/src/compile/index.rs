@@ -5,7 +5,7 @@ use gw_model::ObjectKey;
 use gw_model::core::{
     ConfigMapBody, EndpointSliceBody, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
 };
-use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::kinds::{GATEWAY_GROUP, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL};
 use gw_model::meta::parse_rfc3339;
 use gw_model::policy::ReferenceGrantSpec;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,8 @@ pub struct Meta {
     pub uid: String,
     pub generation: i64,
     pub created_ms: u64,
+    /// The Kubernetes cluster its kube sync agent carried it from ("" if none).
+    pub origin: String,
 }
 
 impl Meta {
@@ -35,6 +37,7 @@ impl Meta {
                 .as_str()
                 .and_then(parse_rfc3339)
                 .unwrap_or(0),
+            origin: m["labels"][ORIGIN_LABEL].as_str().unwrap_or("").into(),
         }
     }
 
@@ -58,7 +61,8 @@ pub struct Index<'a> {
     pub snap: &'a Snapshot,
     namespace_labels: HashMap<&'a str, BTreeMap<String, String>>,
     services: HashMap<(String, String), ServiceSpec>,
-    slices: HashMap<(String, String), Vec<EndpointSliceBody>>,
+    /// By Service: each slice with its source cluster ("" if none).
+    slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>>,
     grants: Vec<(&'a str, ReferenceGrantSpec)>,
 }
 
@@ -66,7 +70,8 @@ impl<'a> Index<'a> {
     pub fn new(snap: &'a Snapshot) -> Index<'a> {
         let mut namespace_labels = HashMap::new();
         let mut services = HashMap::new();
-        let mut slices: HashMap<(String, String), Vec<EndpointSliceBody>> = HashMap::new();
+        let mut slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>> =
+            HashMap::new();
         let mut grants = Vec::new();
         for (k, obj) in &snap.objects {
             match (k.group.as_str(), k.kind.as_str()) {
@@ -80,12 +85,14 @@ impl<'a> Index<'a> {
                     }
                 }
                 ("discovery.k8s.io", "EndpointSlice") => {
-                    let svc = obj["metadata"]["labels"][SERVICE_NAME_LABEL].as_str();
+                    let labels = &obj["metadata"]["labels"];
+                    let svc = labels[SERVICE_NAME_LABEL].as_str();
                     if let (Some(svc), Some(body)) = (svc, typed::<EndpointSliceBody>(obj, None)) {
+                        let source = labels[SOURCE_CLUSTER_LABEL].as_str().unwrap_or("");
                         slices
                             .entry((k.namespace.clone(), svc.to_string()))
                             .or_default()
-                            .push(body);
+                            .push((source.to_string(), body));
                     }
                 }
                 (GATEWAY_GROUP, "ReferenceGrant") => {
@@ -136,11 +143,22 @@ impl<'a> Index<'a> {
         self.services.get(&(ns.to_string(), name.to_string()))
     }
 
-    pub fn endpoint_slices(&self, ns: &str, service: &str) -> &[EndpointSliceBody] {
+    /// A Service's EndpointSlices, as a route from cluster `origin` sees them (GEP-1748: a `Service`
+    /// backendRef reaches the route's own cluster only): the slices from that cluster and those of no
+    /// cluster; every slice for a route of no cluster.
+    pub fn endpoint_slices(
+        &self,
+        ns: &str,
+        service: &str,
+        origin: &str,
+    ) -> Vec<&EndpointSliceBody> {
         self.slices
             .get(&(ns.to_string(), service.to_string()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+            .into_iter()
+            .flatten()
+            .filter(|(source, _)| origin.is_empty() || source.is_empty() || source == origin)
+            .map(|(_, body)| body)
+            .collect()
     }
 
     pub fn secret(&self, ns: &str, name: &str) -> Option<SecretBody> {

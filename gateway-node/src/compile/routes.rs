@@ -315,6 +315,8 @@ struct RefContext<'a, 'b> {
     upstreams: &'a mut Upstreams,
     route_kind: &'static str,
     route_ns: &'a str,
+    /// The cluster the route was carried from ("" if none).
+    route_origin: &'a str,
     grpc: bool,
 }
 
@@ -351,7 +353,7 @@ impl FilterBuilder<'_, '_, '_> {
         let c = &mut *self.ctx;
         match c
             .upstreams
-            .resolve(c.idx, c.route_kind, c.route_ns, b, c.grpc)
+            .resolve(c.idx, (c.route_kind, c.route_ns, c.route_origin), b, c.grpc)
         {
             Ok(u) => self.filters.mirrors.push(u),
             Err(e) => {
@@ -454,8 +456,7 @@ fn backends<F>(
     for br in refs {
         let target = match ctx.upstreams.resolve(
             ctx.idx,
-            ctx.route_kind,
-            ctx.route_ns,
+            (ctx.route_kind, ctx.route_ns, ctx.route_origin),
             &br.object_ref(),
             ctx.grpc,
         ) {
@@ -508,6 +509,7 @@ fn compile_http(
             upstreams: &mut *upstreams,
             route_kind: "HTTPRoute",
             route_ns: &meta.namespace,
+            route_origin: &meta.origin,
             grpc: false,
         };
         let mut fb = FilterBuilder::new(&mut ctx);
@@ -661,6 +663,7 @@ fn compile_grpc(
             upstreams: &mut *upstreams,
             route_kind: "GRPCRoute",
             route_ns: &meta.namespace,
+            route_origin: &meta.origin,
             grpc: true,
         };
         let mut fb = FilterBuilder::new(&mut ctx);
