@@ -22,7 +22,10 @@ use anyhow::Context;
 use futures::StreamExt;
 use gw_client::{Client, Error, kind_ref, object_ref};
 use gw_model::ObjectKey;
-use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL};
+use gw_model::kinds::{
+    self, GATEWAY_GROUP, KindInfo, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL,
+    SOURCE_CLUSTER_LABEL,
+};
 use gw_proto as pb;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -45,6 +48,7 @@ const RETRY: Duration = Duration::from_secs(2);
 const CARRIED: &[(&str, &str)] = &[
     ("", "Namespace"),
     ("", "Service"),
+    (MCS_GROUP, "ServiceExport"),
     ("discovery.k8s.io", "EndpointSlice"),
     (GATEWAY_GROUP, "GatewayClass"),
     (GATEWAY_GROUP, "Gateway"),
@@ -145,12 +149,22 @@ fn store_document(info: &KindInfo, obj: &DynamicObject, cluster: &str) -> Value 
     doc["apiVersion"] = json!(info.storage_api_version());
     doc["kind"] = json!(info.kind);
     let mut labels = meta.labels.clone().unwrap_or_default();
-    if info.kind == "EndpointSlice" {
+    match info.kind {
         // EndpointSlices stay per cluster (a Service backendRef reaches its route's cluster only).
-        labels.insert(SOURCE_CLUSTER_LABEL.into(), cluster.into());
+        "EndpointSlice" => {
+            labels.insert(SOURCE_CLUSTER_LABEL.into(), cluster.into());
+        }
+        // Every cluster exporting a Service has its own export of it in the store.
+        "ServiceExport" => {
+            labels.insert(
+                MCS_SERVICE_NAME_LABEL.into(),
+                meta.name.clone().unwrap_or_default(),
+            );
+        }
+        _ => {}
     }
     doc["metadata"] = json!({
-        "name": meta.name,
+        "name": stored_name(info, meta.name.as_deref().unwrap_or(""), cluster),
         "namespace": meta.namespace,
         "labels": labels,
         "annotations": annotations,
@@ -161,6 +175,17 @@ fn store_document(info: &KindInfo, obj: &DynamicObject, cluster: &str) -> Value 
     doc
 }
 
+/// The store's name of a cluster's object: its own, but for a ServiceExport (`NAME.CLUSTER`: one per
+/// exporting cluster).
+fn stored_name(info: &KindInfo, name: &str, cluster: &str) -> String {
+    if info.kind == "ServiceExport" {
+        format!("{name}.{cluster}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// An object's key in its cluster.
 fn key_of(info: &KindInfo, obj: &DynamicObject) -> ObjectKey {
     ObjectKey::new(
         info.group,
@@ -204,8 +229,15 @@ where
 }
 
 impl Agent {
+    /// An object's key in the store.
+    fn store_key(&self, info: &KindInfo, obj: &DynamicObject) -> ObjectKey {
+        let mut key = key_of(info, obj);
+        key.name = stored_name(info, &key.name, &self.cluster);
+        key
+    }
+
     async fn put(&self, info: &'static KindInfo, obj: &DynamicObject) {
-        let key = key_of(info, obj);
+        let key = self.store_key(info, obj);
         let doc = pb::Document {
             json: store_document(info, obj, &self.cluster).to_string(),
             source: format!("cluster {}", self.cluster),
@@ -396,7 +428,7 @@ async fn carry(agent: Arc<Agent>, info: &'static KindInfo) {
             Ok(watcher::Event::Init) => listing = Some(BTreeSet::new()),
             Ok(watcher::Event::InitApply(o)) => {
                 if let Some(seen) = listing.as_mut() {
-                    seen.insert(key_of(info, &o));
+                    seen.insert(agent.store_key(info, &o));
                 }
                 agent.references(info, &o, false);
                 agent.put(info, &o).await;
@@ -420,7 +452,7 @@ async fn carry(agent: Arc<Agent>, info: &'static KindInfo) {
             }
             Ok(watcher::Event::Delete(o)) => {
                 agent.references(info, &o, true);
-                agent.delete(vec![key_of(info, &o)]).await;
+                agent.delete(vec![agent.store_key(info, &o)]).await;
             }
             Err(e) => tracing::info!(kind = info.kind, error = %e, "cluster watch failed"),
         }

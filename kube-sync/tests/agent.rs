@@ -435,8 +435,11 @@ async fn only_the_secrets_a_carried_gateway_references_are_carried() {
     assert!(!in_store("unrelated"));
 }
 
+/// Exports of Service `echo` (KEP-1645).
+const EXPORT: &str = "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: echo, namespace: app}\n";
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_service_backend_reaches_the_routes_own_cluster_only() {
+async fn a_service_reaches_its_routes_cluster_and_a_service_import_every_exporting_one() {
     let fleet = Fleet::start().await;
     let store = &fleet.store;
     let echo_b = start(EchoConfig {
@@ -456,13 +459,24 @@ async fn a_service_backend_reaches_the_routes_own_cluster_only() {
     spawn_agent(&mut agents, store, "b", &kc_b);
     let port = free_port();
     let file = store.dir.join("a.yaml");
-    std::fs::write(&file, manifests(port, fleet.echo.addr.port())).unwrap();
+    // A: the Service exported, a route to the Service and one to its ServiceImport.
+    let imported = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: imported, namespace: {NS}}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [import.example]\n  rules: [{{backendRefs: [{{group: multicluster.x-k8s.io, kind: ServiceImport, name: echo, port: 80}}]}}]\n"
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{EXPORT}---\n{imported}",
+            manifests(port, fleet.echo.addr.port())
+        ),
+    )
+    .unwrap();
     let o = kubectl(&kc_a, &["apply", "-f", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    // B has the same Service, with its own endpoints (a slice of another name).
+    // B has the same Service, exported, with its own endpoints (a slice of another name).
     let file = store.dir.join("b.yaml");
     let b_side = manifests(port, echo_b.addr.port()).replace("echo-a", "echo-b");
-    let b_docs: Vec<&str> = b_side
+    let mut b_docs: Vec<&str> = b_side
         .split("---\n")
         .filter(|d| {
             d.contains("kind: Service")
@@ -470,6 +484,7 @@ async fn a_service_backend_reaches_the_routes_own_cluster_only() {
                 || d.contains("kind: Namespace")
         })
         .collect();
+    b_docs.push(EXPORT);
     std::fs::write(&file, b_docs.join("---\n")).unwrap();
     let o = kubectl(&kc_b, &["apply", "-f", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -492,4 +507,18 @@ async fn a_service_backend_reaches_the_routes_own_cluster_only() {
             "{body}"
         );
     }
+    // The ServiceImport spreads over both clusters' endpoints.
+    until("B's export is in the store", || async {
+        let out = store.gwadm(store.addr(1), &["get", "serviceexports", "-A"]);
+        text(&out.stdout).contains(" b ")
+    })
+    .await;
+    let mut pods = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (code, body) = get(port, "import.example").await;
+        assert_eq!(code, 200, "{body}");
+        let pod = if body.contains("echo-a") { "a" } else { "b" };
+        *pods.entry(pod).or_insert(0) += 1;
+    }
+    assert_eq!(pods.len(), 2, "both clusters' endpoints: {pods:?}");
 }

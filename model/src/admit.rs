@@ -349,6 +349,8 @@ fn admit_body(
             body.retain(|k, _| k == "spec");
             Ok(body)
         }
+        // Its name and namespace are the whole of it.
+        "ServiceExport" => Ok(Map::new()),
         "Service" => {
             let spec_value = body.get("spec").cloned().unwrap_or_else(|| json!({}));
             let spec: ServiceSpec = typed(&spec_value, "spec")?;

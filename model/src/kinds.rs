@@ -13,6 +13,11 @@ pub const GW_GROUP: &str = "gw.dev";
 pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
 /// The label of an EndpointSlice carried from a cluster (the MCS API's): its cluster.
 pub const SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cluster";
+/// The Multi-Cluster Services API group (KEP-1645): ServiceExport, and the ServiceImport backendRefs
+/// name.
+pub const MCS_GROUP: &str = "multicluster.x-k8s.io";
+/// The label naming the Service of a ServiceExport carried from a cluster (stored as NAME.CLUSTER).
+pub const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";
 
 /// Everything the store and the CLI need to know about one kind.
 #[derive(Debug, PartialEq, Eq)]
@@ -159,6 +164,18 @@ pub static KINDS: &[KindInfo] = &[
         versions: &["v1"],
         plural: "services",
         short_names: &["svc"],
+        namespaced: true,
+        status_subresource: true,
+        experimental: false,
+    },
+    // A Service exported from its cluster (KEP-1645): no spec. The clusters exporting a Service
+    // make its ServiceImport, which a backendRef names (GEP-1748).
+    KindInfo {
+        kind: "ServiceExport",
+        group: MCS_GROUP,
+        versions: &["v1alpha1"],
+        plural: "serviceexports",
+        short_names: &["svcex"],
         namespaced: true,
         status_subresource: true,
         experimental: false,

@@ -1,11 +1,13 @@
 //! Resolution of backend references: Service (core group) → the Service port → the EndpointSlices of the
 //! Service → the ready endpoints' addresses and port; with the ReferenceGrant check for references into
 //! other namespaces. Results are shared per (Service, port, protocol) so that round-robin state is too.
+//! Across clusters (GEP-1748): a `Service` reaches its route's cluster's endpoints; a `ServiceImport`
+//! (multicluster.x-k8s.io) those of every cluster exporting the Service (a ServiceExport).
 
-use super::index::Index;
+use super::index::{Index, Scope};
 use crate::table::{Upstream, UpstreamProtocol};
 use gw_model::core::{IntOrString, ServicePort};
-use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::kinds::{GATEWAY_GROUP, MCS_GROUP};
 use gw_model::route::BackendObjectReference;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -45,30 +47,50 @@ impl Upstreams {
         r: &BackendObjectReference,
         grpc: bool,
     ) -> Result<Arc<Upstream>, RefError> {
-        if !r.group.is_empty() || r.kind != "Service" {
-            return Err(RefError::new(
-                "InvalidKind",
-                format!(
-                    "backendRef {}/{} {:?}: only core Services are supported",
-                    r.group, r.kind, r.name
-                ),
-            ));
-        }
+        let import = match (r.group.as_str(), r.kind.as_str()) {
+            ("", "Service") => false,
+            (MCS_GROUP, "ServiceImport") => true,
+            _ => {
+                return Err(RefError::new(
+                    "InvalidKind",
+                    format!(
+                        "backendRef {}/{} {:?}: only core Services and ServiceImports ({MCS_GROUP}) are supported",
+                        r.group, r.kind, r.name
+                    ),
+                ));
+            }
+        };
         let ns = r.namespace.as_deref().unwrap_or(route_ns);
         if ns != route_ns
             && !idx.grants(
                 (GATEWAY_GROUP, route_kind, route_ns),
-                ("", "Service", ns, &r.name),
+                (&r.group, &r.kind, ns, &r.name),
             )
         {
             return Err(RefError::new(
                 "RefNotPermitted",
                 format!(
-                    "backendRef to Service {ns}/{} is not permitted by any ReferenceGrant",
-                    r.name
+                    "backendRef to {} {ns}/{} is not permitted by any ReferenceGrant",
+                    r.kind, r.name
                 ),
             ));
         }
+        let scope = if import {
+            match idx.exporters(ns, &r.name) {
+                Some(clusters) => Scope::Exporters(clusters),
+                None => {
+                    return Err(RefError::new(
+                        "BackendNotFound",
+                        format!(
+                            "ServiceImport {ns}/{}: no cluster exports Service {}",
+                            r.name, r.name
+                        ),
+                    ));
+                }
+            }
+        } else {
+            Scope::Cluster(route_origin)
+        };
         let Some(svc) = idx.service(ns, &r.name) else {
             return Err(RefError::new(
                 "BackendNotFound",
@@ -92,7 +114,11 @@ impl Upstreams {
             r.name.clone(),
             port,
             grpc,
-            route_origin.to_string(),
+            if import {
+                "ServiceImport".to_string()
+            } else {
+                route_origin.to_string()
+            },
         );
         if let Some(u) = self.cache.get(&key) {
             return Ok(u.clone());
@@ -108,9 +134,13 @@ impl Upstreams {
             UpstreamProtocol::Http1
         };
         let upstream = Arc::new(Upstream::new(
-            format!("{ns}/{}:{port}", r.name),
+            format!(
+                "{}{ns}/{}:{port}",
+                if import { "import " } else { "" },
+                r.name
+            ),
             protocol,
-            endpoints(idx, ns, &r.name, sp, route_origin),
+            endpoints(idx, ns, &r.name, sp, scope),
         ));
         self.cache.insert(key, upstream.clone());
         Ok(upstream)
@@ -124,11 +154,11 @@ fn endpoints(
     ns: &str,
     svc: &str,
     sp: &ServicePort,
-    origin: &str,
+    scope: Scope<'_>,
 ) -> Vec<(SocketAddr, String)> {
     let name = sp.name.as_deref().unwrap_or("");
     let mut out = Vec::new();
-    for slice in idx.endpoint_slices(ns, svc, origin) {
+    for slice in idx.endpoint_slices(ns, svc, scope) {
         let port = slice
             .ports
             .iter()

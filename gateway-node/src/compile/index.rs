@@ -5,12 +5,14 @@ use gw_model::ObjectKey;
 use gw_model::core::{
     ConfigMapBody, EndpointSliceBody, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
 };
-use gw_model::kinds::{GATEWAY_GROUP, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL};
+use gw_model::kinds::{
+    GATEWAY_GROUP, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL,
+};
 use gw_model::meta::parse_rfc3339;
 use gw_model::policy::ReferenceGrantSpec;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// What the compiler needs of an object's metadata.
@@ -57,12 +59,23 @@ pub fn typed<T: DeserializeOwned>(obj: &Value, field: Option<&str>) -> Option<T>
     serde_json::from_value(v).ok()
 }
 
+/// Whose endpoints a backendRef reaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// A route's own cluster ("" for a route of no cluster: every cluster).
+    Cluster(&'a str),
+    /// The clusters exporting the Service.
+    Exporters(&'a BTreeSet<String>),
+}
+
 pub struct Index<'a> {
     pub snap: &'a Snapshot,
     namespace_labels: HashMap<&'a str, BTreeMap<String, String>>,
     services: HashMap<(String, String), ServiceSpec>,
     /// By Service: each slice with its source cluster ("" if none).
     slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>>,
+    /// By Service: the clusters exporting it (ServiceExports; "" for one of no cluster).
+    exports: HashMap<(String, String), BTreeSet<String>>,
     grants: Vec<(&'a str, ReferenceGrantSpec)>,
 }
 
@@ -73,6 +86,7 @@ impl<'a> Index<'a> {
         let mut slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>> =
             HashMap::new();
         let mut grants = Vec::new();
+        let mut exports: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
         for (k, obj) in &snap.objects {
             match (k.group.as_str(), k.kind.as_str()) {
                 ("", "Namespace") => {
@@ -95,6 +109,15 @@ impl<'a> Index<'a> {
                             .push((source.to_string(), body));
                     }
                 }
+                (MCS_GROUP, "ServiceExport") => {
+                    let labels = &obj["metadata"]["labels"];
+                    let origin = labels[ORIGIN_LABEL].as_str();
+                    let service = labels[MCS_SERVICE_NAME_LABEL].as_str().unwrap_or(&k.name);
+                    exports
+                        .entry((k.namespace.clone(), service.to_string()))
+                        .or_default()
+                        .insert(origin.unwrap_or("").to_string());
+                }
                 (GATEWAY_GROUP, "ReferenceGrant") => {
                     if let Some(g) = typed(obj, Some("spec")) {
                         grants.push((k.namespace.as_str(), g));
@@ -108,6 +131,7 @@ impl<'a> Index<'a> {
             namespace_labels,
             services,
             slices,
+            exports,
             grants,
         }
     }
@@ -143,22 +167,32 @@ impl<'a> Index<'a> {
         self.services.get(&(ns.to_string(), name.to_string()))
     }
 
-    /// A Service's EndpointSlices, as a route from cluster `origin` sees them (GEP-1748: a `Service`
-    /// backendRef reaches the route's own cluster only): the slices from that cluster and those of no
-    /// cluster; every slice for a route of no cluster.
+    /// A Service's EndpointSlices within a scope (GEP-1748): for a `Service` backendRef of a route
+    /// from cluster C, C's slices and those of no cluster (every slice for a route of no cluster);
+    /// for a `ServiceImport` backendRef, the slices of the clusters exporting the Service.
     pub fn endpoint_slices(
         &self,
         ns: &str,
         service: &str,
-        origin: &str,
+        scope: Scope<'_>,
     ) -> Vec<&EndpointSliceBody> {
         self.slices
             .get(&(ns.to_string(), service.to_string()))
             .into_iter()
             .flatten()
-            .filter(|(source, _)| origin.is_empty() || source.is_empty() || source == origin)
+            .filter(|(source, _)| match scope {
+                Scope::Cluster(origin) => {
+                    origin.is_empty() || source.is_empty() || source == origin
+                }
+                Scope::Exporters(clusters) => clusters.contains(source),
+            })
             .map(|(_, body)| body)
             .collect()
+    }
+
+    /// The clusters exporting a Service (`None`: no ServiceExport names it).
+    pub fn exporters(&self, ns: &str, service: &str) -> Option<&BTreeSet<String>> {
+        self.exports.get(&(ns.to_string(), service.to_string()))
     }
 
     pub fn secret(&self, ns: &str, name: &str) -> Option<SecretBody> {
