@@ -7,6 +7,7 @@
 
 use futures::StreamExt;
 use gw_testkit::cluster::Cluster;
+use gw_testkit::proxy::Proxy;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -15,53 +16,13 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How long a restarted member may take to catch up.
 const ELECTION: Duration = Duration::from_secs(20);
 const NS: &str = "watched";
 /// Revisions of events each member keeps (`--history-revisions`).
 const HISTORY: u64 = 20;
-
-/// A TCP proxy to `target` that the test can cut (every connection closed, new ones refused) and
-/// restore.
-struct Proxy {
-    addr: String,
-    open: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (open, _) = watch::channel(true);
-        let state = open.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut up = state.subscribe();
-                if !*up.borrow() {
-                    continue; // cut: the connection is dropped at once
-                }
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = up.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, open }
-    }
-
-    fn set(&self, open: bool) {
-        self.open.send_replace(open);
-    }
-}
 
 async fn client(c: &Cluster, id: u64, server: Option<&str>) -> kube::Client {
     let mut kc = Kubeconfig::read_from(c.kubeconfig(id).unwrap()).unwrap();
@@ -182,7 +143,7 @@ async fn watcher_sees_every_change_once_across_a_restart_and_relists_after_410()
         .unwrap();
 
     // The watcher, on member 1 through the proxy.
-    let proxy = Proxy::start(c.kube_addr(1).to_string()).await;
+    let proxy = Proxy::start(c.kube_addr(1).to_string()).await.unwrap();
     let via_proxy = routes(client(&c, 1, Some(&proxy.addr)).await);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stopped = Arc::new(AtomicBool::new(false));

@@ -9,6 +9,7 @@ use gw_client::{Identity, TlsArgs};
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::echo::{EchoConfig, EchoServer, start};
 use gw_testkit::procs::{Children, bin, free_port};
+use gw_testkit::proxy::Proxy;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -521,4 +522,95 @@ async fn a_service_reaches_its_routes_cluster_and_a_service_import_every_exporti
         *pods.entry(pod).or_insert(0) += 1;
     }
     assert_eq!(pods.len(), 2, "both clusters' endpoints: {pods:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_410_is_recovered_by_relisting_without_spurious_deletes() {
+    let fleet = Fleet::start().await;
+    let store = &fleet.store;
+    // The cluster keeps 10 revisions of history; the agent reaches it through a proxy it can lose.
+    let a = Cluster::start_kube(1, &["--history-revisions", "10"])
+        .await
+        .unwrap();
+    let kc = a.kubeconfig(1).unwrap();
+    let proxy = Proxy::start(a.kube_addr(1).to_string()).await.unwrap();
+    let mut via_proxy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kc).unwrap()).unwrap();
+    via_proxy["clusters"][0]["cluster"]["server"] = format!("https://{}", proxy.addr).into();
+    let kc_agent = store.dir.join("agent-kubeconfig.json");
+    std::fs::write(&kc_agent, via_proxy.to_string()).unwrap();
+    let mut agents = Children::default();
+    spawn_agent(&mut agents, store, "a", &kc_agent);
+
+    let port = free_port();
+    let route = |name: &str, host: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [{host}]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
+        )
+    };
+    let file = store.dir.join("a.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            manifests(port, fleet.echo.addr.port()),
+            route("keep", "keep.example")
+        ),
+    )
+    .unwrap();
+    let o = kubectl(&kc, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    until("both routes are served", || async {
+        status_of(port, "shop.example").await == 200 && status_of(port, "keep.example").await == 200
+    })
+    .await;
+
+    // Cut off: a route deleted, one created, and more revisions than the cluster keeps.
+    proxy.set(false);
+    let o = kubectl(&kc, &["delete", "httproute", "shop", "-n", NS]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let fresh = store.dir.join("fresh.yaml");
+    std::fs::write(&fresh, route("fresh", "fresh.example")).unwrap();
+    let o = kubectl(&kc, &["apply", "-f", fresh.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for i in 0..15 {
+        let o = kubectl(
+            &kc,
+            &[
+                "annotate",
+                "--overwrite",
+                "service",
+                "echo",
+                "-n",
+                NS,
+                &format!("churn={i}"),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    assert_eq!(
+        status_of(port, "shop.example").await,
+        200,
+        "nothing deleted while cut off"
+    );
+
+    // Back: the watches' revisions are gone (410), the agent lists again and converges.
+    proxy.set(true);
+    until("the converged store is served", || async {
+        status_of(port, "shop.example").await == 404
+            && status_of(port, "fresh.example").await == 200
+            && status_of(port, "keep.example").await == 200
+    })
+    .await;
+    let logs: String = std::fs::read_dir(&store.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-a-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("Expired"), "the agent saw a 410: {logs}");
+    for host in ["keep.example", "fresh.example", "shop.example"] {
+        let want = if host == "shop.example" { 404 } else { 200 };
+        assert_eq!(status_of(port, host).await, want, "{host}");
+    }
 }

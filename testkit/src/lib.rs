@@ -9,3 +9,4 @@ pub mod cluster;
 pub mod echo;
 pub mod pki;
 pub mod procs;
+pub mod proxy;
