@@ -45,7 +45,7 @@ pub fn wall_ms() -> u64 {
 }
 
 /// A process the workload runs (a gateway node or a backend), restartable with the same arguments.
-struct Proc {
+pub(crate) struct Proc {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -54,7 +54,23 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    /// A process not started yet.
+    pub(crate) fn new(
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> Proc {
+        Proc {
+            program,
+            args,
+            env,
+            log,
+            child: None,
+        }
+    }
+
+    pub(crate) fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -71,7 +87,7 @@ impl Proc {
         Ok(())
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -135,17 +151,16 @@ impl Fleet {
         let mut refs = Vec::new();
         for i in 0..BACKENDS {
             let addr: SocketAddr = format!("{ip_prefix}{}:{}", 80 + i, free_port()).parse()?;
-            let mut p = Proc {
-                program: bin("gwadm").expect("gwadm"),
-                args: ["echo-server", "--listen", &addr.to_string(), "--name"]
+            let mut p = Proc::new(
+                bin("gwadm").expect("gwadm"),
+                ["echo-server", "--listen", &addr.to_string(), "--name"]
                     .map(String::from)
                     .into_iter()
                     .chain([format!("b{i}"), "--namespace".into(), "jepsen".into()])
                     .collect(),
-                env: vec![],
-                log: dir.join(format!("backend-{i}.log")),
-                child: None,
-            };
+                vec![],
+                dir.join(format!("backend-{i}.log")),
+            );
             p.spawn()?;
             backends.push(p);
             backend_addrs.push(addr);
@@ -193,13 +208,12 @@ impl Fleet {
                 "--data-dir".into(),
                 dir.join(format!("gateway-{g}")).display().to_string(),
             ]);
-            let mut p = Proc {
-                program: bin("gw-node").expect("gw-node"),
+            let mut p = Proc::new(
+                bin("gw-node").expect("gw-node"),
                 args,
-                env: gateway_env.clone(),
-                log: dir.join(format!("gateway-{g}.log")),
-                child: None,
-            };
+                gateway_env.clone(),
+                dir.join(format!("gateway-{g}.log")),
+            );
             p.spawn()?;
             fleet.lock_gateways().push(p);
         }

@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod checker;
 pub mod history;
 pub mod kube_api;
+pub mod kube_sync;
 pub mod nemesis;
 pub mod register;
 pub mod run;

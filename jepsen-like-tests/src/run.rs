@@ -4,7 +4,7 @@
 use crate::checker::{self, Validity, Verdict};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::{affinity, kube_api, register, txn, watch};
+use crate::{affinity, kube_api, kube_sync, register, txn, watch};
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
@@ -26,8 +26,10 @@ pub struct RunArgs {
     /// Faults to inject, in turn: kill, pause, partition, catchup (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
-    /// Workloads, side by side (comma-separated): register (with the watch collectors), txn, and
-    /// affinity (sessions through two gateway nodes over four backends, with backend and gateway churn).
+    /// Workloads, side by side (comma-separated): register (with the watch collectors), txn,
+    /// affinity (sessions through two gateway nodes over four backends, with backend and gateway
+    /// churn), and kube-sync (two Kubernetes clusters and their agents feeding the store, with agent
+    /// churn).
     #[arg(long, value_delimiter = ',', default_value = "register,txn")]
     pub workload: Vec<String>,
     /// How the register workload and its watch collectors reach the members: grpc (the store's own
@@ -83,13 +85,14 @@ fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
 pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     for w in &args.workload {
         anyhow::ensure!(
-            matches!(w.as_str(), "register" | "txn" | "affinity"),
-            "unknown workload {w:?} (register, txn, affinity)"
+            matches!(w.as_str(), "register" | "txn" | "affinity" | "kube-sync"),
+            "unknown workload {w:?} (register, txn, affinity, kube-sync)"
         );
     }
     let register_on = args.workload.iter().any(|w| w == "register");
     let txn_on = args.workload.iter().any(|w| w == "txn");
     let affinity_on = args.workload.iter().any(|w| w == "affinity");
+    let kube_sync_on = args.workload.iter().any(|w| w == "kube-sync");
     let faults: Vec<Fault> = args
         .nemesis
         .iter()
@@ -98,15 +101,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .collect::<Result<_, String>>()
         .map_err(anyhow::Error::msg)?;
     let on = |var: &str| vec![(var.to_string(), "true".to_string())];
-    // The switch goes to the store members, or (local-failover) to the gateway nodes.
-    let (env, gateway_env) = match args.null_control.as_deref() {
-        None => (vec![], vec![]),
-        Some("stale-reads") => (on("GW_UNSAFE_STALE_READS"), vec![]),
-        Some("no-sync") => (on("GW_UNSAFE_NO_SYNC"), vec![]),
-        Some("early-ack") => (on("GW_UNSAFE_EARLY_ACK"), vec![]),
-        Some("local-failover") if affinity_on => (vec![], on("GW_UNSAFE_LOCAL_FAILOVER")),
+    // The switch goes to the store members, to the gateway nodes (local-failover), or to the kube
+    // sync agents (keep-stale).
+    let (env, gateway_env, agent_env) = match args.null_control.as_deref() {
+        None => (vec![], vec![], vec![]),
+        Some("stale-reads") => (on("GW_UNSAFE_STALE_READS"), vec![], vec![]),
+        Some("no-sync") => (on("GW_UNSAFE_NO_SYNC"), vec![], vec![]),
+        Some("early-ack") => (on("GW_UNSAFE_EARLY_ACK"), vec![], vec![]),
+        Some("local-failover") if affinity_on => (vec![], on("GW_UNSAFE_LOCAL_FAILOVER"), vec![]),
+        Some("keep-stale") if kube_sync_on => (vec![], vec![], on("GW_UNSAFE_KEEP_STALE")),
         Some(other) => anyhow::bail!(
-            "unknown null control {other:?} (stale-reads, no-sync, early-ack; local-failover with the affinity workload)"
+            "unknown null control {other:?} (stale-reads, no-sync, early-ack; local-failover with the affinity workload; keep-stale with kube-sync)"
         ),
     };
     std::fs::create_dir_all(&args.out)?;
@@ -144,6 +149,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         Some(Arc::new(
             affinity::Fleet::start(&cluster, &args.out, &ip_prefix, gateway_env, rec.clone())
                 .await?,
+        ))
+    } else {
+        None
+    };
+    let clusters = if kube_sync_on {
+        Some(Arc::new(
+            kube_sync::Clusters::start(&cluster, &args.out, agent_env, rec.clone()).await?,
         ))
     } else {
         None
@@ -246,6 +258,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             async move { f.churn(schedule, seed, until).await },
         ));
     }
+    if let Some(k) = &clusters {
+        for c in 0..args.clients {
+            let k = k.clone();
+            let seed = args.seed * 13_000 + c + 1;
+            tasks.push(tokio::spawn(async move { k.client(seed, until).await }));
+        }
+        let k = k.clone();
+        let schedule = (
+            Duration::from_secs(args.interval),
+            Duration::from_secs(args.hold),
+        );
+        let seed = args.seed * 17 + 3;
+        tasks.push(tokio::spawn(
+            async move { k.churn(schedule, seed, until).await },
+        ));
+    }
     let observer = fleet.as_ref().map(|_| {
         let chans = ctx.chans.iter().map(|(_, c)| c.clone()).collect();
         tokio::spawn(affinity::observe(chans, until + Duration::from_secs(3)))
@@ -343,6 +371,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         // Let the nodes' last activity batches and failovers reach the store.
         tokio::time::sleep(crate::affinity::SETTLE).await;
     }
+    let kube_sync_verdict = match &clusters {
+        Some(k) => {
+            k.heal().await?;
+            let servers: Vec<String> = addrs.iter().map(|(_, a)| a.clone()).collect();
+            let store = gw_client::Client::new(
+                &servers,
+                Duration::from_secs(10),
+                &gw_client::Dialer::new(admin.clone()),
+            )?;
+            Some(k.check(&store).await)
+        }
+        None => None,
+    };
     let healed = match &leader {
         Err(e) => Verdict {
             valid: Validity::False,
@@ -429,6 +470,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     if let Some(v) = &affinity_verdict {
         verdicts.push(("affinity", v));
+    }
+    if let Some(v) = &kube_sync_verdict {
+        verdicts.push(("kube-sync", v));
     }
     let valid = combine(&verdicts);
     let results = json!({

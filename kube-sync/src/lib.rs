@@ -76,6 +76,10 @@ pub struct Args {
     pub store: Vec<String>,
     #[command(flatten)]
     pub tls: gw_client::TlsArgs,
+    /// NULL CONTROL for the fault-injection suite, never for production: after a full list, keep
+    /// what the store holds of this cluster and the list did not show (deleted while away).
+    #[arg(long, hide = true, env = "GW_UNSAFE_KEEP_STALE")]
+    pub unsafe_keep_stale: bool,
 }
 
 /// What the carrying and status tasks share.
@@ -85,6 +89,8 @@ struct Agent {
     kube: kube::Client,
     /// Objects the store refused because another cluster holds them: the object, and why.
     refused: Mutex<BTreeMap<ObjectKey, (&'static KindInfo, DynamicObject, String)>>,
+    /// The null control: no deletions after a full list.
+    keep_stale: bool,
     /// The Secrets and ConfigMaps carried objects reference, and what wakes their reconciliation.
     referenced: Mutex<referenced::Referenced>,
     wake: tokio::sync::Notify,
@@ -118,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
         kube: kube::Client::try_from(config)?,
         refused: Mutex::default(),
+        keep_stale: args.unsafe_keep_stale,
         referenced: Mutex::default(),
         wake: tokio::sync::Notify::new(),
     });
@@ -378,6 +385,10 @@ impl Agent {
 
     /// After a full list: deletes what the store holds of this origin and the list did not show.
     async fn delete_missing(&self, info: &KindInfo, seen: &BTreeSet<ObjectKey>) {
+        if self.keep_stale {
+            tracing::warn!("GW_UNSAFE_KEEP_STALE: nothing deleted after a full list");
+            return;
+        }
         let mut pause = Duration::from_millis(100);
         let owned = loop {
             match self.owned(info).await {
