@@ -42,10 +42,13 @@ pub fn origin(o: &Value) -> &str {
         .unwrap_or("")
 }
 
-/// The kube sync agents' reports (ConfigMaps `gw-system/kube-sync-CLUSTER`): CLUSTER, LAST CONTACT
-/// (how long ago), CONFLICTS (how many), then each conflict on its own line.
+/// The kube sync agents' reports (ConfigMaps `gw-system/kube-sync-CLUSTER`): CLUSTER, REGION, LAST
+/// CONTACT (how long ago), CONFLICTS (how many), then each conflict on its own line.
 pub fn clusters(config_maps: &[Value]) -> String {
-    let mut out = format!("{:<20} {:<14} {}\n", "CLUSTER", "LAST CONTACT", "CONFLICTS");
+    let mut out = format!(
+        "{:<20} {:<14} {:<14} {}\n",
+        "CLUSTER", "REGION", "LAST CONTACT", "CONFLICTS"
+    );
     let reports = config_maps.iter().filter(|c| {
         c["metadata"]["name"]
             .as_str()
@@ -58,8 +61,12 @@ pub fn clusters(config_maps: &[Value]) -> String {
             .and_then(|c| serde_json::from_str(c).ok())
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:<20} {:<14} {}\n",
+            "{:<20} {:<14} {:<14} {}\n",
             data["cluster"].as_str().unwrap_or("?"),
+            match data["region"].as_str() {
+                None | Some("") => "-",
+                Some(r) => r,
+            },
             age(data["lastContact"].as_str().unwrap_or("")),
             conflicts.len()
         ));

@@ -74,6 +74,13 @@ pub struct Args {
     /// Store members (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
     pub store: Vec<String>,
+    /// The cluster's region (shown by `gwadm clusters`).
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Carry only these namespaces (comma-separated; default: every one). Cluster-scoped kinds
+    /// (GatewayClass) are carried whatever the namespaces; Namespaces only those listed.
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     #[command(flatten)]
     pub tls: gw_client::TlsArgs,
     /// NULL CONTROL for the fault-injection suite, never for production: after a full list, keep
@@ -85,6 +92,9 @@ pub struct Args {
 /// What the carrying and status tasks share.
 struct Agent {
     cluster: String,
+    region: String,
+    /// The namespaces carried (empty: every one).
+    namespaces: BTreeSet<String>,
     store: Client,
     kube: kube::Client,
     /// Objects the store refused because another cluster holds them: the object, and why.
@@ -121,6 +131,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     let agent = Arc::new(Agent {
         cluster: args.cluster,
+        region: args.region,
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
         store,
         kube: kube::Client::try_from(config)?,
         refused: Mutex::default(),
@@ -190,6 +206,20 @@ fn stored_name(info: &KindInfo, name: &str, cluster: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// Whether an object is in `namespaces` (empty: every one): a namespaced object by its namespace, a
+/// Namespace by its name; other cluster-scoped objects always.
+fn in_namespaces(namespaces: &BTreeSet<String>, info: &KindInfo, obj: &DynamicObject) -> bool {
+    let name = |n: &Option<String>| n.clone().unwrap_or_default();
+    namespaces.is_empty()
+        || if info.namespaced {
+            namespaces.contains(&name(&obj.metadata.namespace))
+        } else if info.kind == "Namespace" {
+            namespaces.contains(&name(&obj.metadata.name))
+        } else {
+            true
+        }
 }
 
 /// An object's key in its cluster.
@@ -352,6 +382,7 @@ impl Agent {
             "metadata": {"name": format!("kube-sync-{}", self.cluster), "namespace": REPORT_NAMESPACE},
             "data": {
                 "cluster": self.cluster,
+                "region": self.region,
                 "lastContact": gw_model::meta::rfc3339(gw_client::clock::now_ms()),
                 "conflicts": serde_json::to_string(&conflicts).unwrap_or_default(),
             },
@@ -435,6 +466,15 @@ async fn carry(agent: Arc<Agent>, info: &'static KindInfo) {
     // The keys of the list in progress (between Init and InitDone).
     let mut listing: Option<BTreeSet<ObjectKey>> = None;
     while let Some(event) = events.next().await {
+        let event = match event {
+            // Outside the carried namespaces: as if it did not exist.
+            Ok(
+                watcher::Event::InitApply(ref o)
+                | watcher::Event::Apply(ref o)
+                | watcher::Event::Delete(ref o),
+            ) if !in_namespaces(&agent.namespaces, info, o) => continue,
+            other => other,
+        };
         match event {
             Ok(watcher::Event::Init) => listing = Some(BTreeSet::new()),
             Ok(watcher::Event::InitApply(o)) => {
@@ -621,6 +661,41 @@ async fn status(agent: Arc<Agent>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_listed_namespaces_are_carried() {
+        let obj = |kind: &str, ns: Option<&str>, name: &str| -> DynamicObject {
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": kind,
+                "metadata": {"name": name, "namespace": ns}}))
+            .unwrap()
+        };
+        let some: BTreeSet<String> = ["app".to_string()].into_iter().collect();
+        let route = info(GATEWAY_GROUP, "HTTPRoute");
+        let ns = info("", "Namespace");
+        let class = info(GATEWAY_GROUP, "GatewayClass");
+        assert!(in_namespaces(
+            &some,
+            route,
+            &obj("HTTPRoute", Some("app"), "r")
+        ));
+        assert!(!in_namespaces(
+            &some,
+            route,
+            &obj("HTTPRoute", Some("other"), "r")
+        ));
+        assert!(in_namespaces(&some, ns, &obj("Namespace", None, "app")));
+        assert!(!in_namespaces(&some, ns, &obj("Namespace", None, "other")));
+        assert!(in_namespaces(
+            &some,
+            class,
+            &obj("GatewayClass", None, "gw")
+        ));
+        assert!(in_namespaces(
+            &BTreeSet::new(),
+            route,
+            &obj("HTTPRoute", Some("x"), "r")
+        ));
+    }
 
     #[test]
     fn observed_generations_are_translated_to_the_clusters() {
