@@ -483,7 +483,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         "time_limit_s": args.time_limit,
         "nemesis": args.nemesis,
         "null_control": args.null_control,
-        "ops": ops.len(),
+        "ops": ops.len() + kube_sync_verdict.as_ref().map_or(0, |v| v.ops),
         "ops_ok": ops.iter().filter(|o| o.outcome() == Kind::Ok).count(),
         "ops_info": ops.iter().filter(|o| o.outcome() == Kind::Info).count(),
         "checkers": verdicts.iter().map(|(n, v)| (n.to_string(), serde_json::to_value(v).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),

@@ -41,8 +41,10 @@ use std::time::Duration;
 pub const ORIGIN_GENERATION: &str = "gw.dev/origin-generation";
 /// The namespace of the agents' reports (ConfigMaps `kube-sync-CLUSTER`).
 pub const REPORT_NAMESPACE: &str = "gw-system";
-/// How often refused objects are tried again, and the report written.
+/// How often refused objects are tried again (and the report written if its conflicts changed).
 const RETRY: Duration = Duration::from_secs(2);
+/// The report is written at least every this many `RETRY`s (the agent's heartbeat: 30 s).
+const HEARTBEAT_RETRIES: u32 = 15;
 
 /// The kinds carried into the store, in the order they are started (referenced kinds first).
 const CARRIED: &[(&str, &str)] = &[
@@ -198,10 +200,10 @@ fn store_document(info: &KindInfo, obj: &DynamicObject, cluster: &str) -> Value 
     doc
 }
 
-/// The store's name of a cluster's object: its own, but for a ServiceExport (`NAME.CLUSTER`: one per
-/// exporting cluster).
+/// The store's name of a cluster's object: its own, but for the kinds every cluster has its own of
+/// (ServiceExports, EndpointSlices): `NAME.CLUSTER`.
 fn stored_name(info: &KindInfo, name: &str, cluster: &str) -> String {
-    if info.kind == "ServiceExport" {
+    if matches!(info.kind, "ServiceExport" | "EndpointSlice") {
         format!("{name}.{cluster}")
     } else {
         name.to_string()
@@ -368,15 +370,19 @@ impl Agent {
         until_done(&what, || self.store.delete(req.clone())).await;
     }
 
-    /// The agent's report in the store (`gwadm clusters`): when it last wrote, and what was refused.
-    async fn report(&self) {
-        let conflicts: Vec<String> = self
-            .refused
+    /// What the store refused, and why.
+    fn conflicts(&self) -> Vec<String> {
+        self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(k, (_, _, why))| format!("{k}: {why}"))
-            .collect();
+            .collect()
+    }
+
+    /// Writes the agent's report in the store (`gwadm clusters`): when it last wrote, and what was
+    /// refused. Whether it was written.
+    async fn report(&self, conflicts: &[String]) -> bool {
         let doc = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("kube-sync-{}", self.cluster), "namespace": REPORT_NAMESPACE},
@@ -392,8 +398,12 @@ impl Agent {
             source: format!("cluster {} report", self.cluster),
             index: 1,
         };
-        if let Err(e) = self.store.apply(vec![doc], false).await {
-            tracing::info!(error = %e, "writing the report failed");
+        match self.store.apply(vec![doc], false).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "writing the report failed");
+                false
+            }
         }
     }
 
@@ -439,8 +449,11 @@ impl Agent {
     }
 }
 
-/// Tries the refused objects again and writes the report, every `RETRY`, for ever.
+/// Tries the refused objects again every `RETRY`, and writes the report when its conflicts changed
+/// or the heartbeat is due, for ever.
 async fn retry_and_report(agent: Arc<Agent>) {
+    let mut written: Option<Vec<String>> = None;
+    let mut since = 0;
     loop {
         tokio::time::sleep(RETRY).await;
         let refused: Vec<(&'static KindInfo, DynamicObject)> = agent
@@ -453,7 +466,14 @@ async fn retry_and_report(agent: Arc<Agent>) {
         for (info, obj) in refused {
             agent.put(info, &obj).await;
         }
-        agent.report().await;
+        since += 1;
+        let conflicts = agent.conflicts();
+        if (written.as_ref() != Some(&conflicts) || since >= HEARTBEAT_RETRIES)
+            && agent.report(&conflicts).await
+        {
+            written = Some(conflicts);
+            since = 0;
+        }
     }
 }
 

@@ -491,7 +491,10 @@ async fn a_service_reaches_its_routes_cluster_and_a_service_import_every_exporti
     assert!(o.status.success(), "{}", text(&o.stderr));
     until("B's EndpointSlice is in the store", || async {
         store
-            .gwadm(store.addr(1), &["get", "endpointslice", "echo-b", "-n", NS])
+            .gwadm(
+                store.addr(1),
+                &["get", "endpointslice", "echo-b.b", "-n", NS],
+            )
             .status
             .success()
     })
