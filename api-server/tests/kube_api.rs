@@ -5,10 +5,8 @@
 
 #![allow(clippy::disallowed_methods)] // a test: it times its own waits
 
-use gw_client::Identity;
-use gw_client::TlsArgs;
 use gw_testkit::cluster::Cluster;
-use gw_testkit::procs::{Children, bin, free_port};
+use gw_testkit::procs::{Children, free_port};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -176,40 +174,19 @@ spec:
   rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]
 ";
 
-/// A gateway node of class `gw` writing status for this member's store.
-fn gateway_node(k: &Kube, children: &mut Children) {
-    let tls = k
-        .cluster
-        .pki()
-        .issue(
-            "node-a",
-            &Identity::Node {
-                class: "gw".into(),
-                name: "a".into(),
-            },
-        )
-        .unwrap();
-    let dir = &k.cluster.dir;
-    children
-        .spawn(
-            "gw-node",
-            &dir.join("node.log"),
-            Command::new(bin("gw-node").unwrap())
-                .args(TlsArgs::of(&tls).to_args())
-                .args(["--store", k.cluster.addr(1), "--gateway-class", "gw"])
-                .args(["--bind-address", "127.0.0.1", "--node-name", "a"])
-                .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-                .arg("--data-dir")
-                .arg(dir.join("node")),
-        )
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_drives_the_store() {
     let k = Kube::start().await;
     let mut children = Children::default();
-    gateway_node(&k, &mut children);
+    children
+        .spawn_node(
+            k.cluster.addr(1),
+            "gw",
+            "a",
+            &k.cluster.dir,
+            k.cluster.pki(),
+        )
+        .unwrap();
 
     // Discovery, as kubectl sees it.
     let resources = k.ok(&["api-resources"]);

@@ -10,7 +10,7 @@ use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::echo::{EchoConfig, EchoServer, start};
 use gw_testkit::procs::{Children, bin, free_port};
 use gw_testkit::proxy::Proxy;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,30 +176,21 @@ impl Fleet {
         .await
         .unwrap();
         let mut node = Children::default();
-        let node_tls = store
-            .pki()
-            .issue(
-                "node-a",
-                &Identity::Node {
-                    class: "gw".into(),
-                    name: "a".into(),
-                },
-            )
+        node.spawn_node(store.addr(1), "gw", "a", &store.dir, store.pki())
             .unwrap();
-        node.spawn(
-            "gw-node",
-            &store.dir.join("node.log"),
-            Command::new(bin("gw-node").unwrap())
-                .args(TlsArgs::of(&node_tls).to_args())
-                .args(["--store", store.addr(1), "--gateway-class", "gw"])
-                .args(["--bind-address", "127.0.0.1", "--node-name", "a"])
-                .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-                .arg("--data-dir")
-                .arg(store.dir.join("node")),
-        )
-        .unwrap();
         Fleet { store, echo, node }
     }
+}
+
+/// Clusters `a` and `b` with their agents: the clusters, their kubeconfigs, the agents.
+async fn two_clusters(store: &Cluster) -> (Cluster, Cluster, PathBuf, PathBuf, Children) {
+    let a = Cluster::start_kube(1, &[]).await.unwrap();
+    let b = Cluster::start_kube(1, &[]).await.unwrap();
+    let (kc_a, kc_b) = (a.kubeconfig(1).unwrap(), b.kubeconfig(1).unwrap());
+    let mut agents = Children::default();
+    spawn_agent(&mut agents, store, "a", &kc_a);
+    spawn_agent(&mut agents, store, "b", &kc_b);
+    (a, b, kc_a, kc_b, agents)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -296,12 +287,7 @@ async fn a_cluster_feeds_the_store_and_gets_status_back() {
 async fn the_first_cluster_keeps_a_name_and_the_second_takes_over_when_it_goes() {
     let fleet = Fleet::start().await;
     let store = &fleet.store;
-    let a = Cluster::start_kube(1, &[]).await.unwrap();
-    let b = Cluster::start_kube(1, &[]).await.unwrap();
-    let (kc_a, kc_b) = (a.kubeconfig(1).unwrap(), b.kubeconfig(1).unwrap());
-    let mut agents = Children::default();
-    spawn_agent(&mut agents, store, "a", &kc_a);
-    spawn_agent(&mut agents, store, "b", &kc_b);
+    let (_a, _b, kc_a, kc_b, _agents) = two_clusters(store).await;
 
     let port = free_port();
     let file = store.dir.join("a.yaml");
@@ -452,12 +438,7 @@ async fn a_service_reaches_its_routes_cluster_and_a_service_import_every_exporti
     })
     .await
     .unwrap();
-    let a = Cluster::start_kube(1, &[]).await.unwrap();
-    let b = Cluster::start_kube(1, &[]).await.unwrap();
-    let (kc_a, kc_b) = (a.kubeconfig(1).unwrap(), b.kubeconfig(1).unwrap());
-    let mut agents = Children::default();
-    spawn_agent(&mut agents, store, "a", &kc_a);
-    spawn_agent(&mut agents, store, "b", &kc_b);
+    let (_a, _b, kc_a, kc_b, _agents) = two_clusters(store).await;
     let port = free_port();
     let file = store.dir.join("a.yaml");
     // A: the Service exported, a route to the Service and one to its ServiceImport.

@@ -105,6 +105,36 @@ impl Children {
         Ok(())
     }
 
+    /// Starts a gateway node `NAME` of GatewayClass `class` on loopback for the store at `store`, its
+    /// data and log under `dir`, and a node certificate from `pki`.
+    pub fn spawn_node(
+        &mut self,
+        store: &str,
+        class: &str,
+        name: &str,
+        dir: &Path,
+        pki: &Pki,
+    ) -> anyhow::Result<()> {
+        let tls = pki.issue(
+            &format!("node-{name}"),
+            &Identity::Node {
+                class: class.into(),
+                name: name.into(),
+            },
+        )?;
+        self.spawn(
+            "gw-node",
+            &dir.join(format!("node-{name}.log")),
+            Command::new(bin("gw-node")?)
+                .args(TlsArgs::of(&tls).to_args())
+                .args(["--store", store, "--gateway-class", class])
+                .args(["--bind-address", "127.0.0.1", "--node-name", name])
+                .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+                .arg("--data-dir")
+                .arg(dir.join(format!("node-{name}"))),
+        )
+    }
+
     /// Starts a one-member store with its API on `addr` (Raft on a free port beside it), its data and
     /// log under `dir`, and a member certificate from `pki`; its Kubernetes API on `kube` if given.
     pub fn spawn_store(
