@@ -6,7 +6,7 @@
 //!   GatewayClasses (a controller answers for every class that names it, not only the one it serves)
 //!   and of the routes and policies (whose status is kept per parent controller); record session
 //!   activity and propose failovers; create the session keys when none exist; renew their class's
-//!   status-writer lease;
+//!   status-writer lease and their own registration (`GatewayNode`, named as their certificate);
 //! - kube sync agents: read; create, change and delete only objects whose origin is their cluster;
 //! - admins: everything but the Raft transport.
 //!
@@ -16,6 +16,7 @@ use gw_client::Identity;
 use gw_model::ObjectKey;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET};
 use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::registry;
 use std::fmt;
 
 /// The label recording which Kubernetes cluster an object comes from (set by the member on a kube sync
@@ -160,11 +161,17 @@ pub fn authorize(who: &Identity, action: &Action) -> Result<(), Denied> {
                 None => Ok(()),
             }
         }
-        (Identity::Node { class, .. }, Action::Write { verb, targets }) => {
+        (Identity::Node { class, name }, Action::Write { verb, targets }) => {
             let lease = ObjectKey::new("", "ConfigMap", SYSTEM_NAMESPACE, &lease_name(class));
-            match targets.iter().find(|t| *verb != "apply" || t.key != lease) {
+            let own = registry::key(name);
+            let allowed = |t: &WriteTarget| {
+                (*verb == "apply" && t.key == lease)
+                    || (matches!(*verb, "apply" | "delete") && t.key == own)
+            };
+            match targets.iter().find(|t| !allowed(t)) {
                 Some(_) => deny(format!(
-                    "a gateway node writes status, session activity and its class's lease ({lease}) only"
+                    "a gateway node writes status, session activity, its class's lease ({lease}) and \
+                     its own registration ({own}) only"
                 )),
                 None => Ok(()),
             }
@@ -319,6 +326,14 @@ mod tests {
             (&node, write("apply", lease.clone(), None, None), true),
             (&node, write("delete", lease.clone(), None, None), false),
             (&node, write("apply", other_lease, None, None), false),
+            (&node, write("apply", registry::key("a"), None, None), true),
+            (&node, write("delete", registry::key("a"), None, None), true),
+            (&node, write("apply", registry::key("b"), None, None), false),
+            (
+                &node,
+                write("delete", registry::key("b"), None, None),
+                false,
+            ),
             (&node, gw_of("gw"), true),
             (&node, gw_of("other"), false),
             (

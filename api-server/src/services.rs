@@ -110,6 +110,37 @@ impl<'a> View<'a> {
     }
 }
 
+/// Where the next page of a list starts: its revision, and the last key of the page before.
+#[derive(Debug, PartialEq)]
+struct ContinueToken {
+    revision: u64,
+    after: ObjectKey,
+}
+
+impl ContinueToken {
+    /// `REVISION:GROUP/KIND/NAMESPACE/NAME` (none of the four may hold a `/`).
+    fn encode(&self) -> String {
+        let k = &self.after;
+        format!(
+            "{}:{}/{}/{}/{}",
+            self.revision, k.group, k.kind, k.namespace, k.name
+        )
+    }
+
+    fn decode(token: &str) -> Result<ContinueToken, ApiError> {
+        let bad = || ApiError::BadRequest(format!("continue token {token:?} is malformed"));
+        let (revision, key) = token.split_once(':').ok_or_else(bad)?;
+        let parts: Vec<&str> = key.split('/').collect();
+        let [group, kind, namespace, name] = parts[..] else {
+            return Err(bad());
+        };
+        Ok(ContinueToken {
+            revision: revision.parse().ok().filter(|r| *r > 0).ok_or_else(bad)?,
+            after: ObjectKey::new(group, kind, namespace, name),
+        })
+    }
+}
+
 /// The origin label of a stored object (`None` if it does not exist).
 fn current_origin(node: &Node, key: &ObjectKey) -> Option<Option<String>> {
     node.store.read(|a| {
@@ -461,41 +492,61 @@ impl pb::config_server::Config for ConfigService {
         if !req.kind.is_empty() {
             kind_info(&req.group, &req.kind)?;
         }
+        let from = match req.continue_token.as_str() {
+            "" => None,
+            t => Some(ContinueToken::decode(t)?),
+        };
+        let at_revision = from.as_ref().map_or(req.at_revision, |c| c.revision);
         // A later page of a list is read at the first page's revision: this member must have it.
-        let serializable = if req.at_revision > 0 {
+        let serializable = if at_revision > 0 {
             self.node.read_barrier().await?;
             false
         } else {
             self.barrier(&req.options).await?
         };
         let view = View::of(&who, req.options);
+        // One more than asked for tells whether another page follows.
+        let limit = match req.limit {
+            0 => usize::MAX,
+            n => n as usize + 1,
+        };
         let (objects, revision) = self
             .node
             .store
             .read(|a| {
-                if req.at_revision > 0 {
-                    let at = req.at_revision.min(a.state.revision());
-                    return a
-                        .state
-                        .list_at(at, &req.group, &req.kind, &req.namespace)
-                        .map(|objs| (objs, at));
-                }
-                let objs: Vec<(ObjectKey, Arc<Value>)> = a
-                    .state
-                    .list(&req.group, &req.kind, &req.namespace)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                Ok((objs, a.state.revision()))
+                let at = match at_revision {
+                    0 => a.state.revision(),
+                    r => r.min(a.state.revision()),
+                };
+                let after = from.as_ref().map(|c| &c.after);
+                a.state
+                    .page_at(at, &req.group, &req.kind, &req.namespace, after, limit)
+                    .map(|objs| (objs, at))
             })
             .map_err(ApiError::from)?;
-        let objects_json = objects
-            .iter()
-            .map(|(k, o)| view.render(o, k))
-            .collect::<Result<_, _>>()?;
+        let mut objects_json = Vec::with_capacity(objects.len().min(limit));
+        let mut bytes = 0;
+        let mut continue_token = String::new();
+        for (i, (k, o)) in objects.iter().enumerate() {
+            // A page ends at the limit, or early once it weighs a quarter of the message limit.
+            let heavy = req.limit > 0 && i > 0 && bytes > gw_client::MAX_MESSAGE_BYTES / 4;
+            if i + 1 == limit || heavy {
+                continue_token = ContinueToken {
+                    revision,
+                    after: objects[i - 1].0.clone(),
+                }
+                .encode();
+                break;
+            }
+            let json = view.render(o, k)?;
+            bytes += json.len();
+            objects_json.push(json);
+        }
         Ok(Response::new(pb::ListResponse {
             objects_json,
             revision,
             serializable,
+            continue_token,
         }))
     }
 
@@ -762,6 +813,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             members,
             configs,
             membership_committed: committed,
+            config_revision: self.node.store.read(|a| a.state.config_revision()),
         }))
     }
 

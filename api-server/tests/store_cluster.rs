@@ -705,3 +705,95 @@ async fn watch_resumed_ahead_of_a_member_survives_its_snapshot_install() {
         "the three writes after the resume, once each"
     );
 }
+
+/// A list comes in pages, all at the first page's revision whatever is written between them; gwadm
+/// pages through lists larger than one page; a malformed continue token is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_come_in_pages_at_one_revision() {
+    let c = Cluster::start(1, ClusterOptions::default()).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let names: Vec<String> = (0..1234).map(|i| format!("cm-{i:04}")).collect();
+    let yaml: String = names
+        .iter()
+        .map(|n| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}, namespace: pg}}\ndata: {{v: \"1\"}}\n"))
+        .collect();
+    ok(c.gwadm(
+        c.addr(1),
+        &["apply", "-f", &write(&c.dir, "many.yaml", &yaml)],
+    ));
+    let client = gw_client::Client::new(
+        &[c.addr(1).to_string()],
+        Duration::from_secs(10),
+        &gw_client::Dialer::new(c.pki().admin_security()),
+    )
+    .unwrap();
+    let req = gw_proto::ListRequest {
+        kind: "ConfigMap".into(),
+        namespace: "pg".into(),
+        limit: 500,
+        ..Default::default()
+    };
+    let first = client.list(req.clone()).await.unwrap();
+    assert_eq!(first.objects_json.len(), 500);
+    assert!(!first.continue_token.is_empty(), "more pages follow");
+    // Between the pages: objects of the later pages deleted, changed and added.
+    let changes = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-0999a, namespace: pg}\n\
+                   ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-1000, namespace: pg}\ndata: {v: \"2\"}\n";
+    ok(c.gwadm(
+        c.addr(1),
+        &["apply", "-f", &write(&c.dir, "changes.yaml", changes)],
+    ));
+    ok(c.gwadm(c.addr(1), &["delete", "configmap", "cm-1200", "-n", "pg"]));
+    let mut seen: Vec<Value> = Vec::new();
+    let mut token = first.continue_token.clone();
+    seen.extend(
+        first
+            .objects_json
+            .iter()
+            .map(|o| serde_json::from_str(o).unwrap()),
+    );
+    while !token.is_empty() {
+        let page = client
+            .list(gw_proto::ListRequest {
+                continue_token: token,
+                ..req.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.revision, first.revision, "every page at one revision");
+        seen.extend(
+            page.objects_json
+                .iter()
+                .map(|o| serde_json::from_str(o).unwrap()),
+        );
+        token = page.continue_token;
+    }
+    let seen_names: Vec<&str> = seen
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen_names, names, "the list as it was at the first page");
+    assert!(seen.iter().all(|o| o["data"]["v"] == "1"));
+    // gwadm pages through the list as it is now.
+    let json = ok(c.gwadm(c.addr(1), &["get", "configmaps", "-n", "pg", "-o", "json"]));
+    let list: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1234);
+    let affinity = ok(c.gwadm(c.addr(1), &["affinity", "ls", "-o", "json"]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&affinity).unwrap(),
+        serde_json::json!([])
+    );
+    let bad = client
+        .list(gw_proto::ListRequest {
+            continue_token: "not-a-token".into(),
+            ..req
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string()
+            .contains("continue token \"not-a-token\" is malformed"),
+        "{bad}"
+    );
+}

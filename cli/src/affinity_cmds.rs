@@ -47,9 +47,21 @@ pub enum AffinityCommand {
 
 pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<()> {
     match cmd {
-        AffinityCommand::Ls { route, output } => {
+        AffinityCommand::Ls {
+            route,
+            output: Format::Table,
+        } => {
             let sessions = list(client, route.as_deref()).await?;
-            print!("{}", render(&sessions, output));
+            print!("{}", table(&sessions));
+            Ok(())
+        }
+        AffinityCommand::Ls { route, output } => {
+            // JSON (a bare array of entries) and YAML are printed page by page as they are read.
+            let mut printer = output::ListPrinter::new(output, true, true);
+            each_session(client, route.as_deref(), |o| printer.push(o)).await?;
+            printer
+                .finish()
+                .map_err(|e| Error::Local(anyhow::anyhow!("writing the sessions: {e}")))?;
             Ok(())
         }
         AffinityCommand::Show { session, output } => {
@@ -142,24 +154,42 @@ fn scope_prefix(route: &str) -> String {
 }
 
 async fn list(client: &Client, route: Option<&str>) -> Result<Vec<Value>> {
-    let prefix = route.map(scope_prefix);
-    Ok(client
-        .list_objects(GW_GROUP, KIND, "")
-        .await?
-        .into_iter()
-        .filter(|o| {
-            prefix.as_deref().is_none_or(|p| {
-                let scope = format!("{}/", o["spec"]["scope"].as_str().unwrap_or(""));
-                scope.starts_with(p)
-            })
-        })
-        .collect())
+    let mut out = Vec::new();
+    each_session(client, route, |o| out.push(o)).await?;
+    Ok(out)
 }
 
-fn render(objects: &[Value], format: Format) -> String {
-    if format != Format::Table {
-        return output::render_many(objects, format, true);
-    }
+/// Every session entry (of a route or policy), page by page.
+async fn each_session(
+    client: &Client,
+    route: Option<&str>,
+    mut each: impl FnMut(Value),
+) -> Result<()> {
+    let prefix = route.map(scope_prefix);
+    let req = pb::ListRequest {
+        group: GW_GROUP.into(),
+        kind: KIND.into(),
+        ..Default::default()
+    };
+    client
+        .list_paged(req, |page| {
+            for o in page
+                .objects_json
+                .iter()
+                .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+            {
+                let scope = format!("{}/", o["spec"]["scope"].as_str().unwrap_or(""));
+                if prefix.as_deref().is_none_or(|p| scope.starts_with(p)) {
+                    each(o);
+                }
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// The sessions as a table.
+fn table(objects: &[Value]) -> String {
     let now = clock::now_ms();
     let secs = |ms: u64| format!("{}s", now.saturating_sub(ms) / 1000);
     let mut rows = vec![
@@ -187,19 +217,7 @@ fn render(objects: &[Value], format: Format) -> String {
             if e.expired() { "expired" } else { "live" }.into(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            cells.join("   ").trim_end().to_string() + "\n"
-        })
-        .collect()
+    output::columns_of(&rows)
 }
 
 async fn rotate_key(client: &Client) -> Result<()> {

@@ -28,27 +28,41 @@ fn voters(s: &pb::ClusterStatus) -> String {
 pub async fn status(client: &Client, json_out: bool) -> Result<()> {
     let s = client.cluster_status().await?;
     if json_out {
-        let members: Vec<_> = s
-            .members
-            .iter()
-            .map(|m| {
-                json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "region": m.region, "role": m.role,
-                       "applied_revision": m.applied_revision, "reachable": m.reachable, "raft_state": m.raft_state,
-                       "lag": if m.lag < 0 { serde_json::Value::Null } else { json!(m.lag) }})
-            })
-            .collect();
-        let configs: Vec<&Vec<u64>> = s.configs.iter().map(|c| &c.voters).collect();
-        let out = json!({"leader": s.leader, "revision": s.revision, "term": s.term, "members": members,
-                         "configs": configs, "membership_committed": s.membership_committed});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return Ok(());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&s)).unwrap_or_default()
+        );
+    } else {
+        print_status(&s);
     }
+    Ok(())
+}
+
+/// The store's status as JSON (`-o json`).
+pub fn status_json(s: &pb::ClusterStatus) -> serde_json::Value {
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "region": m.region, "role": m.role,
+                   "applied_revision": m.applied_revision, "reachable": m.reachable, "raft_state": m.raft_state,
+                   "lag": if m.lag < 0 { serde_json::Value::Null } else { json!(m.lag) }})
+        })
+        .collect();
+    let configs: Vec<&Vec<u64>> = s.configs.iter().map(|c| &c.voters).collect();
+    json!({"leader": s.leader, "revision": s.revision, "config_revision": s.config_revision,
+           "term": s.term, "members": members, "configs": configs,
+           "membership_committed": s.membership_committed})
+}
+
+/// The store's status as a table: leader, revision, term, voters, then one line per member.
+pub fn print_status(s: &pb::ClusterStatus) {
     println!(
         "leader: {}   revision: {}   term: {}   voters: {}",
         s.leader,
         s.revision,
         s.term,
-        voters(&s)
+        voters(s)
     );
     println!(
         "{:<4} {:<24} {:<12} {:<8} {:<10} {:<9} {:<5}",
@@ -75,7 +89,6 @@ pub async fn status(client: &Client, json_out: bool) -> Result<()> {
             m.id, m.addr, m.region, m.role, state, rev, lag
         );
     }
-    Ok(())
 }
 
 fn print_members(r: &pb::MembershipResponse) {

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
+use crate::status_cmds;
 use gw_client::{Client, kind_ref, object_ref};
 use gw_model::kinds::{self, KindInfo};
 use gw_model::{ObjectKey, parse_documents};
@@ -102,11 +103,36 @@ pub async fn apply(
     paths: &[PathBuf],
     recursive: bool,
     dry_run: bool,
+    wait: Option<Duration>,
 ) -> Result<()> {
     let documents = read_documents(paths, recursive)?;
     let resp = client.apply(documents, dry_run).await?;
     print_write(&resp, dry_run);
-    Ok(())
+    wait_served(client, "applied", &resp, dry_run, wait).await
+}
+
+/// `--wait`: until the gateway nodes serve what was written (not for a dry run): the revision at which
+/// the last of the objects took its present state (that of the write, or an earlier one for objects
+/// unchanged).
+async fn wait_served(
+    client: &Client,
+    verb: &str,
+    resp: &pb::WriteResponse,
+    dry_run: bool,
+    wait: Option<Duration>,
+) -> Result<()> {
+    let revision = resp
+        .results
+        .iter()
+        .map(|r| r.resource_version)
+        .max()
+        .unwrap_or(0);
+    match wait {
+        Some(timeout) if !dry_run => {
+            status_cmds::wait_served(client, verb, revision, timeout).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Resolves a kind as the user typed it.
@@ -163,27 +189,41 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> Result<()> {
             namespace: namespace.into(),
             options,
             at_revision: 0,
+            ..Default::default()
         };
-        let resp = client.list(req).await?;
-        let objs: Vec<Value> = resp
-            .objects_json
-            .iter()
-            .filter_map(|s| serde_json::from_str::<Value>(s).ok())
-            .filter(|o| a.origin.is_none_or(|c| output::origin(o) == c))
-            .collect();
-        if objs.is_empty() && a.format == Format::Table {
+        let mut printer =
+            output::ListPrinter::new(a.format, a.all_namespaces && info.namespaced, false);
+        client
+            .list_paged(req, |page| {
+                page.objects_json
+                    .iter()
+                    .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+                    .filter(|o| a.origin.is_none_or(|c| output::origin(o) == c))
+                    .for_each(|o| printer.push(o))
+            })
+            .await?;
+        let printed = printer
+            .finish()
+            .map_err(|e| Error::Local(anyhow::anyhow!("writing the list: {e}")))?;
+        if printed == 0 && a.format == Format::Table {
             let where_ = if namespace.is_empty() {
                 String::new()
             } else {
                 format!(" in namespace {namespace:?}")
             };
             eprintln!("No {} found{where_}.", info.plural);
-            return Ok(());
         }
-        output::render_many(&objs, a.format, a.all_namespaces && info.namespaced)
+        return Ok(());
     };
     print!("{out}");
     Ok(())
+}
+
+/// How a delete goes: as `gwadm delete`'s flags say.
+pub struct DeleteHow {
+    pub ignore_not_found: bool,
+    pub dry_run: bool,
+    pub wait: Option<Duration>,
 }
 
 pub async fn delete_named(
@@ -191,8 +231,7 @@ pub async fn delete_named(
     kind: &str,
     name: &str,
     namespace: Option<&str>,
-    ignore_not_found: bool,
-    dry_run: bool,
+    how: DeleteHow,
 ) -> Result<()> {
     let info = resolve_kind(kind)?;
     let ns = if info.namespaced {
@@ -201,15 +240,14 @@ pub async fn delete_named(
         ""
     };
     let target = object_ref(&ObjectKey::new(info.group, info.kind, ns, name));
-    delete(client, vec![target], ignore_not_found, dry_run).await
+    delete(client, vec![target], how).await
 }
 
 pub async fn delete_files(
     client: &Client,
     paths: &[PathBuf],
     recursive: bool,
-    ignore_not_found: bool,
-    dry_run: bool,
+    how: DeleteHow,
 ) -> Result<()> {
     let docs = read_documents(paths, recursive)?;
     let mut refs = Vec::new();
@@ -219,24 +257,19 @@ pub async fn delete_files(
             .map_err(|e| Error::Usage(format!("{}: document {}: {e}", d.source, d.index)))?;
         refs.push(object_ref(&key));
     }
-    delete(client, refs, ignore_not_found, dry_run).await
+    delete(client, refs, how).await
 }
 
-async fn delete(
-    client: &Client,
-    refs: Vec<pb::ObjectRef>,
-    ignore_not_found: bool,
-    dry_run: bool,
-) -> Result<()> {
+async fn delete(client: &Client, refs: Vec<pb::ObjectRef>, how: DeleteHow) -> Result<()> {
     let req = pb::DeleteRequest {
         refs,
-        dry_run,
-        ignore_not_found,
+        dry_run: how.dry_run,
+        ignore_not_found: how.ignore_not_found,
         expected_resource_versions: vec![],
     };
     let resp = client.delete(req).await?;
-    print_write(&resp, dry_run);
-    Ok(())
+    print_write(&resp, how.dry_run);
+    wait_served(client, "deleted", &resp, how.dry_run, how.wait).await
 }
 
 pub struct WatchArgs<'a> {

@@ -8,6 +8,7 @@ pub mod config_cmds;
 pub mod error;
 pub mod output;
 pub mod pki_cmds;
+pub mod status_cmds;
 pub mod up;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,11 @@ pub enum Command {
         /// Validate and show what would change, without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Then wait until every live gateway node serves the revision written (default 30s), print
+        /// how many do and how long it took; name those that do not and fail.
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "30s",
+              require_equals = true, value_parser = status_cmds::parse_timeout)]
+        wait: Option<Duration>,
     },
     /// Show objects of one kind (kubectl-style kind names: httproute, httproutes, gtw, svc, ...).
     Get {
@@ -98,6 +104,11 @@ pub enum Command {
         ignore_not_found: bool,
         #[arg(long)]
         dry_run: bool,
+        /// Then wait until every live gateway node serves the revision written (default 30s), print
+        /// how many do and how long it took; name those that do not and fail.
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "30s",
+              require_equals = true, value_parser = status_cmds::parse_timeout)]
+        wait: Option<Duration>,
     },
     /// Print committed changes as they happen (one line per event; JSON with -o json).
     Watch {
@@ -121,6 +132,12 @@ pub enum Command {
         /// Show the values of Secrets (admins only; never the session keys).
         #[arg(long)]
         show_secret_values: bool,
+    },
+    /// The store's members and the gateway nodes: the revision each node serves, how far behind the
+    /// store it is, since when, and whether its registration is live.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
     },
     /// The kube sync agents that reported to the store: their last contact and the objects of
     /// theirs the store refused (held by another cluster).
@@ -234,7 +251,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             files,
             recursive,
             dry_run,
-        } => config_cmds::apply(&store()?, &files, recursive, dry_run).await,
+            wait,
+        } => config_cmds::apply(&store()?, &files, recursive, dry_run, wait).await,
+        Command::Status { output } => status_cmds::status(&store()?, output == Format::Json).await,
         Command::Affinity { command } => affinity_cmds::run(&store()?, command).await,
         Command::Get {
             kind,
@@ -271,24 +290,24 @@ pub async fn run(cli: Cli) -> Result<()> {
             recursive,
             ignore_not_found,
             dry_run,
-        } => match (kind, name, files.is_empty()) {
-            (None, None, false) => {
-                config_cmds::delete_files(&store()?, &files, recursive, ignore_not_found, dry_run)
-                    .await
+            wait,
+        } => {
+            let how = config_cmds::DeleteHow {
+                ignore_not_found,
+                dry_run,
+                wait,
+            };
+            match (kind, name, files.is_empty()) {
+                (None, None, false) => {
+                    config_cmds::delete_files(&store()?, &files, recursive, how).await
+                }
+                (Some(kind), Some(name), true) => {
+                    config_cmds::delete_named(&store()?, &kind, &name, namespace.as_deref(), how)
+                        .await
+                }
+                _ => Err(Error::Usage("give either KIND NAME or -f FILE".into())),
             }
-            (Some(kind), Some(name), true) => {
-                config_cmds::delete_named(
-                    &store()?,
-                    &kind,
-                    &name,
-                    namespace.as_deref(),
-                    ignore_not_found,
-                    dry_run,
-                )
-                .await
-            }
-            _ => Err(Error::Usage("give either KIND NAME or -f FILE".into())),
-        },
+        }
         Command::Watch {
             kind,
             namespace,

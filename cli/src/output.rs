@@ -1,7 +1,7 @@
 //! Rendering objects for people and scripts: tables with kind-specific columns, YAML, JSON.
 
 use gw_model::meta::parse_rfc3339;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -15,15 +15,99 @@ pub fn yaml(v: &Value) -> String {
     serde_saphyr::to_string(v).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n{v}"))
 }
 
-/// Several objects: YAML documents separated by `---`, or a kubectl-style JSON `List`.
-pub fn render_many(objects: &[Value], format: Format, show_namespace: bool) -> String {
-    match format {
-        Format::Json => {
-            let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-            serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+/// How a list is printed as it is read, page by page: JSON and YAML one object at a time (nothing held
+/// but the object being printed), a table once every row is in (its columns need every width).
+pub struct ListPrinter {
+    format: Format,
+    /// JSON: a bare array instead of a kubectl-style `List`.
+    bare_array: bool,
+    show_namespace: bool,
+    printed: usize,
+    rows: Vec<Value>,
+    out: std::io::BufWriter<std::io::Stdout>,
+    /// The first write that failed (e.g. a closed pipe): nothing more is written.
+    failed: Option<std::io::Error>,
+}
+
+impl ListPrinter {
+    pub fn new(format: Format, show_namespace: bool, bare_array: bool) -> ListPrinter {
+        ListPrinter {
+            format,
+            bare_array,
+            show_namespace,
+            printed: 0,
+            rows: Vec::new(),
+            out: std::io::BufWriter::new(std::io::stdout()),
+            failed: None,
         }
-        Format::Yaml => objects.iter().map(yaml).collect::<Vec<_>>().join("---\n"),
-        Format::Table => table(objects, show_namespace),
+    }
+
+    pub fn push(&mut self, object: Value) {
+        if self.failed.is_none()
+            && let Err(e) = self.write(object)
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    fn write(&mut self, object: Value) -> std::io::Result<()> {
+        use std::io::Write;
+        let first = self.printed == 0;
+        self.printed += 1;
+        match self.format {
+            Format::Table => {
+                self.rows.push(object);
+                Ok(())
+            }
+            Format::Yaml => {
+                if !first {
+                    self.out.write_all(b"---\n")?;
+                }
+                self.out.write_all(yaml(&object).as_bytes())
+            }
+            Format::Json => {
+                let open = match (first, self.bare_array) {
+                    (false, _) => ",\n",
+                    (true, true) => "[\n",
+                    (true, false) => {
+                        "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"List\",\n  \"items\": [\n"
+                    }
+                };
+                let indent = if self.bare_array { "  " } else { "    " };
+                let body = serde_json::to_string_pretty(&object).unwrap_or_default();
+                self.out.write_all(open.as_bytes())?;
+                for (i, line) in body.lines().enumerate() {
+                    if i > 0 {
+                        self.out.write_all(b"\n")?;
+                    }
+                    self.out.write_all(indent.as_bytes())?;
+                    self.out.write_all(line.as_bytes())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the list; how many objects it had.
+    pub fn finish(mut self) -> std::io::Result<usize> {
+        use std::io::Write;
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let end = match (self.format, self.bare_array, self.printed) {
+            (Format::Table, _, 0) => String::new(),
+            (Format::Table, ..) => table(&self.rows, self.show_namespace),
+            (Format::Yaml, ..) => String::new(),
+            (Format::Json, true, 0) => "[]\n".into(),
+            (Format::Json, true, _) => "\n]\n".into(),
+            (Format::Json, false, 0) => {
+                "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"List\",\n  \"items\": []\n}\n".into()
+            }
+            (Format::Json, false, _) => "\n  ]\n}\n".into(),
+        };
+        self.out.write_all(end.as_bytes())?;
+        self.out.flush()?;
+        Ok(self.printed)
     }
 }
 
@@ -79,10 +163,15 @@ pub fn clusters(config_maps: &[Value]) -> String {
 
 /// How long ago a timestamp was, the way kubectl abbreviates it.
 pub fn age(timestamp: &str) -> String {
-    let Some(then) = parse_rfc3339(timestamp) else {
-        return "<unknown>".into();
-    };
-    let s = gw_client::clock::now_ms().saturating_sub(then) / 1000;
+    match parse_rfc3339(timestamp) {
+        Some(then) => ago(then),
+        None => "<unknown>".into(),
+    }
+}
+
+/// How long ago a time (ms since the epoch) was, as `age` says it.
+pub fn ago(then_ms: u64) -> String {
+    let s = gw_client::clock::now_ms().saturating_sub(then_ms) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -209,10 +298,18 @@ fn table(objects: &[Value], show_namespace: bool) -> String {
         row.push(age(m["creationTimestamp"].as_str().unwrap_or("")));
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
+    columns_of(&rows)
+}
+
+/// Rows (the header first) as aligned columns.
+pub fn columns_of<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let widths: Vec<usize> = (0..first.as_ref().len())
         .map(|c| {
             rows.iter()
-                .map(|r| r.get(c).map_or(0, String::len))
+                .map(|r| r.as_ref().get(c).map_or(0, String::len))
                 .max()
                 .unwrap_or(0)
         })
@@ -220,6 +317,7 @@ fn table(objects: &[Value], show_namespace: bool) -> String {
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
+            .as_ref()
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))

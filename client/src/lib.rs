@@ -39,6 +39,10 @@ enum Effect {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Objects per page of a list (`Client::list_paged`); members also end a page early by size, so a page
+/// stays under the message limit whatever its objects weigh.
+pub const LIST_PAGE: u32 = 500;
+
 /// A client of the store. Cheap to clone: clones share the members' connections.
 #[derive(Clone)]
 pub struct Client {
@@ -290,20 +294,42 @@ impl Client {
         kind: &str,
         namespace: &str,
     ) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
         let req = pb::ListRequest {
             group: group.into(),
             kind: kind.into(),
             namespace: namespace.into(),
-            options: None,
-            at_revision: 0,
+            ..Default::default()
         };
-        Ok(self
-            .list(req)
-            .await?
-            .objects_json
-            .iter()
-            .filter_map(|s| serde_json::from_str(s).ok())
-            .collect())
+        self.list_paged(req, |page| {
+            out.extend(
+                page.objects_json
+                    .iter()
+                    .filter_map(|s| serde_json::from_str(s).ok()),
+            )
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// A list read page by page (`LIST_PAGE` objects each, all at the first page's revision), each page
+    /// handed to `each` as it comes: no list is bounded by one message, nor held whole by the caller.
+    /// The revision of the list.
+    pub async fn list_paged(
+        &self,
+        mut req: pb::ListRequest,
+        mut each: impl FnMut(pb::ListResponse),
+    ) -> Result<u64> {
+        req.limit = LIST_PAGE;
+        loop {
+            let page = self.list(req.clone()).await?;
+            let (revision, next) = (page.revision, page.continue_token.clone());
+            each(page);
+            if next.is_empty() {
+                return Ok(revision);
+            }
+            req.continue_token = next;
+        }
     }
 
     /// Opens a watch on the first member that accepts it.

@@ -4,6 +4,7 @@
 use crate::metrics::Metrics;
 use crate::watcher::WatchHealth;
 use bytes::Bytes;
+use gw_model::registry::NodeLease;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,16 +23,69 @@ pub struct NodeState {
     pub gateway_class: String,
     pub region: String,
     pub started: Instant,
+    /// `started`, in ms since the epoch.
+    pub started_ms: u64,
     pub revision_served: AtomicU64,
     pub status_writer: Arc<AtomicBool>,
     pub watch: Arc<WatchHealth>,
     pub sockets: Mutex<Vec<String>>,
     pub failed_sockets: Mutex<BTreeMap<String, String>>,
     pub metrics: Arc<Metrics>,
+    /// The admin endpoint's address, if any.
+    pub admin: Option<SocketAddr>,
+    /// When (ms since the epoch) the table of `revision_served` was installed.
+    pub serving_since_ms: AtomicU64,
+    /// Signalled when a new routing table is installed.
+    pub table_changed: tokio::sync::Notify,
 }
 
 impl NodeState {
+    /// Every config change up to this revision is in the table served: the watch has confirmed the
+    /// store revision `seen`, and everything it published has been compiled. Read in the reverse
+    /// order of the watcher's writes (published, then seen), so a revision counted in `seen` was
+    /// published before, and is compiled if `served` has caught up with `published`.
+    pub fn current_through(&self) -> u64 {
+        let seen = self.watch.seen.load(Ordering::SeqCst);
+        let published = self.watch.published.load(Ordering::SeqCst);
+        let served = self.revision_served.load(Ordering::SeqCst);
+        if served >= published {
+            seen.max(served)
+        } else {
+            served
+        }
+    }
+
+    /// This node's registration (see `gw_model::registry`), renewed now.
+    pub fn lease(&self, duration_seconds: u32) -> NodeLease {
+        let served = self.revision_served.load(Ordering::SeqCst);
+        NodeLease {
+            gateway_class: self.gateway_class.clone(),
+            region: self.region.clone(),
+            addresses: self
+                .sockets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            admin: self.admin.map(|a| a.to_string()).unwrap_or_default(),
+            revision_served: served,
+            current_through: self.current_through().max(served),
+            serving_since_ms: self.serving_since_ms.load(Ordering::SeqCst),
+            store_connected: self.watch.connected.load(Ordering::Relaxed),
+            failed_sockets: self
+                .failed_sockets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect(),
+            started_ms: self.started_ms,
+            renew_time_ms: gw_client::clock::now_ms(),
+            lease_duration_seconds: duration_seconds,
+        }
+    }
+
     pub fn report(&self) -> serde_json::Value {
+        let current = self.current_through();
         let served = self.revision_served.load(Ordering::Relaxed);
         let seen = self.watch.seen.load(Ordering::Relaxed).max(served);
         let contact = self.watch.last_contact_ms.load(Ordering::Relaxed);
@@ -42,7 +96,8 @@ impl NodeState {
             "region": self.region,
             "revisionServed": served,
             "revisionSeen": seen,
-            "revisionsBehind": seen - served,
+            "currentThrough": current,
+            "revisionsBehind": seen - current.min(seen),
             "storeConnected": self.watch.connected.load(Ordering::Relaxed),
             "msSinceStoreContact": if contact == 0 { serde_json::Value::Null } else { json!(now.saturating_sub(contact)) },
             "statusWriter": self.status_writer.load(Ordering::Relaxed),
@@ -69,11 +124,18 @@ fn serve_one(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>
             "application/json",
             serde_json::to_string_pretty(&state.report()).unwrap_or_default(),
         ),
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Gauges kept elsewhere are read at scrape time.
+            state
+                .metrics
+                .revision_seen
+                .set(state.watch.seen.load(Ordering::Relaxed));
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                state.metrics.encode(),
+            )
+        }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -5,7 +5,7 @@
 //! Layers, each using only those above it: `snapshot`, `hostname`, `metrics`, `rng` → `table` (the
 //! compiled routing table, session persistence config included) → `compile` (pure: snapshot → table
 //! and statuses) → `watcher`, `session` (decision pure, runtime beside it), `status` → `proxy` (pure
-//! phases, runtime beside them) → `server`, `admin` → `node` (the composition root).
+//! phases, runtime beside them) → `server`, `admin` → `registry` → `node` (the composition root).
 //! `tests/layers.rs` checks that no module imports one that imports it back.
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod hostname;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod registry;
 pub mod rng;
 pub mod server;
 pub mod session;

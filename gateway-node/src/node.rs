@@ -6,6 +6,7 @@ use crate::admin::{self, NodeState};
 use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::registry;
 use crate::server::{Limits, Sockets};
 use crate::session::{SessionOptions, Sessions};
 use crate::snapshot::Snapshot;
@@ -62,7 +63,8 @@ pub struct NodeConfig {
     /// Admin endpoint (HOST:PORT): /status, /metrics, /healthz.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Name of this node (default: host name and bind address).
+    /// Name of this node, under which it registers (default: its certificate's name; with
+    /// `--insecure`, host name and bind address).
     #[arg(long)]
     pub node_name: Option<String>,
     /// Worker threads of the data plane (default: one per core).
@@ -121,11 +123,20 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The TLS material; a node's certificate must be for this node's class.
+    /// The TLS material; a node's certificate must be for this node's class (and name, when
+    /// `--node-name` is given: the node registers under it).
     pub fn security(&self) -> Result<gw_client::Security, String> {
         let s = self.tls.security()?;
         match s.identity() {
             None => Ok(s),
+            Some(gw_client::Identity::Node { name, .. })
+                if self.node_name.as_ref().is_some_and(|n| n != &name) =>
+            {
+                Err(format!(
+                    "--tls-cert names node {name:?}, but --node-name is {:?} (a node registers under its certificate's name)",
+                    self.node_name.as_deref().unwrap_or("")
+                ))
+            }
             Some(gw_client::Identity::Node { class, .. }) if class == self.gateway_class => Ok(s),
             Some(other) => Err(format!(
                 "--tls-cert names {other}, but this node serves GatewayClass {:?} (issue one with `gwadm pki issue node --class {} --name NAME`)",
@@ -153,7 +164,11 @@ impl NodeConfig {
         }
     }
 
-    pub fn name(&self) -> String {
+    /// The node's name: `--node-name`, else its certificate's, else host name and bind address.
+    pub fn name(&self, security: &gw_client::Security) -> String {
+        if let Some(gw_client::Identity::Node { name, .. }) = security.identity() {
+            return name.clone();
+        }
         self.node_name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_else(|_| "node".into());
@@ -174,7 +189,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let client = Client::new(
         &cfg.store,
         Duration::from_secs(2),
-        &gw_client::Dialer::new(security),
+        &gw_client::Dialer::new(security.clone()),
     )?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -217,7 +232,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let health = Arc::new(WatchHealth::default());
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {
-        name: cfg.name(),
+        name: cfg.name(&security),
         gateway_class: cfg.gateway_class.clone(),
         region: cfg.region.clone(),
         started,
@@ -227,6 +242,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sockets: Default::default(),
         failed_sockets: Default::default(),
         metrics: metrics.clone(),
+        admin: cfg.admin,
+        started_ms: clock::now_ms(),
+        serving_since_ms: Default::default(),
+        table_changed: Default::default(),
     });
 
     let (snap_tx, snap_rx) = watch::channel(Arc::new(initial.clone()));
@@ -264,8 +283,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         desired_tx,
         state.clone(),
     ));
+    tokio::spawn(registry::run(client.clone(), state.clone()));
     tokio::spawn(status::run(
-        client,
+        client.clone(),
         state.name.clone(),
         cfg.gateway_class.clone(),
         desired_rx,
@@ -285,6 +305,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("stopping");
+    registry::deregister(&client, &state.name).await;
     Ok(())
 }
 
@@ -317,9 +338,11 @@ async fn compile_loop(
         };
         table.store(Arc::new(compiled.table));
         sockets.reconcile(&table.load());
-        state
-            .revision_served
-            .store(snap.revision, Ordering::Relaxed);
+        if state.revision_served.swap(snap.revision, Ordering::SeqCst) != snap.revision {
+            state
+                .serving_since_ms
+                .store(clock::now_ms(), Ordering::SeqCst);
+        }
         state.metrics.revision_served.set(snap.revision);
         state.metrics.table_swaps.inc();
         *state.sockets.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -332,6 +355,7 @@ async fn compile_loop(
             .iter()
             .map(|(a, e)| (a.to_string(), e.clone()))
             .collect();
+        state.table_changed.notify_one();
         let _ = desired.send(Arc::new((snap, compiled.statuses)));
         if rx.changed().await.is_err() {
             return;

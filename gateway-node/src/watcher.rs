@@ -188,6 +188,8 @@ pub fn save(dir: &Path, s: &Snapshot) -> std::io::Result<()> {
 pub struct WatchHealth {
     /// Highest revision the store reported.
     pub seen: AtomicU64,
+    /// Revision of the last state published.
+    pub published: AtomicU64,
     /// Milliseconds (since the node started) of the last message from the store; 0: never.
     pub last_contact_ms: AtomicU64,
     /// Milliseconds (since the node started) of the last bookmark: the store sends one only when the
@@ -197,10 +199,13 @@ pub struct WatchHealth {
 }
 
 /// The kinds a watch asks for: the config (every kind users apply), or gw's session affinity table.
-pub fn kinds(internal: bool) -> Vec<pb::ObjectRef> {
+pub fn kinds(affinity: bool) -> Vec<pb::ObjectRef> {
     gw_model::kinds::KINDS
         .iter()
-        .filter(|k| k.is_internal() == internal)
+        .filter(|k| match affinity {
+            true => k.group == gw_model::kinds::GW_GROUP && k.kind == gw_model::affinity::KIND,
+            false => !k.is_internal(),
+        })
         .map(|k| kind_ref(k.group, k.kind))
         .collect()
 }
@@ -249,6 +254,10 @@ pub async fn run(
             match m.feed(body) {
                 Step::Nothing => {}
                 Step::Publish => {
+                    // Before `seen` moves past it: see `NodeState::current_through`.
+                    health
+                        .published
+                        .store(m.snapshot.revision, Ordering::SeqCst);
                     let _ = publish.send(Arc::new(m.snapshot.clone()));
                 }
                 Step::Resync => {
@@ -257,7 +266,7 @@ pub async fn run(
                     break;
                 }
             }
-            health.seen.store(m.seen, Ordering::Relaxed);
+            health.seen.store(m.seen, Ordering::SeqCst);
         }
         health.connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -197,3 +197,102 @@ async fn route_status_is_written_back() {
     );
     assert_eq!(gw["status"]["addresses"][0]["value"], "127.0.0.2");
 }
+
+/// `gwadm apply --wait` returns once both nodes serve the change (so both answer with it at once); with
+/// one node frozen it names that node and fails after its timeout, and `gwadm status` shows that node
+/// behind; thawed, it catches up and a stopped node removes its registration.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_wait_knows_which_nodes_serve_a_change() {
+    let store = store();
+    let s = reach(&store);
+    let (v1, v2) = (
+        echo("app-v1", "web", false).await,
+        echo("app-v2", "web", false).await,
+    );
+    let port = free_port();
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}{}{}{}{}",
+            gateway(port),
+            service("app-v1", "web", v1.addr, None),
+            service("app-v2", "web", v2.addr, None),
+            route("app-v1")
+        ),
+    );
+    let a = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let mut b = NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b");
+    let addrs: Vec<SocketAddr> = [&a, &b]
+        .iter()
+        .map(|n| format!("{}:{port}", n.bind).parse().unwrap())
+        .collect();
+    for addr in &addrs {
+        eventually(&format!("{addr} serves app-v1"), || async {
+            who(*addr, "x.example", "/").await == "app-v1"
+        })
+        .await;
+    }
+    let write = |name: &str, yaml: &str| {
+        let f = store.dir.join(name);
+        std::fs::write(&f, yaml).unwrap();
+        f.display().to_string()
+    };
+    let to_v2 = write("v2.yaml", &route("app-v2"));
+    let o = gwadm(&s, &["apply", "-f", &to_v2, "--wait=20s"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("; served by 2/2 nodes in "), "{out}");
+    for addr in &addrs {
+        assert_eq!(
+            who(*addr, "x.example", "/").await,
+            "app-v2",
+            "{addr} serves what --wait said"
+        );
+    }
+
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    let to_v1 = write("v1.yaml", &route("app-v1"));
+    let o = gwadm(&s, &["apply", "-f", &to_v1, "--wait=1500ms"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(!o.status.success(), "a frozen node cannot serve: {out}");
+    assert!(out.contains("; served by 1/2 nodes in "), "{out}");
+    assert!(err.contains("node b: serves revision "), "{err}");
+    let o = gwadm(&s, &["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let node = |name: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("node {name} in {status}"))
+            .clone()
+    };
+    assert_eq!(node("a")["revisionsBehind"], 0, "{status}");
+    assert!(node("b")["revisionsBehind"].as_u64() > Some(0), "{status}");
+    let table = String::from_utf8_lossy(&gwadm(&s, &["status"]).stdout).into_owned();
+    assert!(table.contains("NODE") && table.contains("gw "), "{table}");
+
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    let o = gwadm(&s, &["apply", "-f", &to_v1, "--wait=20s"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("; served by 2/2 nodes in "), "{out}");
+    b.stop();
+    let o = gwadm(&s, &["get", "gatewaynodes", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a"], "a stopped node deregisters");
+}

@@ -29,6 +29,7 @@ pub async fn read_all(ch: &Channel) -> Result<(BTreeMap<String, (Vec<i64>, Strin
         namespace: NS.into(),
         options: None,
         at_revision: 0,
+        ..Default::default()
     };
     let r = Client::config(ch.clone()).list(req).await?.into_inner();
     let mut out = BTreeMap::new();

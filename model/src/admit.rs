@@ -16,6 +16,7 @@ use crate::policy::{
     BackendLbPolicySpec, BackendTlsPolicySpec, ReferenceGrantSpec,
     convert_backend_tls_policy_v1alpha2,
 };
+use crate::registry::NodeLease;
 use crate::validate::{FieldError, Path, Validator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -385,6 +386,7 @@ fn admit_body(
                       (inspect them with `gwadm affinity ls`, remove them with `gwadm affinity evict`)"
                 .into(),
         }),
+        "GatewayNode" => admit_spec::<NodeLease, _>(&body, v, |s, v, p| s.validate(v, p)),
         other => unreachable!("kind {other} is in the registry but has no admission"),
     }
 }

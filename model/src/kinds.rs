@@ -7,7 +7,8 @@ use std::fmt;
 /// The Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
-/// gw's own group: objects that gw writes itself (the replicated session affinity table).
+/// gw's own group: objects that gw writes itself (the replicated session affinity table, the node
+/// registry).
 pub const GW_GROUP: &str = "gw.dev";
 /// The label a store member stamps on what a kube sync agent writes: the agent's cluster.
 pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
@@ -218,6 +219,16 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["affinity"],
         namespaced: true,
         status_subresource: true,
+        experimental: false,
+    },
+    KindInfo {
+        kind: "GatewayNode",
+        group: GW_GROUP,
+        versions: &["v1alpha1"],
+        plural: "gatewaynodes",
+        short_names: &["gwnode"],
+        namespaced: false,
+        status_subresource: false,
         experimental: false,
     },
 ];

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod parse;
 pub mod patch;
 pub mod policy;
+pub mod registry;
 pub mod route;
 pub mod schema;
 pub mod selector;

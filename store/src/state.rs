@@ -220,27 +220,87 @@ impl State {
         kind: &str,
         namespace: &str,
     ) -> Result<Vec<(ObjectKey, Arc<Value>)>, Compacted> {
-        let mut at: BTreeMap<ObjectKey, Arc<Value>> = self
-            .list(group, kind, namespace)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let matches = |k: &ObjectKey| {
+        self.page_at(revision, group, kind, namespace, None, usize::MAX)
+    }
+
+    /// One page of `list_at`: at most `limit` objects, those after the key `after` (exclusive) when
+    /// given. Costs the page and the changes since `revision`, not the whole collection.
+    pub fn page_at(
+        &self,
+        revision: u64,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, Arc<Value>)>, Compacted> {
+        let wanted = |k: &ObjectKey| {
             (kind.is_empty() || (k.group == group && k.kind == kind))
                 && (namespace.is_empty() || k.namespace == namespace)
+                && after.is_none_or(|a| k > a)
         };
-        for rev in self.events_after(revision)?.iter().rev() {
-            for e in rev.events.iter().rev().filter(|e| matches(&e.key)) {
-                match &e.prev {
-                    Some(p) => at.insert(e.key.clone(), p.clone()),
-                    None => at.remove(&e.key),
-                };
+        // What each key changed since `revision` was at `revision` (None: it did not exist).
+        let mut undo: BTreeMap<&ObjectKey, Option<&Arc<Value>>> = BTreeMap::new();
+        for rev in self.events_after_ref(revision)?.iter().rev() {
+            for e in rev.events.iter().rev().filter(|e| wanted(&e.key)) {
+                undo.insert(&e.key, e.prev.as_ref());
             }
         }
-        Ok(at.into_iter().collect())
+        // Undoing removes at most `undo.len()` of the current objects: that many more are enough.
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut at: BTreeMap<&ObjectKey, &Arc<Value>> = self
+            .objects
+            .range((start, std::ops::Bound::Unbounded))
+            .filter(|(k, _)| wanted(k))
+            .take(limit.saturating_add(undo.len()))
+            .collect();
+        for (k, prev) in undo {
+            match prev {
+                Some(p) => at.insert(k, p),
+                None => at.remove(k),
+            };
+        }
+        Ok(at
+            .into_iter()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    /// The latest revision that changed a config object (any kind but gw's own bookkeeping, the kinds
+    /// gateway nodes watch): the newest resourceVersion of one, or a delete of one still in the
+    /// history (a delete older than the history is not known).
+    pub fn config_revision(&self) -> u64 {
+        let config = |k: &ObjectKey| k.group != GW_GROUP;
+        let stored = self
+            .objects
+            .iter()
+            .filter(|(k, _)| config(k))
+            .map(|(_, v)| resource_version(v))
+            .max()
+            .unwrap_or(0);
+        let deleted = self
+            .history
+            .iter()
+            .rev()
+            .find(|r| {
+                r.events
+                    .iter()
+                    .any(|e| config(&e.key) && e.kind == EventKind::Delete)
+            })
+            .map_or(0, |r| r.revision);
+        stored.max(deleted)
     }
 
     /// The events of every revision after `after`, oldest first.
     pub fn events_after(&self, after: u64) -> Result<Vec<Arc<RevisionEvents>>, Compacted> {
+        Ok(self.events_after_ref(after)?.into_iter().cloned().collect())
+    }
+
+    fn events_after_ref(&self, after: u64) -> Result<Vec<&Arc<RevisionEvents>>, Compacted> {
         if after >= self.revision {
             return Ok(vec![]);
         }
@@ -251,7 +311,7 @@ impl State {
             });
         }
         let skip = self.history.partition_point(|e| e.revision <= after);
-        Ok(self.history.iter().skip(skip).cloned().collect())
+        Ok(self.history.iter().skip(skip).collect())
     }
 
     /// A 64-bit FNV-1a hash of the revision and every object, to compare members' states.

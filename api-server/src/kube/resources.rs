@@ -204,6 +204,7 @@ pub async fn list_objects(
             namespace: r.namespace.clone().unwrap_or_default(),
             options: Some(read_options(call, r)),
             at_revision: at,
+            ..Default::default()
         }))
         .await
         .map_err(|s| status_error(s, r.info, ""))?

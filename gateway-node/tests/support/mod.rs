@@ -119,6 +119,12 @@ impl NodeProc {
         );
     }
 
+    /// Sends a signal to the running node (SIGSTOP freezes it, SIGCONT thaws it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let c = self.child.as_ref().expect("the node runs");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(

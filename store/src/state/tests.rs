@@ -417,6 +417,39 @@ fn data_at(s: &State, revision: u64) -> Vec<(String, String)> {
 }
 
 #[test]
+fn pages_at_a_revision_join_into_the_list_at_it() {
+    let mut s = State::new(100);
+    let names: Vec<String> = (0..20).map(|i| format!("o{i:02}")).collect();
+    apply(&mut s, names.iter().map(|n| put_op(n, "1", None)).collect()).unwrap(); // 1
+    // Changes after revision 1 inside and around the pages: deletes, a re-creation, new objects.
+    apply(
+        &mut s,
+        vec![delete_op("o03"), delete_op("o04"), put_op("o05", "2", None)],
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        vec![put_op("o03", "3", None), put_op("o07a", "1", None)],
+    )
+    .unwrap();
+    for (revision, limit) in [(1, 3), (1, 1), (2, 4), (3, 7), (3, 100)] {
+        let whole = s.list_at(revision, "", "ConfigMap", "default").unwrap();
+        let mut joined = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .page_at(revision, "", "ConfigMap", "default", after.as_ref(), limit)
+                .unwrap();
+            assert!(page.len() <= limit);
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            joined.extend(page);
+        }
+        assert_eq!(joined, whole, "revision {revision}, pages of {limit}");
+    }
+}
+
+#[test]
 fn lists_at_an_earlier_revision_undo_the_changes_since() {
     let mut s = State::new(4);
     apply(&mut s, vec![put_op("a", "1", None), put_op("b", "1", None)]).unwrap(); // 1
@@ -500,5 +533,35 @@ fn managed_fields_stay_unless_a_document_brings_new_ones() {
     assert_eq!(
         s.get(&key("a")).unwrap()["metadata"]["managedFields"][0]["manager"],
         "kubectl"
+    );
+}
+
+#[test]
+fn the_config_revision_skips_gws_own_bookkeeping() {
+    let mut s = State::new(100);
+    apply(&mut s, vec![put_op("a", "1", None), put_op("b", "1", None)]).unwrap(); // 1
+    let lease = gw_model::registry::key("n1");
+    let registration = Op::Put {
+        key: lease.clone(),
+        object: json!({"apiVersion": "gw.dev/v1alpha1", "kind": "GatewayNode", "metadata": {"name": "n1"}, "spec": {}}),
+        expected_rv: None,
+        uid: "uid-n1".into(),
+    };
+    apply(&mut s, vec![registration]).unwrap(); // 2
+    assert_eq!((s.revision(), s.config_revision()), (2, 1));
+    apply(&mut s, vec![delete_op("b")]).unwrap(); // 3
+    apply(
+        &mut s,
+        vec![Op::Delete {
+            key: lease,
+            expected_rv: None,
+            ignore_missing: false,
+        }],
+    )
+    .unwrap(); // 4
+    assert_eq!(
+        (s.revision(), s.config_revision()),
+        (4, 3),
+        "a config delete counts"
     );
 }

@@ -1,0 +1,113 @@
+//! The node registry: each gateway node keeps a lease object (kind `GatewayNode`, group gw.dev,
+//! cluster-scoped, named after the node) saying where it is and which revision it serves. The node
+//! renews it off the request path and whenever it installs a new routing table; a lease not renewed
+//! within its duration is expired (the node is gone, frozen or cut off). `gwadm status` and
+//! `gwadm apply --wait` read them.
+
+use crate::kinds::{GW_GROUP, ObjectKey, api_version};
+use crate::validate::Validator;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub const KIND: &str = "GatewayNode";
+pub const VERSION: &str = "v1alpha1";
+
+/// What a node says about itself. Times are milliseconds since the Unix epoch on the node's clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeLease {
+    pub gateway_class: String,
+    #[serde(default)]
+    pub region: String,
+    /// The sockets it serves traffic on.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Its admin endpoint (`/status`, `/metrics`), when it has one.
+    #[serde(default)]
+    pub admin: String,
+    /// The store revision of the routing table it serves.
+    pub revision_served: u64,
+    /// Every config change up to this revision is in the table it serves (the store has confirmed
+    /// that nothing it watches changed between `revision_served` and this one).
+    pub current_through: u64,
+    /// When it started serving `revision_served`.
+    pub serving_since_ms: u64,
+    pub store_connected: bool,
+    /// Sockets it should listen on and cannot (e.g. the port is taken).
+    #[serde(default)]
+    pub failed_sockets: Vec<String>,
+    pub started_ms: u64,
+    pub renew_time_ms: u64,
+    pub lease_duration_seconds: u32,
+}
+
+impl NodeLease {
+    pub fn validate(&self, v: &mut Validator, p: &crate::validate::Path) {
+        if self.gateway_class.is_empty() {
+            v.error(&p.field("gatewayClass"), "Required value");
+        }
+        if self.lease_duration_seconds == 0 {
+            v.error(&p.field("leaseDurationSeconds"), "must be at least 1");
+        }
+        if self.current_through < self.revision_served {
+            v.error(
+                &p.field("currentThrough"),
+                "must not be below revisionServed",
+            );
+        }
+    }
+
+    /// Whether the lease was renewed within its duration, as of `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        now_ms < self.renew_time_ms + u64::from(self.lease_duration_seconds) * 1000
+    }
+
+    /// Whether the node serves every config change up to `revision`.
+    pub fn serves(&self, revision: u64) -> bool {
+        self.current_through.max(self.revision_served) >= revision
+    }
+
+    /// The lease as the object a node applies.
+    pub fn to_object(&self, node: &str) -> Value {
+        json!({
+            "apiVersion": api_version(GW_GROUP, VERSION),
+            "kind": KIND,
+            "metadata": {"name": node},
+            "spec": self,
+        })
+    }
+
+    /// A stored lease object's name and spec.
+    pub fn from_object(o: &Value) -> Option<(String, NodeLease)> {
+        let name = o["metadata"]["name"].as_str()?.to_string();
+        let spec = serde_json::from_value(o["spec"].clone()).ok()?;
+        Some((name, spec))
+    }
+}
+
+pub fn key(node: &str) -> ObjectKey {
+    ObjectKey::new(GW_GROUP, KIND, "", node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire_and_say_what_they_serve() {
+        let l = NodeLease {
+            gateway_class: "gw".into(),
+            revision_served: 10,
+            current_through: 14,
+            renew_time_ms: 1_000,
+            lease_duration_seconds: 5,
+            ..Default::default()
+        };
+        assert!(l.live(5_999));
+        assert!(!l.live(6_000));
+        assert!(l.serves(14) && l.serves(3));
+        assert!(!l.serves(15));
+        let (name, back) = NodeLease::from_object(&l.to_object("n1")).unwrap();
+        assert_eq!((name.as_str(), back), ("n1", l));
+    }
+}
