@@ -2,6 +2,7 @@
 //! status-writer role), `/metrics` (Prometheus), `/healthz`.
 
 use crate::metrics::Metrics;
+use crate::session::Sessions;
 use crate::watcher::WatchHealth;
 use bytes::Bytes;
 use gw_model::registry::NodeLease;
@@ -33,6 +34,7 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The admin endpoint's address, if any.
     pub admin: Option<SocketAddr>,
+    pub sessions: Arc<Sessions>,
     /// When (ms since the epoch) the table of `revision_served` was installed.
     pub serving_since_ms: AtomicU64,
     /// Signalled when a new routing table is installed.
@@ -130,6 +132,9 @@ fn serve_one(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>
                 .metrics
                 .revision_seen
                 .set(state.watch.seen.load(Ordering::Relaxed));
+            if let Some(age) = state.sessions.view_age_ms() {
+                state.metrics.affinity_staleness.set(age as f64 / 1000.0);
+            }
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

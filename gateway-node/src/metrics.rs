@@ -1,5 +1,6 @@
 //! Prometheus metrics of a node: requests by route and status code, latencies, upstream errors by
-//! route and backend, and the revision served vs the store revision last seen.
+//! route and backend, the revision served vs the store revision last seen, session decisions, the
+//! affinity view's staleness, table compile time.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +19,12 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `new`, `followed`, `confirmed`, `failed-over`.
+    pub decision: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +48,10 @@ pub struct Metrics {
     pub table_swaps: Counter,
     pub session_creations: Counter,
     pub session_creations_deferred: Counter,
+    pub sessions: Family<DecisionLabels, Counter>,
+    pub affinity_staleness: Gauge<f64, AtomicU64>,
+    pub compile_seconds: Histogram,
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +67,10 @@ impl Default for Metrics {
         let table_swaps = Counter::default();
         let session_creations = Counter::default();
         let session_creations_deferred = Counter::default();
+        let sessions = Family::<DecisionLabels, Counter>::default();
+        let affinity_staleness = Gauge::<f64, AtomicU64>::default();
+        let compile_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        let access_log_dropped = Counter::default();
         registry.register(
             "requests",
             "Requests served, by route and status code",
@@ -96,6 +111,26 @@ impl Default for Metrics {
             "Session entries not proposed: past --session-creations-per-second (the session binds by its token until a later request)",
             session_creations_deferred.clone(),
         );
+        registry.register(
+            "sessions",
+            "Requests of persistent sessions, by decision: new, followed (the node's view of the table), confirmed (followed after reading the store), failed-over",
+            sessions.clone(),
+        );
+        registry.register(
+            "affinity_view_staleness_seconds",
+            "Seconds since the node's view of the session affinity table was last confirmed current by the store",
+            affinity_staleness.clone(),
+        );
+        registry.register(
+            "table_compile_seconds",
+            "Time to compile a committed state into a routing table",
+            compile_seconds.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -106,6 +141,10 @@ impl Default for Metrics {
             table_swaps,
             session_creations,
             session_creations_deferred,
+            sessions,
+            affinity_staleness,
+            compile_seconds,
+            access_log_dropped,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! snapshot persister, the compile loop that swaps routing tables and reconciles sockets, the status
 //! writer, the admin endpoint.
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, NodeState};
 use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
@@ -80,6 +81,12 @@ pub struct NodeConfig {
     /// Seconds after which a connection that moves no byte is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Write an access log line per request (JSON, README "Access log") to this file; `-`: stdout.
+    #[arg(long)]
+    pub access_log: Option<String>,
+    /// The share of requests logged (0 to 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub access_log_sample: f64,
     /// Session entries this node proposes to the store at most per second (each is one replicated
     /// write); past it, a returning session binds by its token alone until a later request.
     #[arg(long, default_value_t = 1_000)]
@@ -224,11 +231,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(sessions.clone().run_batches());
-    let proxy = Arc::new(Proxy::new(
-        table.clone(),
-        metrics.clone(),
-        Some(sessions.clone()),
-    ));
+    let mut proxy = Proxy::new(table.clone(), metrics.clone(), Some(sessions.clone()));
+    if let Some(path) = &cfg.access_log {
+        let log = AccessLog::open(path, cfg.access_log_sample, metrics.clone())
+            .with_context(|| format!("opening the access log {path}"))?;
+        proxy = proxy.with_access_log(Arc::new(log));
+    }
+    let proxy = Arc::new(proxy);
     let health = Arc::new(WatchHealth::default());
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {
@@ -243,6 +252,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         failed_sockets: Default::default(),
         metrics: metrics.clone(),
         admin: cfg.admin,
+        sessions: sessions.clone(),
         started_ms: clock::now_ms(),
         serving_since_ms: Default::default(),
         table_changed: Default::default(),
@@ -311,6 +321,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
 /// Compiles every committed state the watch publishes (coalescing bursts), swaps the routing table
 /// atomically (requests in flight keep the table they started with), and reconciles sockets.
+#[allow(clippy::disallowed_methods)] // runtime: times each compilation, for the metrics
 async fn compile_loop(
     mut rx: watch::Receiver<Arc<Snapshot>>,
     template: CompileOptions,
@@ -326,7 +337,18 @@ async fn compile_loop(
             ..template.clone()
         };
         let s2 = snap.clone();
-        let compiled = match tokio::task::spawn_blocking(move || compile(&s2, &opts)).await {
+        let timed = move || {
+            let start = Instant::now();
+            (compile(&s2, &opts), start.elapsed())
+        };
+        let compiled = match tokio::task::spawn_blocking(timed).await {
+            Ok((c, took)) => {
+                state.metrics.compile_seconds.observe(took.as_secs_f64());
+                Ok(c)
+            }
+            Err(e) => Err(e),
+        };
+        let compiled = match compiled {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "compilation panicked; keeping the previous table");

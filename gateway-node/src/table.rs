@@ -20,6 +20,8 @@ pub struct RoutingTable {
     pub revision: u64,
     /// One entry per socket to listen on.
     pub sockets: BTreeMap<SocketAddr, Arc<SocketTable>>,
+    /// Whether responses carry `gw-revision` (the class's `gw.dev/revision-header` annotation).
+    pub revision_header: bool,
 }
 
 /// The listeners served on one socket (several Gateways' listeners may share a port).

@@ -296,3 +296,91 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
         .collect();
     assert_eq!(names, vec!["a"], "a stopped node deregisters");
 }
+
+/// A class with the `gw.dev/revision-header` annotation has its responses carry `gw-revision`, the
+/// revision of the table that served them; the access log line of each request names the same
+/// revision, its listener, route, rule, backend and endpoint. Without the annotation, no header.
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_and_access_log_lines_name_the_revision_that_served_them() {
+    let store = store();
+    let s = reach(&store);
+    let v1 = echo("app-v1", "web", false).await;
+    let port = free_port();
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}{}{}{}",
+            gateway(port),
+            service("app-v1", "web", v1.addr, None),
+            route("app-v1")
+        ),
+    );
+    let log = store.dir.join("access.log");
+    let node = NodeProc::start_with(
+        &s,
+        "127.0.0.2",
+        "gw",
+        &store.dir,
+        "a",
+        &["--access-log", log.to_str().unwrap()],
+    );
+    let addr: SocketAddr = format!("{}:{port}", node.bind).parse().unwrap();
+    eventually("the node serves app-v1", || async {
+        who(addr, "x.example", "/").await == "app-v1"
+    })
+    .await;
+    let plain = get(addr, "x.example", "/plain", &[]).await.unwrap();
+    assert_eq!(
+        plain.header("gw-revision"),
+        None,
+        "off unless the class asks"
+    );
+    apply(
+        &s,
+        &store.dir,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gw, annotations: {gw.dev/revision-header: \"true\"}}\nspec: {controllerName: gw.dev/gateway-node}\n",
+    );
+    let revision = eventually_value("responses carry gw-revision", || async {
+        let r = get(addr, "x.example", "/marked", &[]).await.ok()?;
+        r.header("gw-revision")?.parse::<u64>().ok()
+    })
+    .await;
+    let status = get(node.admin, "admin", "/status", &[])
+        .await
+        .unwrap()
+        .json();
+    assert!(
+        status["revisionServed"].as_u64() >= Some(revision),
+        "{status}"
+    );
+    get(addr, "x.example", "/last", &[]).await.unwrap();
+    // The lines are written when each response ends, by a writer thread.
+    let lines = eventually_value("the access log has the requests", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines.iter().any(|l| l["path"] == "/last").then_some(lines)
+    })
+    .await;
+    let marked = lines
+        .iter()
+        .rev()
+        .find(|l| l["path"] == "/marked")
+        .expect("the marked request is logged");
+    assert_eq!(marked["revision"], revision, "{marked}");
+    assert_eq!(marked["route"], "HTTPRoute web/app", "{marked}");
+    assert_eq!(marked["rule"], 0, "{marked}");
+    assert_eq!(marked["backend"], "web/app-v1:8080", "{marked}");
+    assert_eq!(marked["endpoint"], v1.addr.to_string(), "{marked}");
+    assert_eq!(
+        (marked["status"].as_u64(), marked["completed"].as_bool()),
+        (Some(200), Some(true))
+    );
+    assert!(marked["responseBytes"].as_u64() > Some(0), "{marked}");
+    assert_eq!(marked["listener"], "web/gw/http", "{marked}");
+    let plain = lines.iter().find(|l| l["path"] == "/plain").unwrap();
+    assert!(plain["revision"].as_u64() < Some(revision), "{plain}");
+}

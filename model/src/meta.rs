@@ -309,6 +309,12 @@ pub fn rfc3339(unix_ms: u64) -> String {
     )
 }
 
+/// `rfc3339` with milliseconds (`YYYY-MM-DDTHH:MM:SS.mmmZ`), as logs write it.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let whole = rfc3339(unix_ms);
+    format!("{}.{:03}Z", &whole[..whole.len() - 1], unix_ms % 1000)
+}
+
 /// Parses the timestamps `rfc3339` writes (`YYYY-MM-DDTHH:MM:SSZ`) into milliseconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();

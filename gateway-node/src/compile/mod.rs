@@ -62,11 +62,16 @@ pub struct Compiled {
     pub statuses: BTreeMap<ObjectKey, DesiredStatus>,
 }
 
+/// The GatewayClass annotation that, set to `"true"`, has its nodes add the revision of the routing
+/// table that served each response as the `gw-revision` header.
+pub const REVISION_HEADER_ANNOTATION: &str = "gw.dev/revision-header";
+
 /// Compiles one revision.
 pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
     let idx = Index::new(snap);
     let mut statuses = BTreeMap::new();
     let mut class_accepted = false;
+    let mut revision_header = false;
     for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, "GatewayClass") {
         let Some(spec) = index::typed::<GatewayClassSpec>(obj, Some("spec")) else {
             continue;
@@ -87,6 +92,7 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         };
         if key.name == opts.gateway_class {
             class_accepted = cond.status;
+            revision_header = obj["metadata"]["annotations"][REVISION_HEADER_ANNOTATION] == "true";
         }
         let prev = obj.get("status").cloned().unwrap_or(Value::Null);
         let mut status = prev.as_object().cloned().unwrap_or_default();
@@ -130,10 +136,9 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
             },
         );
     }
-    Compiled {
-        table: build_table(snap.revision, gateways),
-        statuses,
-    }
+    let mut table = build_table(snap.revision, gateways);
+    table.revision_header = revision_header;
+    Compiled { table, statuses }
 }
 
 /// Groups the programmed listeners by socket.
@@ -186,7 +191,11 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
             )
         })
         .collect();
-    RoutingTable { revision, sockets }
+    RoutingTable {
+        revision,
+        sockets,
+        revision_header: false,
+    }
 }
 
 /// A compact summary of a status for logs and tests: `{type: status/reason}` of its top-level

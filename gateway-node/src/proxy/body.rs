@@ -1,6 +1,8 @@
 //! The bodies a proxied exchange carries, as one concrete type (no boxing per request): a stream from a
-//! peer, a buffered body, or a backend response whose connection returns to the pool when it ends.
+//! peer, a buffered body, or a backend response whose connection returns to the pool when it ends;
+//! any of them with its access log line written at its end.
 
+use crate::access_log::LogOnEnd;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -20,6 +22,8 @@ pub enum Body {
     Full(Full<Bytes>),
     /// A backend response; `release` returns its connection to the pool once the body is complete.
     Pooled(Incoming, Option<Release>),
+    /// A response whose access log line is written when it ends (only for requests logged).
+    Logged(Box<Body>, Box<LogOnEnd>),
 }
 
 impl Body {
@@ -62,6 +66,23 @@ impl HttpBody for Body {
                 }
                 r
             }
+            Body::Logged(b, end) => {
+                let r = Pin::new(&mut **b).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            end.count(data.len());
+                        }
+                        if b.is_end_stream() {
+                            end.finish(true);
+                        }
+                    }
+                    Poll::Ready(None) => end.finish(true),
+                    Poll::Ready(Some(Err(_))) => end.finish(false),
+                    Poll::Pending => {}
+                }
+                r
+            }
         }
     }
 
@@ -69,6 +90,7 @@ impl HttpBody for Body {
         match self {
             Body::Incoming(b) | Body::Request(b, _) | Body::Pooled(b, _) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
+            Body::Logged(b, _) => b.is_end_stream(),
         }
     }
 
@@ -76,6 +98,7 @@ impl HttpBody for Body {
         match self {
             Body::Incoming(b) | Body::Request(b, _) | Body::Pooled(b, _) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
+            Body::Logged(b, _) => b.size_hint(),
         }
     }
 }

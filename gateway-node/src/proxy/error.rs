@@ -108,6 +108,29 @@ impl ErrorKind {
         }
     }
 
+    /// The kind's name in the access log.
+    pub fn label(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            NoRoute => "no-route",
+            ListenerGone => "listener-gone",
+            BadRequest => "bad-request",
+            MalformedBody => "malformed-body",
+            NoHost => "no-host",
+            InvalidHost => "invalid-host",
+            BodyTooLarge => "body-too-large",
+            InvalidFilter => "invalid-filter",
+            InvalidBackend => "invalid-backend",
+            NoBackend => "no-backend",
+            InvalidRewrite => "invalid-rewrite",
+            NoEndpoint => "no-endpoint",
+            SessionUnavailable => "session-unavailable",
+            UpstreamConnect => "upstream-connect",
+            UpstreamTimeout => "upstream-timeout",
+            UpstreamProtocol => "upstream-protocol",
+        }
+    }
+
     /// The `kind` label of the upstream-error metric (`None`: not a backend's failure).
     pub fn upstream_label(self) -> Option<&'static str> {
         match self {

@@ -17,6 +17,7 @@ mod route;
 mod send;
 mod upstream;
 
+use crate::access_log::{self, AccessLog, LogOnEnd, Record};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rng;
 use crate::session::{Selection, Sessions};
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use error::{ErrorKind, ProxyError};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use route::Routed;
 use std::net::SocketAddr;
@@ -70,7 +71,12 @@ pub struct Proxy {
     upstreams: Arc<Upstreams>,
     /// Metrics of requests no route took.
     unmatched: std::sync::OnceLock<RouteMetrics>,
+    access_log: Option<Arc<AccessLog>>,
 }
+
+/// The response header naming the revision of the routing table that served a request (for classes
+/// that ask for it: `compile::REVISION_HEADER_ANNOTATION`).
+pub const REVISION_HEADER: &str = "gw-revision";
 
 pub fn empty() -> ProxyBody {
     Body::empty()
@@ -98,7 +104,14 @@ impl Proxy {
             sessions,
             upstreams: Arc::new(Upstreams::default()),
             unmatched: std::sync::OnceLock::new(),
+            access_log: None,
         }
+    }
+
+    /// Logs requests (a sampled share of them) to `log`.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Proxy {
+        self.access_log = Some(log);
+        self
     }
 
     /// Serves one request.
@@ -107,27 +120,67 @@ impl Proxy {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
         let table = self.table.load_full();
+        let log = self.access_log.as_ref().filter(|l| l.sampled(rng::draw()));
+        let mut record = log.map(|_| begin_record(conn, &req, table.revision));
         let routed =
             accept::accept(req).and_then(|req| Ok((route::route(&table, conn.socket, &req)?, req)));
-        match routed {
+        let mut resp = match routed {
             Ok((routed, req)) => {
                 let route = routed.action.route.clone();
-                let resp = self.forward(conn, &routed, req).await.unwrap_or_else(|e| {
-                    log::failure(&e, &route.id);
-                    e.response(grpc)
-                });
+                if let Some(r) = &mut record {
+                    r.listener = Some(routed.listener.clone());
+                    r.route = Some(route.id.clone());
+                    r.rule = Some(routed.action.rule_index);
+                }
+                let resp = self
+                    .forward(conn, &routed, req, &mut record, start)
+                    .await
+                    .unwrap_or_else(|e| self.refuse(&e, &route.id, grpc, &mut record));
                 let metrics = route.metrics.get_or_init(|| self.metrics.route(&route.id));
                 log::record(&self.metrics, metrics, resp.status(), start.elapsed());
                 resp
             }
             Err(e) => {
-                log::failure(&e, "(none)");
-                let resp = e.response(grpc);
+                let resp = self.refuse(&e, "(none)", grpc, &mut record);
                 let metrics = self.unmatched.get_or_init(|| self.metrics.route("(none)"));
                 log::record(&self.metrics, metrics, resp.status(), start.elapsed());
                 resp
             }
+        };
+        if table.revision_header {
+            resp.headers_mut()
+                .insert(REVISION_HEADER, HeaderValue::from(table.revision));
         }
+        match (log, record) {
+            (Some(log), Some(mut r)) => {
+                r.status = resp.status().as_u16();
+                r.duration_ms = access_log::ms(start.elapsed());
+                let mut end = LogOnEnd::new(r, log.clone(), start);
+                if resp.body().is_end_stream() {
+                    end.finish(true);
+                    resp
+                } else {
+                    resp.map(|b| Body::Logged(Box::new(b), Box::new(end)))
+                }
+            }
+            _ => resp,
+        }
+    }
+
+    /// The response to a request that was not proxied, logged.
+    fn refuse(
+        &self,
+        e: &ProxyError,
+        route: &str,
+        grpc: bool,
+        record: &mut Option<Record>,
+    ) -> Response<ProxyBody> {
+        log::failure(e, route);
+        if let Some(r) = record {
+            r.error = Some(e.kind.label());
+            r.grpc_status = grpc.then(|| u32::from(e.kind.grpc_code()));
+        }
+        e.response(grpc)
     }
 
     async fn forward(
@@ -135,6 +188,8 @@ impl Proxy {
         conn: &ConnInfo,
         routed: &Routed,
         mut req: Request<Incoming>,
+        record: &mut Option<Record>,
+        start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let action = &routed.action;
         if let Some(why) = &action.filters.invalid {
@@ -173,6 +228,14 @@ impl Proxy {
         )?;
         let (endpoint, endpoint_authority) = target.upstream.endpoint(target.endpoint);
         let protocol = target.upstream.protocol;
+        if let Some(r) = record {
+            r.backend = Some(target.upstream.id.clone());
+            r.endpoint = Some(endpoint.to_string());
+            if let Some(c) = &session {
+                r.session = Some(access_log::session_hash(&c.token.session));
+                r.affinity = Some(c.decision);
+            }
+        }
 
         let upgrade = prepare::wants_upgrade(req.headers())
             && protocol == crate::table::UpstreamProtocol::Http1;
@@ -244,6 +307,9 @@ impl Proxy {
                     return Err(ProxyError::new(e.kind, message));
                 }
             };
+        if let Some(r) = record {
+            r.upstream_ms = Some(access_log::ms(start.elapsed()));
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -264,5 +330,34 @@ impl Proxy {
             session.and_then(|c| c.issue),
         );
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The access log record of a request, as far as its arrival tells.
+fn begin_record(conn: &ConnInfo, req: &Request<Incoming>, revision: u64) -> Record {
+    Record {
+        time: gw_model::meta::rfc3339_ms(gw_client::clock::now_ms()),
+        client: conn.remote.to_string(),
+        socket: conn.socket.to_string(),
+        method: req.method().to_string(),
+        host: req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("")
+            .to_string(),
+        path: req.uri().path().to_string(),
+        protocol: format!("{:?}", req.version()),
+        request_bytes: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        revision,
+        ..Default::default()
     }
 }

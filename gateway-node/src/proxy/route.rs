@@ -14,6 +14,8 @@ pub struct Routed {
     pub action: Arc<RuleAction>,
     /// The port of the listener that took it (redirects default to it).
     pub listener_port: u16,
+    /// `namespace/gateway/listener` of that listener.
+    pub listener: String,
     /// The request's host, normalized (lowercase, no port).
     pub host: String,
 }
@@ -47,12 +49,13 @@ pub fn route<B>(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let (action, listener_port) = listener
-        .and_then(|l| l.route(&host, &view).map(|e| (e.action.clone(), l.port)))
+    let (action, l) = listener
+        .and_then(|l| l.route(&host, &view).map(|e| (e.action.clone(), l)))
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route matches"))?;
     Ok(Routed {
         action,
-        listener_port,
+        listener_port: l.port,
+        listener: l.id.clone(),
         host,
     })
 }

@@ -18,7 +18,7 @@
 
 pub mod decide;
 
-use crate::metrics::Metrics;
+use crate::metrics::{DecisionLabels, Metrics};
 use crate::rng;
 use crate::snapshot::Snapshot;
 use crate::table::{Backends, SessionConfig};
@@ -59,6 +59,9 @@ pub struct Chosen {
     pub issue: Option<(HeaderName, HeaderValue)>,
     /// The session the request belongs to.
     pub token: Token,
+    /// How: `new`, `followed` (the node's view of the table), `confirmed` (followed after reading the
+    /// store), `failed-over`.
+    pub decision: &'static str,
 }
 
 pub enum Selection {
@@ -150,6 +153,8 @@ impl Sessions {
             Some(_) => Known::Unconfirmed,
             None => Known::Entry(None),
         };
+        // What the store was asked for on the way (for the decision's name).
+        let mut asked = "followed";
         // Each store call is asked for at most once, so this ends within three rounds.
         for _ in 0..3 {
             let inputs = Inputs {
@@ -162,6 +167,7 @@ impl Sessions {
             };
             match (decide(&inputs, &mut rng::draw), &token, &key) {
                 (Decision::Confirm, _, Some(key)) => {
+                    asked = "confirmed";
                     known = match self.read_entry(key).await {
                         Ok(e) => Known::Entry(e),
                         Err(e) => {
@@ -171,6 +177,7 @@ impl Sessions {
                     }
                 }
                 (Decision::ProposeFailover { from, to }, Some(t), _) => {
+                    asked = "failed-over";
                     known = match self.failover(cfg, t, &from, &to).await {
                         Ok(e) => Known::FailedOver(e),
                         Err(e) => {
@@ -184,11 +191,12 @@ impl Sessions {
                 (Decision::Follow { entry, endpoint }, Some(t), _) => {
                     // Without an entry, this touch creates it.
                     self.touch(cfg, t, known == Known::Entry(None));
-                    return Selection::Chosen(Chosen {
+                    return self.chosen(Chosen {
                         entry,
                         endpoint,
                         issue: None,
                         token: t.clone(),
+                        decision: asked,
                     });
                 }
                 (
@@ -200,11 +208,12 @@ impl Sessions {
                     _,
                     _,
                 ) => {
-                    return Selection::Chosen(Chosen {
+                    return self.chosen(Chosen {
                         entry,
                         endpoint,
                         issue: cfg.issue(&keys.issue(&token, rng::nonce()), https),
                         token,
+                        decision: "new",
                     });
                 }
                 (Decision::Unavailable(why), _, _) => return Selection::Unavailable(why),
@@ -212,6 +221,24 @@ impl Sessions {
             }
         }
         Selection::Fallback
+    }
+
+    /// A choice made, counted by decision.
+    fn chosen(&self, c: Chosen) -> Selection {
+        self.metrics
+            .sessions
+            .get_or_create(&DecisionLabels {
+                decision: c.decision,
+            })
+            .inc();
+        Selection::Chosen(c)
+    }
+
+    /// The affinity view's staleness: ms since its watch last had a bookmark (`None`: never).
+    pub fn view_age_ms(&self) -> Option<u64> {
+        let contact = self.view_health.last_bookmark_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        (contact > 0).then(|| now.saturating_sub(contact))
     }
 
     /// The session's backend refused the connection: propose a replacement (first writer wins), so
@@ -246,9 +273,7 @@ impl Sessions {
     }
 
     fn view_fresh(&self) -> bool {
-        let contact = self.view_health.last_bookmark_ms.load(Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64;
-        contact > 0 && now.saturating_sub(contact) <= FRESH_MS
+        self.view_age_ms().is_some_and(|age| age <= FRESH_MS)
     }
 
     /// A session's entry, read linearizably from the store (`None`: it has none).

@@ -311,6 +311,22 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Waits until `check` gives a value, and returns it.
+pub async fn eventually_value<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// The pod name an echo backend reported for a request, or the status code if it was not a 200.
 pub async fn who(addr: SocketAddr, host: &str, path: &str) -> String {
     match get(addr, host, path, &[]).await {
