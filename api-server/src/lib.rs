@@ -18,7 +18,7 @@ pub mod watch;
 
 use crate::auth::Auth;
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RpcLayer};
 use crate::network::{Channels, NetworkFactory};
 use crate::node::Node;
 use crate::services::{AffinityService, ClusterService, ConfigService, RaftService};
@@ -92,7 +92,7 @@ pub struct Server {
 /// Serves `router` on `listener` until `shutdown` turns true: plaintext, or TLS handshakes done off
 /// the accept loop (a slow client never holds the others up).
 fn serve(
-    router: Router,
+    router: Router<tower_layer::Stack<RpcLayer, tower_layer::Identity>>,
     listener: TcpListener,
     security: Security,
     mut shutdown: signal::Receiver<bool>,
@@ -195,7 +195,7 @@ impl Server {
         .await
         .context("starting raft")?;
         let proposer = crate::node::Proposer::start(raft.clone());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(&store.metrics()));
         let node = Arc::new(Node {
             id: config.id,
             member: config.advertised(),
@@ -205,6 +205,7 @@ impl Server {
             auth: Auth::new(security.clone(), metrics.clone()),
             config: config.clone(),
             proposer,
+            metrics: metrics.clone(),
         });
         let (shutdown, stopped) = signal::channel(false);
         let raft_service = || {
@@ -214,6 +215,7 @@ impl Server {
         };
         let api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(RpcLayer(metrics.clone()))
             .add_service(
                 pb::config_server::ConfigServer::new(ConfigService { node: node.clone() })
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -232,6 +234,7 @@ impl Server {
             Some(peer) => {
                 let peer_router = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .layer(RpcLayer(metrics.clone()))
                     .add_service(raft_service());
                 tasks.push(serve(peer_router, peer, security.clone(), stopped.clone()));
                 tasks.push(serve(api, listener, security.clone(), stopped.clone()));
@@ -261,8 +264,31 @@ impl Server {
         };
         if let Some(addr) = config.metrics {
             let m = metrics.clone();
+            let n = node.clone();
+            let refresh = Arc::new(move || {
+                let r = n.raft.metrics().borrow().clone();
+                let (revision, compact_revision, objects) = n.store.read(|a| {
+                    (
+                        a.state.revision(),
+                        a.state.compact_revision(),
+                        a.state.len() as u64,
+                    )
+                });
+                crate::metrics::Snapshot {
+                    term: r.current_term,
+                    leader: r.current_leader.unwrap_or(0),
+                    is_leader: r.current_leader == Some(n.id),
+                    last_log_index: r.last_log_index.unwrap_or(0),
+                    applied_index: r.last_applied.map_or(0, |l| l.index),
+                    snapshot_index: r.snapshot.map_or(0, |l| l.index),
+                    purged_index: r.purged.map_or(0, |l| l.index),
+                    revision,
+                    compact_revision,
+                    objects,
+                }
+            });
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(addr, m).await {
+                if let Err(e) = crate::metrics::serve(addr, m, refresh).await {
                     tracing::error!(%addr, error = %e, "metrics endpoint failed");
                 }
             }));

@@ -4,6 +4,7 @@
 use crate::auth::{Auth, ON_BEHALF_OF};
 use crate::config::ServerConfig;
 use crate::errors::ApiError;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::network::Channels;
 use gw_client::{Client, Identity};
 use gw_proto as pb;
@@ -37,6 +38,7 @@ pub struct Node {
     pub auth: Auth,
     pub config: ServerConfig,
     pub proposer: Proposer,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Transactions waiting to be proposed, each with where its result goes.
@@ -207,6 +209,7 @@ impl Node {
 
     /// Proposes a transaction on this member, which must be the leader. `NotLeader` means leadership
     /// moved: the caller forwards.
+    #[allow(clippy::disallowed_methods)] // runtime: the proposal's latency, for the metrics
     pub async fn propose(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
         let (tx, rx) = oneshot::channel();
         let closed = || ApiError::Unavailable("the member is shutting down".into());
@@ -219,19 +222,35 @@ impl Node {
                 .map_err(|_| closed())?;
             return Ok(outcome);
         }
+        let start = std::time::Instant::now();
         self.proposer
             .tx
             .send((txn, tx))
             .await
             .map_err(|_| closed())?;
-        match tokio::time::timeout(COMMIT_WAIT, rx).await {
-            Ok(result) => result.map_err(|_| closed())?,
+        let (outcome, result) = match tokio::time::timeout(COMMIT_WAIT, rx).await {
+            Ok(Ok(Ok(o))) => ("committed", Ok(o)),
+            Ok(Ok(Err(e))) => ("refused", Err(e)),
+            Ok(Err(_)) => ("unknown", Err(closed())),
             // A leader cut off from its quorum does not know it yet: rather than hold the caller for
             // ever, say that the write may or may not commit.
-            Err(_) => Err(ApiError::Unavailable(format!(
-                "the write was proposed but not committed within {COMMIT_WAIT:?} (no quorum reachable?): it may still commit"
-            ))),
+            Err(_) => (
+                "unknown",
+                Err(ApiError::Unavailable(format!(
+                    "the write was proposed but not committed within {COMMIT_WAIT:?} (no quorum reachable?): it may still commit"
+                ))),
+            ),
+        };
+        self.metrics
+            .proposals
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if outcome == "committed" {
+            self.metrics
+                .proposal_seconds
+                .observe(start.elapsed().as_secs_f64());
         }
+        result
     }
 
     /// Makes the next local read linearizable (Raft §8, ReadIndex): the leader confirms its leadership

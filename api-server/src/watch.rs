@@ -144,14 +144,21 @@ async fn catch_up(tx: &Tx, store: &StoreHandle, filter: &Filter, last_sent: u64)
 /// that sees new commits instead of idling on a stale one.
 #[allow(clippy::disallowed_methods)] // runtime: how long this member has been out of contact
 pub async fn run(node: Arc<Node>, tx: Tx, filter: Filter, after: Option<u64>, bookmark: Duration) {
+    node.metrics.watchers.inc();
+    serve(&node, &tx, &filter, after, bookmark).await;
+    node.metrics.watchers.dec();
+}
+
+#[allow(clippy::disallowed_methods)] // runtime: how long this member has been out of contact
+async fn serve(node: &Arc<Node>, tx: &Tx, filter: &Filter, after: Option<u64>, bookmark: Duration) {
     let store = node.store.clone();
     let give_up = Duration::from_millis(node.config.election_timeout_ms * 2);
     let mut unconfirmed_since: Option<tokio::time::Instant> = None;
     // Subscribe before reading the state: every revision applied after the read is then delivered.
     let mut rx = store.subscribe();
     let start = match after {
-        None => send_snapshot(&tx, &store, &filter, false).await,
-        Some(after) => catch_up(&tx, &store, &filter, after).await,
+        None => send_snapshot(tx, &store, filter, false).await,
+        Some(after) => catch_up(tx, &store, filter, after).await,
     };
     let Some(mut last_sent) = start else { return };
     let mut ticker = tokio::time::interval(bookmark);
@@ -181,16 +188,20 @@ pub async fn run(node: Arc<Node>, tx: Tx, filter: Filter, after: Option<u64>, bo
         let sent = match next {
             Ok(HubMsg::Events(ev)) if ev.revision <= last_sent => Some(last_sent),
             Ok(HubMsg::Events(ev)) if ev.revision == last_sent + 1 => {
-                send_events(&tx, &ev, &filter).await.map(|_| ev.revision)
+                let applied = store.read(|a| a.state.revision());
+                node.metrics
+                    .watch_lag
+                    .observe(applied.saturating_sub(ev.revision) as f64);
+                send_events(tx, &ev, filter).await.map(|_| ev.revision)
             }
             // A gap (this subscriber missed a message) or a lag: resume from history.
             Ok(HubMsg::Events(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(&tx, &store, &filter, last_sent).await
+                catch_up(tx, &store, filter, last_sent).await
             }
             // The member installed a snapshot. A watcher that already has everything up to it (it
             // resumed here from a member that was ahead) must not be sent back in time: it gets the
             // events after what it has, from history, or a compacted snapshot if they are gone.
-            Ok(HubMsg::Reset { .. }) => catch_up(&tx, &store, &filter, last_sent).await,
+            Ok(HubMsg::Reset { .. }) => catch_up(tx, &store, filter, last_sent).await,
             Err(broadcast::error::RecvError::Closed) => return,
         };
         match sent {

@@ -797,3 +797,72 @@ async fn lists_come_in_pages_at_one_revision() {
         "{bad}"
     );
 }
+
+/// `GET /metrics` of a member, read whole.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of one sample (`name{labels}` as printed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A member's /metrics shows Raft, the store, proposals, fsyncs and every RPC by method and code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_exports_raft_rpc_and_storage_metrics() {
+    let metrics = format!("127.0.0.1:{}", gw_testkit::procs::free_port());
+    let c = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_args: vec!["--metrics".into(), metrics.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, namespace: d}\ndata: {a: b}\n";
+    ok(c.gwadm(c.addr(1), &["apply", "-f", &write(&c.dir, "cm.yaml", cm)]));
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, namespace: d}\ndata: {a: 1}\n";
+    let o = c.gwadm(c.addr(1), &["apply", "-f", &write(&c.dir, "bad.yaml", bad)]);
+    assert!(!o.status.success());
+    let text = scrape(&metrics);
+    let has = |series: &str, min: f64| {
+        let v = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert!(v >= min, "{series} = {v}");
+    };
+    has("gw_store_raft_term", 1.0);
+    has("gw_store_raft_is_leader", 1.0);
+    has("gw_store_raft_leader", 1.0);
+    has("gw_store_raft_applied_index", 2.0);
+    has("gw_store_revision", 1.0);
+    has("gw_store_objects", 1.0);
+    has("gw_store_proposals_total{outcome=\"committed\"}", 1.0);
+    has("gw_store_proposal_duration_seconds_count", 1.0);
+    has("gw_store_fsync_duration_seconds_count", 1.0);
+    has(
+        "gw_store_rpc_requests_total{method=\"/gw.v1.Config/Apply\",code=\"0\"}",
+        1.0,
+    );
+    has(
+        "gw_store_rpc_requests_total{method=\"/gw.v1.Config/Apply\",code=\"3\"}",
+        1.0,
+    );
+    has(
+        "gw_store_rpc_duration_seconds_count{method=\"/gw.v1.Config/Apply\"}",
+        2.0,
+    );
+    has("gw_store_watchers", 0.0);
+}

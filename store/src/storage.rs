@@ -23,6 +23,8 @@ use openraft::{
     EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
     StorageIOError,
 };
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -62,20 +64,50 @@ impl Default for StorageOptions {
     }
 }
 
+/// What the storage measures about itself (a member exports them on its `/metrics`).
+#[derive(Clone)]
+pub struct StorageMetrics {
+    /// Each durability point (sled flush and fdatasync).
+    pub sync_seconds: Histogram,
+    /// Log appends one sync made durable (group commit).
+    pub sync_batch: Histogram,
+    pub snapshot_build_seconds: Histogram,
+    /// Size of the last snapshot built or installed.
+    pub snapshot_bytes: Gauge,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            sync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            snapshot_build_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            snapshot_bytes: Gauge::default(),
+        }
+    }
+}
+
 /// The durability point: sled flush followed by fdatasync of its data file.
 struct Durable {
     db: sled::Db,
     file: File,
     no_sync: bool,
+    metrics: StorageMetrics,
 }
 
 impl Durable {
+    #[allow(clippy::disallowed_methods)] // runtime: the sync's latency, for the metrics
     fn sync(&self) -> io::Result<()> {
         if self.no_sync {
             return Ok(());
         }
+        let start = std::time::Instant::now();
         self.db.flush().map_err(io::Error::other)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.metrics
+            .sync_seconds
+            .observe(start.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
@@ -117,6 +149,7 @@ pub fn open(
         db: db.clone(),
         file,
         no_sync: options.unsafe_no_sync,
+        metrics: StorageMetrics::default(),
     });
     let log = LogStore::new(&db, durable.clone())?;
     let shared = Arc::new(Shared::load(&db, durable, options.history_revisions)?);
@@ -160,6 +193,7 @@ impl LogStore {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
                     let res = d.sync();
+                    d.metrics.sync_batch.observe(batch.len() as f64);
                     for cb in batch {
                         cb.log_io_completed(
                             res.as_ref()
@@ -451,6 +485,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .unwrap_or_else(|e| e.into_inner());
             // Durable first: once installed, the log before the snapshot may be gone.
             store_snapshot(&shared, &meta, &data)?;
+            shared.durable.metrics.snapshot_bytes.set(data.len() as i64);
             let mut a = shared.applied.write().unwrap_or_else(|e| e.into_inner());
             a.state.install_snapshot(&data).map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(
@@ -499,9 +534,11 @@ fn store_snapshot(shared: &Shared, meta: &SnapshotMeta, data: &[u8]) -> Result<(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    #[allow(clippy::disallowed_methods)] // runtime: the build's duration, for the metrics
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let start = std::time::Instant::now();
             let mut seq = shared
                 .snapshot_lock
                 .lock()
@@ -521,6 +558,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 snapshot_id,
             };
             store_snapshot(&shared, &meta, &data)?;
+            let m = &shared.durable.metrics;
+            m.snapshot_build_seconds
+                .observe(start.elapsed().as_secs_f64());
+            m.snapshot_bytes.set(data.len() as i64);
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),
@@ -545,6 +586,11 @@ impl StoreHandle {
     /// Runs `f` on the applied state; `f` sees one whole revision.
     pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
         f(&self.shared.read())
+    }
+
+    /// The storage's own measurements.
+    pub fn metrics(&self) -> StorageMetrics {
+        self.shared.durable.metrics.clone()
     }
 
     /// Subscribes to the changes applied from now on.
