@@ -70,9 +70,10 @@ pub struct Args {
     /// This cluster's name (its objects' origin in the store; must match the agent's certificate).
     #[arg(long)]
     pub cluster: String,
-    /// The cluster's kubeconfig.
+    /// The cluster's kubeconfig (default: the pod's service account when run in the cluster, else
+    /// `$KUBECONFIG` or `~/.kube/config`).
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     /// Store members (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
     pub store: Vec<String>,
@@ -128,9 +129,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(10),
         &gw_client::Dialer::new(security),
     )?;
-    let kc = Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await.context(
+            "no --kubeconfig, and neither an in-cluster service account nor a kubeconfig found",
+        )?,
+    };
     let agent = Arc::new(Agent {
         cluster: args.cluster,
         region: args.region,
