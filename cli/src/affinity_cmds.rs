@@ -51,8 +51,14 @@ pub async fn run(client: &Client, cmd: AffinityCommand) -> Result<()> {
             route,
             output: Format::Table,
         } => {
-            let sessions = list(client, route.as_deref()).await?;
-            print!("{}", table(&sessions));
+            // Rows, not objects, are kept until the columns can be aligned.
+            let now = clock::now_ms();
+            let mut rows = vec![HEADER.map(String::from)];
+            each_session(client, route.as_deref(), |o| {
+                rows.extend(SessionEntry::from_object(&o).map(|e| row(&e, now)))
+            })
+            .await?;
+            print!("{}", output::columns_of(&rows));
             Ok(())
         }
         AffinityCommand::Ls { route, output } => {
@@ -188,36 +194,30 @@ async fn each_session(
     Ok(())
 }
 
-/// The sessions as a table.
-fn table(objects: &[Value]) -> String {
-    let now = clock::now_ms();
+const HEADER: [&str; 8] = [
+    "NAMESPACE",
+    "SESSION",
+    "SCOPE",
+    "BACKEND",
+    "AGE",
+    "IDLE",
+    "FAILOVERS",
+    "STATE",
+];
+
+/// A session's row in the table.
+fn row(e: &SessionEntry, now: u64) -> [String; 8] {
     let secs = |ms: u64| format!("{}s", now.saturating_sub(ms) / 1000);
-    let mut rows = vec![
-        [
-            "NAMESPACE",
-            "SESSION",
-            "SCOPE",
-            "BACKEND",
-            "AGE",
-            "IDLE",
-            "FAILOVERS",
-            "STATE",
-        ]
-        .map(String::from),
-    ];
-    for e in objects.iter().filter_map(SessionEntry::from_object) {
-        rows.push([
-            e.namespace.clone(),
-            e.id.clone(),
-            e.spec.scope.clone(),
-            e.spec.backend.clone(),
-            secs(e.status.created_ms),
-            secs(e.status.last_active_ms),
-            e.status.failovers.len().to_string(),
-            if e.expired() { "expired" } else { "live" }.into(),
-        ]);
-    }
-    output::columns_of(&rows)
+    [
+        e.namespace.clone(),
+        e.id.clone(),
+        e.spec.scope.clone(),
+        e.spec.backend.clone(),
+        secs(e.status.created_ms),
+        secs(e.status.last_active_ms),
+        e.status.failovers.len().to_string(),
+        if e.expired() { "expired" } else { "live" }.into(),
+    ]
 }
 
 async fn rotate_key(client: &Client) -> Result<()> {
