@@ -171,11 +171,10 @@ async fn term_of(c: &Cluster, id: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_without_the_right_certificate_are_refused_by_name() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = format!("127.0.0.1:{}", free_port());
     let c = Cluster::start(
         1,
         ClusterOptions {
-            extra_args: vec!["--metrics".into(), metrics.clone()],
+            metrics: true,
             ..Default::default()
         },
     )
@@ -238,13 +237,7 @@ async fn callers_without_the_right_certificate_are_refused_by_name() {
         "nothing was stored: {listed}"
     );
     // The refusal is counted, by identity and action.
-    let mut s = tokio::net::TcpStream::connect(&metrics).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
+    let body = c.scrape(1).unwrap();
     assert!(
         body.contains(
             r#"gw_store_permission_denied_total{identity="spiffe://gw/node/gw/a",action="apply"} 1"#

@@ -798,17 +798,6 @@ async fn lists_come_in_pages_at_one_revision() {
     );
 }
 
-/// `GET /metrics` of a member, read whole.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The value of one sample (`name{labels}` as printed), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -823,11 +812,10 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// A member's /metrics shows Raft, the store, proposals, fsyncs and every RPC by method and code.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_exports_raft_rpc_and_storage_metrics() {
-    let metrics = format!("127.0.0.1:{}", gw_testkit::procs::free_port());
     let c = Cluster::start(
         1,
         ClusterOptions {
-            extra_args: vec!["--metrics".into(), metrics.clone()],
+            metrics: true,
             ..Default::default()
         },
     )
@@ -838,7 +826,7 @@ async fn a_member_exports_raft_rpc_and_storage_metrics() {
     let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, namespace: d}\ndata: {a: 1}\n";
     let o = c.gwadm(c.addr(1), &["apply", "-f", &write(&c.dir, "bad.yaml", bad)]);
     assert!(!o.status.success());
-    let text = scrape(&metrics);
+    let text = c.scrape(1).unwrap();
     let has = |series: &str, min: f64| {
         let v = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
         assert!(v >= min, "{series} = {v}");

@@ -22,10 +22,19 @@ fn route(backend: &str) -> String {
     )
 }
 
-/// Two nodes on 127.0.0.2 and 127.0.0.3 serve the same route; a changed route is served by both once
-/// the apply is acknowledged (the time it took is printed; the propagation benchmark measures it).
-#[tokio::test(flavor = "multi_thread")]
-async fn two_nodes_serve_the_same_route_and_follow_changes() {
+/// A store with Services app-v1 and app-v2 and a route to app-v1, and two nodes serving it: a on
+/// 127.0.0.2, b on 127.0.0.3 (`addrs`: their listener).
+struct TwoNodes {
+    store: gw_testkit::cluster::Cluster,
+    s: Store,
+    a: NodeProc,
+    b: NodeProc,
+    addrs: Vec<SocketAddr>,
+    backends: (gw_testkit::echo::EchoServer, gw_testkit::echo::EchoServer),
+}
+
+/// `extra`: more flags for node a.
+async fn two_nodes_serving_app_v1(extra: &[&str]) -> TwoNodes {
     let store = store();
     let s = reach(&store);
     let (v1, v2) = (
@@ -44,7 +53,7 @@ async fn two_nodes_serve_the_same_route_and_follow_changes() {
             route("app-v1")
         ),
     );
-    let a = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let a = NodeProc::start_with(&s, "127.0.0.2", "gw", &store.dir, "a", extra);
     let b = NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b");
     let addrs: Vec<SocketAddr> = [&a, &b]
         .iter()
@@ -56,7 +65,23 @@ async fn two_nodes_serve_the_same_route_and_follow_changes() {
         })
         .await;
     }
-    apply(&s, &store.dir, &route("app-v2"));
+    TwoNodes {
+        store,
+        s,
+        a,
+        b,
+        addrs,
+        backends: (v1, v2),
+    }
+}
+
+/// Two nodes on 127.0.0.2 and 127.0.0.3 serve the same route; a changed route is served by both once
+/// the apply is acknowledged (the time it took is printed; the propagation benchmark measures it).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_serve_the_same_route_and_follow_changes() {
+    let env = two_nodes_serving_app_v1(&[]).await;
+    let (store, s, a, b, addrs) = (&env.store, &env.s, &env.a, &env.b, &env.addrs);
+    apply(s, &store.dir, &route("app-v2"));
     let took = eventually("both nodes serve app-v2", || async {
         who(addrs[0], "x.example", "/").await == "app-v2"
             && who(addrs[1], "x.example", "/").await == "app-v2"
@@ -203,43 +228,15 @@ async fn route_status_is_written_back() {
 /// behind; thawed, it catches up and a stopped node removes its registration.
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_wait_knows_which_nodes_serve_a_change() {
-    let store = store();
-    let s = reach(&store);
-    let (v1, v2) = (
-        echo("app-v1", "web", false).await,
-        echo("app-v2", "web", false).await,
-    );
-    let port = free_port();
-    apply(
-        &s,
-        &store.dir,
-        &format!(
-            "{CLASS}{}{}{}{}",
-            gateway(port),
-            service("app-v1", "web", v1.addr, None),
-            service("app-v2", "web", v2.addr, None),
-            route("app-v1")
-        ),
-    );
-    let a = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
-    let mut b = NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b");
-    let addrs: Vec<SocketAddr> = [&a, &b]
-        .iter()
-        .map(|n| format!("{}:{port}", n.bind).parse().unwrap())
-        .collect();
-    for addr in &addrs {
-        eventually(&format!("{addr} serves app-v1"), || async {
-            who(*addr, "x.example", "/").await == "app-v1"
-        })
-        .await;
-    }
+    let mut env = two_nodes_serving_app_v1(&[]).await;
+    let (store, s, addrs) = (&env.store, &env.s, env.addrs.clone());
     let write = |name: &str, yaml: &str| {
         let f = store.dir.join(name);
         std::fs::write(&f, yaml).unwrap();
         f.display().to_string()
     };
     let to_v2 = write("v2.yaml", &route("app-v2"));
-    let o = gwadm(&s, &["apply", "-f", &to_v2, "--wait=20s"]);
+    let o = gwadm(s, &["apply", "-f", &to_v2, "--wait=20s"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
@@ -255,9 +252,9 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
         );
     }
 
-    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    env.b.signal(nix::sys::signal::Signal::SIGSTOP);
     let to_v1 = write("v1.yaml", &route("app-v1"));
-    let o = gwadm(&s, &["apply", "-f", &to_v1, "--wait=1500ms"]);
+    let o = gwadm(s, &["apply", "-f", &to_v1, "--wait=1500ms"]);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -265,7 +262,7 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
     assert!(!o.status.success(), "a frozen node cannot serve: {out}");
     assert!(out.contains("; served by 1/2 nodes in "), "{out}");
     assert!(err.contains("node b: serves revision "), "{err}");
-    let o = gwadm(&s, &["status", "-o", "json"]);
+    let o = gwadm(s, &["status", "-o", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let node = |name: &str| {
         status["nodes"]
@@ -278,15 +275,15 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
     };
     assert_eq!(node("a")["revisionsBehind"], 0, "{status}");
     assert!(node("b")["revisionsBehind"].as_u64() > Some(0), "{status}");
-    let table = String::from_utf8_lossy(&gwadm(&s, &["status"]).stdout).into_owned();
+    let table = String::from_utf8_lossy(&gwadm(s, &["status"]).stdout).into_owned();
     assert!(table.contains("NODE") && table.contains("gw "), "{table}");
 
-    b.signal(nix::sys::signal::Signal::SIGCONT);
-    let o = gwadm(&s, &["apply", "-f", &to_v1, "--wait=20s"]);
+    env.b.signal(nix::sys::signal::Signal::SIGCONT);
+    let o = gwadm(s, &["apply", "-f", &to_v1, "--wait=20s"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("; served by 2/2 nodes in "), "{out}");
-    b.stop();
-    let o = gwadm(&s, &["get", "gatewaynodes", "-o", "json"]);
+    env.b.stop();
+    let o = gwadm(s, &["get", "gatewaynodes", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names: Vec<&str> = list["items"]
         .as_array()
@@ -302,34 +299,11 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
 /// revision, its listener, route, rule, backend and endpoint. Without the annotation, no header.
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_and_access_log_lines_name_the_revision_that_served_them() {
-    let store = store();
-    let s = reach(&store);
-    let v1 = echo("app-v1", "web", false).await;
-    let port = free_port();
-    apply(
-        &s,
-        &store.dir,
-        &format!(
-            "{CLASS}{}{}{}",
-            gateway(port),
-            service("app-v1", "web", v1.addr, None),
-            route("app-v1")
-        ),
-    );
-    let log = store.dir.join("access.log");
-    let node = NodeProc::start_with(
-        &s,
-        "127.0.0.2",
-        "gw",
-        &store.dir,
-        "a",
-        &["--access-log", log.to_str().unwrap()],
-    );
-    let addr: SocketAddr = format!("{}:{port}", node.bind).parse().unwrap();
-    eventually("the node serves app-v1", || async {
-        who(addr, "x.example", "/").await == "app-v1"
-    })
-    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("access.log");
+    let env = two_nodes_serving_app_v1(&["--access-log", log.to_str().unwrap()]).await;
+    let (store, s, node, addr) = (&env.store, &env.s, &env.a, env.addrs[0]);
+    let v1 = &env.backends.0;
     let plain = get(addr, "x.example", "/plain", &[]).await.unwrap();
     assert_eq!(
         plain.header("gw-revision"),
@@ -337,7 +311,7 @@ async fn responses_and_access_log_lines_name_the_revision_that_served_them() {
         "off unless the class asks"
     );
     apply(
-        &s,
+        s,
         &store.dir,
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gw, annotations: {gw.dev/revision-header: \"true\"}}\nspec: {controllerName: gw.dev/gateway-node}\n",
     );

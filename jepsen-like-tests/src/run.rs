@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .to_vec(),
         env,
         kube_api: args.via == "kube",
+        metrics: false,
     };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;

@@ -24,6 +24,8 @@ pub struct MemberProc {
     pub peer_addr: String,
     /// Its Kubernetes API, when the cluster serves it.
     pub kube_addr: Option<String>,
+    /// Its Prometheus endpoint, when the cluster has them.
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Flags given at every start of this member.
@@ -60,6 +62,8 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Serve the Kubernetes API on every member (`--kube-listen`, see `Cluster::kubeconfig`).
     pub kube_api: bool,
+    /// Serve Prometheus metrics on every member (`--metrics`, see `Cluster::scrape`).
+    pub metrics: bool,
 }
 
 impl Cluster {
@@ -116,9 +120,16 @@ impl Cluster {
             if let Some(k) = &kube_addr {
                 args.extend(["--kube-listen".to_string(), k.clone()]);
             }
+            let metrics_addr = opts
+                .metrics
+                .then(|| format!("{}:{}", host(id), free_port()));
+            if let Some(m) = &metrics_addr {
+                args.extend(["--metrics".to_string(), m.clone()]);
+            }
             args.extend(opts.extra_args.iter().cloned());
             cluster.add_member(id, addr.clone(), peer_addr.clone(), args, opts.env.clone())?;
             cluster.member_mut(id).kube_addr = kube_addr;
+            cluster.member_mut(id).metrics_addr = metrics_addr;
         }
         for id in 1..=n {
             cluster.spawn(id)?;
@@ -146,6 +157,7 @@ impl Cluster {
             addr,
             peer_addr,
             kube_addr: None,
+            metrics_addr: None,
             data_dir: self.dir.join(format!("member-{id}")),
             log: self.dir.join(format!("member-{id}.log")),
             args,
@@ -153,6 +165,21 @@ impl Cluster {
             child: None,
         });
         Ok(())
+    }
+
+    /// A member's `/metrics` (the cluster must have been started with `metrics`).
+    pub fn scrape(&self, id: u64) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let addr = self
+            .member(id)
+            .metrics_addr
+            .as_deref()
+            .context("the cluster was started without metrics")?;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
     }
 
     /// The cluster's PKI: its CA, the admin's certificate, and more on demand (gateway nodes).
