@@ -22,12 +22,6 @@ use std::fmt;
 /// The label recording which Kubernetes cluster an object comes from (set by the member on a kube sync
 /// agent's writes).
 pub use gw_model::kinds::ORIGIN_LABEL;
-/// The namespace of gw's own coordination objects.
-pub const SYSTEM_NAMESPACE: &str = "gw-system";
-/// The status-writer lease of a GatewayClass's nodes.
-pub fn lease_name(class: &str) -> String {
-    format!("gw-status-writer-{class}")
-}
 
 /// An object a write touches: where it comes from now (if it exists), and where the write says it
 /// comes from.
@@ -162,7 +156,7 @@ pub fn authorize(who: &Identity, action: &Action) -> Result<(), Denied> {
             }
         }
         (Identity::Node { class, name }, Action::Write { verb, targets }) => {
-            let lease = ObjectKey::new("", "ConfigMap", SYSTEM_NAMESPACE, &lease_name(class));
+            let lease = registry::lease_key(class);
             let own = registry::key(name);
             let allowed = |t: &WriteTarget| {
                 (*verb == "apply" && t.key == lease)
@@ -308,8 +302,8 @@ mod tests {
         let admin = Identity::Admin { name: "ops".into() };
         let route = key(GATEWAY_GROUP, "HTTPRoute", "d", "r");
         let gw_of = |class: &str| status(key(GATEWAY_GROUP, "Gateway", "d", "g"), Some(class));
-        let lease = key("", "ConfigMap", SYSTEM_NAMESPACE, "gw-status-writer-gw");
-        let other_lease = key("", "ConfigMap", SYSTEM_NAMESPACE, "gw-status-writer-x");
+        let lease = registry::lease_key("gw");
+        let other_lease = registry::lease_key("x");
         let cases: Vec<(&Identity, Action, bool)> = vec![
             (&member, Action::Raft { member: 2 }, true),
             (&member, Action::Raft { member: 3 }, false),

@@ -1,6 +1,7 @@
 //! Writing status back through the store, by one node only: the nodes serving a GatewayClass elect a
-//! writer with a lease object (`gw-system/gw-status-writer-<class>`, a ConfigMap updated with optimistic
-//! concurrency, like a Kubernetes Lease). A holder renews it; another node takes it over once it has not
+//! writer with a lease object (`StatusWriterLease` named after the class, gw.dev, updated with
+//! optimistic concurrency, like a Kubernetes Lease; not watched by nodes, so renewing it recompiles
+//! nothing). A holder renews it; another node takes it over once it has not
 //! changed for a whole lease period of that node's own (monotonic) clock. The writer compares the
 //! compiled statuses with the committed ones and writes only the differences; since the compiler keeps
 //! `lastTransitionTime` for unchanged conditions, writing converges.
@@ -11,16 +12,14 @@ use crate::compile::DesiredStatus;
 use crate::snapshot::Snapshot;
 use gw_client::{Client, clock, object_ref};
 use gw_model::ObjectKey;
+use gw_model::registry::{self, StatusWriterLease};
 use gw_proto as pb;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The namespace of gw's own coordination objects.
-pub const SYSTEM_NAMESPACE: &str = "gw-system";
 /// A lease not renewed for this long may be taken over.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
@@ -30,7 +29,8 @@ const BATCH: usize = 100;
 pub type Statuses = BTreeMap<ObjectKey, DesiredStatus>;
 
 struct Lease {
-    name: String,
+    /// The GatewayClass (the lease's name).
+    class: String,
     holder: String,
     /// The last resourceVersion seen and when it was first seen (local clock).
     observed: Option<(u64, Instant)>,
@@ -38,15 +38,13 @@ struct Lease {
     renewed: Option<Instant>,
 }
 
-fn lease_doc(name: &str, holder: &str, rv: u64) -> pb::Document {
-    let obj = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE, "resourceVersion": rv.to_string()},
-        "data": {"holder": holder, "renewed": clock::now_ms().to_string()},
-    });
+fn lease_doc(class: &str, holder: &str, rv: u64) -> pb::Document {
+    let lease = StatusWriterLease {
+        holder: holder.into(),
+        renewed_ms: clock::now_ms(),
+    };
     pb::Document {
-        json: obj.to_string(),
+        json: lease.to_object(class, rv).to_string(),
         source: "status-writer".into(),
         index: 1,
     }
@@ -55,14 +53,14 @@ fn lease_doc(name: &str, holder: &str, rv: u64) -> pb::Document {
 impl Lease {
     /// One step of the election; returns whether this node may write status now.
     async fn step(&mut self, client: &Client) -> bool {
-        let key = ObjectKey::new("", "ConfigMap", SYSTEM_NAMESPACE, &self.name);
+        let key = registry::lease_key(&self.class);
         let (holder, rv) = match client.get_object(&key).await {
             Ok(Some(obj)) => {
                 let rv = obj["metadata"]["resourceVersion"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                (obj["data"]["holder"].as_str().unwrap_or("").to_string(), rv)
+                (obj["spec"]["holder"].as_str().unwrap_or("").to_string(), rv)
             }
             Ok(None) => (String::new(), 0),
             Err(_) => return self.still_holding(),
@@ -85,11 +83,11 @@ impl Lease {
             self.renewed = None;
             return false;
         }
-        let doc = lease_doc(&self.name, &self.holder, rv);
+        let doc = lease_doc(&self.class, &self.holder, rv);
         match client.apply(vec![doc], false).await {
             Ok(_) => {
                 if holder != self.holder {
-                    tracing::info!(lease = %self.name, "became the status writer");
+                    tracing::info!(class = %self.class, "became the status writer");
                 }
                 self.renewed = Some(now);
                 true
@@ -135,7 +133,7 @@ pub async fn run(
     writer: Arc<AtomicBool>,
 ) {
     let mut lease = Lease {
-        name: format!("gw-status-writer-{gateway_class}"),
+        class: gateway_class.clone(),
         holder: node_name,
         observed: None,
         renewed: None,

@@ -292,6 +292,13 @@ async fn apply_wait_knows_which_nodes_serve_a_change() {
         .map(|n| n["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["a"], "a stopped node deregisters");
+    // The status writer's lease is gw's bookkeeping too (no node recompiles when it is renewed).
+    let o = gwadm(s, &["get", "statuswriterleases", "gw", "-o", "json"]);
+    let lease: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        ["a", "b"].contains(&lease["spec"]["holder"].as_str().unwrap()),
+        "{lease}"
+    );
 }
 
 /// A class with the `gw.dev/revision-header` annotation has its responses carry `gw-revision`, the
@@ -328,6 +335,26 @@ async fn responses_and_access_log_lines_name_the_revision_that_served_them() {
         status["revisionServed"].as_u64() >= Some(revision),
         "{status}"
     );
+    eventually(
+        "gw_node_revision_seen is /status's revisionSeen",
+        || async {
+            let metrics = get(node.admin, "admin", "/metrics", &[])
+                .await
+                .unwrap()
+                .body;
+            let seen = get(node.admin, "admin", "/status", &[])
+                .await
+                .unwrap()
+                .json()["revisionSeen"]
+                .as_u64();
+            let metric = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("gw_node_revision_seen "))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            seen > Some(0) && metric == seen
+        },
+    )
+    .await;
     get(addr, "x.example", "/last", &[]).await.unwrap();
     // The lines are written when each response ends, by a writer thread.
     let lines = eventually_value("the access log has the requests", || async {

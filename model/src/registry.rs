@@ -3,6 +3,11 @@
 //! renews it off the request path and whenever it installs a new routing table; a lease not renewed
 //! within its duration is expired (the node is gone, frozen or cut off). `gwadm status` and
 //! `gwadm apply --wait` read them.
+//!
+//! Also here: the status-writer lease of a GatewayClass (kind `StatusWriterLease`, named after the
+//! class), through which the nodes of a class elect the one that writes status. Both are gw's own
+//! bookkeeping (group gw.dev): gateway nodes do not watch them, so renewing them makes no node
+//! recompile its routing table.
 
 use crate::kinds::{GW_GROUP, ObjectKey, api_version};
 use crate::validate::Validator;
@@ -10,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub const KIND: &str = "GatewayNode";
+pub const LEASE_KIND: &str = "StatusWriterLease";
 pub const VERSION: &str = "v1alpha1";
 
 /// What a node says about itself. Times are milliseconds since the Unix epoch on the node's clock.
@@ -87,6 +93,38 @@ impl NodeLease {
 
 pub fn key(node: &str) -> ObjectKey {
     ObjectKey::new(GW_GROUP, KIND, "", node)
+}
+
+/// Who writes the status of a GatewayClass's objects, and when they last said so (their clock, ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusWriterLease {
+    pub holder: String,
+    pub renewed_ms: u64,
+}
+
+impl StatusWriterLease {
+    pub fn validate(&self, v: &mut Validator, p: &crate::validate::Path) {
+        if self.holder.is_empty() {
+            v.error(&p.field("holder"), "Required value");
+        }
+    }
+
+    /// The lease of `class` as a document, to be written only over `resource_version` (0: only if
+    /// there is none).
+    pub fn to_object(&self, class: &str, resource_version: u64) -> Value {
+        json!({
+            "apiVersion": api_version(GW_GROUP, VERSION),
+            "kind": LEASE_KIND,
+            "metadata": {"name": class, "resourceVersion": resource_version.to_string()},
+            "spec": self,
+        })
+    }
+}
+
+/// The status-writer lease of a GatewayClass.
+pub fn lease_key(class: &str) -> ObjectKey {
+    ObjectKey::new(GW_GROUP, LEASE_KIND, "", class)
 }
 
 #[cfg(test)]
