@@ -7,7 +7,8 @@
 //!   and of the routes and policies (whose status is kept per parent controller); record session
 //!   activity and propose failovers; create the session keys when none exist; renew their class's
 //!   status-writer lease and their own registration (`GatewayNode`, named as their certificate);
-//! - kube sync agents: read; create, change and delete only objects whose origin is their cluster;
+//! - kube sync agents: read; create, change and delete only objects whose origin is their cluster, and
+//!   of gw's own kinds only their cluster's report;
 //! - admins: everything but the Raft transport.
 //!
 //! Pure: the caller's identity and what it asks for go in, a refusal that names both comes out.
@@ -15,7 +16,7 @@
 use gw_client::Identity;
 use gw_model::ObjectKey;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET};
-use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::kinds::{GATEWAY_GROUP, GW_GROUP};
 use gw_model::registry;
 use std::fmt;
 
@@ -172,6 +173,14 @@ pub fn authorize(who: &Identity, action: &Action) -> Result<(), Denied> {
         }
         (Identity::KubeSync { cluster }, Action::Write { targets, .. }) => {
             for t in targets {
+                // Of gw's own bookkeeping, an agent writes its cluster's report only.
+                if t.key.group == GW_GROUP && t.key != registry::report_key(cluster) {
+                    return deny(format!(
+                        "{} is gw's own; an agent writes its report ({}) only",
+                        t.key,
+                        registry::report_key(cluster)
+                    ));
+                }
                 match &t.current_origin {
                     Some(Some(o)) if o != cluster => {
                         return deny(format!("{} belongs to cluster {o:?}", t.key));
@@ -375,6 +384,21 @@ mod tests {
             (
                 &sync_a,
                 write("apply", route.clone(), Some(None), Some("a")),
+                false,
+            ),
+            (
+                &sync_a,
+                write("apply", registry::report_key("a"), None, Some("a")),
+                true,
+            ),
+            (
+                &sync_a,
+                write("apply", registry::report_key("b"), None, Some("a")),
+                false,
+            ),
+            (
+                &sync_a,
+                write("apply", registry::key("n"), None, Some("a")),
                 false,
             ),
             (&sync_a, gw_of("gw"), false),

@@ -365,7 +365,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Pki { command } => pki_cmds::run(command),
         Command::Clusters => {
-            let reports = store()?.list_objects("", "ConfigMap", "gw-system").await?;
+            let reports = store()?
+                .list_objects(
+                    gw_model::kinds::GW_GROUP,
+                    gw_model::registry::REPORT_KIND,
+                    "",
+                )
+                .await?;
             print!("{}", output::clusters(&reports));
             Ok(())
         }

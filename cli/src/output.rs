@@ -1,6 +1,7 @@
 //! Rendering objects for people and scripts: tables with kind-specific columns, YAML, JSON.
 
 use gw_model::meta::parse_rfc3339;
+use gw_model::registry::KubeSyncReport;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,35 +127,22 @@ pub fn origin(o: &Value) -> &str {
         .unwrap_or("")
 }
 
-/// The kube sync agents' reports (ConfigMaps `gw-system/kube-sync-CLUSTER`): CLUSTER, REGION, LAST
-/// CONTACT (how long ago), CONFLICTS (how many), then each conflict on its own line.
-pub fn clusters(config_maps: &[Value]) -> String {
+/// The kube sync agents' reports (`KubeSyncReport` objects): CLUSTER, REGION, LAST CONTACT (how long
+/// ago), CONFLICTS (how many), then each conflict on its own line.
+pub fn clusters(reports: &[Value]) -> String {
     let mut out = format!(
         "{:<20} {:<14} {:<14} {}\n",
         "CLUSTER", "REGION", "LAST CONTACT", "CONFLICTS"
     );
-    let reports = config_maps.iter().filter(|c| {
-        c["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("kube-sync-"))
-    });
-    for r in reports {
-        let data = &r["data"];
-        let conflicts: Vec<String> = data["conflicts"]
-            .as_str()
-            .and_then(|c| serde_json::from_str(c).ok())
-            .unwrap_or_default();
+    for (cluster, r) in reports.iter().filter_map(KubeSyncReport::from_object) {
         out.push_str(&format!(
             "{:<20} {:<14} {:<14} {}\n",
-            data["cluster"].as_str().unwrap_or("?"),
-            match data["region"].as_str() {
-                None | Some("") => "-",
-                Some(r) => r,
-            },
-            age(data["lastContact"].as_str().unwrap_or("")),
-            conflicts.len()
+            cluster,
+            if r.region.is_empty() { "-" } else { &r.region },
+            ago(r.last_contact_ms),
+            r.conflicts.len()
         ));
-        for c in conflicts {
+        for c in r.conflicts {
             out.push_str(&format!("  refused {c}\n"));
         }
     }

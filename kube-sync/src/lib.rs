@@ -26,6 +26,7 @@ use gw_model::kinds::{
     self, GATEWAY_GROUP, KindInfo, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL,
     SOURCE_CLUSTER_LABEL,
 };
+use gw_model::registry::KubeSyncReport;
 use gw_proto as pb;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -39,8 +40,6 @@ use std::time::Duration;
 
 /// The cluster's generation of a carried object (the store keeps its own).
 pub const ORIGIN_GENERATION: &str = "gw.dev/origin-generation";
-/// The namespace of the agents' reports (ConfigMaps `kube-sync-CLUSTER`).
-pub const REPORT_NAMESPACE: &str = "gw-system";
 /// How often refused objects are tried again (and the report written if its conflicts changed).
 const RETRY: Duration = Duration::from_secs(2);
 /// The report is written at least every this many `RETRY`s (the agent's heartbeat: 30 s).
@@ -391,16 +390,12 @@ impl Agent {
     /// Writes the agent's report in the store (`gwadm clusters`): when it last wrote, and what was
     /// refused. Whether it was written.
     async fn report(&self, conflicts: &[String]) -> bool {
-        let doc = json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": format!("kube-sync-{}", self.cluster), "namespace": REPORT_NAMESPACE},
-            "data": {
-                "cluster": self.cluster,
-                "region": self.region,
-                "lastContact": gw_model::meta::rfc3339(gw_client::clock::now_ms()),
-                "conflicts": serde_json::to_string(&conflicts).unwrap_or_default(),
-            },
-        });
+        let doc = KubeSyncReport {
+            region: self.region.clone(),
+            last_contact_ms: gw_client::clock::now_ms(),
+            conflicts: conflicts.to_vec(),
+        }
+        .to_object(&self.cluster);
         let doc = pb::Document {
             json: doc.to_string(),
             source: format!("cluster {} report", self.cluster),

@@ -5,7 +5,7 @@
 //! what is referenced and present is put into the store, and (once every kind involved has been listed
 //! in full) what the store holds of this origin and is no longer referenced is deleted.
 
-use crate::{Agent, REPORT_NAMESPACE, api_resource, info, key_of};
+use crate::{Agent, api_resource, info, key_of};
 use futures::StreamExt;
 use gw_model::ObjectKey;
 use gw_model::kinds::{GATEWAY_GROUP, KindInfo};
@@ -183,10 +183,7 @@ pub(crate) async fn reconcile(agent: Arc<Agent>) {
         let mut gone = Vec::new();
         for kind in ["Secret", "ConfigMap"] {
             match agent.owned(info("", kind)).await {
-                Ok(keys) => gone.extend(
-                    keys.into_iter()
-                        .filter(|k| k.namespace != REPORT_NAMESPACE && !wanted.contains(k)),
-                ),
+                Ok(keys) => gone.extend(keys.into_iter().filter(|k| !wanted.contains(k))),
                 Err(e) => tracing::info!(kind, error = %e, "listing the store failed"),
             }
         }

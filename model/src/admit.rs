@@ -16,7 +16,7 @@ use crate::policy::{
     BackendLbPolicySpec, BackendTlsPolicySpec, ReferenceGrantSpec,
     convert_backend_tls_policy_v1alpha2,
 };
-use crate::registry::{NodeLease, StatusWriterLease};
+use crate::registry::{KubeSyncReport, NodeLease, StatusWriterLease};
 use crate::validate::{FieldError, Path, Validator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -387,6 +387,7 @@ fn admit_body(
                 .into(),
         }),
         "GatewayNode" => admit_spec::<NodeLease, _>(&body, v, |s, v, p| s.validate(v, p)),
+        "KubeSyncReport" => admit_spec::<KubeSyncReport, _>(&body, v, |s, v, p| s.validate(v, p)),
         "StatusWriterLease" => {
             admit_spec::<StatusWriterLease, _>(&body, v, |s, v, p| s.validate(v, p))
         }

@@ -8,7 +8,7 @@ use std::fmt;
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// gw's own group: objects that gw writes itself (the replicated session affinity table, the node
-/// registry, the status-writer leases).
+/// registry, the status-writer leases, the kube sync agents' reports).
 pub const GW_GROUP: &str = "gw.dev";
 /// The label a store member stamps on what a kube sync agent writes: the agent's cluster.
 pub const ORIGIN_LABEL: &str = "gw.dev/origin-cluster";
@@ -236,6 +236,16 @@ pub static KINDS: &[KindInfo] = &[
         group: GW_GROUP,
         versions: &["v1alpha1"],
         plural: "statuswriterleases",
+        short_names: &[],
+        namespaced: false,
+        status_subresource: false,
+        experimental: false,
+    },
+    KindInfo {
+        kind: "KubeSyncReport",
+        group: GW_GROUP,
+        versions: &["v1alpha1"],
+        plural: "kubesyncreports",
         short_names: &[],
         namespaced: false,
         status_subresource: false,

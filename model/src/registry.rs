@@ -5,7 +5,8 @@
 //! `gwadm apply --wait` read them.
 //!
 //! Also here: the status-writer lease of a GatewayClass (kind `StatusWriterLease`, named after the
-//! class), through which the nodes of a class elect the one that writes status. Both are gw's own
+//! class), through which the nodes of a class elect the one that writes status; and each kube sync
+//! agent's report (kind `KubeSyncReport`, named after its cluster: `gwadm clusters`). All are gw's own
 //! bookkeeping (group gw.dev): gateway nodes do not watch them, so renewing them makes no node
 //! recompile its routing table.
 
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 
 pub const KIND: &str = "GatewayNode";
 pub const LEASE_KIND: &str = "StatusWriterLease";
+pub const REPORT_KIND: &str = "KubeSyncReport";
 pub const VERSION: &str = "v1alpha1";
 
 /// What a node says about itself. Times are milliseconds since the Unix epoch on the node's clock.
@@ -120,6 +122,43 @@ impl StatusWriterLease {
             "spec": self,
         })
     }
+}
+
+/// What a kube sync agent last said: its region, when (its clock, ms), and what the store refused of
+/// its cluster's objects (`KIND ns/name: why`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeSyncReport {
+    #[serde(default)]
+    pub region: String,
+    pub last_contact_ms: u64,
+    #[serde(default)]
+    pub conflicts: Vec<String>,
+}
+
+impl KubeSyncReport {
+    pub fn validate(&self, _: &mut Validator, _: &crate::validate::Path) {}
+
+    pub fn to_object(&self, cluster: &str) -> Value {
+        json!({
+            "apiVersion": api_version(GW_GROUP, VERSION),
+            "kind": REPORT_KIND,
+            "metadata": {"name": cluster},
+            "spec": self,
+        })
+    }
+
+    /// A stored report's cluster and content.
+    pub fn from_object(o: &Value) -> Option<(String, KubeSyncReport)> {
+        let name = o["metadata"]["name"].as_str()?.to_string();
+        let spec = serde_json::from_value(o["spec"].clone()).ok()?;
+        Some((name, spec))
+    }
+}
+
+/// The report of a cluster's kube sync agent.
+pub fn report_key(cluster: &str) -> ObjectKey {
+    ObjectKey::new(GW_GROUP, REPORT_KIND, "", cluster)
 }
 
 /// The status-writer lease of a GatewayClass.
