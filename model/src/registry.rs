@@ -12,6 +12,7 @@
 
 use crate::kinds::{GW_GROUP, ObjectKey, api_version};
 use crate::validate::Validator;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -77,20 +78,30 @@ impl NodeLease {
 
     /// The lease as the object a node applies.
     pub fn to_object(&self, node: &str) -> Value {
-        json!({
-            "apiVersion": api_version(GW_GROUP, VERSION),
-            "kind": KIND,
-            "metadata": {"name": node},
-            "spec": self,
-        })
+        object(KIND, node, self)
     }
 
     /// A stored lease object's name and spec.
     pub fn from_object(o: &Value) -> Option<(String, NodeLease)> {
-        let name = o["metadata"]["name"].as_str()?.to_string();
-        let spec = serde_json::from_value(o["spec"].clone()).ok()?;
-        Some((name, spec))
+        named_spec(o)
     }
+}
+
+/// A gw.dev object of `kind`, named `name`, with `spec`.
+fn object(kind: &str, name: &str, spec: &impl Serialize) -> Value {
+    json!({
+        "apiVersion": api_version(GW_GROUP, VERSION),
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// A stored object's name and its spec, typed.
+fn named_spec<T: DeserializeOwned>(o: &Value) -> Option<(String, T)> {
+    let name = o["metadata"]["name"].as_str()?.to_string();
+    let spec = serde_json::from_value(o["spec"].clone()).ok()?;
+    Some((name, spec))
 }
 
 pub fn key(node: &str) -> ObjectKey {
@@ -115,12 +126,9 @@ impl StatusWriterLease {
     /// The lease of `class` as a document, to be written only over `resource_version` (0: only if
     /// there is none).
     pub fn to_object(&self, class: &str, resource_version: u64) -> Value {
-        json!({
-            "apiVersion": api_version(GW_GROUP, VERSION),
-            "kind": LEASE_KIND,
-            "metadata": {"name": class, "resourceVersion": resource_version.to_string()},
-            "spec": self,
-        })
+        let mut o = object(LEASE_KIND, class, self);
+        o["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        o
     }
 }
 
@@ -140,19 +148,12 @@ impl KubeSyncReport {
     pub fn validate(&self, _: &mut Validator, _: &crate::validate::Path) {}
 
     pub fn to_object(&self, cluster: &str) -> Value {
-        json!({
-            "apiVersion": api_version(GW_GROUP, VERSION),
-            "kind": REPORT_KIND,
-            "metadata": {"name": cluster},
-            "spec": self,
-        })
+        object(REPORT_KIND, cluster, self)
     }
 
     /// A stored report's cluster and content.
     pub fn from_object(o: &Value) -> Option<(String, KubeSyncReport)> {
-        let name = o["metadata"]["name"].as_str()?.to_string();
-        let spec = serde_json::from_value(o["spec"].clone()).ok()?;
-        Some((name, spec))
+        named_spec(o)
     }
 }
 
