@@ -3,6 +3,8 @@
 # routing :18200 (HTTP/1.1) to $BACKEND_ADDR and :18201 (h2c) to $BACKEND_H2_ADDR (h2c, appProtocol
 # kubernetes.io/h2c). Runs in the foreground until the bench stops its process group.
 set -euo pipefail
+# Plaintext on loopback, as the nginx/HAProxy/etcd anchors run (every gw binary reads GW_INSECURE).
+export GW_INSECURE=true
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${GW_BIN:-$ROOT/target/release}"
 STORE="${GW_BENCH_STORE:-127.0.0.1:18290}"

@@ -5,6 +5,8 @@
 # Usage: bash bench/store-vs-etcd.sh            (REPS=3 DURATION=10 as the etcd anchors; ~30-50 min)
 #        REPS=1 DURATION=3 LOAD_GATE=0 bash bench/store-vs-etcd.sh   (a quick look, noisy)
 # Writes bench/results/store-<stamp>.md with both tables and the ratios.
+# gw's members speak Raft only to members with their certificates, so gw runs with mutual TLS here
+# while the etcd anchors run plaintext: the comparison is tilted against gw by TLS's cost.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -29,9 +31,15 @@ rm -rf "$DATA"; mkdir -p "$DATA"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
+PKI="$DATA/pki"
+"$BIN/gwadm" pki init --dir "$PKI" >/dev/null
+for i in 1 2 3; do "$BIN/gwadm" pki issue --dir "$PKI" member --id $i --host 127.0.0.1 >/dev/null; done
+"$BIN/gwadm" pki issue --dir "$PKI" admin --name bench >/dev/null
+export GW_TLS_CA="$PKI/ca.crt" GW_TLS_CERT="$PKI/admin-bench.crt" GW_TLS_KEY="$PKI/admin-bench.key"
 PEERS="1=127.0.0.1:24791,2=127.0.0.1:24792,3=127.0.0.1:24793"
 for i in 1 2 3; do
-  "$BIN/gw-api-server" --id $i --listen 127.0.0.1:2479$i --data-dir "$DATA/m$i" --peers "$PEERS" 2>"$DATA/m$i.log" &
+  GW_TLS_CERT="$PKI/member-$i.crt" GW_TLS_KEY="$PKI/member-$i.key" \
+    "$BIN/gw-api-server" --id $i --listen 127.0.0.1:2479$i --data-dir "$DATA/m$i" --peers "$PEERS" 2>"$DATA/m$i.log" &
   PIDS+=($!)
 done
 sleep 3

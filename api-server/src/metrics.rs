@@ -222,21 +222,18 @@ impl Metrics {
     }
 
     /// One RPC answered (`code`: its gRPC status).
-    pub fn count_rpc(&self, path: &str, code: &str, took: Duration) {
+    pub fn count_rpc(&self, path: String, code: String, took: Duration) {
         let method = if path.starts_with("/gw.v1.") {
-            path.to_string()
+            path
         } else {
             "other".to_string()
         };
-        self.rpcs
-            .get_or_create(&RpcLabels {
-                method: method.clone(),
-                code: code.to_string(),
-            })
-            .inc();
         self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
+            .get_or_create(&MethodLabels {
+                method: method.clone(),
+            })
             .observe(took.as_secs_f64());
+        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
     }
 
     pub fn set(&self, s: Snapshot) {
@@ -317,7 +314,7 @@ where
                     .to_string(),
                 Err(_) => "transport".to_string(),
             };
-            metrics.count_rpc(&path, &code, start.elapsed());
+            metrics.count_rpc(path, code, start.elapsed());
             resp
         })
     }

@@ -128,7 +128,7 @@ impl Proxy {
             Ok((routed, req)) => {
                 let route = routed.action.route.clone();
                 if let Some(r) = &mut record {
-                    r.listener = Some(routed.listener.clone());
+                    r.listener = Some(routed.listener.to_string());
                     r.route = Some(route.id.clone());
                     r.rule = Some(routed.action.rule_index);
                 }
@@ -186,7 +186,7 @@ impl Proxy {
     async fn forward(
         &self,
         conn: &ConnInfo,
-        routed: &Routed,
+        routed: &Routed<'_>,
         mut req: Request<Incoming>,
         record: &mut Option<Record>,
         start: Instant,

@@ -10,21 +10,21 @@ use std::sync::Arc;
 
 /// A routed request.
 #[derive(Clone)]
-pub struct Routed {
+pub struct Routed<'t> {
     pub action: Arc<RuleAction>,
     /// The port of the listener that took it (redirects default to it).
     pub listener_port: u16,
     /// `namespace/gateway/listener` of that listener.
-    pub listener: String,
+    pub listener: &'t str,
     /// The request's host, normalized (lowercase, no port).
     pub host: String,
 }
 
-pub fn route<B>(
-    table: &RoutingTable,
+pub fn route<'t, B>(
+    table: &'t RoutingTable,
     socket: SocketAddr,
     req: &Request<B>,
-) -> Result<Routed, ProxyError> {
+) -> Result<Routed<'t>, ProxyError> {
     let Some(socket) = table.sockets.get(&socket) else {
         return Err(ProxyError::new(
             ErrorKind::ListenerGone,
@@ -55,7 +55,7 @@ pub fn route<B>(
     Ok(Routed {
         action,
         listener_port: l.port,
-        listener: l.id.clone(),
+        listener: &l.id,
         host,
     })
 }

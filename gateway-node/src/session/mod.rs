@@ -31,6 +31,7 @@ use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token};
 use gw_model::affinity::{self, SessionEntry};
 use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,8 @@ pub struct Sessions {
     /// New entries this node may propose in one second, and how many it has this second.
     creations: Mutex<Creations>,
     metrics: Arc<Metrics>,
+    /// The `sessions_total` counter of each decision, looked up once (not per request).
+    decisions: [(&'static str, Counter); 4],
     /// The null control (see `NodeConfig::unsafe_local_failover`).
     local_failover: bool,
 }
@@ -123,6 +126,10 @@ impl Sessions {
                 per_second: options.creations_per_second,
                 second: 0,
                 count: 0,
+            }),
+            decisions: ["new", "followed", "confirmed", "failed-over"].map(|decision| {
+                let counter = metrics.sessions.get_or_create(&DecisionLabels { decision });
+                (decision, counter.clone())
             }),
             metrics,
             local_failover: options.local_failover,
@@ -225,12 +232,9 @@ impl Sessions {
 
     /// A choice made, counted by decision.
     fn chosen(&self, c: Chosen) -> Selection {
-        self.metrics
-            .sessions
-            .get_or_create(&DecisionLabels {
-                decision: c.decision,
-            })
-            .inc();
+        if let Some((_, counter)) = self.decisions.iter().find(|(d, _)| *d == c.decision) {
+            counter.inc();
+        }
         Selection::Chosen(c)
     }
 
