@@ -278,12 +278,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))
     }
 
+    /// The vote, read back as not granted: a restarted member never resumes leadership in its old
+    /// term. openraft 0.9 restores a member whose saved vote is its own granted one as leader at once,
+    /// with the term's first blank entry as its read index and the commit index it remembered (which
+    /// may be behind what it had committed and acknowledged before the crash), so it would answer
+    /// "linearizable" reads from a stale state until its commit index caught up: the power-loss
+    /// nemesis saw revisions go backwards after the leader's machine crashed. Not granted, the vote
+    /// still binds the member in its term; leading again takes a new election.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.raft
+        let vote: Option<Vote> = self
+            .raft
             .get(KEY_VOTE)
             .map_err(read_err)?
             .map(|b| decode(&b))
-            .transpose()
+            .transpose()?;
+        Ok(vote.map(|mut v| {
+            v.committed = false;
+            v
+        }))
     }
 
     /// Remembered (without a sync: a lost update only means re-learning it from the leader) so that a
@@ -628,6 +640,18 @@ mod tests {
             let (log, sm, _) = open(dir.path(), StorageOptions::default())?;
             Ok((dir, log, sm))
         }
+    }
+
+    #[tokio::test]
+    async fn a_granted_vote_reads_back_as_not_granted_so_a_restart_needs_an_election() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(dir.path(), StorageOptions::default()).unwrap();
+        let mut vote = Vote::new(3, 1);
+        vote.commit();
+        log.save_vote(&vote).await.unwrap();
+        let read = log.read_vote().await.unwrap().unwrap();
+        assert_eq!(read.leader_id, vote.leader_id);
+        assert!(!read.committed);
     }
 
     /// openraft's own storage conformance suite, run against the sled store.
