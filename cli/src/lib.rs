@@ -173,6 +173,10 @@ pub enum Command {
         #[arg(long)]
         h2c: bool,
     },
+    /// The watchdog of local setups' child processes (see `gw_testkit::procs::die_with_me`): reads
+    /// `PID START` lines until standard input closes, then kills those processes.
+    #[command(hide = true)]
+    ReapChildren,
     /// Gateway API conformance: replay the upstream v1.1 suite against a fresh gw and report.
     Conformance {
         #[command(subcommand)]
@@ -340,6 +344,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             command: BenchCommand::Propagation(args),
         } => bench::propagation(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::ReapChildren => {
+            tokio::task::spawn_blocking(gw_testkit::procs::reap_children)
+                .await
+                .map_err(|e| anyhow::anyhow!("the watchdog: {e}"))?;
+            Ok(())
+        }
         Command::Conformance {
             command: ConformanceCommand::Run(args),
         } => Ok(gw_conformance::run(args).await?),

@@ -253,6 +253,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .context("spawning gw-api-server")?;
+        crate::procs::die_with_me(&child);
         m.child = Some(child);
         Ok(())
     }

@@ -1,15 +1,107 @@
-//! Processes of local setups: the workspace's binaries, free loopback ports, and children that are
-//! stopped (SIGTERM, then SIGKILL) when their owner drops them.
+//! Processes of local setups: the workspace's binaries, free loopback ports, children that are
+//! stopped (SIGTERM, then SIGKILL) when their owner drops them, and a watchdog that kills them when
+//! their owner dies without dropping them (`die_with_me`).
 
 use crate::pki::Pki;
 use anyhow::{Context, bail};
 use gw_client::{Identity, TlsArgs};
 use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The watchdog's side of the pipe (`None`: it could not be started).
+static WATCHDOG: OnceLock<Option<Mutex<ChildStdin>>> = OnceLock::new();
+
+/// Makes `child` die with this process however this process ends, SIGKILL included. A watchdog
+/// (`gwadm reap-children`, started on first use, in a process group of its own) is told each child's
+/// pid and start time on a pipe only this process writes to; when the pipe closes — this process is
+/// gone — it kills every such child still running. (A child cannot ask for `PR_SET_PDEATHSIG`
+/// without `unsafe` code between fork and exec, which the workspace forbids.)
+pub fn die_with_me(child: &Child) {
+    if let Some(start) = start_time(child.id()) {
+        tell_watchdog(&format!("{} {start}", child.id()));
+    }
+}
+
+/// Makes the mount at `path` go (a lazy unmount) when this process dies without unmounting it, after
+/// its children are killed (see `die_with_me`).
+pub fn unmount_with_me(path: &Path) {
+    tell_watchdog(&format!("mount {}", path.display()));
+}
+
+fn tell_watchdog(line: &str) {
+    let watchdog = WATCHDOG.get_or_init(|| {
+        let started = bin("gwadm").and_then(|b| {
+            Command::new(b)
+                .arg("reap-children")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .context("starting gwadm reap-children")
+        });
+        match started {
+            Ok(mut w) => w.stdin.take().map(Mutex::new),
+            Err(e) => {
+                eprintln!("warning: {e:#}: child processes will outlive this one if it is killed");
+                None
+            }
+        }
+    });
+    if let Some(w) = watchdog {
+        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(w, "{line}");
+    }
+}
+
+/// A process's start time (clock ticks since boot, `/proc/PID/stat` field 22): with the pid, it names
+/// one process, not whichever reuses the pid later.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// The watchdog (`gwadm reap-children`): reads `PID START` and `mount PATH` lines from standard input
+/// until it closes, then kills (SIGKILL) each of those processes that is still the same process, and
+/// lazily unmounts each of those paths still mounted.
+pub fn reap_children() {
+    let mut children = Vec::new();
+    let mut mounts = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(path) = line.strip_prefix("mount ") {
+            mounts.push(PathBuf::from(path));
+            continue;
+        }
+        let mut f = line.split_whitespace().map(|x| x.parse::<u64>().ok());
+        if let (Some(Some(pid)), Some(Some(start))) = (f.next(), f.next()) {
+            children.push((pid as u32, start));
+        }
+    }
+    for (pid, start) in children {
+        if start_time(pid) == Some(start) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for m in mounts {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
 
 /// A binary of this workspace (`gw-api-server`, `gw-node`, `gwadm`): in `GW_BIN_DIR` if set, else
 /// beside the running executable (test binaries live one level deeper, in `deps/`).
@@ -101,6 +193,7 @@ impl Children {
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        die_with_me(&child);
         self.0.push((name.to_string(), child));
         Ok(())
     }

@@ -109,14 +109,14 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        self.child = Some(
-            Command::new(bin("gw-node").unwrap())
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let child = Command::new(bin("gw-node").unwrap())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        gw_testkit::procs::die_with_me(&child);
+        self.child = Some(child);
     }
 
     /// Sends a signal to the running node (SIGSTOP freezes it, SIGCONT thaws it).
