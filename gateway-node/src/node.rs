@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Address every listener is bound to (shared addressing).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
+    /// Connections to the store leave from this address (default: the system's choice), e.g. so that
+    /// firewall rules can tell this node's traffic apart.
+    #[arg(long)]
+    pub store_source_address: Option<IpAddr>,
     /// Give each Gateway its own IPv4 address from FIRST-LAST instead (e.g. 127.1.0.1-127.1.0.254).
     #[arg(long, value_parser = parse_pool)]
     pub address_pool: Option<(Ipv4Addr, Ipv4Addr)>,
@@ -99,6 +103,10 @@ pub struct NodeConfig {
     /// gone, follow this node's own pick instead of the committed failover.
     #[arg(long, hide = true, env = "GW_UNSAFE_LOCAL_FAILOVER")]
     pub unsafe_local_failover: bool,
+    /// NULL CONTROL for the fault-injection suite, never for production: serve each part of a
+    /// multi-object revision on its own before the whole (a torn revision).
+    #[arg(long, hide = true, env = "GW_UNSAFE_TORN_REVISIONS")]
+    pub unsafe_torn_revisions: bool,
 }
 
 fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -196,7 +204,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let client = Client::new(
         &cfg.store,
         Duration::from_secs(2),
-        &gw_client::Dialer::new(security.clone()),
+        &gw_client::Dialer::new(security.clone()).source(cfg.store_source_address),
     )?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -220,6 +228,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         affinity_tx,
         affinity_health.clone(),
         started,
+        false,
     ));
     let sessions = Arc::new(Sessions::new(
         (affinity_rx, affinity_health, started),
@@ -266,6 +275,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snap_tx,
         health,
         started,
+        cfg.unsafe_torn_revisions,
     ));
     tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
     tokio::spawn(sessions.follow_keys(client.clone(), snap_rx.clone()));

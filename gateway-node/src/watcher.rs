@@ -211,6 +211,33 @@ pub fn kinds(affinity: bool) -> Vec<pb::ObjectRef> {
 }
 
 /// Runs the watch of `kinds` forever, publishing each committed state reached.
+/// The null control `torn`: before a revision of several events is published whole, each of its
+/// prefixes is published on its own under the revision's number, 50 ms apart — a node that serves
+/// half of a multi-object apply.
+async fn publish_torn(
+    m: &WatchMachine,
+    ev: &pb::RevisionEvents,
+    publish: &watch::Sender<Arc<Snapshot>>,
+) {
+    let WatchState::Streaming { revision } = m.state else {
+        return;
+    };
+    for k in 1..ev.events.len() {
+        let mut partial = WatchMachine::new(m.snapshot.clone());
+        partial.state = WatchState::Streaming { revision };
+        let prefix = pb::RevisionEvents {
+            events: ev.events[..k].to_vec(),
+            ..ev.clone()
+        };
+        if partial.feed(pb::watch_response::Body::Events(prefix)) == Step::Publish {
+            let _ = publish.send(Arc::new(partial.snapshot));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Follows the store: publishes every committed state reached (`torn`: the null control, see
+/// `publish_torn`).
 pub async fn run(
     client: Client,
     initial: Snapshot,
@@ -218,6 +245,7 @@ pub async fn run(
     publish: watch::Sender<Arc<Snapshot>>,
     health: Arc<WatchHealth>,
     started: Instant,
+    torn: bool,
 ) {
     let mut m = WatchMachine::new(initial);
     loop {
@@ -250,6 +278,9 @@ pub async fn run(
             let Some(body) = msg.body else { continue };
             if matches!(body, pb::watch_response::Body::Bookmark(_)) {
                 health.last_bookmark_ms.store(now, Ordering::Relaxed);
+            }
+            if torn && let pb::watch_response::Body::Events(ev) = &body {
+                publish_torn(&m, ev, &publish).await;
             }
             match m.feed(body) {
                 Step::Nothing => {}

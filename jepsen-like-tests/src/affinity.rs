@@ -75,15 +75,15 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        self.child = Some(
-            Command::new(&self.program)
-                .args(&self.args)
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("spawning {}", self.program.display()))?,
-        );
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.program.display()))?;
+        gw_testkit::procs::die_with_me(&child);
+        self.child = Some(child);
         Ok(())
     }
 
@@ -101,13 +101,105 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a gateway node of `class` named `name`, serving on `addr`'s IP, with its own certificate
+/// from the cluster's CA, its data and log under `dir`.
+pub(crate) fn gateway(
+    cluster: &Cluster,
+    dir: &Path,
+    class: &str,
+    name: &str,
+    addr: SocketAddr,
+    env: &[(String, String)],
+) -> anyhow::Result<Proc> {
+    let tls = cluster.pki().issue(
+        name,
+        &gw_client::Identity::Node {
+            class: class.into(),
+            name: name.into(),
+        },
+    )?;
+    let mut args = gw_client::TlsArgs::of(&tls).to_args();
+    args.extend([
+        "--store".into(),
+        cluster.servers(),
+        "--gateway-class".into(),
+        class.into(),
+        "--bind-address".into(),
+        addr.ip().to_string(),
+        "--store-source-address".into(),
+        addr.ip().to_string(),
+        "--node-name".into(),
+        name.into(),
+        "--data-dir".into(),
+        dir.join(name).display().to_string(),
+    ]);
+    let mut p = Proc::new(
+        bin("gw-node")?,
+        args,
+        env.to_vec(),
+        dir.join(format!("{name}.log")),
+    );
+    p.spawn()?;
+    Ok(p)
+}
+
+/// Starts an echo backend (`gwadm echo-server`) that answers as pod `name` in `namespace`.
+pub(crate) fn echo(
+    dir: &Path,
+    name: &str,
+    namespace: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Proc> {
+    let mut p = Proc::new(
+        bin("gwadm")?,
+        [
+            "echo-server",
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+            "--namespace",
+            namespace,
+        ]
+        .map(String::from)
+        .to_vec(),
+        vec![],
+        dir.join(format!("backend-{name}.log")),
+    );
+    p.spawn()?;
+    Ok(p)
+}
+
+/// `gwadm apply` of `yaml` as the cluster's admin (retrying for 30 s while the store is unavailable).
+pub(crate) async fn gwadm_apply(
+    dir: &Path,
+    store: &str,
+    admin: &gw_client::TlsArgs,
+    yaml: &str,
+) -> anyhow::Result<()> {
+    let f = dir.join(format!("apply-{}.yaml", free_port()));
+    std::fs::write(&f, yaml)?;
+    let o = tokio::process::Command::new(bin("gwadm")?)
+        .args(admin.to_args())
+        .args(["--server", store, "--retry-for", "30", "apply", "-f"])
+        .arg(&f)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        o.status.success(),
+        "gwadm apply: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
 /// The gateway nodes, the backends, and the config that ties them to the store.
 pub struct Fleet {
     gateways: Mutex<Vec<Proc>>,
     backends: Mutex<Vec<Proc>>,
     /// Where each gateway node serves the route.
     pub addrs: Vec<SocketAddr>,
-    backend_addrs: Vec<SocketAddr>,
+    pub backend_addrs: Vec<SocketAddr>,
     dir: PathBuf,
     store: String,
     /// gwadm's flags (the cluster's admin certificate).
@@ -151,18 +243,7 @@ impl Fleet {
         let mut refs = Vec::new();
         for i in 0..BACKENDS {
             let addr: SocketAddr = format!("{ip_prefix}{}:{}", 80 + i, free_port()).parse()?;
-            let mut p = Proc::new(
-                bin("gwadm").expect("gwadm"),
-                ["echo-server", "--listen", &addr.to_string(), "--name"]
-                    .map(String::from)
-                    .into_iter()
-                    .chain([format!("b{i}"), "--namespace".into(), "jepsen".into()])
-                    .collect(),
-                vec![],
-                dir.join(format!("backend-{i}.log")),
-            );
-            p.spawn()?;
-            backends.push(p);
+            backends.push(echo(&dir, &format!("b{i}"), "jepsen", addr)?);
             backend_addrs.push(addr);
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Service\nmetadata: {{name: b{i}, namespace: jepsen}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
@@ -188,33 +269,14 @@ impl Fleet {
         };
         fleet.apply(&yaml).await?;
         for (g, addr) in fleet.addrs.iter().enumerate() {
-            let tls = cluster.pki().issue(
+            let p = gateway(
+                cluster,
+                &dir,
+                "jepsen",
                 &format!("gateway-{g}"),
-                &gw_client::Identity::Node {
-                    class: "jepsen".into(),
-                    name: format!("gateway-{g}"),
-                },
+                *addr,
+                &gateway_env,
             )?;
-            let mut args = gw_client::TlsArgs::of(&tls).to_args();
-            args.extend([
-                "--store".into(),
-                fleet.store.clone(),
-                "--gateway-class".into(),
-                "jepsen".into(),
-                "--bind-address".into(),
-                addr.ip().to_string(),
-                "--node-name".into(),
-                format!("gateway-{g}"),
-                "--data-dir".into(),
-                dir.join(format!("gateway-{g}")).display().to_string(),
-            ]);
-            let mut p = Proc::new(
-                bin("gw-node").expect("gw-node"),
-                args,
-                gateway_env.clone(),
-                dir.join(format!("gateway-{g}.log")),
-            );
-            p.spawn()?;
             fleet.lock_gateways().push(p);
         }
         // Both nodes serve and start sessions.
@@ -223,7 +285,7 @@ impl Fleet {
             loop {
                 if get(*addr, None)
                     .await
-                    .is_ok_and(|r| r.status == 200 && r.set_cookie.is_some())
+                    .is_ok_and(|r| r.status == 200 && r.set_cookie().is_some())
                 {
                     break;
                 }
@@ -246,20 +308,7 @@ impl Fleet {
     }
 
     async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
-        let f = self.dir.join(format!("apply-{}.yaml", free_port()));
-        std::fs::write(&f, yaml)?;
-        let o = tokio::process::Command::new(bin("gwadm").expect("gwadm"))
-            .args(self.admin.to_args())
-            .args(["--server", &self.store, "--retry-for", "30", "apply", "-f"])
-            .arg(&f)
-            .output()
-            .await?;
-        anyhow::ensure!(
-            o.status.success(),
-            "gwadm apply: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Ok(())
+        gwadm_apply(&self.dir, &self.store, &self.admin, yaml).await
     }
 
     /// The workload's own faults, in turn until the end: a backend removed from its EndpointSlice
@@ -351,8 +400,9 @@ impl Fleet {
             let done = wall_ms();
             let (kind, value, error) = match result {
                 Ok(r) if r.status == 200 => {
-                    let new = r.set_cookie.as_deref().and_then(session_of);
-                    if let Some(t) = r.set_cookie.clone() {
+                    let issued = r.set_cookie();
+                    let new = issued.as_deref().and_then(session_of);
+                    if let Some(t) = issued {
                         if let Some(old) = &token {
                             live.retain(|l| l != old);
                         }
@@ -400,21 +450,38 @@ impl Fleet {
     }
 }
 
-struct Answer {
-    status: u16,
-    pod: String,
-    set_cookie: Option<String>,
+/// An answer to one request.
+pub(crate) struct Answer {
+    pub status: u16,
+    /// The backend that answered (the echo server's `pod`), empty when none did.
+    pub pod: String,
+    /// Header lines, names lowercased.
+    pub headers: Vec<(String, String)>,
 }
 
-/// One request on a new connection, with the session cookie if any.
-async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The session token the gateway issued, if any.
+    fn set_cookie(&self) -> Option<String> {
+        self.header("set-cookie")
+            .and_then(|v| v.split(';').next())
+            .and_then(|c| c.strip_prefix(&format!("{COOKIE}=")))
+            .map(str::to_string)
+    }
+}
+
+/// One `GET /` for `host` on a new connection, with extra header lines (each ending in CRLF).
+pub(crate) async fn request(addr: SocketAddr, host: &str, extra: &str) -> std::io::Result<Answer> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let cookie = token
-            .map(|t| format!("Cookie: {COOKIE}={t}\r\n"))
-            .unwrap_or_default();
         s.write_all(
-            format!("GET / HTTP/1.1\r\nHost: jepsen\r\nConnection: close\r\n{cookie}\r\n")
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
                 .as_bytes(),
         )
         .await?;
@@ -434,13 +501,12 @@ async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let set_cookie = head
+    let headers = head
         .lines()
+        .skip(1)
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .and_then(|(_, v)| v.trim().split(';').next())
-        .and_then(|c| c.strip_prefix(&format!("{COOKIE}=")))
-        .map(str::to_string);
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let pod = serde_json::from_str::<Value>(body.trim())
         .ok()
         .and_then(|v| v["pod"].as_str().map(str::to_string))
@@ -448,8 +514,16 @@ async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
     Ok(Answer {
         status,
         pod,
-        set_cookie,
+        headers,
     })
+}
+
+/// One request of this workload, with the session cookie if any.
+async fn get(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Answer> {
+    let cookie = token
+        .map(|t| format!("Cookie: {COOKIE}={t}\r\n"))
+        .unwrap_or_default();
+    request(addr, "jepsen", &cookie).await
 }
 
 /// A watch of the affinity table after `after`.

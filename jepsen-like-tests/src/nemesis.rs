@@ -1,9 +1,11 @@
-//! Faults, injected from outside the store: SIGKILL and SIGSTOP of member processes, and network
-//! partitions made with iptables rules between the members' loopback addresses (each member listens on,
-//! and connects from, its own 127.77.R.N). Each fault is recorded with its start, its end, the members
-//! it affected, and whether it was seen to take effect.
+//! Faults, injected from outside the store: SIGKILL and SIGSTOP of member processes, power cuts
+//! (SIGKILL, then the member's disk drops what it had not synced: `lossyfs`), and network partitions
+//! made with iptables rules between the members' loopback addresses (each member listens on, and
+//! connects from, its own 127.77.R.N). Each fault is recorded with its start, its end, the members it
+//! affected, and whether it was seen to take effect.
 
 use crate::history::{Kind, NEMESIS, Recorder};
+use crate::lossyfs::Disk;
 use gw_testkit::cluster::Cluster;
 use serde_json::json;
 use std::process::Command;
@@ -21,8 +23,16 @@ pub enum Fault {
     /// Only the "every member at once" variant of `Kill`: what loses writes a member acknowledged
     /// before they were on disk.
     KillAll,
+    /// `Kill`'s variants, each a machine crash: the members' disks (`lossyfs`) drop every write
+    /// they had not synced before the members restart.
+    PowerLoss,
     Pause,
     Partition,
+    /// Gateway nodes cut from the store members (all nodes, one, from a minority of members, or
+    /// one-way: the members' packets to the nodes dropped).
+    PartitionNodes,
+    /// Backends cut from the gateway nodes (one, all, or one-way: packets to one dropped).
+    PartitionBackends,
     /// A follower cut off until the leader has purged the log it needs, then healed: it must catch up
     /// by installing a snapshot.
     Catchup,
@@ -37,12 +47,15 @@ impl std::str::FromStr for Fault {
         match s {
             "kill" => Ok(Fault::Kill),
             "kill-all" => Ok(Fault::KillAll),
+            "power-loss" => Ok(Fault::PowerLoss),
             "pause" => Ok(Fault::Pause),
             "partition" => Ok(Fault::Partition),
+            "partition-nodes" => Ok(Fault::PartitionNodes),
+            "partition-backends" => Ok(Fault::PartitionBackends),
             "catchup" => Ok(Fault::Catchup),
             "membership" => Ok(Fault::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, kill-all, pause, partition, catchup, membership)"
+                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, catchup, membership)"
             )),
         }
     }
@@ -53,8 +66,11 @@ impl Fault {
         match self {
             Fault::Kill => "kill",
             Fault::KillAll => "kill-all",
+            Fault::PowerLoss => "power-loss",
             Fault::Pause => "pause",
             Fault::Partition => "partition",
+            Fault::PartitionNodes => "partition-nodes",
+            Fault::PartitionBackends => "partition-backends",
             Fault::Catchup => "catchup",
             Fault::Membership => "membership",
         }
@@ -98,13 +114,22 @@ fn iptables(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The partition rules: a chain jumped to from INPUT, emptied on heal and removed on drop.
+/// The partition rules: a chain jumped to from INPUT, emptied on heal and removed on drop; and the
+/// addresses they cut between (members by id, gateway nodes, backends).
 pub struct Net {
     ips: Vec<(u64, String)>,
+    /// Gateway nodes' addresses (they reach the store from them: `--store-source-address`).
+    pub nodes: Vec<String>,
+    /// Backends' addresses.
+    pub backends: Vec<String>,
 }
 
 impl Net {
-    pub fn new(cluster: &Cluster) -> Result<Net, String> {
+    pub fn new(
+        cluster: &Cluster,
+        nodes: Vec<String>,
+        backends: Vec<String>,
+    ) -> Result<Net, String> {
         let ips = cluster
             .members
             .iter()
@@ -120,7 +145,11 @@ impl Net {
         let chain = chain();
         iptables(&["-N", &chain])?;
         iptables(&["-I", "INPUT", "-j", &chain])?;
-        Ok(Net { ips })
+        Ok(Net {
+            ips,
+            nodes,
+            backends,
+        })
     }
 
     fn ip(&self, id: u64) -> &str {
@@ -130,51 +159,60 @@ impl Net {
             .map_or("", |(_, ip)| ip.as_str())
     }
 
-    /// Drops every packet from a member of `from` to a member of `to`.
-    pub fn drop_between(&self, from: &[u64], to: &[u64]) -> Result<(), String> {
+    /// The members' addresses, of `ids`.
+    pub fn member_ips(&self, ids: &[u64]) -> Vec<String> {
+        ids.iter().map(|i| self.ip(*i).to_string()).collect()
+    }
+
+    /// Drops every packet from an address of `from` to one of `to` (an empty address: any).
+    pub fn drop_addrs(&self, from: &[String], to: &[String]) -> Result<(), String> {
         for a in from {
             for b in to {
-                iptables(&[
-                    "-A",
-                    &chain(),
-                    "-s",
-                    self.ip(*a),
-                    "-d",
-                    self.ip(*b),
-                    "-j",
-                    "DROP",
-                ])?;
+                self.drop_addr(a, b)?;
             }
         }
         Ok(())
     }
 
-    /// Drops the packets of each (from, to) pair.
+    /// Drops every packet from `a` to `b` (an empty address: any).
+    pub fn drop_addr(&self, a: &str, b: &str) -> Result<(), String> {
+        iptables(&rule("-A", &chain(), a, b))
+    }
+
+    /// Whether the rule a→b is in place (the fault took effect).
+    pub fn is_cut_addrs(&self, a: &str, b: &str) -> bool {
+        iptables(&rule("-C", &chain(), a, b)).is_ok()
+    }
+
+    /// Drops the packets of each (from, to) pair of members.
     pub fn drop_pairs(&self, pairs: &[(u64, u64)]) -> Result<(), String> {
         for (a, b) in pairs {
-            self.drop_between(&[*a], &[*b])?;
+            self.drop_addrs(&self.member_ips(&[*a]), &self.member_ips(&[*b]))?;
         }
         Ok(())
     }
 
-    /// Whether the rule a→b is in place (the fault took effect).
+    /// Whether the rule a→b between members is in place.
     pub fn is_cut(&self, a: u64, b: u64) -> bool {
-        iptables(&[
-            "-C",
-            &chain(),
-            "-s",
-            self.ip(a),
-            "-d",
-            self.ip(b),
-            "-j",
-            "DROP",
-        ])
-        .is_ok()
+        self.is_cut_addrs(self.ip(a), self.ip(b))
     }
 
     pub fn heal(&self) -> Result<(), String> {
         iptables(&["-F", &chain()])
     }
+}
+
+/// An iptables rule dropping packets from `a` to `b` (either empty: any address).
+fn rule<'a>(op: &'a str, chain: &'a str, a: &'a str, b: &'a str) -> Vec<&'a str> {
+    let mut r = vec![op, chain];
+    if !a.is_empty() {
+        r.extend(["-s", a]);
+    }
+    if !b.is_empty() {
+        r.extend(["-d", b]);
+    }
+    r.extend(["-j", "DROP"]);
+    r
 }
 
 impl Drop for Net {
@@ -210,6 +248,7 @@ pub struct Schedule {
 pub async fn run(
     cluster: &tokio::sync::Mutex<Cluster>,
     net: Option<&Net>,
+    disks: &[(u64, Disk)],
     schedule: &Schedule,
     rec: &Recorder,
     rng: &mut Rng,
@@ -233,13 +272,21 @@ pub async fn run(
         let n = ids.len() as u64;
         let pick = |rng: &mut Rng| ids[rng.below(n) as usize];
         match fault {
-            Fault::Kill | Fault::KillAll => {
+            Fault::Kill | Fault::KillAll | Fault::PowerLoss => {
                 let variant = if fault == Fault::KillAll { 3 } else { variant };
-                let (what, targets): (&str, Vec<u64>) = match variant % 4 {
-                    0 => ("kill-one", vec![pick(rng)]),
-                    1 => ("kill-leader", vec![leader.unwrap_or_else(|| pick(rng))]),
-                    2 => ("kill-minority", minority(&ids, rng)),
-                    _ => ("kill-all", ids.clone()),
+                let power = fault == Fault::PowerLoss;
+                let (what, targets): (&str, Vec<u64>) = match (variant % 4, power) {
+                    (0, false) => ("kill-one", vec![pick(rng)]),
+                    (1, false) => ("kill-leader", vec![leader.unwrap_or_else(|| pick(rng))]),
+                    (2, false) => ("kill-minority", minority(&ids, rng)),
+                    (_, false) => ("kill-all", ids.clone()),
+                    (0, true) => ("power-loss-one", vec![pick(rng)]),
+                    (1, true) => (
+                        "power-loss-leader",
+                        vec![leader.unwrap_or_else(|| pick(rng))],
+                    ),
+                    (2, true) => ("power-loss-minority", minority(&ids, rng)),
+                    (_, true) => ("power-loss-all", ids.clone()),
                 };
                 rec.record(Recorder::event(
                     NEMESIS,
@@ -249,12 +296,23 @@ pub async fn run(
                     json!(targets),
                 ));
                 let mut took = true;
+                let mut lost = Vec::new();
                 {
                     let mut c = cluster.lock().await;
                     for t in &targets {
                         took &= c.is_running(*t);
                         c.kill(*t);
                         took &= !c.is_running(*t);
+                    }
+                    // The processes are gone (waited for): their disks lose what was not synced.
+                    for t in targets.iter().filter(|_| power) {
+                        match disks.iter().find(|(id, _)| id == t) {
+                            Some((_, disk)) => {
+                                let d = disk.power_cut();
+                                lost.push(json!({"member": t, "files": d.files, "bytes": d.bytes}));
+                            }
+                            None => took = false,
+                        }
                     }
                 }
                 tokio::time::sleep(hold).await;
@@ -268,7 +326,7 @@ pub async fn run(
                     Kind::Ok,
                     what,
                     None,
-                    json!({"nodes": targets, "took_effect": took}),
+                    json!({"nodes": targets, "took_effect": took, "unsynced_lost": lost}),
                 ));
                 effects.push((what.to_string(), took));
             }
@@ -353,6 +411,56 @@ pub async fn run(
                 ));
                 let ok = net.drop_pairs(&cuts);
                 let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut(*a, *b));
+                tokio::time::sleep(hold).await;
+                let _ = net.heal();
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Ok,
+                    what,
+                    None,
+                    json!({"cuts": cuts, "took_effect": took, "error": ok.err()}),
+                ));
+                effects.push((what.to_string(), took));
+            }
+            Fault::PartitionNodes | Fault::PartitionBackends => {
+                let Some(net) = net else { continue };
+                let members = net.member_ips(&ids);
+                let any = [String::new()];
+                let (what, cuts): (&str, Vec<(String, String)>) = if fault == Fault::PartitionNodes
+                {
+                    if net.nodes.is_empty() {
+                        continue;
+                    }
+                    let one = [net.nodes[rng.below(net.nodes.len() as u64) as usize].clone()];
+                    match variant % 4 {
+                        0 => ("partition-nodes-all", both_ways(&net.nodes, &members)),
+                        1 => ("partition-nodes-one", both_ways(&one, &members)),
+                        2 => {
+                            let minor = net.member_ips(&minority(&ids, rng));
+                            ("partition-nodes-minority", both_ways(&net.nodes, &minor))
+                        }
+                        _ => ("partition-nodes-one-way", one_way(&members, &net.nodes)),
+                    }
+                } else {
+                    if net.backends.is_empty() {
+                        continue;
+                    }
+                    let one = [net.backends[rng.below(net.backends.len() as u64) as usize].clone()];
+                    match variant % 3 {
+                        0 => ("partition-backends-one", both_ways(&one, &any)),
+                        1 => ("partition-backends-all", both_ways(&net.backends, &any)),
+                        _ => ("partition-backends-one-way", one_way(&any, &one)),
+                    }
+                };
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Invoke,
+                    what,
+                    None,
+                    json!({"cuts": cuts}),
+                ));
+                let ok = cuts.iter().try_for_each(|(a, b)| net.drop_addr(a, b));
+                let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut_addrs(a, b));
                 tokio::time::sleep(hold).await;
                 let _ = net.heal();
                 rec.record(Recorder::event(
@@ -523,6 +631,20 @@ async fn gwadm(servers: &str, admin: &gw_client::TlsArgs, args: &[&str]) -> Resu
     } else {
         Err(text)
     }
+}
+
+/// Every (a, b) and (b, a) of `a` × `b`.
+fn both_ways(a: &[String], b: &[String]) -> Vec<(String, String)> {
+    let mut cuts = one_way(a, b);
+    cuts.extend(one_way(b, a));
+    cuts
+}
+
+/// Every (a, b) of `a` × `b`: packets from a to b dropped.
+fn one_way(a: &[String], b: &[String]) -> Vec<(String, String)> {
+    a.iter()
+        .flat_map(|x| b.iter().map(move |y| (x.clone(), y.clone())))
+        .collect()
 }
 
 /// A random minority of the cluster (at least one member), drawn from `ids`.

@@ -3,8 +3,9 @@
 
 use crate::checker::{self, Validity, Verdict};
 use crate::history::{Kind, Recorder};
+use crate::lossyfs::Disk;
 use crate::nemesis::{self, Fault, Net, Rng};
-use crate::{affinity, kube_api, kube_sync, register, txn, watch};
+use crate::{affinity, kube_api, kube_sync, register, routing, txn, watch};
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
@@ -23,13 +24,15 @@ pub struct RunArgs {
     /// Seconds of workload under faults.
     #[arg(long, default_value_t = 60)]
     pub time_limit: u64,
-    /// Faults to inject, in turn: kill, pause, partition, catchup (comma-separated; empty for none).
+    /// Faults to inject, in turn: kill, kill-all, power-loss, pause, partition, catchup, membership
+    /// (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
     /// Workloads, side by side (comma-separated): register (with the watch collectors), txn,
     /// affinity (sessions through two gateway nodes over four backends, with backend and gateway
-    /// churn), and kube-sync (two Kubernetes clusters and their agents feeding the store, with agent
-    /// churn).
+    /// churn), kube-sync (two Kubernetes clusters and their agents feeding the store, with agent
+    /// churn), and routing (what gateway nodes serve while the routing changes in multi-object
+    /// applies).
     #[arg(long, value_delimiter = ',', default_value = "register,txn")]
     pub workload: Vec<String>,
     /// How the register workload and its watch collectors reach the members: grpc (the store's own
@@ -85,14 +88,18 @@ fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
 pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     for w in &args.workload {
         anyhow::ensure!(
-            matches!(w.as_str(), "register" | "txn" | "affinity" | "kube-sync"),
-            "unknown workload {w:?} (register, txn, affinity, kube-sync)"
+            matches!(
+                w.as_str(),
+                "register" | "txn" | "affinity" | "kube-sync" | "routing"
+            ),
+            "unknown workload {w:?} (register, txn, affinity, kube-sync, routing)"
         );
     }
     let register_on = args.workload.iter().any(|w| w == "register");
     let txn_on = args.workload.iter().any(|w| w == "txn");
     let affinity_on = args.workload.iter().any(|w| w == "affinity");
     let kube_sync_on = args.workload.iter().any(|w| w == "kube-sync");
+    let routing_on = args.workload.iter().any(|w| w == "routing");
     let faults: Vec<Fault> = args
         .nemesis
         .iter()
@@ -109,9 +116,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         Some("no-sync") => (on("GW_UNSAFE_NO_SYNC"), vec![], vec![]),
         Some("early-ack") => (on("GW_UNSAFE_EARLY_ACK"), vec![], vec![]),
         Some("local-failover") if affinity_on => (vec![], on("GW_UNSAFE_LOCAL_FAILOVER"), vec![]),
+        Some("torn") if routing_on => (vec![], on("GW_UNSAFE_TORN_REVISIONS"), vec![]),
         Some("keep-stale") if kube_sync_on => (vec![], vec![], on("GW_UNSAFE_KEEP_STALE")),
         Some(other) => anyhow::bail!(
-            "unknown null control {other:?} (stale-reads, no-sync, early-ack; local-failover with the affinity workload; keep-stale with kube-sync)"
+            "unknown null control {other:?} (stale-reads, no-sync, early-ack; local-failover with the affinity workload; keep-stale with kube-sync; torn with routing)"
         ),
     };
     std::fs::create_dir_all(&args.out)?;
@@ -143,13 +151,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         kube_api: args.via == "kube",
         metrics: false,
     };
+    // With the power-loss nemesis, each member's data directory is a lossy disk over
+    // `disks/member-N` (declared before the cluster: unmounted after its processes are gone).
+    let disks = if faults.contains(&Fault::PowerLoss) {
+        (1..=args.nodes)
+            .map(|id| {
+                let backing = args.out.join("disks").join(format!("member-{id}"));
+                let _ = std::fs::remove_dir_all(&backing);
+                let mount = args.out.join("cluster").join(format!("member-{id}"));
+                let disk = Disk::mount(&backing, &mount).map_err(|e| {
+                    anyhow::anyhow!(
+                        "mounting the lossy disk at {} (needs /dev/fuse, root and fusermount3): {e}",
+                        mount.display()
+                    )
+                })?;
+                Ok((id, disk))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        vec![]
+    };
     let cluster = Cluster::start(args.nodes, opts)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let rec = Recorder::default();
+    let addrs: Vec<(u64, String)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.id, m.addr.clone()))
+        .collect();
+    let admin = cluster.pki().admin_security();
     let fleet = if affinity_on {
         Some(Arc::new(
-            affinity::Fleet::start(&cluster, &args.out, &ip_prefix, gateway_env, rec.clone())
-                .await?,
+            affinity::Fleet::start(
+                &cluster,
+                &args.out,
+                &ip_prefix,
+                gateway_env.clone(),
+                rec.clone(),
+            )
+            .await?,
+        ))
+    } else {
+        None
+    };
+    let routing = if routing_on {
+        Some(Arc::new(
+            routing::Routing::start(
+                &cluster,
+                &args.out,
+                &ip_prefix,
+                &gateway_env,
+                register::channels(&addrs, &admin),
+                rec.clone(),
+            )
+            .await?,
         ))
     } else {
         None
@@ -161,17 +216,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     } else {
         None
     };
-    let net = if faults.contains(&Fault::Partition) || faults.contains(&Fault::Catchup) {
-        Some(Net::new(&cluster).map_err(anyhow::Error::msg)?)
+    let net = if faults.iter().any(|f| {
+        matches!(
+            f,
+            Fault::Partition | Fault::Catchup | Fault::PartitionNodes | Fault::PartitionBackends
+        )
+    }) {
+        // The gateway nodes and backends of the workloads that run them.
+        let ips =
+            |a: &[std::net::SocketAddr]| a.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>();
+        let (mut nodes, mut backends): (Vec<String>, Vec<String>) = (vec![], vec![]);
+        if let Some(f) = &fleet {
+            nodes.extend(ips(&f.addrs));
+            backends.extend(ips(&f.backend_addrs));
+        }
+        if let Some(r) = &routing {
+            nodes.extend(ips(&r.addrs));
+            backends.extend(ips(&r.backend_addrs));
+        }
+        Some(Net::new(&cluster, nodes, backends).map_err(anyhow::Error::msg)?)
     } else {
         None
     };
-    let addrs: Vec<(u64, String)> = cluster
-        .members
-        .iter()
-        .map(|m| (m.id, m.addr.clone()))
-        .collect();
-    let admin = cluster.pki().admin_security();
     let chans = register::channels(&addrs, &admin);
     let kube_apis = if args.via == "kube" {
         Some(Arc::new(kube_api::apis(&cluster).await?))
@@ -259,6 +325,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             async move { f.churn(schedule, seed, until).await },
         ));
     }
+    if let Some(r) = &routing {
+        for c in 0..args.clients {
+            let r = r.clone();
+            let seed = args.seed * 19_000 + c + 1;
+            tasks.push(tokio::spawn(async move {
+                r.client(routing::PROCESSES + c as i64, seed, until).await
+            }));
+        }
+        let r = r.clone();
+        let seed = args.seed * 23 + 7;
+        tasks.push(tokio::spawn(async move { r.writer(seed, until).await }));
+    }
     if let Some(k) = &clusters {
         for c in 0..args.clients {
             let k = k.clone();
@@ -286,7 +364,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         interval: Duration::from_secs(args.interval),
         hold: Duration::from_secs(args.hold),
     };
-    let effects = nemesis::run(&cluster, net.as_ref(), &schedule, &rec, &mut rng).await;
+    let effects = nemesis::run(&cluster, net.as_ref(), &disks, &schedule, &rec, &mut rng).await;
     for t in tasks {
         let _ = t.await;
     }
@@ -385,6 +463,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         }
         None => None,
     };
+    let routing_verdict = match &routing {
+        Some(r) => {
+            let generation = match &leader {
+                Ok(id) => {
+                    let i = ctx.chans.iter().position(|(n, _)| n == id).unwrap_or(0);
+                    routing::stored_generation(&ctx.chans[i].1).await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            Some(match generation {
+                Ok(g) => {
+                    routing::check(&crate::history::pair(&rec.events()), r.converge(g).await, g)
+                }
+                Err(e) => Verdict {
+                    valid: Validity::Unknown,
+                    ops: 0,
+                    details: json!({"why": format!("the stored route could not be read after healing: {e}")}),
+                },
+            })
+        }
+        None => None,
+    };
     let healed = match &leader {
         Err(e) => Verdict {
             valid: Validity::False,
@@ -474,6 +574,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     if let Some(v) = &kube_sync_verdict {
         verdicts.push(("kube-sync", v));
+    }
+    if let Some(v) = &routing_verdict {
+        verdicts.push(("routing", v));
     }
     let valid = combine(&verdicts);
     let results = json!({
