@@ -201,6 +201,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if matches!(security, gw_client::Security::Insecure) {
         tracing::warn!("--insecure: plaintext to the store, no authentication");
     }
+    if let Some(f) = gw_client::clock::skew_from_env(&cfg.name(&security)) {
+        tracing::warn!(file = %f.display(), "TEST ONLY: the wall clock follows a skew file");
+    }
     let client = Client::new(
         &cfg.store,
         Duration::from_secs(2),

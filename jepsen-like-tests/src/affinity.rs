@@ -299,6 +299,11 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// The gateway nodes' names.
+    pub fn names(&self) -> Vec<String> {
+        (0..GATEWAYS).map(|g| format!("gateway-{g}")).collect()
+    }
+
     fn lock_gateways(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
         self.gateways.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -735,7 +740,13 @@ pub fn check(ops: &[Op], entries: &[SessionEntry], seen: &Seen, allowance_ms: u6
                     .get(&(id.clone(), chain.len()))
                     .copied()
                     .unwrap_or(f.at_ms);
-                chain.push((pod_of(&f.to).to_string(), f.at_ms, first_seen.max(f.at_ms)));
+                // In force from the proposer's time, or when it was first seen if that is earlier
+                // (the proposer's clock may be ahead: the clock nemesis); superseded from the later.
+                chain.push((
+                    pod_of(&f.to).to_string(),
+                    f.at_ms.min(first_seen),
+                    first_seen.max(f.at_ms),
+                ));
                 current = &f.to;
             }
         }

@@ -33,6 +33,10 @@ pub enum Fault {
     PartitionNodes,
     /// Backends cut from the gateway nodes (one, all, or one-way: packets to one dropped).
     PartitionBackends,
+    /// Clocks stepped or slewed by seconds, through the processes' test-only clock override
+    /// (`gw_client::clock`): the leader's forward, a member's back, every member's apart, a gateway
+    /// node's, the leader's slewed (running 5× fast).
+    Clock,
     /// A follower cut off until the leader has purged the log it needs, then healed: it must catch up
     /// by installing a snapshot.
     Catchup,
@@ -52,10 +56,11 @@ impl std::str::FromStr for Fault {
             "partition" => Ok(Fault::Partition),
             "partition-nodes" => Ok(Fault::PartitionNodes),
             "partition-backends" => Ok(Fault::PartitionBackends),
+            "clock" => Ok(Fault::Clock),
             "catchup" => Ok(Fault::Catchup),
             "membership" => Ok(Fault::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, catchup, membership)"
+                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, clock, catchup, membership)"
             )),
         }
     }
@@ -71,6 +76,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::PartitionNodes => "partition-nodes",
             Fault::PartitionBackends => "partition-backends",
+            Fault::Clock => "clock",
             Fault::Catchup => "catchup",
             Fault::Membership => "membership",
         }
@@ -235,6 +241,24 @@ fn is_stopped(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The processes' skew files (`gw_client::clock`): `DIR/member-N` and `DIR/NODE-NAME`, each a signed
+/// offset in milliseconds.
+pub struct Clocks {
+    pub dir: std::path::PathBuf,
+    /// Gateway nodes' names.
+    pub nodes: Vec<String>,
+}
+
+impl Clocks {
+    fn set(&self, name: &str, offset_ms: i64) -> bool {
+        std::fs::write(self.dir.join(name), offset_ms.to_string()).is_ok()
+    }
+}
+
+fn member(id: u64) -> String {
+    format!("member-{id}")
+}
+
 /// When and which faults to inject.
 pub struct Schedule {
     pub faults: Vec<Fault>,
@@ -249,6 +273,7 @@ pub async fn run(
     cluster: &tokio::sync::Mutex<Cluster>,
     net: Option<&Net>,
     disks: &[(u64, Disk)],
+    clocks: Option<&Clocks>,
     schedule: &Schedule,
     rec: &Recorder,
     rng: &mut Rng,
@@ -469,6 +494,59 @@ pub async fn run(
                     what,
                     None,
                     json!({"cuts": cuts, "took_effect": took, "error": ok.err()}),
+                ));
+                effects.push((what.to_string(), took));
+            }
+            Fault::Clock => {
+                let Some(clocks) = clocks else { continue };
+                const STEP: i64 = 8_000;
+                let l = member(leader.unwrap_or_else(|| pick(rng)));
+                let nodes = &clocks.nodes;
+                let (what, offsets): (&str, Vec<(String, i64)>) = match variant % 5 {
+                    0 => ("clock-step-leader-forward", vec![(l.clone(), STEP)]),
+                    1 => ("clock-step-member-back", vec![(member(pick(rng)), -STEP)]),
+                    2 => {
+                        let mid = ids.len() as i64 / 2;
+                        let apart = ids
+                            .iter()
+                            .enumerate()
+                            .map(|(i, id)| (member(*id), (i as i64 - mid) * STEP / 2))
+                            .collect();
+                        ("clock-skew-members", apart)
+                    }
+                    3 if !nodes.is_empty() => {
+                        let n = nodes[rng.below(nodes.len() as u64) as usize].clone();
+                        let sign = if rng.below(2) == 0 { 1 } else { -1 };
+                        ("clock-step-node", vec![(n, sign * STEP)])
+                    }
+                    3 => ("clock-step-leader-back", vec![(l.clone(), -STEP)]),
+                    _ => ("clock-slew-leader", vec![(l.clone(), 0)]),
+                };
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Invoke,
+                    what,
+                    None,
+                    json!({"offsets_ms": offsets}),
+                ));
+                let mut took = offsets.iter().all(|(n, o)| clocks.set(n, *o));
+                if what == "clock-slew-leader" {
+                    // Slewed: the leader's clock gains 4 s per second of the hold.
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < hold {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        took &= clocks.set(&l, start.elapsed().as_millis() as i64 * 4);
+                    }
+                } else {
+                    tokio::time::sleep(hold).await;
+                }
+                let healed = offsets.iter().all(|(n, _)| clocks.set(n, 0));
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Ok,
+                    what,
+                    None,
+                    json!({"offsets_ms": offsets, "took_effect": took, "healed": healed}),
                 ));
                 effects.push((what.to_string(), took));
             }

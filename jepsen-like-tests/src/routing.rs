@@ -39,6 +39,10 @@ const GENERATION: &str = "x-generation";
 /// The node's revision header (`gw.dev/revision-header` on the class).
 const REVISION: &str = "gw-revision";
 
+fn node_name(g: usize) -> String {
+    format!("routing-{g}")
+}
+
 /// The backend generation `g` routes to.
 fn backend_of(g: u64) -> String {
     format!("r{}", g % BACKENDS)
@@ -127,7 +131,7 @@ impl Routing {
                 cluster,
                 &dir,
                 CLASS,
-                &format!("routing-{g}"),
+                &node_name(g),
                 *addr,
                 gateway_env,
             )?);
@@ -153,6 +157,11 @@ impl Routing {
             chans,
             rec,
         })
+    }
+
+    /// The gateway nodes' names.
+    pub fn names(&self) -> Vec<String> {
+        (0..GATEWAYS).map(node_name).collect()
     }
 
     /// The writer: generation after generation until `until`, each one apply of the route and the

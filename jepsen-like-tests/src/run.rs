@@ -110,7 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let on = |var: &str| vec![(var.to_string(), "true".to_string())];
     // The switch goes to the store members, to the gateway nodes (local-failover), or to the kube
     // sync agents (keep-stale).
-    let (env, gateway_env, agent_env) = match args.null_control.as_deref() {
+    let (mut env, mut gateway_env, agent_env) = match args.null_control.as_deref() {
         None => (vec![], vec![], vec![]),
         Some("stale-reads") => (on("GW_UNSAFE_STALE_READS"), vec![], vec![]),
         Some("no-sync") => (on("GW_UNSAFE_NO_SYNC"), vec![], vec![]),
@@ -123,6 +123,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         ),
     };
     std::fs::create_dir_all(&args.out)?;
+    // With the clock nemesis, members and gateway nodes follow skew files (the test-only override of
+    // `gw_client::clock`), all 0 until the nemesis writes one.
+    let clock_dir = faults
+        .contains(&Fault::Clock)
+        .then(|| args.out.join("clocks"));
+    if let Some(d) = &clock_dir {
+        std::fs::create_dir_all(d)?;
+        let var = (
+            gw_client::clock::SKEW_DIR_ENV.to_string(),
+            d.display().to_string(),
+        );
+        env.push(var.clone());
+        gateway_env.push(var);
+    }
     // Addresses of this run only (the partition rules match on them).
     let ip_prefix = format!("127.77.{}.", std::process::id() % 250);
     let opts = ClusterOptions {
@@ -239,6 +253,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         None
     };
     let chans = register::channels(&addrs, &admin);
+    let clocks = clock_dir.map(|dir| nemesis::Clocks {
+        dir,
+        nodes: [
+            fleet.as_ref().map(|f| f.names()),
+            routing.as_ref().map(|r| r.names()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect(),
+    });
     let kube_apis = if args.via == "kube" {
         Some(Arc::new(kube_api::apis(&cluster).await?))
     } else {
@@ -364,7 +389,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         interval: Duration::from_secs(args.interval),
         hold: Duration::from_secs(args.hold),
     };
-    let effects = nemesis::run(&cluster, net.as_ref(), &disks, &schedule, &rec, &mut rng).await;
+    let effects = nemesis::run(
+        &cluster,
+        net.as_ref(),
+        &disks,
+        clocks.as_ref(),
+        &schedule,
+        &rec,
+        &mut rng,
+    )
+    .await;
     for t in tasks {
         let _ = t.await;
     }
