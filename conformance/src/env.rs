@@ -1,5 +1,6 @@
 //! The world a conformance run happens in, standing in for a Kubernetes cluster: a fresh gw (one store
-//! member and one gateway node that gives each Gateway its own loopback address), Deployments run as
+//! member, or a cluster of several for runs under faults, and one gateway node that gives each Gateway
+//! its own loopback address), Deployments run as
 //! echo "pods" (each on its own loopback IP, serving the ports the upstream echo server does: HTTP and
 //! h2c on 3000, h2c only on 3001), EndpointSlices kept in line with the Services that select pods (the
 //! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
@@ -9,6 +10,7 @@ use anyhow::Context;
 use gw_client::{Client, object_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
+use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::echo::{EchoConfig, EchoServer};
 use gw_testkit::pki::Pki;
 use gw_testkit::procs::{Children, bin, free_port};
@@ -16,6 +18,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Kinds the suite's manifests contain that belong to Kubernetes itself and are not sent to gw.
@@ -73,17 +76,55 @@ pub struct Env {
     pub invalid_addresses: Vec<String>,
     next_pod: u32,
     services: BTreeMap<ObjectKey, SelectorService>,
-    children: std::sync::Mutex<Children>,
+    children: Arc<Mutex<Children>>,
+    /// The store members, when the run has several (`--members`).
+    pub cluster: Option<Arc<tokio::sync::Mutex<Cluster>>>,
+    /// How to start the gateway node again (`NodeRestart`).
+    pub node: NodeRestart,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Restarts the run's gateway node: SIGKILL, then the same command again.
+#[derive(Clone)]
+pub struct NodeRestart {
+    children: Arc<Mutex<Children>>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl NodeRestart {
+    fn spawn(&self) -> anyhow::Result<()> {
+        let mut cmd = std::process::Command::new(bin("gw-node")?);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn("gw-node", &self.log, &mut cmd)
+    }
+
+    /// Kills the node and starts it again; whether it was running and started again.
+    pub fn restart(&self) -> anyhow::Result<bool> {
+        let killed = self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill("gw-node");
+        self.spawn()?;
+        Ok(killed)
+    }
+}
+
 impl Env {
-    /// Starts a fresh gw (store member and gateway node) under `dir` (a temporary directory if none).
+    /// Starts a fresh gw (`members` store members and a gateway node) under `dir` (a temporary
+    /// directory if none).
     pub async fn start(
         dir: Option<PathBuf>,
         class: &str,
         node_env: &[(String, String)],
+        members: u64,
     ) -> anyhow::Result<Env> {
         let (dir, tmp) = match dir {
             Some(d) => (d, None),
@@ -95,35 +136,65 @@ impl Env {
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-        let store = format!("127.0.0.1:{}", free_port());
-        let pki = Pki::create(&dir.join("pki"))?;
-        let mut children = Children::default();
-        children.spawn_store(&store, None, &dir, &pki)?;
-        let node_tls = pki.issue(
-            "node",
-            &gw_client::Identity::Node {
-                class: class.into(),
-                name: "conformance".into(),
-            },
-        )?;
-        let mut node = std::process::Command::new(bin("gw-node")?);
-        node.args(gw_client::TlsArgs::of(&node_tls).to_args());
-        node.args([
-            "--store",
-            &store,
-            "--gateway-class",
-            class,
-            "--address-pool",
-            &format!("{}-{}", POOL.0, POOL.1),
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("node"))
-        .envs(node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        children.spawn("gw-node", &dir.join("node.log"), &mut node)?;
+        let children = Arc::new(Mutex::new(Children::default()));
+        // One member as a child of the run, or a cluster whose members faults can kill and partition
+        // (each on its own loopback address).
+        let node_identity = gw_client::Identity::Node {
+            class: class.into(),
+            name: "conformance".into(),
+        };
+        let (store, node_tls, admin, cluster) = if members > 1 {
+            let c = Cluster::start(
+                members,
+                ClusterOptions {
+                    dir: Some(dir.join("store")),
+                    ip_prefix: Some(format!("127.78.{}.", std::process::id() % 250)),
+                    ..ClusterOptions::default()
+                },
+            )?;
+            c.wait_for_leader(Duration::from_secs(30)).await?;
+            let node_tls = c.pki().issue("node", &node_identity)?;
+            let admin = c.pki().admin_security();
+            let store = c.servers();
+            (
+                store,
+                node_tls,
+                admin,
+                Some(Arc::new(tokio::sync::Mutex::new(c))),
+            )
+        } else {
+            let store = format!("127.0.0.1:{}", free_port());
+            let pki = Pki::create(&dir.join("pki"))?;
+            children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .spawn_store(&store, None, &dir, &pki)?;
+            let node_tls = pki.issue("node", &node_identity)?;
+            (store, node_tls, pki.admin_security(), None)
+        };
+        let mut args = gw_client::TlsArgs::of(&node_tls).to_args();
+        args.extend([
+            "--store".into(),
+            store.clone(),
+            "--gateway-class".into(),
+            class.into(),
+            "--address-pool".into(),
+            format!("{}-{}", POOL.0, POOL.1),
+            "--data-dir".into(),
+            dir.join("node").display().to_string(),
+        ]);
+        let node = NodeRestart {
+            children: children.clone(),
+            args,
+            env: node_env.to_vec(),
+            log: dir.join("node.log"),
+        };
+        node.spawn()?;
+        let servers: Vec<String> = store.split(',').map(str::to_string).collect();
         let client = Client::new(
-            &[store],
+            &servers,
             Duration::from_secs(30),
-            &gw_client::Dialer::new(pki.admin_security()),
+            &gw_client::Dialer::new(admin),
         )?;
         Ok(Env {
             client,
@@ -133,7 +204,9 @@ impl Env {
             invalid_addresses: vec![],
             next_pod: 0,
             services: BTreeMap::new(),
-            children: std::sync::Mutex::new(children),
+            children,
+            cluster,
+            node,
             dir,
             _tmp: tmp,
         })

@@ -8,6 +8,7 @@
 
 pub mod case;
 pub mod env;
+pub mod faults;
 pub mod features;
 pub mod http;
 pub mod report;
@@ -53,6 +54,19 @@ pub struct RunArgs {
     /// The GatewayClass the run creates and the gateway node serves.
     #[arg(long, default_value = "gw-conformance")]
     pub gateway_class: String,
+    /// Store members (3 or more for the kill and partition faults).
+    #[arg(long, default_value_t = 1)]
+    pub members: u64,
+    /// Faults while the tests run, in turn (comma-separated): kill (a member, the leader every other
+    /// time), partition (a member cut off from the others), node-restart (the gateway node). Needs
+    /// root for partitions. The report says which ran.
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<String>,
+    /// Seconds between faults, and how long a kill or partition is held.
+    #[arg(long, default_value_t = 8)]
+    pub fault_interval: u64,
+    #[arg(long, default_value_t = 3)]
+    pub fault_hold: u64,
     /// Environment of the gateway node (KEY=VALUE), for the harness's own fault-injection self-test.
     #[arg(long, hide = true)]
     pub node_env: Vec<String>,
@@ -174,11 +188,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         serde_json::from_str(&text).with_context(|| p.display().to_string())?
     };
 
+    let fault_kinds: Vec<faults::Fault> = args
+        .faults
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|f| f.parse())
+        .collect::<Result<_, String>>()
+        .map_err(|e| anyhow!(e))?;
+    if fault_kinds.iter().any(|f| *f != faults::Fault::NodeRestart) && args.members < 3 {
+        bail!("--faults kill and partition need --members 3 or more");
+    }
     let started = Instant::now();
     let mut env = Env::start(
         args.data_dir.clone(),
         &args.gateway_class,
         &parse_env(&args.node_env)?,
+        args.members,
     )
     .await?;
     eprintln!("gw started in {}", env.dir.display());
@@ -190,6 +215,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (interval, hold) = (
+        std::time::Duration::from_secs(args.fault_interval),
+        std::time::Duration::from_secs(args.fault_hold),
+    );
+    let injector = tokio::spawn(faults::inject(
+        faults::Targets {
+            cluster: env.cluster.clone(),
+            node: env.node.clone(),
+        },
+        fault_kinds.clone(),
+        interval,
+        hold,
+        stop.clone(),
+    ));
     let mut results = Vec::new();
     for t in &tests {
         let (name, features) = (&t.case.short_name, &t.case.features);
@@ -223,6 +263,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", report::summary_line(&r));
         results.push(r);
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let injected = injector
+        .await
+        .map_err(|e| anyhow!("the fault injector: {e}"))?
+        .map_err(|e| anyhow!("the fault injector: {e}"))?;
+    for f in &injected {
+        println!(
+            "fault at {:.0}s: {}{}",
+            f.at_s,
+            f.what,
+            if f.took_effect {
+                ""
+            } else {
+                " (did not take effect)"
+            }
+        );
+    }
+    let under_faults = (!fault_kinds.is_empty())
+        .then(|| faults::describe(&injected, args.members, interval, hold));
+    if let Some(d) = &under_faults {
+        println!("{d}");
+    }
     if results.is_empty() {
         bail!("no test matched the profiles and --run filter");
     }
@@ -242,7 +304,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.report {
-        let yaml = serde_saphyr::to_string(&rep).context("report")?;
+        let mut yaml = serde_saphyr::to_string(&rep).context("report")?;
+        if let Some(d) = &under_faults {
+            yaml = format!("# {d}\n{yaml}");
+        }
         std::fs::write(path, yaml).with_context(|| path.display().to_string())?;
         println!("report written to {}", path.display());
     }

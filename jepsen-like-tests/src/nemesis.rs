@@ -7,15 +7,9 @@
 use crate::history::{Kind, NEMESIS, Recorder};
 use crate::lossyfs::Disk;
 use gw_testkit::cluster::Cluster;
+use gw_testkit::firewall::Firewall;
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
-
-/// The iptables chain that holds this run's partition rules (one per process: runs side by side do not
-/// touch each other's rules).
-fn chain() -> String {
-    format!("GW_JEPSEN_{}", std::process::id())
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -103,26 +97,10 @@ impl Rng {
     }
 }
 
-fn iptables(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("iptables")
-        .args(["-w"])
-        .args(args)
-        .output()
-        .map_err(|e| format!("iptables: {e} (install the iptables package)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The partition rules: a chain jumped to from INPUT, emptied on heal and removed on drop; and the
-/// addresses they cut between (members by id, gateway nodes, backends).
+/// The partition rules (the run's own iptables chain) and the addresses they cut between (members by
+/// id, gateway nodes, backends).
 pub struct Net {
+    fw: Firewall,
     ips: Vec<(u64, String)>,
     /// Gateway nodes' addresses (they reach the store from them: `--store-source-address`).
     pub nodes: Vec<String>,
@@ -148,10 +126,8 @@ impl Net {
                 )
             })
             .collect();
-        let chain = chain();
-        iptables(&["-N", &chain])?;
-        iptables(&["-I", "INPUT", "-j", &chain])?;
         Ok(Net {
+            fw: Firewall::new("GW_JEPSEN")?,
             ips,
             nodes,
             backends,
@@ -170,30 +146,20 @@ impl Net {
         ids.iter().map(|i| self.ip(*i).to_string()).collect()
     }
 
-    /// Drops every packet from an address of `from` to one of `to` (an empty address: any).
-    pub fn drop_addrs(&self, from: &[String], to: &[String]) -> Result<(), String> {
-        for a in from {
-            for b in to {
-                self.drop_addr(a, b)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Drops every packet from `a` to `b` (an empty address: any).
     pub fn drop_addr(&self, a: &str, b: &str) -> Result<(), String> {
-        iptables(&rule("-A", &chain(), a, b))
+        self.fw.drop(a, b)
     }
 
     /// Whether the rule a→b is in place (the fault took effect).
     pub fn is_cut_addrs(&self, a: &str, b: &str) -> bool {
-        iptables(&rule("-C", &chain(), a, b)).is_ok()
+        self.fw.is_dropped(a, b)
     }
 
     /// Drops the packets of each (from, to) pair of members.
     pub fn drop_pairs(&self, pairs: &[(u64, u64)]) -> Result<(), String> {
         for (a, b) in pairs {
-            self.drop_addrs(&self.member_ips(&[*a]), &self.member_ips(&[*b]))?;
+            self.drop_addr(self.ip(*a), self.ip(*b))?;
         }
         Ok(())
     }
@@ -204,29 +170,7 @@ impl Net {
     }
 
     pub fn heal(&self) -> Result<(), String> {
-        iptables(&["-F", &chain()])
-    }
-}
-
-/// An iptables rule dropping packets from `a` to `b` (either empty: any address).
-fn rule<'a>(op: &'a str, chain: &'a str, a: &'a str, b: &'a str) -> Vec<&'a str> {
-    let mut r = vec![op, chain];
-    if !a.is_empty() {
-        r.extend(["-s", a]);
-    }
-    if !b.is_empty() {
-        r.extend(["-d", b]);
-    }
-    r.extend(["-j", "DROP"]);
-    r
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let chain = chain();
-        let _ = iptables(&["-D", "INPUT", "-j", &chain]);
-        let _ = iptables(&["-F", &chain]);
-        let _ = iptables(&["-X", &chain]);
+        self.fw.heal()
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod echo;
+pub mod firewall;
 pub mod pki;
 pub mod procs;
 pub mod proxy;

@@ -176,6 +176,17 @@ impl Drop for Children {
 }
 
 impl Children {
+    /// Kills (SIGKILL) and forgets the child `name`; whether there was one.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(i) = self.0.iter().position(|(n, _)| n == name) else {
+            return false;
+        };
+        let (_, mut c) = self.0.remove(i);
+        let _ = c.kill();
+        let _ = c.wait();
+        true
+    }
+
     /// The first child that has exited, with its status.
     pub fn exited(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
