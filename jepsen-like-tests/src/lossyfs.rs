@@ -317,6 +317,20 @@ impl LossyFs {
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
         Ok(self.inner().path(parent)?.join(name))
     }
+
+    /// Removes a name (with `remove_file` or `remove_dir`) and forgets its inodes.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(&Path) -> io::Result<()>,
+    ) -> Result<(), Errno> {
+        let rel = self.child(parent, name)?;
+        let mut inner = self.inner();
+        remove(&inner.full(&rel))?;
+        inner.forget_path(&rel);
+        Ok(())
+    }
 }
 
 fn entry(reply: ReplyEntry, attr: Result<FileAttr, Errno>) {
@@ -412,23 +426,14 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let res = self.child(parent, name).and_then(|rel| {
-            let mut inner = self.inner();
-            std::fs::remove_file(inner.full(&rel))?;
-            inner.forget_path(&rel);
-            Ok(())
-        });
-        empty(reply, res);
+        empty(
+            reply,
+            self.remove(parent, name, |p| std::fs::remove_file(p)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let res = self.child(parent, name).and_then(|rel| {
-            let mut inner = self.inner();
-            std::fs::remove_dir(inner.full(&rel))?;
-            inner.forget_path(&rel);
-            Ok(())
-        });
-        empty(reply, res);
+        empty(reply, self.remove(parent, name, |p| std::fs::remove_dir(p)));
     }
 
     fn rename(

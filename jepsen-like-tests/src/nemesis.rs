@@ -164,11 +164,6 @@ impl Net {
         Ok(())
     }
 
-    /// Whether the rule a→b between members is in place.
-    pub fn is_cut(&self, a: u64, b: u64) -> bool {
-        self.is_cut_addrs(self.ip(a), self.ip(b))
-    }
-
     pub fn heal(&self) -> Result<(), String> {
         self.fw.heal()
     }
@@ -371,24 +366,11 @@ pub async fn run(
                         others.iter().map(|o| (l, *o)).collect(),
                     ),
                 };
-                rec.record(Recorder::event(
-                    NEMESIS,
-                    Kind::Invoke,
-                    what,
-                    None,
-                    json!({"cuts": cuts}),
-                ));
-                let ok = net.drop_pairs(&cuts);
-                let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut(*a, *b));
-                tokio::time::sleep(hold).await;
-                let _ = net.heal();
-                rec.record(Recorder::event(
-                    NEMESIS,
-                    Kind::Ok,
-                    what,
-                    None,
-                    json!({"cuts": cuts, "took_effect": took, "error": ok.err()}),
-                ));
+                let addrs = cuts
+                    .iter()
+                    .map(|(a, b)| (net.ip(*a).to_string(), net.ip(*b).to_string()))
+                    .collect::<Vec<_>>();
+                let took = hold_cuts(net, &addrs, json!(cuts), what, hold, rec).await;
                 effects.push((what.to_string(), took));
             }
             Fault::PartitionNodes | Fault::PartitionBackends => {
@@ -421,24 +403,7 @@ pub async fn run(
                         _ => ("partition-backends-one-way", one_way(&any, &one)),
                     }
                 };
-                rec.record(Recorder::event(
-                    NEMESIS,
-                    Kind::Invoke,
-                    what,
-                    None,
-                    json!({"cuts": cuts}),
-                ));
-                let ok = cuts.iter().try_for_each(|(a, b)| net.drop_addr(a, b));
-                let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut_addrs(a, b));
-                tokio::time::sleep(hold).await;
-                let _ = net.heal();
-                rec.record(Recorder::event(
-                    NEMESIS,
-                    Kind::Ok,
-                    what,
-                    None,
-                    json!({"cuts": cuts, "took_effect": took, "error": ok.err()}),
-                ));
+                let took = hold_cuts(net, &cuts, json!(cuts), what, hold, rec).await;
                 effects.push((what.to_string(), took));
             }
             Fault::Clock => {
@@ -653,6 +618,37 @@ async fn gwadm(servers: &str, admin: &gw_client::TlsArgs, args: &[&str]) -> Resu
     } else {
         Err(text)
     }
+}
+
+/// Drops the packets of each (from, to) address pair for `hold`, then heals; recorded as `what` with
+/// `shown` (the cuts as the history names them). Whether every rule was seen in place.
+async fn hold_cuts(
+    net: &Net,
+    cuts: &[(String, String)],
+    shown: serde_json::Value,
+    what: &str,
+    hold: Duration,
+    rec: &Recorder,
+) -> bool {
+    rec.record(Recorder::event(
+        NEMESIS,
+        Kind::Invoke,
+        what,
+        None,
+        json!({"cuts": shown}),
+    ));
+    let ok = cuts.iter().try_for_each(|(a, b)| net.drop_addr(a, b));
+    let took = ok.is_ok() && cuts.iter().all(|(a, b)| net.is_cut_addrs(a, b));
+    tokio::time::sleep(hold).await;
+    let _ = net.heal();
+    rec.record(Recorder::event(
+        NEMESIS,
+        Kind::Ok,
+        what,
+        None,
+        json!({"cuts": shown, "took_effect": took, "error": ok.err()}),
+    ));
+    took
 }
 
 /// Every (a, b) and (b, a) of `a` × `b`.
