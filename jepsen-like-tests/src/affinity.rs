@@ -170,7 +170,9 @@ pub(crate) fn echo(
     Ok(p)
 }
 
-/// `gwadm apply` of `yaml` as the cluster's admin (retrying for 30 s while the store is unavailable).
+/// `gwadm apply` of `yaml` as the cluster's admin (gwadm retries for 30 s while the store is
+/// unavailable). Every document this suite applies this way is the whole object, so applying it again
+/// after an unknown outcome is safe: up to three attempts.
 pub(crate) async fn gwadm_apply(
     dir: &Path,
     store: &str,
@@ -179,18 +181,21 @@ pub(crate) async fn gwadm_apply(
 ) -> anyhow::Result<()> {
     let f = dir.join(format!("apply-{}.yaml", free_port()));
     std::fs::write(&f, yaml)?;
-    let o = tokio::process::Command::new(bin("gwadm")?)
-        .args(admin.to_args())
-        .args(["--server", store, "--retry-for", "30", "apply", "-f"])
-        .arg(&f)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        o.status.success(),
-        "gwadm apply: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(())
+    let mut last = String::new();
+    for _ in 0..3 {
+        let o = tokio::process::Command::new(bin("gwadm")?)
+            .args(admin.to_args())
+            .args(["--server", store, "--retry-for", "30", "apply", "-f"])
+            .arg(&f)
+            .output()
+            .await?;
+        if o.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&o.stderr).into_owned();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    anyhow::bail!("gwadm apply (3 attempts): {last}")
 }
 
 /// The gateway nodes, the backends, and the config that ties them to the store.
