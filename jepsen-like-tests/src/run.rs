@@ -24,8 +24,8 @@ pub struct RunArgs {
     /// Seconds of workload under faults.
     #[arg(long, default_value_t = 60)]
     pub time_limit: u64,
-    /// Faults to inject, in turn: kill, kill-all, power-loss, pause, partition, catchup, membership
-    /// (comma-separated; empty for none).
+    /// Faults to inject, in turn: kill, kill-all, power-loss, pause, partition, partition-nodes,
+    /// partition-backends, clock, catchup, membership (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
     /// Workloads, side by side (comma-separated): register (with the watch collectors), txn,
@@ -108,8 +108,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         .collect::<Result<_, String>>()
         .map_err(anyhow::Error::msg)?;
     let on = |var: &str| vec![(var.to_string(), "true".to_string())];
-    // The switch goes to the store members, to the gateway nodes (local-failover), or to the kube
-    // sync agents (keep-stale).
+    // The switch goes to the store members, to the gateway nodes (local-failover, torn), or to the
+    // kube sync agents (keep-stale).
     let (mut env, mut gateway_env, agent_env) = match args.null_control.as_deref() {
         None => (vec![], vec![], vec![]),
         Some("stale-reads") => (on("GW_UNSAFE_STALE_READS"), vec![], vec![]),
