@@ -511,9 +511,26 @@ pub async fn run(
                     ],
                 )
                 .await;
-                let promoted = match &added {
-                    Ok(_) => gwadm(&servers, &admin, &["cluster", "promote", &f.to_string()]).await,
-                    Err(e) => Err(e.clone()),
+                // A learner is promoted once it has replicated something (gwadm refuses before): on
+                // a loaded machine its first snapshot can take a while, so ask again for up to 30 s.
+                let slow = (hold * 5).max(Duration::from_secs(30));
+                let deadline = std::time::Instant::now() + slow;
+                let promoted = loop {
+                    let p = match &added {
+                        Ok(_) => {
+                            gwadm(&servers, &admin, &["cluster", "promote", &f.to_string()]).await
+                        }
+                        Err(e) => Err(e.clone()),
+                    };
+                    match p {
+                        Err(e)
+                            if e.contains("has not replicated anything yet")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(500)).await
+                        }
+                        p => break p,
+                    }
                 };
                 let mut voter = false;
                 let deadline = std::time::Instant::now() + hold * 4;
@@ -574,7 +591,7 @@ pub async fn run(
                 let _ = net.heal();
                 // It took effect if the follower then installed a snapshot past what it had.
                 let mut took = false;
-                let deadline = std::time::Instant::now() + hold * 5;
+                let deadline = std::time::Instant::now() + (hold * 5).max(Duration::from_secs(20));
                 while purged > behind && std::time::Instant::now() < deadline {
                     if cluster
                         .lock()
