@@ -376,7 +376,12 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("no leader within {timeout:?}")
+        let logs: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("member {} log:\n{}", m.id, self.log_tail(m.id, 20)))
+            .collect();
+        bail!("no leader within {timeout:?}\n{}", logs.join("\n"))
     }
 
     /// Waits until member `id` has applied at least `revision`.

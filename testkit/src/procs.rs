@@ -5,7 +5,6 @@
 use crate::pki::Pki;
 use anyhow::{Context, bail};
 use gw_client::{Identity, TlsArgs};
-use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -130,20 +129,41 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound then released), never the same twice in one process: the kernel may
-/// hand a just-released port out again at once, and two members of one test cluster must not share one.
-/// (Collisions between concurrent test processes are unlikely: the port is taken within moments.)
+/// The ports `free_port` hands out: below Linux's ephemeral range (32768–60999 by default), so no
+/// outgoing connection and no `bind(0)` elsewhere can take one between its choice and its use.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free loopback port, reserved for the rest of this process's life: across every process on
+/// the machine that asks here (parallel test processes), never handed out twice at once. The
+/// reservation is a lock (`flock`) on `$TMPDIR/gw-ports/PORT`, held open until this process exits,
+/// so a crashed process frees its ports; the port must also bind now (something else may use it).
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("gw-ports");
+    std::fs::create_dir_all(&dir).expect("a directory for port reservations");
+    let span = usize::from(TEST_PORTS.end - TEST_PORTS.start);
+    // Start where other processes are unlikely to be looking.
+    let seed = std::process::id() as usize * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+    for i in 0..span {
+        let port = TEST_PORTS.start + ((seed + i) % span) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // A lock is per open file: a second open in this same process conflicts too.
+        if file.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
             return port;
         }
     }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// Fails when a loopback port is taken.
