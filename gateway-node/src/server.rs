@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
 
 /// What a client is allowed on one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,17 +159,20 @@ async fn serve(
     remote: SocketAddr,
 ) {
     // The TLS configuration is the one of the table current at accept time.
-    let tls = proxy
+    let tls_socket = proxy
         .table
         .load()
         .sockets
         .get(&addr)
-        .and_then(|s| s.tls.clone());
-    let conn = Arc::new(ConnInfo::new(addr, remote, tls.is_some()));
-    let service = service_fn(move |req| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&conn, req).await) }
-    });
+        .filter(|s| s.https)
+        .cloned();
+    let service = |conn: ConnInfo| {
+        let (proxy, conn) = (proxy.clone(), Arc::new(conn));
+        service_fn(move |req| {
+            let (proxy, conn) = (proxy.clone(), conn.clone());
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&conn, req).await) }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Small messages: one flattened write is cheaper than writev (measured).
     builder
@@ -183,13 +187,29 @@ async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
     let (io, activity) = Idle::wrap(tcp);
     let served = async {
-        match tls {
-            Some(cfg) => {
-                let handshake = tokio_rustls::TlsAcceptor::from(cfg).accept(io);
+        match tls_socket {
+            Some(socket) => {
+                // The ClientHello's server name picks the listener, and with it the certificate
+                // and whether a client certificate is required.
+                let handshake = async {
+                    let start =
+                        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+                    let name = start.client_hello().server_name().map(str::to_string);
+                    let Some((listener, cfg)) = socket.tls_for(name.as_deref()) else {
+                        return Err(io::Error::other(format!(
+                            "no listener takes server name {name:?}"
+                        )));
+                    };
+                    let id = listener.id.clone();
+                    Ok((id, start.into_stream(cfg).await?))
+                };
                 match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok((listener, stream))) => {
                         builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(
+                                TokioIo::new(stream),
+                                service(ConnInfo::new(addr, remote, Some(listener))),
+                            )
                             .await
                     }
                     Ok(Err(e)) => {
@@ -204,7 +224,10 @@ async fn serve(
             }
             None => {
                 builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        service(ConnInfo::new(addr, remote, None)),
+                    )
                     .await
             }
         }

@@ -27,13 +27,25 @@ pub struct RoutingTable {
 /// The listeners served on one socket (several Gateways' listeners may share a port).
 pub struct SocketTable {
     pub addr: SocketAddr,
-    /// Set for HTTPS sockets: the certificate is chosen by SNI.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// An HTTPS socket: every connection starts with a TLS handshake (see `tls_for`).
+    pub https: bool,
     pub listeners: Vec<ListenerTable>,
     pub by_host: HostIndex<usize>,
 }
 
 impl SocketTable {
+    /// The listener a TLS handshake is for — its server name (SNI) picks it as a Host does, a
+    /// handshake without one gets the listener without hostname — and that listener's TLS
+    /// configuration; `None` when the handshake must be refused.
+    pub fn tls_for(
+        &self,
+        server_name: Option<&str>,
+    ) -> Option<(&ListenerTable, Arc<rustls::ServerConfig>)> {
+        let name = server_name.map(str::to_ascii_lowercase).unwrap_or_default();
+        let l = self.listener_for(&name)?;
+        Some((l, l.tls.clone()?))
+    }
+
     /// The listener that owns a request's host: the most specific listener hostname wins.
     pub fn listener_for(&self, host: &str) -> Option<&ListenerTable> {
         self.by_host
@@ -49,6 +61,12 @@ pub struct ListenerTable {
     pub id: String,
     pub port: u16,
     pub https: bool,
+    /// An HTTPS listener's TLS configuration (`None`: its client CAs are not resolved, every
+    /// handshake is refused).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Clients must present a certificate (`frontendValidation`): a request reaches this listener
+    /// only on a connection whose handshake was for it.
+    pub verifies_clients: bool,
     pub routes: HostIndex<Vec<Arc<MatchEntry>>>,
 }
 

@@ -4,7 +4,7 @@
 use super::backends::RefError;
 use super::conditions::{Cond, render};
 use super::index::{Index, Meta, typed};
-use super::tls::load_certificate;
+use super::tls::{ClientAuth, load_certificate, load_client_cas};
 use super::{Addressing, CompileOptions};
 use crate::table::{HostIndex, MatchEntry};
 use gw_model::ObjectKey;
@@ -30,6 +30,7 @@ pub struct ListenerCtx {
     pub kinds: Vec<RouteGroupKind>,
     pub namespaces: RouteNamespaces,
     pub cert: Option<Arc<CertifiedKey>>,
+    pub client_auth: ClientAuth,
     pub refs_error: Option<RefError>,
     pub conflict: Option<(&'static str, String)>,
     pub attached: u32,
@@ -160,6 +161,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
         ok
     };
     let mut cert = None;
+    let mut client_auth = ClientAuth::Off;
     if https {
         match l.tls.as_ref().map(|t| t.certificate_refs.as_slice()) {
             Some([first, ..]) => match load_certificate(idx, ns, first) {
@@ -173,6 +175,15 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
                 )));
             }
         }
+        if let Some(fv) = l.tls.as_ref().and_then(|t| t.frontend_validation.as_ref()) {
+            client_auth = match load_client_cas(idx, ns, &fv.ca_certificate_refs) {
+                Ok(v) => ClientAuth::Verify(v),
+                Err(e) => {
+                    refs_error = refs_error.or(Some(e));
+                    ClientAuth::RefuseAll
+                }
+            };
+        }
     }
     ListenerCtx {
         name: l.name.clone(),
@@ -184,6 +195,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
         kinds,
         namespaces: l.allowed_routes.namespaces.clone(),
         cert,
+        client_auth,
         refs_error,
         conflict: None,
         attached: 0,
@@ -371,7 +383,9 @@ pub fn status(g: &GatewayCtx, now_ms: u64) -> Value {
                 Some((reason, m)) => Cond::ok("Conflicted", reason, m),
                 None => Cond::fail("Conflicted", "NoConflicts", ""),
             });
-            conds.push(if l.programmed() && g.ip.is_some() && g.unusable_address.is_none() {
+            conds.push(if matches!(l.client_auth, ClientAuth::RefuseAll) {
+                Cond::fail("Programmed", "Invalid", "the client CAs are not resolved: every TLS client is refused")
+            } else if l.programmed() && g.ip.is_some() && g.unusable_address.is_none() {
                 Cond::ok("Programmed", "Programmed", "")
             } else {
                 Cond::fail("Programmed", "Invalid", "the listener cannot be programmed")

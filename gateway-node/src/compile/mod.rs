@@ -144,9 +144,9 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
 /// Groups the programmed listeners by socket.
 fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTable {
     struct Building {
+        https: bool,
         listeners: Vec<ListenerTable>,
         by_host: HostIndex<usize>,
-        sni: Option<tls::SniResolver>,
     }
     let mut sockets: BTreeMap<SocketAddr, Building> = BTreeMap::new();
     for g in gateways {
@@ -159,19 +159,26 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
             }
             let addr = SocketAddr::new(ip, l.port);
             let b = sockets.entry(addr).or_insert_with(|| Building {
+                https: l.https,
                 listeners: vec![],
                 by_host: HostIndex::default(),
-                sni: l.https.then(tls::SniResolver::default),
             });
-            if let (Some(sni), Some(cert)) = (b.sni.as_mut(), l.cert.clone()) {
-                sni.add(l.hostname.as_deref(), cert);
-            }
+            let (tls, verifies_clients) = match (l.cert.clone(), l.client_auth) {
+                (None, _) => (None, false),
+                (Some(cert), tls::ClientAuth::Off) => (Some(tls::server_config(cert, None)), false),
+                (Some(cert), tls::ClientAuth::Verify(v)) => {
+                    (Some(tls::server_config(cert, Some(v))), true)
+                }
+                (Some(_), tls::ClientAuth::RefuseAll) => (None, true),
+            };
             let i = b.listeners.len();
             *b.by_host.entry(l.hostname.as_deref().unwrap_or(""), || i) = i;
             b.listeners.push(ListenerTable {
                 id: format!("{}/{}/{}", g.key.namespace, g.key.name, l.name),
                 port: l.port,
                 https: l.https,
+                tls,
+                verifies_clients,
                 routes: l.routes,
             });
         }
@@ -179,12 +186,11 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
     let sockets = sockets
         .into_iter()
         .map(|(addr, b)| {
-            let tls = b.sni.filter(|s| !s.is_empty()).map(tls::server_config);
             (
                 addr,
                 Arc::new(SocketTable {
                     addr,
-                    tls,
+                    https: b.https,
                     listeners: b.listeners,
                     by_host: b.by_host,
                 }),

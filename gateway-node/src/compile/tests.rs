@@ -536,3 +536,86 @@ fn session_persistence_comes_from_the_rule_else_the_oldest_backend_lb_policy() {
     assert_eq!(reason("second"), "False/Conflicted");
     assert_eq!(reason("lost"), "False/TargetNotFound");
 }
+
+#[test]
+fn frontend_validation_needs_resolved_client_cas_and_refuses_every_client_without_them() {
+    let ca = gw_client::pki::Ca::generate().unwrap();
+    let id = gw_client::Identity::Admin { name: "x".into() };
+    let (crt, key) = ca.issue(&id, 1, &["a.example".into()]).unwrap();
+    let doc = |v: Value| format!("---\n{v}\n");
+    let objects = [
+        doc(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cert", "namespace": "infra"},
+            "type": "kubernetes.io/tls", "stringData": {"tls.crt": crt, "tls.key": key}})),
+        doc(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca", "namespace": "infra"},
+            "data": {"ca.crt": ca.cert_pem()}})),
+        doc(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca", "namespace": "other"},
+            "data": {"ca.crt": ca.cert_pem()}})),
+        doc(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "junk", "namespace": "infra"},
+            "data": {"ca.crt": "not a certificate"}})),
+    ]
+    .concat();
+    let listener = |name: &str, validation: &str| {
+        format!(
+            "  - {{name: {name}, port: 443, protocol: HTTPS, hostname: {name}.example, tls: {{certificateRefs: [{{name: cert}}]{validation}}}}}\n"
+        )
+    };
+    let cas = |refs: &str| format!(", frontendValidation: {{caCertificateRefs: [{refs}]}}");
+    let listeners = [
+        listener("a", &cas("{group: '', kind: ConfigMap, name: ca}")),
+        listener("b", ""),
+        listener("c", &cas("{group: '', kind: ConfigMap, name: missing}")),
+        listener(
+            "d",
+            &cas("{group: '', kind: ConfigMap, name: ca, namespace: other}"),
+        ),
+        listener("e", &cas("{group: '', kind: ConfigMap, name: junk}")),
+        listener("f", &cas("{group: '', kind: Secret, name: cert}")),
+    ]
+    .concat();
+    let c = build(&format!("{CLASS}{objects}{}", gateway(&listeners)));
+    let gw = status_of(&c, "Gateway", "infra", "gw");
+    let cond = |l: usize, t: &str| {
+        let c = gw["listeners"][l]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone();
+        format!(
+            "{}/{}",
+            c["status"].as_str().unwrap(),
+            c["reason"].as_str().unwrap()
+        )
+    };
+    for (l, resolved, programmed) in [
+        (0, "True/ResolvedRefs", "True/Programmed"),
+        (1, "True/ResolvedRefs", "True/Programmed"),
+        (2, "False/InvalidCACertificateRef", "False/Invalid"),
+        (3, "False/RefNotPermitted", "False/Invalid"),
+        (4, "False/InvalidCACertificateRef", "False/Invalid"),
+        (5, "False/InvalidCACertificateRef", "False/Invalid"),
+    ] {
+        assert_eq!(cond(l, "ResolvedRefs"), resolved, "listener {l}");
+        assert_eq!(cond(l, "Programmed"), programmed, "listener {l}");
+    }
+    let socket = c.table.sockets.values().next().unwrap();
+    let tls = |sni: &str| {
+        socket.tls_for(Some(sni)).map(|(l, _)| {
+            (
+                l.id.rsplit('/').next().unwrap().to_string(),
+                l.verifies_clients,
+            )
+        })
+    };
+    assert_eq!(tls("A.example"), Some(("a".into(), true)));
+    assert_eq!(tls("b.example"), Some(("b".into(), false)));
+    // Unresolved CAs: the listener keeps its hostname and refuses the handshake, so no other
+    // listener of the port takes the name unchecked.
+    for refused in ["c.example", "d.example", "e.example", "f.example"] {
+        assert_eq!(tls(refused), None, "{refused}");
+        assert!(socket.listener_for(refused).unwrap().verifies_clients);
+    }
+    assert_eq!(tls("nobody.example"), None);
+    assert!(socket.tls_for(None).is_none());
+}

@@ -1,16 +1,40 @@
-//! Listener certificates: Secret references (cross-namespace only with a ReferenceGrant) loaded into
-//! rustls keys, and a resolver that picks the certificate by SNI among the listeners of one socket.
+//! Listener TLS: the certificate a listener's Secret holds, the client CAs its
+//! `frontendValidation` names (ConfigMaps), each cross-namespace only with a ReferenceGrant, and the
+//! listener's rustls server configuration. Which listener a handshake is for is chosen by its server
+//! name, as a request's Host chooses one (`SocketTable::tls_for`).
 
 use super::backends::RefError;
 use super::index::Index;
-use gw_model::gateway::SecretObjectReference;
+use gw_model::gateway::{ObjectReference, SecretObjectReference};
 use gw_model::kinds::GATEWAY_GROUP;
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use std::sync::Arc;
+
+/// The namespace of a reference from a Gateway in `gateway_ns` to a core `kind` (`what` names the
+/// field in messages), when it is local or a ReferenceGrant permits it.
+fn permitted_namespace<'r>(
+    idx: &Index<'_>,
+    gateway_ns: &'r str,
+    namespace: Option<&'r str>,
+    kind: &str,
+    name: &str,
+    what: &str,
+) -> Result<&'r str, RefError> {
+    let ns = namespace.unwrap_or(gateway_ns);
+    if ns != gateway_ns && !idx.grants((GATEWAY_GROUP, "Gateway", gateway_ns), ("", kind, ns, name))
+    {
+        return Err(RefError::new(
+            "RefNotPermitted",
+            format!("{what} to {kind} {ns}/{name} is not permitted by any ReferenceGrant"),
+        ));
+    }
+    Ok(ns)
+}
 
 /// Loads the certificate a listener refers to.
 pub fn load_certificate(
@@ -27,21 +51,14 @@ pub fn load_certificate(
             ),
         ));
     }
-    let ns = r.namespace.as_deref().unwrap_or(gateway_ns);
-    if ns != gateway_ns
-        && !idx.grants(
-            (GATEWAY_GROUP, "Gateway", gateway_ns),
-            ("", "Secret", ns, &r.name),
-        )
-    {
-        return Err(RefError::new(
-            "RefNotPermitted",
-            format!(
-                "certificateRef to Secret {ns}/{} is not permitted by any ReferenceGrant",
-                r.name
-            ),
-        ));
-    }
+    let ns = permitted_namespace(
+        idx,
+        gateway_ns,
+        r.namespace.as_deref(),
+        "Secret",
+        &r.name,
+        "certificateRef",
+    )?;
     let secret = idx.secret(ns, &r.name).ok_or_else(|| {
         RefError::new(
             "InvalidCertificateRef",
@@ -74,70 +91,92 @@ pub fn load_certificate(
         .map_err(|e| invalid(format!("certificate and key are not usable: {e}")))
 }
 
-/// Certificates of the HTTPS listeners of one socket, chosen by SNI: the listener whose hostname matches
-/// most specifically, else the listener without hostname.
-#[derive(Debug, Default)]
-pub struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// `(".suffix", key)`, longest first.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    default: Option<Arc<CertifiedKey>>,
+/// How a listener treats client certificates (`tls.frontendValidation`).
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// No certificate asked for.
+    Off,
+    /// A certificate is required and verified against the listener's CAs.
+    Verify(Arc<dyn ClientCertVerifier>),
+    /// A certificate is asked for but the CAs could not be resolved: every handshake is refused,
+    /// never accepted unchecked.
+    RefuseAll,
 }
 
-impl SniResolver {
-    /// Adds a listener's certificate for its hostname (`None`: any).
-    pub fn add(&mut self, hostname: Option<&str>, key: Arc<CertifiedKey>) {
-        match hostname {
-            None => {
-                self.default.get_or_insert(key);
-            }
-            Some(h) => match h.strip_prefix('*') {
-                Some(suffix) => {
-                    if !self.wildcard.iter().any(|(s, _)| s == suffix) {
-                        self.wildcard.push((suffix.to_string(), key));
-                        self.wildcard
-                            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-                    }
-                }
-                None => {
-                    self.exact.entry(h.to_string()).or_insert(key);
-                }
-            },
+/// Invalid client-CA references' reason (the listener's ResolvedRefs condition).
+const INVALID_CA: &str = "InvalidCACertificateRef";
+
+/// The verifier of a listener's `frontendValidation`: client certificates must chain to one of the
+/// certificates in the `ca.crt` key of the ConfigMaps it names (all of them together).
+pub fn load_client_cas(
+    idx: &Index<'_>,
+    gateway_ns: &str,
+    refs: &[ObjectReference],
+) -> Result<Arc<dyn ClientCertVerifier>, RefError> {
+    let mut roots = RootCertStore::empty();
+    for r in refs {
+        if !r.group.is_empty() || r.kind != "ConfigMap" {
+            return Err(RefError::new(
+                INVALID_CA,
+                format!(
+                    "caCertificateRef {}/{} {:?}: only core ConfigMaps are supported",
+                    r.group, r.kind, r.name
+                ),
+            ));
+        }
+        let ns = permitted_namespace(
+            idx,
+            gateway_ns,
+            r.namespace.as_deref(),
+            "ConfigMap",
+            &r.name,
+            "caCertificateRef",
+        )?;
+        let invalid =
+            |why: String| RefError::new(INVALID_CA, format!("ConfigMap {ns}/{}: {why}", r.name));
+        let cm = idx
+            .config_map(ns, &r.name)
+            .ok_or_else(|| invalid("not found".into()))?;
+        let pem = cm
+            .data
+            .get("ca.crt")
+            .ok_or_else(|| invalid("no ca.crt".into()))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("ca.crt is not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid("ca.crt holds no certificate".into()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| invalid(format!("ca.crt holds an unusable certificate: {e}")))?;
         }
     }
-
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let from_name = sni.map(str::to_ascii_lowercase).and_then(|name| {
-            self.exact.get(&name).cloned().or_else(|| {
-                self.wildcard
-                    .iter()
-                    .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-                    .map(|(_, k)| k.clone())
-            })
-        });
-        from_name.or_else(|| self.default.clone())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.default.is_none()
-    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| RefError::new(INVALID_CA, format!("client CAs are not usable: {e}")))
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
-    }
-}
-
-/// A TLS server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
-pub fn server_config(resolver: SniResolver) -> Arc<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+/// A listener's TLS server configuration, offering HTTP/2 and HTTP/1.1 by ALPN; with `clients`, a
+/// client certificate that it accepts is required in the handshake.
+pub fn server_config(
+    cert: Arc<CertifiedKey>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Arc<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(resolver));
+    .expect("ring supports the default protocol versions");
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(cert)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }

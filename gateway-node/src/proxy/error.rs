@@ -20,6 +20,9 @@ pub enum ErrorKind {
     MalformedBody,
     /// The request names no host.
     NoHost,
+    /// The request's host belongs to a listener that verifies client certificates, and the
+    /// connection's TLS handshake was for another listener.
+    Misdirected,
     /// The request's host cannot be forwarded as an authority.
     InvalidHost,
     /// The request body is larger than the gateway buffers (for mirrors).
@@ -65,9 +68,8 @@ impl ErrorKind {
     pub fn side(self) -> Side {
         use ErrorKind::*;
         match self {
-            NoRoute | BadRequest | MalformedBody | NoHost | InvalidHost | BodyTooLarge => {
-                Side::Downstream
-            }
+            NoRoute | BadRequest | MalformedBody | NoHost | Misdirected | InvalidHost
+            | BodyTooLarge => Side::Downstream,
             UpstreamConnect | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
             ListenerGone | InvalidFilter | InvalidBackend | NoBackend | InvalidRewrite
             | NoEndpoint | SessionUnavailable => Side::Internal,
@@ -89,6 +91,7 @@ impl ErrorKind {
             NoRoute => StatusCode::NOT_FOUND,
             BadRequest | MalformedBody | NoHost | InvalidHost => StatusCode::BAD_REQUEST,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Misdirected => StatusCode::MISDIRECTED_REQUEST,
             InvalidFilter | InvalidBackend | NoBackend | InvalidRewrite => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -117,6 +120,7 @@ impl ErrorKind {
             BadRequest => "bad-request",
             MalformedBody => "malformed-body",
             NoHost => "no-host",
+            Misdirected => "misdirected",
             InvalidHost => "invalid-host",
             BodyTooLarge => "body-too-large",
             InvalidFilter => "invalid-filter",
@@ -228,6 +232,14 @@ mod tests {
                 None,
             ),
             (NoHost, 400, GRPC_INTERNAL, Side::Downstream, false, None),
+            (
+                Misdirected,
+                421,
+                GRPC_INTERNAL,
+                Side::Downstream,
+                false,
+                None,
+            ),
             (
                 InvalidHost,
                 400,

@@ -46,18 +46,22 @@ pub struct ConnInfo {
     pub socket: SocketAddr,
     pub remote: SocketAddr,
     pub https: bool,
+    /// On an HTTPS connection: the id of the listener its TLS handshake was for.
+    pub tls_listener: Option<String>,
     /// The client's address as an `X-Forwarded-For` value.
     pub forwarded_for: HeaderValue,
 }
 
 impl ConnInfo {
-    pub fn new(socket: SocketAddr, remote: SocketAddr, https: bool) -> ConnInfo {
+    /// A connection; `tls_listener` for HTTPS ones (see the field).
+    pub fn new(socket: SocketAddr, remote: SocketAddr, tls_listener: Option<String>) -> ConnInfo {
         let forwarded_for = HeaderValue::from_str(&remote.ip().to_string())
             .expect("an IP address is a header value");
         ConnInfo {
             socket,
             remote,
-            https,
+            https: tls_listener.is_some(),
+            tls_listener,
             forwarded_for,
         }
     }
@@ -122,8 +126,12 @@ impl Proxy {
         let table = self.table.load_full();
         let log = self.access_log.as_ref().filter(|l| l.sampled(rng::draw()));
         let mut record = log.map(|_| begin_record(conn, &req, table.revision));
-        let routed =
-            accept::accept(req).and_then(|req| Ok((route::route(&table, conn.socket, &req)?, req)));
+        let routed = accept::accept(req).and_then(|req| {
+            Ok((
+                route::route(&table, conn.socket, conn.tls_listener.as_deref(), &req)?,
+                req,
+            ))
+        });
         let mut resp = match routed {
             Ok((routed, req)) => {
                 let route = routed.action.route.clone();

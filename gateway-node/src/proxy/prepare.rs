@@ -191,7 +191,7 @@ mod tests {
         ConnInfo::new(
             "127.0.0.1:80".parse().unwrap(),
             "10.1.2.3:5555".parse().unwrap(),
-            false,
+            None,
         )
     }
 

@@ -20,9 +20,11 @@ pub struct Routed<'t> {
     pub host: String,
 }
 
+/// `tls_listener`: on an HTTPS connection, the id of the listener its handshake was for.
 pub fn route<'t, B>(
     table: &'t RoutingTable,
     socket: SocketAddr,
+    tls_listener: Option<&str>,
     req: &Request<B>,
 ) -> Result<Routed<'t>, ProxyError> {
     let Some(socket) = table.sockets.get(&socket) else {
@@ -43,6 +45,17 @@ pub fn route<'t, B>(
         .map(normalize_host)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoHost, "the request has no Host"))?;
     let listener = socket.listener_for(&host);
+    // A listener that verifies client certificates serves only the connections whose handshake it
+    // verified: a server name for another listener must not carry requests past its check.
+    if let Some(l) = listener
+        && l.verifies_clients
+        && tls_listener != Some(l.id.as_str())
+    {
+        return Err(ProxyError::new(
+            ErrorKind::Misdirected,
+            "this host's listener requires a client certificate, and the TLS handshake was for another listener",
+        ));
+    }
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),
