@@ -479,7 +479,22 @@ pub async fn run(
                         c.pki().admin(),
                     )
                 };
-                let removed = gwadm(&servers, &admin, &["cluster", "remove", &f.to_string()]).await;
+                // On a loaded machine each step can fail for a while for reasons that pass (a
+                // member still starting, a learner still catching up, a stream refused): each is
+                // asked again for up to 30 s.
+                let slow = (hold * 5).max(Duration::from_secs(30));
+                let removed = match gwadm_patiently(
+                    &servers,
+                    &admin,
+                    &["cluster", "remove", &f.to_string()],
+                    slow,
+                )
+                .await
+                {
+                    // An earlier round removed it and could not add it back.
+                    Err(e) if e.contains("is not in the cluster") => Ok(e),
+                    r => r,
+                };
                 {
                     // The member is gone: wipe it and start it empty, without --peers.
                     let mut c = cluster.lock().await;
@@ -494,7 +509,7 @@ pub async fn run(
                 }
                 tokio::time::sleep(hold).await;
                 let region = format!("region-{f}");
-                let added = gwadm(
+                let added = gwadm_patiently(
                     &servers,
                     &admin,
                     &[
@@ -509,28 +524,22 @@ pub async fn run(
                         "--region",
                         &region,
                     ],
+                    slow,
                 )
                 .await;
-                // A learner is promoted once it has replicated something (gwadm refuses before): on
-                // a loaded machine its first snapshot can take a while, so ask again for up to 30 s.
-                let slow = (hold * 5).max(Duration::from_secs(30));
-                let deadline = std::time::Instant::now() + slow;
-                let promoted = loop {
-                    let p = match &added {
-                        Ok(_) => {
-                            gwadm(&servers, &admin, &["cluster", "promote", &f.to_string()]).await
-                        }
-                        Err(e) => Err(e.clone()),
-                    };
-                    match p {
-                        Err(e)
-                            if e.contains("has not replicated anything yet")
-                                && std::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(500)).await
-                        }
-                        p => break p,
+                // gwadm refuses to promote a learner that has not replicated anything yet or is
+                // more than a few entries behind: its first snapshot can take a while.
+                let promoted = match &added {
+                    Ok(_) => {
+                        gwadm_patiently(
+                            &servers,
+                            &admin,
+                            &["cluster", "promote", &f.to_string()],
+                            slow,
+                        )
+                        .await
                     }
+                    Err(e) => Err(e.clone()),
                 };
                 let mut voter = false;
                 let deadline = std::time::Instant::now() + hold * 4;
@@ -634,6 +643,37 @@ async fn gwadm(servers: &str, admin: &gw_client::TlsArgs, args: &[&str]) -> Resu
         Ok(text)
     } else {
         Err(text)
+    }
+}
+
+/// `gwadm` asked again, for up to `patience`, while it fails for a reason that passes with time on a
+/// loaded machine: a member still starting or unreachable for a moment, a learner still catching up,
+/// a stream the server refused.
+async fn gwadm_patiently(
+    servers: &str,
+    admin: &gw_client::TlsArgs,
+    args: &[&str],
+    patience: Duration,
+) -> Result<String, String> {
+    const PASSING: [&str; 6] = [
+        "does not answer",
+        "has not replicated anything yet",
+        "log entries behind",
+        "h2 protocol error",
+        "no store member reachable",
+        "deadline has elapsed",
+    ];
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match gwadm(servers, admin, args).await {
+            Err(e)
+                if PASSING.iter().any(|p| e.contains(p))
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            r => return r,
+        }
     }
 }
 
