@@ -77,6 +77,14 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 1500)]
     pub election_timeout_ms: u64,
 
+    /// Timeout of each InstallSnapshot call, in milliseconds. The call carrying a snapshot's last
+    /// chunk returns once the receiver has stored and installed the whole snapshot, so it must cover
+    /// that for the largest state (history included) on a loaded machine: a receiver that cannot
+    /// finish in time is sent the snapshot again from the start, forever. A receiver that is gone
+    /// only holds up its own replication stream this long.
+    #[arg(long, default_value_t = 60_000)]
+    pub snapshot_timeout_ms: u64,
+
     /// Build a snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 5000)]
     pub snapshot_logs: u64,
@@ -224,7 +232,7 @@ impl ServerConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: self.snapshot_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
             // Bounded AppendEntries payloads: each call (and its sync) has one heartbeat to finish.

@@ -609,19 +609,31 @@ impl State {
 
     /// Serializes the state, with its watch history, for a Raft snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        let body = SnapshotBody {
+        self.snapshot_image().encode()
+    }
+
+    /// The state as a snapshot will hold it, taken cheaply (shared objects and events): encode it
+    /// without holding whatever guards this state.
+    pub fn snapshot_image(&self) -> SnapshotImage {
+        SnapshotImage(SnapshotBody {
             revision: self.revision,
             time_ms: self.time_ms,
             compact_revision: self.compact_revision,
             objects: self.objects.values().cloned().collect(),
             history: self.history.iter().cloned().collect(),
-        };
-        serde_json::to_vec(&body).expect("state serializes")
+        })
     }
 
     /// Replaces this state with a snapshot's (history included, trimmed to this member's window).
     pub fn install_snapshot(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
-        let body: SnapshotBody = serde_json::from_slice(bytes)?;
+        self.install_image(SnapshotImage::decode(bytes)?);
+        Ok(())
+    }
+
+    /// `install_snapshot` of a snapshot decoded beforehand (`SnapshotImage::decode`, without
+    /// holding whatever guards this state).
+    pub fn install_image(&mut self, image: SnapshotImage) {
+        let body = image.0;
         let mut objects = BTreeMap::new();
         for obj in body.objects {
             objects.insert(ObjectKey::of_stored(&obj), obj);
@@ -641,7 +653,19 @@ impl State {
                 self.compact_revision = old.revision;
             }
         }
-        Ok(())
+    }
+}
+
+/// A snapshot's contents, between the state and its bytes.
+pub struct SnapshotImage(SnapshotBody);
+
+impl SnapshotImage {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).expect("state serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotImage, serde_json::Error> {
+        serde_json::from_slice(bytes).map(SnapshotImage)
     }
 }
 

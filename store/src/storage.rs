@@ -13,7 +13,7 @@
 // too rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use crate::state::{RevisionEvents, State};
+use crate::state::{RevisionEvents, SnapshotImage, State};
 use crate::types::{
     Command, Entry, LogId, Member, NodeId, Response, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote,
@@ -538,13 +538,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Durable first: once installed, the log before the snapshot may be gone.
             store_snapshot(&shared, &meta, &data)?;
             shared.durable.metrics.snapshot_bytes.set(data.len() as i64);
-            let mut a = shared.applied.write().unwrap_or_else(|e| e.into_inner());
-            a.state.install_snapshot(&data).map_err(|e| {
+            // Decoded before taking the state: readers and the API keep being served meanwhile.
+            let image = SnapshotImage::decode(&data).map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(
                     Some(meta.signature()),
                     &io_err(e),
                 ))
             })?;
+            let mut a = shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            a.state.install_image(image);
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
             Ok(a.state.revision())
@@ -596,10 +598,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             *seq += 1;
-            let (data, last_applied, membership) = {
+            // Taken under the lock (cheap: shared objects), encoded after it, so that applying
+            // entries does not wait for the encoding.
+            let (image, last_applied, membership) = {
                 let a = shared.read();
-                (a.state.to_snapshot(), a.last_applied, a.membership.clone())
+                (a.state.snapshot_image(), a.last_applied, a.membership.clone())
             };
+            let data = image.encode();
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, *seq),
                 None => format!("0-0-{}", *seq),
