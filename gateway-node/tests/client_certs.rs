@@ -62,8 +62,9 @@ async fn curl(
         .unwrap();
     match out.status.code() {
         Some(0) => String::from_utf8_lossy(&out.stdout).into_owned(),
-        // 35: SSL connect error; 56: failure receiving (the server's alert after the handshake).
-        Some(35 | 56) => "handshake failed".into(),
+        // 35: SSL connect error; 55/56: failure sending/receiving (with TLS 1.3 the server's
+        // alert refusing the client's certificate arrives after the client's side of the handshake).
+        Some(35 | 55 | 56) => "handshake failed".into(),
         // 7: nothing listens (yet).
         Some(7) => "connection refused".into(),
         other => panic!(
