@@ -480,9 +480,9 @@ pub async fn run(
                     )
                 };
                 // On a loaded machine each step can fail for a while for reasons that pass (a
-                // member still starting, a learner still catching up, a stream refused): each is
-                // asked again for up to 30 s.
-                let slow = (hold * 5).max(Duration::from_secs(30));
+                // member still starting, a learner still receiving its first snapshot — the whole
+                // history of a long run —, a stream refused): each is asked again for up to 60 s.
+                let slow = (hold * 5).max(Duration::from_secs(60));
                 let removed = match gwadm_patiently(
                     &servers,
                     &admin,
