@@ -485,6 +485,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
         namespace: "prop".into(),
         h2c_only: false,
         log: false,
+        tls: None,
     })
     .await
     .map_err(anyhow::Error::from)?;

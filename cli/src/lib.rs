@@ -365,6 +365,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 namespace,
                 h2c_only: h2c,
                 log: true,
+                tls: None,
             };
             let server = gw_testkit::echo::start(cfg)
                 .await

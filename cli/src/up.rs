@@ -109,6 +109,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         namespace: "demo".into(),
         h2c_only: false,
         log: false,
+        tls: None,
     };
     let v1 = start_echo(echo("app-v1"))
         .await

@@ -421,6 +421,7 @@ impl Env {
                     namespace: ns.clone(),
                     h2c_only,
                     log: false,
+                    tls: None,
                 };
                 servers.push(
                     gw_testkit::echo::start(cfg)

@@ -140,6 +140,13 @@ impl<T> HostIndex<T> {
             .chain(self.any.iter())
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, t)| t))
+            .chain(self.any.iter())
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.exact
             .values_mut()
@@ -420,12 +427,32 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+/// TLS to a Service port's endpoints, as a BackendTLSPolicy asks.
+#[derive(Debug)]
+pub enum UpstreamTls {
+    Verify(TlsTarget),
+    /// The policy's CA certificates cannot be used: no request is sent (never in plaintext).
+    Unusable(String),
+}
+
+/// How to connect over TLS: the server name sent (SNI) and verified, and the client configuration
+/// (the policy's CAs; ALPN offers the upstream's protocol).
+#[derive(Debug)]
+pub struct TlsTarget {
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub config: Arc<rustls::ClientConfig>,
+    /// Equal for equal settings across routing-table rebuilds: pooled connections are kept by it.
+    pub pool_key: Arc<str>,
+}
+
 /// A Service port's endpoints.
 #[derive(Debug)]
 pub struct Upstream {
     /// `namespace/service:port`
     pub id: String,
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (a BackendTLSPolicy), with the policy's `namespace/name`.
+    pub tls: Option<(UpstreamTls, String)>,
     pub endpoints: Vec<SocketAddr>,
     /// The stable identity of each endpoint (`upstream|pod|ip:port`, the pod by its uid when the
     /// EndpointSlice names it): what a session is bound to, so that a new pod reusing an IP is
@@ -457,6 +484,7 @@ impl Upstream {
         Upstream {
             id,
             protocol,
+            tls: None,
             endpoints: endpoints.into_iter().map(|(e, _)| e).collect(),
             identities,
             authorities,

@@ -172,6 +172,7 @@ impl Fleet {
             namespace: NS.into(),
             h2c_only: false,
             log: false,
+            tls: None,
         })
         .await
         .unwrap();
@@ -435,6 +436,7 @@ async fn a_service_reaches_its_routes_cluster_and_a_service_import_every_exporti
         namespace: NS.into(),
         h2c_only: false,
         log: false,
+        tls: None,
     })
     .await
     .unwrap();

@@ -602,7 +602,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // entries does not wait for the encoding.
             let (image, last_applied, membership) = {
                 let a = shared.read();
-                (a.state.snapshot_image(), a.last_applied, a.membership.clone())
+                (
+                    a.state.snapshot_image(),
+                    a.last_applied,
+                    a.membership.clone(),
+                )
             };
             let data = image.encode();
             let snapshot_id = match last_applied {

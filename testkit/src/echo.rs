@@ -2,7 +2,8 @@
 //! Gateway API conformance suite's echo server (`path`, `host`, `method`, `proto`, `headers`,
 //! `namespace`, `pod`), so that tests and demos see what the backend received and who answered. Like
 //! that server it honours `X-Echo-Set-Header: name:value,...`, `?delay=<duration>`, `/status/<code>`,
-//! and echoes WebSocket messages on upgrade; with `h2c_only` it refuses anything but HTTP/2.
+//! and echoes WebSocket messages on upgrade; with `h2c_only` it refuses anything but HTTP/2. With `tls`
+//! it serves HTTPS (ALPN h2 and http/1.1) and adds `tls: {sni, alpn}` — what the handshake carried.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
@@ -29,6 +30,8 @@ pub struct EchoConfig {
     pub h2c_only: bool,
     /// Log every echoed request to stderr, as the reference server does.
     pub log: bool,
+    /// Serve HTTPS with this certificate chain and key (PEM).
+    pub tls: Option<(String, String)>,
 }
 
 /// A running echo server.
@@ -93,6 +96,7 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 async fn handle(
     cfg: Arc<EchoConfig>,
     seen: Arc<Mutex<Vec<String>>>,
+    tls: Option<Arc<serde_json::Value>>,
     mut req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let uri = req
@@ -156,7 +160,7 @@ async fn handle(
         .get("x-echo-set-header")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = json!({
+    let mut body = json!({
         "path": uri,
         "host": host,
         "method": req.method().as_str(),
@@ -165,6 +169,9 @@ async fn handle(
         "namespace": cfg.namespace,
         "pod": cfg.pod,
     });
+    if let Some(t) = tls {
+        body["tls"] = (*t).clone();
+    }
     // Drain the request body before answering.
     let _ = req.into_body().collect().await;
     let mut r = Response::new(Full::new(Bytes::from(
@@ -335,11 +342,37 @@ pub mod ws {
     }
 }
 
+/// The TLS configuration of an HTTPS echo server.
+fn tls_config(cert_pem: &str, key_pem: &str) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("certificate: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(format!("key: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| bad(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Starts an echo server (port 0 picks a free port).
 pub async fn start(cfg: EchoConfig) -> std::io::Result<EchoServer> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = match &cfg.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(tls_config(cert, key)?)),
+        None => None,
+    };
     let cfg = Arc::new(cfg);
     let seen2 = seen.clone();
     let task = tokio::spawn(async move {
@@ -348,15 +381,40 @@ pub async fn start(cfg: EchoConfig) -> std::io::Result<EchoServer> {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (cfg, seen) = (cfg.clone(), seen2.clone());
+            let (cfg, seen, acceptor) = (cfg.clone(), seen2.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let (cfg, seen) = (cfg.clone(), seen.clone());
-                    async move { Ok::<_, std::convert::Infallible>(handle(cfg, seen, req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await;
+                let service = |tls: Option<Arc<serde_json::Value>>| {
+                    service_fn(move |req| {
+                        let (cfg, seen, tls) = (cfg.clone(), seen.clone(), tls.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(cfg, seen, tls, req).await)
+                        }
+                    })
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = match acceptor {
+                    None => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(tcp), service(None))
+                            .await
+                    }
+                    Some(a) => {
+                        let Ok(stream) = a.accept(tcp).await else {
+                            return;
+                        };
+                        let conn = stream.get_ref().1;
+                        let tls = json!({
+                            "sni": conn.server_name(),
+                            "alpn": conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                        });
+                        builder
+                            .serve_connection_with_upgrades(
+                                TokioIo::new(stream),
+                                service(Some(Arc::new(tls))),
+                            )
+                            .await
+                    }
+                };
             });
         }
     });

@@ -4,6 +4,7 @@
 //! Across clusters (GEP-1748): a `Service` reaches its route's cluster's endpoints; a `ServiceImport`
 //! (multicluster.x-k8s.io) those of every cluster exporting the Service (a ServiceExport).
 
+use super::backend_tls::BackendTlsPolicies;
 use super::index::{Index, Scope};
 use crate::table::{Upstream, UpstreamProtocol};
 use gw_model::core::{IntOrString, ServicePort};
@@ -32,12 +33,19 @@ impl RefError {
 /// The appProtocol values (Gateway API GEP-1911) that select HTTP/2 cleartext to the backend.
 const H2C_APP_PROTOCOLS: &[&str] = &["kubernetes.io/h2c"];
 
-#[derive(Default)]
 pub struct Upstreams {
     cache: HashMap<(String, String, i64, bool, String), Arc<Upstream>>,
+    pub tls_policies: BackendTlsPolicies,
 }
 
 impl Upstreams {
+    pub fn new(tls_policies: BackendTlsPolicies) -> Upstreams {
+        Upstreams {
+            cache: HashMap::new(),
+            tls_policies,
+        }
+    }
+
     /// Resolves `r`, referenced by a route of `route_kind` in `route_ns`, carried from cluster
     /// `route_origin` ("" if none). `grpc` forces HTTP/2.
     pub fn resolve(
@@ -133,7 +141,7 @@ impl Upstreams {
         } else {
             UpstreamProtocol::Http1
         };
-        let upstream = Arc::new(Upstream::new(
+        let mut upstream = Upstream::new(
             format!(
                 "{}{ns}/{}:{port}",
                 if import { "import " } else { "" },
@@ -141,7 +149,12 @@ impl Upstreams {
             ),
             protocol,
             endpoints(idx, ns, &r.name, sp, scope),
-        ));
+        );
+        let alpn: &[u8] = if h2c { b"h2" } else { b"http/1.1" };
+        upstream.tls = self
+            .tls_policies
+            .for_port(ns, &r.name, sp.name.as_deref(), alpn);
+        let upstream = Arc::new(upstream);
         self.cache.insert(key, upstream.clone());
         Ok(upstream)
     }

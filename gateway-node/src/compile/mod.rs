@@ -2,6 +2,7 @@
 //! every object should have. Pure: the clock reading and addressing come in through `CompileOptions`,
 //! so the same inputs give the same table and statuses on every node.
 
+mod backend_tls;
 pub mod backends;
 pub mod conditions;
 mod gateways;
@@ -11,14 +12,14 @@ mod sessions;
 pub mod tls;
 
 use crate::snapshot::Snapshot;
-use crate::table::{HostIndex, ListenerTable, RoutingTable, SocketTable};
+use crate::table::{BackendTarget, HostIndex, ListenerTable, RoutingTable, SocketTable};
 use conditions::{Cond, render};
 use gw_model::ObjectKey;
 use gw_model::gateway::GatewayClassSpec;
 use gw_model::kinds::GATEWAY_GROUP;
 pub use index::Index;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -111,12 +112,16 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
     }
 
     let mut gateways = gateways::collect(&idx, opts, class_accepted);
-    let mut upstreams = backends::Upstreams::default();
+    let mut upstreams = backends::Upstreams::new(backend_tls::BackendTlsPolicies::collect(&idx));
     let policies = sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms);
-    for (key, status, meta) in routes::process(&idx, &mut gateways, &mut upstreams, opts)
-        .into_iter()
-        .chain(policies)
-    {
+    let routes = routes::process(&idx, &mut gateways, &mut upstreams, opts);
+    let tls_policies = upstreams.tls_policies.statuses(
+        &idx,
+        &opts.controller_name,
+        opts.now_ms,
+        &tls_policy_users(&gateways),
+    );
+    for (key, status, meta) in routes.into_iter().chain(policies).chain(tls_policies) {
         statuses.insert(
             key,
             DesiredStatus {
@@ -139,6 +144,33 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut table = build_table(snap.revision, gateways);
     table.revision_header = revision_header;
     Compiled { table, statuses }
+}
+
+/// The Gateways whose routes send to a Service port with a BackendTLSPolicy, by policy
+/// (`namespace/name`): the policies' ancestors.
+fn tls_policy_users(gateways: &[gateways::GatewayCtx]) -> HashMap<String, BTreeSet<ObjectKey>> {
+    let mut out: HashMap<String, BTreeSet<ObjectKey>> = HashMap::new();
+    for g in gateways {
+        let entries = g.listeners.iter().flat_map(|l| l.routes.values()).flatten();
+        for e in entries {
+            let action = &e.action;
+            let upstreams = action
+                .backends
+                .entries
+                .iter()
+                .flat_map(|b| match &b.target {
+                    BackendTarget::Upstream(u) => Some(u),
+                    BackendTarget::Invalid(_) => None,
+                })
+                .chain(&action.filters.mirrors);
+            for u in upstreams {
+                if let Some((_, policy)) = &u.tls {
+                    out.entry(policy.clone()).or_default().insert(g.key.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Groups the programmed listeners by socket.

@@ -103,8 +103,34 @@ pub enum ClientAuth {
     RefuseAll,
 }
 
-/// Invalid client-CA references' reason (the listener's ResolvedRefs condition).
-const INVALID_CA: &str = "InvalidCACertificateRef";
+/// Invalid CA references' reason (a listener's or a BackendTLSPolicy's ResolvedRefs condition).
+pub const INVALID_CA: &str = "InvalidCACertificateRef";
+
+/// Adds to `roots` the certificates in the `ca.crt` key of ConfigMap `ns/name` (at least one).
+pub fn add_ca_config_map(
+    roots: &mut RootCertStore,
+    idx: &Index<'_>,
+    ns: &str,
+    name: &str,
+) -> Result<(), RefError> {
+    let invalid = |why: &str| RefError::new(INVALID_CA, format!("ConfigMap {ns}/{name}: {why}"));
+    let cm = idx
+        .config_map(ns, name)
+        .ok_or_else(|| invalid("not found"))?;
+    let pem = cm.data.get("ca.crt").ok_or_else(|| invalid("no ca.crt"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(&format!("ca.crt is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("ca.crt holds no certificate"));
+    }
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| invalid(&format!("ca.crt holds an unusable certificate: {e}")))?;
+    }
+    Ok(())
+}
 
 /// The verifier of a listener's `frontendValidation`: client certificates must chain to one of the
 /// certificates in the `ca.crt` key of the ConfigMaps it names (all of them together).
@@ -132,26 +158,7 @@ pub fn load_client_cas(
             &r.name,
             "caCertificateRef",
         )?;
-        let invalid =
-            |why: String| RefError::new(INVALID_CA, format!("ConfigMap {ns}/{}: {why}", r.name));
-        let cm = idx
-            .config_map(ns, &r.name)
-            .ok_or_else(|| invalid("not found".into()))?;
-        let pem = cm
-            .data
-            .get("ca.crt")
-            .ok_or_else(|| invalid("no ca.crt".into()))?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("ca.crt is not PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(invalid("ca.crt holds no certificate".into()));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| invalid(format!("ca.crt holds an unusable certificate: {e}")))?;
-        }
+        add_ca_config_map(&mut roots, idx, ns, &r.name)?;
     }
     WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),

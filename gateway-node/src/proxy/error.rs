@@ -41,6 +41,9 @@ pub enum ErrorKind {
     SessionUnavailable,
     /// The backend refused or did not accept the connection.
     UpstreamConnect,
+    /// TLS to the backend failed (its certificate did not verify against the BackendTLSPolicy), or
+    /// the policy cannot be used: nothing was sent.
+    UpstreamTls,
     /// The backend did not answer within the route's timeout.
     UpstreamTimeout,
     /// The exchange with the backend failed after the request was (possibly) sent.
@@ -70,7 +73,7 @@ impl ErrorKind {
         match self {
             NoRoute | BadRequest | MalformedBody | NoHost | Misdirected | InvalidHost
             | BodyTooLarge => Side::Downstream,
-            UpstreamConnect | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
+            UpstreamConnect | UpstreamTls | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
             ListenerGone | InvalidFilter | InvalidBackend | NoBackend | InvalidRewrite
             | NoEndpoint | SessionUnavailable => Side::Internal,
         }
@@ -81,7 +84,7 @@ impl ErrorKind {
         use ErrorKind::*;
         matches!(
             self,
-            UpstreamConnect | NoEndpoint | SessionUnavailable | ListenerGone
+            UpstreamConnect | UpstreamTls | NoEndpoint | SessionUnavailable | ListenerGone
         )
     }
 
@@ -96,7 +99,7 @@ impl ErrorKind {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ListenerGone | NoEndpoint | SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            UpstreamConnect | UpstreamTls | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -130,6 +133,7 @@ impl ErrorKind {
             NoEndpoint => "no-endpoint",
             SessionUnavailable => "session-unavailable",
             UpstreamConnect => "upstream-connect",
+            UpstreamTls => "upstream-tls",
             UpstreamTimeout => "upstream-timeout",
             UpstreamProtocol => "upstream-protocol",
         }
@@ -139,6 +143,7 @@ impl ErrorKind {
     pub fn upstream_label(self) -> Option<&'static str> {
         match self {
             ErrorKind::UpstreamConnect => Some("connect"),
+            ErrorKind::UpstreamTls => Some("tls"),
             ErrorKind::UpstreamTimeout => Some("timeout"),
             ErrorKind::UpstreamProtocol => Some("http"),
             _ => None,
@@ -304,6 +309,14 @@ mod tests {
                 Side::Upstream,
                 true,
                 Some("connect"),
+            ),
+            (
+                UpstreamTls,
+                502,
+                GRPC_UNAVAILABLE,
+                Side::Upstream,
+                true,
+                Some("tls"),
             ),
             (
                 UpstreamTimeout,

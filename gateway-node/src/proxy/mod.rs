@@ -284,37 +284,44 @@ impl Proxy {
             endpoint_authority,
             protocol,
         );
-        let mut resp =
-            match send::send(&self.upstreams, protocol, endpoint, out, action.timeouts).await {
-                Ok(r) => r,
-                Err(_) if client_failed.load(std::sync::atomic::Ordering::Relaxed) => {
-                    return Err(ProxyError::new(
-                        ErrorKind::MalformedBody,
-                        "the request body is malformed",
-                    ));
+        let mut resp = match send::send(
+            &self.upstreams,
+            &target.upstream,
+            endpoint,
+            out,
+            action.timeouts,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) if client_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(ProxyError::new(
+                    ErrorKind::MalformedBody,
+                    "the request body is malformed",
+                ));
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::UpstreamConnect
+                    && let (Some(cfg), Some(sessions), Some(c)) =
+                        (&action.session, &self.sessions, &session)
+                {
+                    sessions.backend_failed(cfg, c, backends);
                 }
-                Err(e) => {
-                    if e.kind == ErrorKind::UpstreamConnect
-                        && let (Some(cfg), Some(sessions), Some(c)) =
-                            (&action.session, &self.sessions, &session)
-                    {
-                        sessions.backend_failed(cfg, c, backends);
-                    }
-                    if let Some(label) = e.kind.upstream_label() {
-                        log::upstream_error(
-                            &self.metrics,
-                            &action.route.id,
-                            &target.upstream.id,
-                            label,
-                        );
-                    }
-                    let message = match e.kind {
-                        ErrorKind::UpstreamTimeout => e.message,
-                        _ => format!("backend {}: {}", target.upstream.id, e.message),
-                    };
-                    return Err(ProxyError::new(e.kind, message));
+                if let Some(label) = e.kind.upstream_label() {
+                    log::upstream_error(
+                        &self.metrics,
+                        &action.route.id,
+                        &target.upstream.id,
+                        label,
+                    );
                 }
-            };
+                let message = match e.kind {
+                    ErrorKind::UpstreamTimeout => e.message,
+                    _ => format!("backend {}: {}", target.upstream.id, e.message),
+                };
+                return Err(ProxyError::new(e.kind, message));
+            }
+        };
         if let Some(r) = record {
             r.upstream_ms = Some(access_log::ms(start.elapsed()));
         }

@@ -4,7 +4,7 @@
 use super::error::{ErrorKind, ProxyError};
 use super::prepare::address;
 use super::{Body, UpstreamError, Upstreams, full};
-use crate::table::{Timeouts, Upstream, UpstreamProtocol};
+use crate::table::{Timeouts, Upstream};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, request};
@@ -17,12 +17,12 @@ pub const MIRROR_BODY_LIMIT: usize = 1 << 20;
 
 pub async fn send(
     upstreams: &Upstreams,
-    protocol: UpstreamProtocol,
+    upstream: &Upstream,
     endpoint: SocketAddr,
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, ProxyError> {
-    let exchange = upstreams.send(protocol, endpoint, req);
+    let exchange = upstreams.send(upstream, endpoint, req);
     let deadline = timeouts.request.into_iter().chain(timeouts.backend).min();
     let result = match deadline {
         Some(d) => tokio::time::timeout(d, exchange).await.map_err(|_| {
@@ -36,6 +36,7 @@ pub async fn send(
     result.map_err(|e| {
         let kind = match e {
             UpstreamError::Connect(..) => ErrorKind::UpstreamConnect,
+            UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
             UpstreamError::Http(_) => ErrorKind::UpstreamProtocol,
         };
         ProxyError::new(kind, e.to_string())
@@ -77,10 +78,10 @@ pub fn mirror(
         *copy.method_mut() = parts.method.clone();
         *copy.headers_mut() = parts.headers.clone();
         let copy = address(copy, path_and_query, authority, ep_authority, m.protocol);
-        let (upstreams, protocol) = (upstreams.clone(), m.protocol);
+        let (upstreams, m) = (upstreams.clone(), m.clone());
         tokio::spawn(async move {
             // A mirror's answer is ignored, and so is its failure.
-            let _ = upstreams.send(protocol, ep, copy).await;
+            let _ = upstreams.send(&m, ep, copy).await;
         });
     }
 }

@@ -1,11 +1,13 @@
 //! Connections to backends: for HTTP/1.1, a pool of keep-alive connections per endpoint (a connection
 //! returns to the pool when its response body has been read to the end; upgraded connections do not);
-//! for HTTP/2 cleartext (h2c and gRPC backends), one multiplexed connection per endpoint, re-dialled
-//! when it closes. The request's URI authority is the backend's `:authority` for HTTP/2; for HTTP/1.1
-//! the URI names the endpoint and the Host header carries the host.
+//! for HTTP/2 (h2c, and gRPC backends), one multiplexed connection per endpoint, re-dialled when it
+//! closes. Over TLS when the Service has a BackendTLSPolicy (the server name and CAs of the policy, ALPN
+//! for the protocol), pooled apart from plaintext connections to the same endpoint. The request's URI
+//! authority is the backend's `:authority` for HTTP/2; for HTTP/1.1 the URI names the endpoint and the
+//! Host header carries the host.
 
 use super::body::{Body, Release};
-use crate::table::UpstreamProtocol;
+use crate::table::{TlsTarget, Upstream, UpstreamProtocol, UpstreamTls};
 use http::{Request, Response, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -13,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Why a request to a backend failed.
@@ -20,6 +23,10 @@ use tokio::net::TcpStream;
 pub enum UpstreamError {
     #[error("connecting to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
+    /// The TLS handshake failed (the backend's certificate did not verify, ...), or the policy's
+    /// TLS settings are unusable.
+    #[error("TLS to the backend: {0}")]
+    Tls(String),
     #[error("{0}")]
     Http(String),
 }
@@ -28,10 +35,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
+/// Connections are pooled per endpoint and TLS setting (`None`: plaintext).
+type PoolKey = (SocketAddr, Option<Arc<str>>);
+
 #[derive(Default)]
 pub struct Upstreams {
-    idle: Arc<Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    idle: Arc<Mutex<HashMap<PoolKey, Vec<http1::SendRequest<Body>>>>>,
+    h2: Mutex<HashMap<PoolKey, http2::SendRequest<Body>>>,
 }
 
 async fn dial(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
@@ -43,34 +53,103 @@ async fn dial(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
     Ok(tcp)
 }
 
+/// A TLS connection to `endpoint` (the handshake within the connect timeout).
+async fn dial_tls(
+    endpoint: SocketAddr,
+    tls: &TlsTarget,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let tcp = dial(endpoint).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connector.connect(tls.server_name.clone(), tcp),
+    )
+    .await
+    .map_err(|_| UpstreamError::Tls(format!("handshake with {endpoint} timed out")))?
+    .map_err(|e| UpstreamError::Tls(format!("handshake with {endpoint}: {e}")))
+}
+
+/// An HTTP/1.1 connection over `io`, run in a task of its own (which also carries upgrades).
+async fn http1_over<T>(
+    io: T,
+    endpoint: SocketAddr,
+) -> Result<http1::SendRequest<Body>, UpstreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Small messages: one flattened write is cheaper than writev (measured).
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Http(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 connection over `io`, run in a task of its own.
+async fn http2_over<T>(
+    io: T,
+    endpoint: SocketAddr,
+) -> Result<http2::SendRequest<Body>, UpstreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Http(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// What an upstream's TLS setting asks of a connection: plaintext, TLS, or nothing at all.
+fn tls_of(upstream: &Upstream) -> Result<Option<&TlsTarget>, UpstreamError> {
+    match &upstream.tls {
+        None => Ok(None),
+        Some((UpstreamTls::Verify(t), _)) => Ok(Some(t)),
+        Some((UpstreamTls::Unusable(why), policy)) => Err(UpstreamError::Tls(format!(
+            "BackendTLSPolicy {policy}: {why}"
+        ))),
+    }
+}
+
 impl Upstreams {
     pub async fn send(
         &self,
-        protocol: UpstreamProtocol,
+        upstream: &Upstream,
         endpoint: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
-        match protocol {
-            UpstreamProtocol::Http1 => self.send_http1(endpoint, req).await,
+        let tls = tls_of(upstream)?;
+        let key = (endpoint, tls.map(|t| t.pool_key.clone()));
+        match upstream.protocol {
+            UpstreamProtocol::Http1 => self.send_http1(key, tls, req).await,
             UpstreamProtocol::H2c => self
-                .send_h2c(endpoint, req)
+                .send_h2(key, tls, req)
                 .await
                 .map(|r| r.map(Body::Incoming)),
         }
     }
 
-    /// A ready pooled connection to `endpoint`, or a new one (each connection runs in a task of its own,
-    /// which also carries upgrades).
+    /// A ready pooled connection, or a new one.
     async fn http1_sender(
         &self,
-        endpoint: SocketAddr,
+        key: &PoolKey,
+        tls: Option<&TlsTarget>,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         loop {
             let pooled = self
                 .idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&endpoint)
+                .get_mut(key)
                 .and_then(Vec::pop);
             match pooled {
                 Some(mut s) => {
@@ -81,26 +160,22 @@ impl Upstreams {
                 None => break,
             }
         }
-        // Small messages: one flattened write is cheaper than writev (measured).
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(dial(endpoint).await?))
-            .await
-            .map_err(|e| UpstreamError::Http(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        let endpoint = key.0;
+        match tls {
+            None => http1_over(dial(endpoint).await?, endpoint).await,
+            Some(t) => http1_over(dial_tls(endpoint, t).await?, endpoint).await,
+        }
     }
 
     /// HTTP/1.1; the connection returns to the pool when the response body is complete.
     async fn send_http1(
         &self,
-        endpoint: SocketAddr,
+        key: PoolKey,
+        tls: Option<&TlsTarget>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *req.version_mut() = Version::HTTP_11;
-        let mut sender = self.http1_sender(endpoint).await?;
+        let mut sender = self.http1_sender(&key, tls).await?;
         let resp = sender
             .send_request(req)
             .await
@@ -111,7 +186,7 @@ impl Upstreams {
         let idle = self.idle.clone();
         let release: Release = Box::new(move || {
             let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.entry(endpoint).or_default();
+            let list = idle.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
                 list.push(sender);
             }
@@ -119,21 +194,23 @@ impl Upstreams {
         Ok(resp.map(|b| Body::Pooled(b, Some(release))))
     }
 
-    /// HTTP/2 with prior knowledge to `endpoint`; `:authority` comes from the request URI.
-    async fn send_h2c(
+    /// HTTP/2 (with prior knowledge in plaintext, by ALPN over TLS); `:authority` comes from the
+    /// request URI.
+    async fn send_h2(
         &self,
-        endpoint: SocketAddr,
+        key: PoolKey,
+        tls: Option<&TlsTarget>,
         mut req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         *req.version_mut() = Version::HTTP_2;
-        let mut sender = self.h2_sender(endpoint).await?;
+        let mut sender = self.h2_sender(&key, tls).await?;
         match sender.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.h2
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&endpoint);
+                    .remove(&key);
                 Err(UpstreamError::Http(format!("{e}")))
             }
         }
@@ -141,26 +218,23 @@ impl Upstreams {
 
     async fn h2_sender(
         &self,
-        endpoint: SocketAddr,
+        key: &PoolKey,
+        tls: Option<&TlsTarget>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         if let Some(s) = self
             .h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&endpoint)
+            .get(key)
             .filter(|s| !s.is_closed())
         {
             return Ok(s.clone());
         }
-        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .handshake(TokioIo::new(dial(endpoint).await?))
-            .await
-            .map_err(|e| UpstreamError::Http(format!("h2c handshake with {endpoint}: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let endpoint = key.0;
+        let mut sender = match tls {
+            None => http2_over(dial(endpoint).await?, endpoint).await?,
+            Some(t) => http2_over(dial_tls(endpoint, t).await?, endpoint).await?,
+        };
         sender
             .ready()
             .await
@@ -168,7 +242,7 @@ impl Upstreams {
         self.h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(endpoint, sender.clone());
+            .insert(key.clone(), sender.clone());
         Ok(sender)
     }
 }

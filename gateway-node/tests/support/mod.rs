@@ -192,6 +192,7 @@ pub async fn echo(pod: &str, ns: &str, h2c: bool) -> EchoServer {
         namespace: ns.into(),
         h2c_only: h2c,
         log: false,
+        tls: None,
     })
     .await
     .unwrap()
