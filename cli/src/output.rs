@@ -194,7 +194,7 @@ fn columns(kind: &str) -> &'static [&'static str] {
     match kind {
         "GatewayClass" => &["CONTROLLER", "ACCEPTED"],
         "Gateway" => &["CLASS", "ADDRESS", "PROGRAMMED"],
-        "HTTPRoute" | "GRPCRoute" => &["HOSTNAMES"],
+        "HTTPRoute" | "GRPCRoute" | "TLSRoute" => &["HOSTNAMES"],
         "Service" => &["TYPE", "PORTS"],
         "EndpointSlice" => &["ADDRESSTYPE", "ENDPOINTS"],
         _ => &[],
@@ -215,7 +215,7 @@ fn cells(kind: &str, o: &Value) -> Vec<String> {
                 .into(),
             condition(o, "Programmed"),
         ],
-        "HTTPRoute" | "GRPCRoute" => vec![join_strings(&o["spec"]["hostnames"])],
+        "HTTPRoute" | "GRPCRoute" | "TLSRoute" => vec![join_strings(&o["spec"]["hostnames"])],
         "Service" => vec![
             o["spec"]["type"].as_str().unwrap_or("ClusterIP").into(),
             o["spec"]["ports"]

@@ -7,7 +7,7 @@
 
 #![allow(clippy::disallowed_methods)] // runtime: connection deadlines and idleness
 
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy, forward};
 use crate::table::RoutingTable;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -158,14 +158,16 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
 ) {
-    // The TLS configuration is the one of the table current at accept time.
-    let tls_socket = proxy
-        .table
-        .load()
-        .sockets
-        .get(&addr)
-        .filter(|s| s.https)
-        .cloned();
+    // The TLS configuration (and the routes of TLS and TCP listeners) are the ones of the table
+    // current at accept time.
+    let socket = proxy.table.load().sockets.get(&addr).cloned();
+    if let Some(s) = socket.as_ref().filter(|s| s.l4) {
+        if let Err(e) = forward::forward(s.clone(), tcp, limits.header_read_timeout).await {
+            tracing::debug!(%remote, error = %e, "connection not forwarded");
+        }
+        return;
+    }
+    let tls_socket = socket.filter(|s| s.https);
     let service = |conn: ConnInfo| {
         let (proxy, conn) = (proxy.clone(), Arc::new(conn));
         service_fn(move |req| {

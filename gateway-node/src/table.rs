@@ -24,11 +24,27 @@ pub struct RoutingTable {
     pub revision_header: bool,
 }
 
+/// How a TLS or TCP listener forwards connections (a TCPRoute's or TLSRoute's backend gets the
+/// byte stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Mode {
+    /// TLS, chosen by the ClientHello's server name and forwarded untouched (the backend
+    /// terminates it).
+    TlsPassthrough,
+    /// TLS terminated here (the listener's certificate); the plaintext stream is forwarded.
+    TlsTerminate,
+    /// Plain TCP.
+    Tcp,
+}
+
 /// The listeners served on one socket (several Gateways' listeners may share a port).
 pub struct SocketTable {
     pub addr: SocketAddr,
     /// An HTTPS socket: every connection starts with a TLS handshake (see `tls_for`).
     pub https: bool,
+    /// A TLS or TCP socket: connections are forwarded to the backends of TLSRoutes and TCPRoutes
+    /// (see `ListenerTable::l4`).
+    pub l4: bool,
     pub listeners: Vec<ListenerTable>,
     pub by_host: HostIndex<usize>,
 }
@@ -68,6 +84,8 @@ pub struct ListenerTable {
     /// only on a connection whose handshake was for it.
     pub verifies_clients: bool,
     pub routes: HostIndex<Vec<Arc<MatchEntry>>>,
+    /// TLS and TCP listeners: the mode, and the routes' backends by server name (TCP: `""`).
+    pub l4: Option<(L4Mode, HostIndex<Arc<Backends>>)>,
 }
 
 impl ListenerTable {

@@ -56,6 +56,9 @@ const CARRIED: &[(&str, &str)] = &[
     (GATEWAY_GROUP, "ReferenceGrant"),
     (GATEWAY_GROUP, "HTTPRoute"),
     (GATEWAY_GROUP, "GRPCRoute"),
+    (GATEWAY_GROUP, "TLSRoute"),
+    (GATEWAY_GROUP, "TCPRoute"),
+    (GATEWAY_GROUP, "UDPRoute"),
     (GATEWAY_GROUP, "BackendLBPolicy"),
     (GATEWAY_GROUP, "BackendTLSPolicy"),
 ];
@@ -329,7 +332,7 @@ impl Agent {
             "lastTransitionTime": gw_model::meta::rfc3339(gw_client::clock::now_ms()),
         });
         let status = match info.kind {
-            "HTTPRoute" | "GRPCRoute" => {
+            "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
                 let parents: Vec<Value> = obj.data["spec"]["parentRefs"]
                     .as_array()
                     .into_iter()

@@ -8,6 +8,7 @@ use crate::gateway::{GatewayClassSpec, GatewaySpec};
 use crate::grpcroute::GrpcRouteSpec;
 use crate::httproute::HttpRouteSpec;
 use crate::kinds::{self, BACKEND_TLS_POLICY_LEGACY_VERSION, KindInfo, ObjectKey};
+use crate::l4route::{TcpRouteSpec, TlsRouteSpec, UdpRouteSpec};
 use crate::meta::{
     InputMeta, NameRule, validate_annotations, validate_finalizers, validate_labels, validate_name,
 };
@@ -333,6 +334,9 @@ fn admit_body(
         "Gateway" => admit_spec::<GatewaySpec, _>(&body, v, |s, v, p| s.validate(v, p)),
         "HTTPRoute" => admit_spec::<HttpRouteSpec, _>(&body, v, |s, v, p| s.validate(v, p)),
         "GRPCRoute" => admit_spec::<GrpcRouteSpec, _>(&body, v, |s, v, p| s.validate(v, p)),
+        "TLSRoute" => admit_spec::<TlsRouteSpec, _>(&body, v, |s, v, p| s.validate(v, p)),
+        "TCPRoute" => admit_spec::<TcpRouteSpec, _>(&body, v, |s, v, p| s.validate(v, p)),
+        "UDPRoute" => admit_spec::<UdpRouteSpec, _>(&body, v, |s, v, p| s.validate(v, p)),
         "ReferenceGrant" => {
             admit_spec::<ReferenceGrantSpec, _>(&body, v, |s, v, p| s.validate(v, p))
         }

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod grpcroute;
 pub mod httproute;
 pub mod kinds;
+pub mod l4route;
 pub mod managed;
 pub mod meta;
 pub mod parse;

@@ -8,6 +8,7 @@ use crate::gateway::{GatewayClassSpec, GatewaySpec};
 use crate::grpcroute::GrpcRouteSpec;
 use crate::httproute::HttpRouteSpec;
 use crate::kinds::{KindInfo, api_version};
+use crate::l4route::{TcpRouteSpec, TlsRouteSpec};
 use crate::policy::{BackendLbPolicySpec, BackendTlsPolicySpec, ReferenceGrantSpec};
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
@@ -76,6 +77,8 @@ pub fn kind_schema(info: &KindInfo, version: &str) -> KindSchema {
         "Gateway" => spec::<GatewaySpec>(&mut g),
         "HTTPRoute" => spec::<HttpRouteSpec>(&mut g),
         "GRPCRoute" => spec::<GrpcRouteSpec>(&mut g),
+        "TLSRoute" => spec::<TlsRouteSpec>(&mut g),
+        "TCPRoute" | "UDPRoute" => spec::<TcpRouteSpec>(&mut g),
         "ReferenceGrant" => spec::<ReferenceGrantSpec>(&mut g),
         "BackendLBPolicy" => spec::<BackendLbPolicySpec>(&mut g),
         "BackendTLSPolicy" => spec::<BackendTlsPolicySpec>(&mut g),

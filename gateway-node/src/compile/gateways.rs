@@ -6,9 +6,9 @@ use super::conditions::{Cond, render};
 use super::index::{Index, Meta, typed};
 use super::tls::{ClientAuth, load_certificate, load_client_cas};
 use super::{Addressing, CompileOptions};
-use crate::table::{HostIndex, MatchEntry};
+use crate::table::{Backends, HostIndex, L4Mode, MatchEntry};
 use gw_model::ObjectKey;
-use gw_model::gateway::{FromNamespaces, GatewaySpec, RouteGroupKind, RouteNamespaces};
+use gw_model::gateway::{FromNamespaces, GatewaySpec, RouteGroupKind, RouteNamespaces, TlsMode};
 use gw_model::kinds::GATEWAY_GROUP;
 use rustls::sign::CertifiedKey;
 use serde_json::Value;
@@ -18,6 +18,17 @@ use std::sync::Arc;
 
 /// Route kinds a listener of each supported protocol can carry.
 const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
+const TLS_ROUTE_KINDS: &[&str] = &["TLSRoute"];
+const TCP_ROUTE_KINDS: &[&str] = &["TCPRoute"];
+
+/// What the listeners on one port must all be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SocketClass {
+    Http,
+    Https,
+    Tls,
+    Tcp,
+}
 
 pub struct ListenerCtx {
     pub name: String,
@@ -29,6 +40,11 @@ pub struct ListenerCtx {
     pub protocol: String,
     pub kinds: Vec<RouteGroupKind>,
     pub namespaces: RouteNamespaces,
+    /// TLS and TCP listeners: how connections are forwarded.
+    pub l4: Option<L4Mode>,
+    /// TLS and TCP listeners: the attached routes' backends by hostname (TCP: `""` only); the
+    /// oldest route wins a hostname.
+    pub l4_routes: HostIndex<Arc<Backends>>,
     pub cert: Option<Arc<CertifiedKey>>,
     pub client_auth: ClientAuth,
     pub refs_error: Option<RefError>,
@@ -58,7 +74,24 @@ impl ListenerCtx {
 
     /// Carries traffic: accepted, certificates resolved, no conflict.
     pub fn programmed(&self) -> bool {
-        self.protocol_supported && self.conflict.is_none() && (!self.https || self.cert.is_some())
+        self.protocol_supported
+            && self.conflict.is_none()
+            && (!self.terminates_tls() || self.cert.is_some())
+    }
+
+    /// Whether connections' TLS ends here (needing the listener's certificate).
+    pub fn terminates_tls(&self) -> bool {
+        self.https || self.l4 == Some(L4Mode::TlsTerminate)
+    }
+
+    /// Listeners of one class share a port (TLS of either mode: the server name tells them apart).
+    fn socket_class(&self) -> SocketClass {
+        match (self.https, self.l4) {
+            (true, _) => SocketClass::Https,
+            (false, None) => SocketClass::Http,
+            (false, Some(L4Mode::Tcp)) => SocketClass::Tcp,
+            (false, Some(_)) => SocketClass::Tls,
+        }
     }
 }
 
@@ -117,13 +150,26 @@ pub fn collect(idx: &Index<'_>, opts: &CompileOptions, class_accepted: bool) -> 
 }
 
 fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> ListenerCtx {
-    let protocol_supported = matches!(l.protocol.as_str(), "HTTP" | "HTTPS");
     let https = l.protocol == "HTTPS";
+    let l4 = match l.protocol.as_str() {
+        "TLS" => Some(match l.tls.as_ref().map(|t| t.mode) {
+            Some(TlsMode::Passthrough) => L4Mode::TlsPassthrough,
+            _ => L4Mode::TlsTerminate,
+        }),
+        "TCP" => Some(L4Mode::Tcp),
+        _ => None,
+    };
+    let protocol_supported = https || l4.is_some() || l.protocol == "HTTP";
+    let supported_kinds = match l4 {
+        None => HTTP_ROUTE_KINDS,
+        Some(L4Mode::Tcp) => TCP_ROUTE_KINDS,
+        Some(_) => TLS_ROUTE_KINDS,
+    };
     let mut refs_error = None;
     // Kinds: the requested ones gw supports (or, when none is requested, all it supports).
     let kinds: Vec<RouteGroupKind> = if l.allowed_routes.kinds.is_empty() {
         if protocol_supported {
-            HTTP_ROUTE_KINDS
+            supported_kinds
                 .iter()
                 .map(|k| RouteGroupKind {
                     group: GATEWAY_GROUP.into(),
@@ -141,7 +187,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
             .filter(|k| {
                 protocol_supported
                     && k.group == GATEWAY_GROUP
-                    && HTTP_ROUTE_KINDS.contains(&k.kind.as_str())
+                    && supported_kinds.contains(&k.kind.as_str())
             })
             .cloned()
             .collect();
@@ -162,7 +208,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
     };
     let mut cert = None;
     let mut client_auth = ClientAuth::Off;
-    if https {
+    if https || l4 == Some(L4Mode::TlsTerminate) {
         match l.tls.as_ref().map(|t| t.certificate_refs.as_slice()) {
             Some([first, ..]) => match load_certificate(idx, ns, first) {
                 Ok(k) => cert = Some(k),
@@ -171,7 +217,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
             _ => {
                 refs_error = refs_error.or(Some(RefError::new(
                     "InvalidCertificateRef",
-                    "an HTTPS listener needs a certificateRef",
+                    "a listener that terminates TLS needs a certificateRef",
                 )));
             }
         }
@@ -194,6 +240,8 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
         protocol: l.protocol.clone(),
         kinds,
         namespaces: l.allowed_routes.namespaces.clone(),
+        l4,
+        l4_routes: HostIndex::default(),
         cert,
         client_auth,
         refs_error,
@@ -297,7 +345,7 @@ fn allocate_addresses(gateways: &mut [GatewayCtx], addressing: &Addressing) {
 /// Listeners sharing a socket must agree on the protocol and differ in hostname; the later one (older
 /// Gateways first, then listener order) is Conflicted.
 fn mark_conflicts(gateways: &mut [GatewayCtx]) {
-    let mut sockets: HashMap<SocketAddr, (bool, BTreeSet<String>)> = HashMap::new();
+    let mut sockets: HashMap<SocketAddr, (SocketClass, BTreeSet<String>)> = HashMap::new();
     for g in gateways.iter_mut() {
         let Some(ip) = g.ip else { continue };
         for l in g.listeners.iter_mut().filter(|l| l.protocol_supported) {
@@ -305,9 +353,9 @@ fn mark_conflicts(gateways: &mut [GatewayCtx]) {
             let host = l.hostname.clone().unwrap_or_default();
             match sockets.get_mut(&addr) {
                 None => {
-                    sockets.insert(addr, (l.https, BTreeSet::from([host])));
+                    sockets.insert(addr, (l.socket_class(), BTreeSet::from([host])));
                 }
-                Some((https, _)) if *https != l.https => {
+                Some((class, _)) if *class != l.socket_class() => {
                     l.conflict = Some((
                         "ProtocolConflict",
                         format!("port {} already serves another protocol", l.port),

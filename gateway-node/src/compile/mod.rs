@@ -177,6 +177,7 @@ fn tls_policy_users(gateways: &[gateways::GatewayCtx]) -> HashMap<String, BTreeS
 fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTable {
     struct Building {
         https: bool,
+        l4: bool,
         listeners: Vec<ListenerTable>,
         by_host: HostIndex<usize>,
     }
@@ -192,14 +193,19 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
             let addr = SocketAddr::new(ip, l.port);
             let b = sockets.entry(addr).or_insert_with(|| Building {
                 https: l.https,
+                l4: l.l4.is_some(),
                 listeners: vec![],
                 by_host: HostIndex::default(),
             });
+            // HTTP listeners offer h2 and http/1.1; a TLS listener forwards bytes it does not read.
+            let alpn = l.https;
             let (tls, verifies_clients) = match (l.cert.clone(), l.client_auth) {
                 (None, _) => (None, false),
-                (Some(cert), tls::ClientAuth::Off) => (Some(tls::server_config(cert, None)), false),
+                (Some(cert), tls::ClientAuth::Off) => {
+                    (Some(tls::server_config(cert, None, alpn)), false)
+                }
                 (Some(cert), tls::ClientAuth::Verify(v)) => {
-                    (Some(tls::server_config(cert, Some(v))), true)
+                    (Some(tls::server_config(cert, Some(v), alpn)), true)
                 }
                 (Some(_), tls::ClientAuth::RefuseAll) => (None, true),
             };
@@ -212,6 +218,7 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
                 tls,
                 verifies_clients,
                 routes: l.routes,
+                l4: l.l4.map(|m| (m, l.l4_routes)),
             });
         }
     }
@@ -223,6 +230,7 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
                 Arc::new(SocketTable {
                     addr,
                     https: b.https,
+                    l4: b.l4,
                     listeners: b.listeners,
                     by_host: b.by_host,
                 }),

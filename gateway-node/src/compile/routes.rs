@@ -5,7 +5,7 @@
 use super::CompileOptions;
 use super::backends::{RefError, Upstreams};
 use super::conditions::{Cond, render};
-use super::gateways::GatewayCtx;
+use super::gateways::{GatewayCtx, ListenerCtx};
 use super::index::{Index, Meta, typed};
 use super::sessions::{RuleRef, session_config};
 use crate::hostname;
@@ -26,6 +26,8 @@ use gw_model::route::{BackendRef, HeaderModifier, ParentReference};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
+
+mod l4;
 
 /// A rule ready to be placed on listeners.
 struct CompiledRule {
@@ -97,11 +99,28 @@ pub fn process(
                     )
                 }
             };
-            if let Some(status) = attach(idx, gateways, &input, &compiled, controller, now_ms) {
+            let attachment = Attachment {
+                ref_error: compiled.ref_error.as_ref(),
+                unsupported: compiled.unsupported.as_deref(),
+                refused: None,
+            };
+            let mut place = |l: &mut ListenerCtx, patterns: &[String]| {
+                place_rules(l, patterns, &compiled, &input.meta)
+            };
+            if let Some(status) = attach(
+                idx,
+                gateways,
+                &input,
+                &attachment,
+                &mut place,
+                controller,
+                now_ms,
+            ) {
                 out.push((key.clone(), status, input.meta));
             }
         }
     }
+    out.extend(l4::process(idx, gateways, upstreams, controller, now_ms));
     for g in gateways.iter_mut() {
         for l in g.listeners.iter_mut() {
             for group in l.routes.values_mut() {
@@ -112,13 +131,49 @@ pub fn process(
     out
 }
 
-/// Attaches a route to the listeners its parentRefs select; returns its new status if any parentRef
-/// names a Gateway this node serves.
-fn attach(
+/// What a route's attachment needs to know of its compiled rules.
+pub struct Attachment<'a> {
+    /// First reference problem (ResolvedRefs=False).
+    pub ref_error: Option<&'a RefError>,
+    /// A value gw cannot implement (Accepted=False, UnsupportedValue), once a listener accepts it.
+    pub unsupported: Option<&'a str>,
+    /// A kind gw stores but does not serve (Accepted=False, UnsupportedValue, on any parent).
+    pub refused: Option<&'a str>,
+}
+
+/// Puts a route's rules on a listener that accepted it, under each of the hostname patterns.
+pub type Place<'p> = dyn FnMut(&mut ListenerCtx, &[String]) + 'p;
+
+/// An HTTPRoute's or GRPCRoute's rules, placed on a listener under each hostname pattern.
+fn place_rules(l: &mut ListenerCtx, patterns: &[String], compiled: &CompiledRoute, meta: &Meta) {
+    for host in patterns {
+        let group = l.routes.entry(host, Vec::new);
+        for (ri, rule) in compiled.rules.iter().enumerate() {
+            for (mi, (m, class)) in rule.matchers.iter().enumerate() {
+                group.push(Arc::new(MatchEntry {
+                    matcher: m.clone(),
+                    action: rule.action.clone(),
+                    precedence: Precedence {
+                        class: class.clone(),
+                        created_ms: meta.created_ms,
+                        route: meta.id(),
+                        rule: ri,
+                        index: mi,
+                    },
+                }));
+            }
+        }
+    }
+}
+
+/// Attaches a route to the listeners its parentRefs select (`place` puts it on each); returns its
+/// new status if any parentRef names a Gateway this node serves.
+pub fn attach(
     idx: &Index<'_>,
     gateways: &mut [GatewayCtx],
     r: &RouteInput<'_>,
-    compiled: &CompiledRoute,
+    compiled: &Attachment<'_>,
+    place: &mut Place<'_>,
     controller: &str,
     now_ms: u64,
 ) -> Option<Value> {
@@ -135,8 +190,11 @@ fn attach(
         else {
             continue;
         };
-        let accepted = attach_to_gateway(idx, g, r, compiled, pr);
-        let resolved = match &compiled.ref_error {
+        let accepted = match compiled.refused {
+            Some(why) => Cond::fail("Accepted", "UnsupportedValue", why),
+            None => attach_to_gateway(idx, g, r, compiled.unsupported, pr, place),
+        };
+        let resolved = match compiled.ref_error {
             Some(e) => Cond::fail("ResolvedRefs", e.reason, e.message.clone()),
             None => Cond::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
         };
@@ -188,8 +246,9 @@ fn attach_to_gateway(
     idx: &Index<'_>,
     g: &mut GatewayCtx,
     r: &RouteInput<'_>,
-    compiled: &CompiledRoute,
+    unsupported: Option<&str>,
     pr: &ParentReference,
+    place: &mut Place<'_>,
 ) -> Cond {
     let candidates: Vec<usize> = g
         .listeners
@@ -236,8 +295,8 @@ fn attach_to_gateway(
             )
         };
     }
-    if let Some(why) = &compiled.unsupported {
-        return Cond::fail("Accepted", "UnsupportedValue", why.clone());
+    if let Some(why) = unsupported {
+        return Cond::fail("Accepted", "UnsupportedValue", why);
     }
     for (i, hosts) in attached {
         let l = &mut g.listeners[i];
@@ -247,24 +306,7 @@ fn attach_to_gateway(
         } else {
             hosts
         };
-        for host in patterns {
-            let group = l.routes.entry(&host, Vec::new);
-            for (ri, rule) in compiled.rules.iter().enumerate() {
-                for (mi, (m, class)) in rule.matchers.iter().enumerate() {
-                    group.push(Arc::new(MatchEntry {
-                        matcher: m.clone(),
-                        action: rule.action.clone(),
-                        precedence: Precedence {
-                            class: class.clone(),
-                            created_ms: r.meta.created_ms,
-                            route: r.meta.id(),
-                            rule: ri,
-                            index: mi,
-                        },
-                    }));
-                }
-            }
-        }
+        place(l, &patterns);
     }
     Cond::ok("Accepted", "Accepted", "accepted by the gateway")
 }

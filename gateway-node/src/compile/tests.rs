@@ -407,7 +407,7 @@ fn listener_status_reasons() {
     let yaml = format!(
         "{CLASS}{cert_grantless}{}",
         gateway(
-            "  - {name: missing-cert, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: nope}]}}\n  - {name: cross-ns-cert, port: 444, protocol: HTTPS, tls: {certificateRefs: [{name: cert, namespace: certs}]}}\n  - {name: kinds, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}}\n  - {name: tcp, port: 9000, protocol: TCP}\n"
+            "  - {name: missing-cert, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: nope}]}}\n  - {name: cross-ns-cert, port: 444, protocol: HTTPS, tls: {certificateRefs: [{name: cert, namespace: certs}]}}\n  - {name: kinds, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}}\n  - {name: udp, port: 9000, protocol: UDP}\n"
         ),
     );
     let c = build(&yaml);

@@ -168,11 +168,12 @@ pub fn load_client_cas(
     .map_err(|e| RefError::new(INVALID_CA, format!("client CAs are not usable: {e}")))
 }
 
-/// A listener's TLS server configuration, offering HTTP/2 and HTTP/1.1 by ALPN; with `clients`, a
-/// client certificate that it accepts is required in the handshake.
+/// A listener's TLS server configuration, offering HTTP/2 and HTTP/1.1 by ALPN when `alpn`; with
+/// `clients`, a client certificate that it accepts is required in the handshake.
 pub fn server_config(
     cert: Arc<CertifiedKey>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    alpn: bool,
 ) -> Arc<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -184,6 +185,8 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(cert)));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if alpn {
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     Arc::new(cfg)
 }

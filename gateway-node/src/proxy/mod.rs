@@ -9,6 +9,7 @@ mod accept;
 mod body;
 mod choose;
 pub mod error;
+pub mod forward;
 mod log;
 mod prepare;
 mod redirect;

@@ -1,0 +1,167 @@
+//! TLS and TCP listeners, driven with curl: TLS Passthrough routes connections by the ClientHello's
+//! server name to each TLSRoute's backend, which terminates TLS with its own certificate; TLS
+//! Terminate ends TLS with the listener's certificate and forwards plaintext; a TCP listener
+//! forwards to its TCPRoute's backend; UDPRoutes are stored and told they are not served.
+
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
+mod support;
+
+use gw_client::Identity;
+use gw_client::pki::Ca;
+use gw_testkit::echo::EchoConfig;
+use gw_testkit::procs::free_port;
+use serde_json::json;
+use std::path::Path;
+use support::*;
+
+async fn echo_with(pod: &str, tls: Option<(String, String)>) -> gw_testkit::echo::EchoServer {
+    gw_testkit::echo::start(EchoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pod: pod.into(),
+        namespace: "web".into(),
+        h2c_only: false,
+        log: false,
+        tls,
+    })
+    .await
+    .unwrap()
+}
+
+/// The echo's JSON for `https://NAME:PORT/` (or `http://` without `ca`), the name resolved to the
+/// node; `None` when curl got no answer.
+async fn curl(scheme: &str, name: &str, port: u16, ca: Option<&Path>) -> Option<serde_json::Value> {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-s", "--max-time", "5", "--resolve"])
+        .arg(format!("{name}:{port}:127.0.0.2"));
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let out = cmd
+        .arg(format!("{scheme}://{name}:{port}/"))
+        .output()
+        .await
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn l4_route(kind: &str, name: &str, section: &str, hostnames: &[&str], backend: &str) -> String {
+    let mut spec = json!({"parentRefs": [{"name": "gw", "sectionName": section}],
+        "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}]});
+    if !hostnames.is_empty() {
+        spec["hostnames"] = json!(hostnames);
+    }
+    let r = json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
+        "metadata": {"name": name, "namespace": "web"}, "spec": spec});
+    format!("---\n{r}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_passthrough_tls_terminate_and_tcp_listeners_forward_to_their_routes() {
+    let store = store();
+    let s = reach(&store);
+    let dir = store.dir.join("l4");
+    let ca = Ca::generate().unwrap();
+    ca.save(&dir).unwrap();
+    let issue = |name: &str| {
+        ca.issue(&Identity::Admin { name: "x".into() }, 1, &[name.into()])
+            .unwrap()
+    };
+    let a = echo_with("tls-a", Some(issue("a.example"))).await;
+    let b = echo_with("tls-b", Some(issue("b.example"))).await;
+    let plain = echo_with("plain", None).await;
+    let (crt, key) = issue("term.example");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "term", "namespace": "web"}, "stringData": {"tls.crt": crt, "tls.key": key}});
+    let (pass, term, tcp) = (free_port(), free_port(), free_port());
+    let gateway = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners:\n  - {{name: pass, port: {pass}, protocol: TLS, tls: {{mode: Passthrough}}}}\n  - {{name: term, port: {term}, protocol: TLS, hostname: term.example, tls: {{mode: Terminate, certificateRefs: [{{name: term}}]}}}}\n  - {{name: tcp, port: {tcp}, protocol: TCP}}\n  - {{name: udp, port: {tcp}, protocol: UDP}}\n"
+    );
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}---\n{secret}\n{gateway}{}{}{}{}{}{}{}{}",
+            service("a", "web", a.addr, None),
+            service("b", "web", b.addr, None),
+            service("plain", "web", plain.addr, None),
+            l4_route("TLSRoute", "ra", "pass", &["a.example"], "a"),
+            l4_route("TLSRoute", "rb", "pass", &["b.example"], "b"),
+            l4_route("TLSRoute", "rt", "term", &[], "plain"),
+            l4_route("TCPRoute", "rtcp", "tcp", &[], "plain"),
+            l4_route("UDPRoute", "rudp", "udp", &[], "plain"),
+        ),
+    );
+    let _node = NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a");
+    let ca_file = dir.join("ca.crt");
+
+    // Passthrough: each name reaches its own backend, which terminated TLS with its certificate
+    // (curl verified it for that name) and saw the name.
+    for (name, pod) in [("a.example", "tls-a"), ("b.example", "tls-b")] {
+        let echo = eventually_value(&format!("{name} through the passthrough listener"), || {
+            curl("https", name, pass, Some(&ca_file))
+        })
+        .await;
+        assert_eq!(echo["pod"], pod, "{echo}");
+        assert_eq!(echo["tls"]["sni"], name, "{echo}");
+    }
+    assert!(
+        curl("https", "c.example", pass, Some(&ca_file))
+            .await
+            .is_none(),
+        "a name no TLSRoute takes is not forwarded"
+    );
+
+    // Terminate: the listener's certificate, then plaintext to the backend.
+    let echo = eventually_value("term.example through the terminating listener", || {
+        curl("https", "term.example", term, Some(&ca_file))
+    })
+    .await;
+    assert_eq!(echo["pod"], "plain", "{echo}");
+    assert!(echo["tls"].is_null(), "the backend got plaintext: {echo}");
+
+    // TCP: the bytes as they are.
+    let echo = eventually_value("the TCP listener", || {
+        curl("http", "any.example", tcp, None)
+    })
+    .await;
+    assert_eq!(echo["pod"], "plain", "{echo}");
+
+    // Statuses.
+    let status = |kind: &'static str, name: &'static str| {
+        let s = s.clone();
+        async move {
+            let o = gwadm(&s, &["get", kind, name, "-n", "web", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            let c = v["status"]["parents"][0]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Accepted")?
+                .clone();
+            Some(format!(
+                "{}/{}",
+                c["status"].as_str()?,
+                c["reason"].as_str()?
+            ))
+        }
+    };
+    let written = eventually_value("the routes' statuses", || async {
+        Some((
+            status("tlsroute", "ra").await?,
+            status("tcproute", "rtcp").await?,
+            status("udproute", "rudp").await?,
+        ))
+    })
+    .await;
+    assert_eq!(
+        written,
+        (
+            "True/Accepted".to_string(),
+            "True/Accepted".to_string(),
+            "False/UnsupportedValue".to_string()
+        )
+    );
+}
