@@ -9,26 +9,37 @@ mod support;
 
 use gw_client::Identity;
 use gw_client::pki::Ca;
-use gw_testkit::echo::EchoConfig;
 use gw_testkit::procs::free_port;
 use serde_json::json;
 use support::*;
 
 /// An HTTPS echo backend with a certificate for `name`, issued by `ca`.
 async fn https_echo(pod: &str, ca: &Ca, name: &str) -> gw_testkit::echo::EchoServer {
-    let (crt, key) = ca
+    let issued = ca
         .issue(&Identity::Admin { name: pod.into() }, 1, &[name.into()])
         .unwrap();
-    gw_testkit::echo::start(EchoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pod: pod.into(),
-        namespace: "web".into(),
-        h2c_only: false,
-        log: false,
-        tls: Some((crt, key)),
+    echo_tls(pod, Some(issued)).await
+}
+
+/// The first ancestor in BackendTLSPolicy `name`'s status, once `ready` holds for it.
+async fn first_ancestor(
+    s: &Store,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually_value(&format!("an ancestor of policy {name}"), || async {
+        let o = gwadm(
+            s,
+            &["get", "backendtlspolicy", name, "-n", "web", "-o", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["status"]["ancestors"]
+            .as_array()?
+            .first()
+            .filter(|a| ready(a))
+            .cloned()
     })
     .await
-    .unwrap()
 }
 
 fn policy(name: &str, service: &str, hostname: &str) -> String {
@@ -82,23 +93,7 @@ async fn a_backend_tls_policy_makes_the_node_speak_verified_tls_to_the_backend()
     }
 
     // The policy's status: the Gateway whose route uses the Service, accepted and resolved.
-    let ancestor = eventually_value("the policy's ancestor", || async {
-        let o = gwadm(
-            &s,
-            &[
-                "get",
-                "backendtlspolicy",
-                "secure",
-                "-n",
-                "web",
-                "-o",
-                "json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        v["status"]["ancestors"].as_array()?.first().cloned()
-    })
-    .await;
+    let ancestor = first_ancestor(&s, "secure", |_| true).await;
     assert_eq!(ancestor["ancestorRef"]["kind"], "Gateway");
     assert_eq!(ancestor["ancestorRef"]["name"], "gw");
     let conds: Vec<String> = ancestor["conditions"]
@@ -148,26 +143,12 @@ async fn a_backend_tls_policy_makes_the_node_speak_verified_tls_to_the_backend()
         &store.dir,
         &policy("secure", "secure", "backend.example").replace("backend-ca", "no-such-ca"),
     );
-    let ancestor = eventually_value("ResolvedRefs=False", || async {
-        let o = gwadm(
-            &s,
-            &[
-                "get",
-                "backendtlspolicy",
-                "secure",
-                "-n",
-                "web",
-                "-o",
-                "json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        let a = v["status"]["ancestors"].as_array()?.first()?.clone();
+    let ancestor = first_ancestor(&s, "secure", |a| {
         a["conditions"]
-            .as_array()?
-            .iter()
+            .as_array()
+            .into_iter()
+            .flatten()
             .any(|c| c["type"] == "ResolvedRefs" && c["status"] == "False")
-            .then_some(a)
     })
     .await;
     assert!(

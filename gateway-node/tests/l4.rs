@@ -9,24 +9,10 @@ mod support;
 
 use gw_client::Identity;
 use gw_client::pki::Ca;
-use gw_testkit::echo::EchoConfig;
 use gw_testkit::procs::free_port;
 use serde_json::json;
 use std::path::Path;
 use support::*;
-
-async fn echo_with(pod: &str, tls: Option<(String, String)>) -> gw_testkit::echo::EchoServer {
-    gw_testkit::echo::start(EchoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pod: pod.into(),
-        namespace: "web".into(),
-        h2c_only: false,
-        log: false,
-        tls,
-    })
-    .await
-    .unwrap()
-}
 
 /// The echo's JSON for `https://NAME:PORT/` (or `http://` without `ca`), the name resolved to the
 /// node; `None` when curl got no answer.
@@ -70,9 +56,9 @@ async fn tls_passthrough_tls_terminate_and_tcp_listeners_forward_to_their_routes
         ca.issue(&Identity::Admin { name: "x".into() }, 1, &[name.into()])
             .unwrap()
     };
-    let a = echo_with("tls-a", Some(issue("a.example"))).await;
-    let b = echo_with("tls-b", Some(issue("b.example"))).await;
-    let plain = echo_with("plain", None).await;
+    let a = echo_tls("tls-a", Some(issue("a.example"))).await;
+    let b = echo_tls("tls-b", Some(issue("b.example"))).await;
+    let plain = echo_tls("plain", None).await;
     let (crt, key) = issue("term.example");
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": "term", "namespace": "web"}, "stringData": {"tls.crt": crt, "tls.key": key}});

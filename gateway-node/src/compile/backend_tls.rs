@@ -2,9 +2,9 @@
 //! CAs, and the policies' status (one ancestor per Gateway whose routes send to a target).
 
 use super::backends::RefError;
-use super::conditions::{Cond, render};
+use super::conditions::{Ancestors, Cond};
 use super::index::{Index, Meta, typed};
-use super::tls::{INVALID_CA, add_ca_config_map};
+use super::tls::{INVALID_CA, add_ca_config_map, core_ref};
 use crate::table::{TlsTarget, UpstreamTls};
 use gw_model::ObjectKey;
 use gw_model::kinds::GATEWAY_GROUP;
@@ -73,15 +73,11 @@ fn roots_of(
     }
     let mut roots = RootCertStore::empty();
     for r in &v.ca_certificate_refs {
-        if !r.group.is_empty() || r.kind != "ConfigMap" {
-            return Err(RefError::new(
-                INVALID_CA,
-                format!(
-                    "caCertificateRef {}/{} {:?}: only core ConfigMaps are supported",
-                    r.group, r.kind, r.name
-                ),
-            ));
-        }
+        core_ref(
+            ("caCertificateRef", INVALID_CA),
+            "ConfigMap",
+            (&r.group, &r.kind, &r.name),
+        )?;
         add_ca_config_map(&mut roots, idx, ns, &r.name)?;
     }
     let mut h = DefaultHasher::new();
@@ -194,13 +190,7 @@ impl BackendTlsPolicies {
                 .get(&p.key)
                 .and_then(|o| o.get("status").cloned())
                 .unwrap_or(Value::Null);
-            let mut ancestors: Vec<Value> = prev["ancestors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["controllerName"] != controller)
-                .cloned()
-                .collect();
+            let mut ancestors = Ancestors::new(&prev, controller);
             let mut accepted = Cond::ok("Accepted", "Accepted", "policy accepted");
             for (t, target) in p.spec.target_refs.iter().enumerate() {
                 if !target.group.is_empty() || target.kind != "Service" {
@@ -229,24 +219,14 @@ impl BackendTlsPolicies {
             };
             for g in used_by.get(&p.id()).into_iter().flatten() {
                 let ancestor_ref = json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": g.namespace, "name": g.name});
-                let previous = prev["ancestors"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|a| a["controllerName"] == controller && a["ancestorRef"] == ancestor_ref)
-                    .map(|a| a["conditions"].clone())
-                    .unwrap_or(Value::Null);
-                ancestors.push(json!({
-                    "ancestorRef": ancestor_ref,
-                    "controllerName": controller,
-                    "conditions": render(&[accepted.clone(), resolved.clone()], &previous, p.meta.generation, now_ms),
-                }));
+                ancestors.push(
+                    ancestor_ref,
+                    &[accepted.clone(), resolved.clone()],
+                    p.meta.generation,
+                    now_ms,
+                );
             }
-            out.push((
-                p.key.clone(),
-                json!({"ancestors": ancestors}),
-                p.meta.clone(),
-            ));
+            out.push((p.key.clone(), ancestors.status(), p.meta.clone()));
         }
         out
     }

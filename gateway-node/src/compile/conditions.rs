@@ -59,6 +59,51 @@ pub fn render(conds: &[Cond], previous: &Value, generation: i64, now_ms: u64) ->
     Value::Array(items)
 }
 
+/// A policy's `status.ancestors` being rebuilt by one controller: the other controllers' entries
+/// kept, this controller's added one by one (each keeping its conditions' transition times).
+pub struct Ancestors<'a> {
+    previous: &'a Value,
+    controller: &'a str,
+    pub entries: Vec<Value>,
+}
+
+impl<'a> Ancestors<'a> {
+    pub fn new(previous: &'a Value, controller: &'a str) -> Ancestors<'a> {
+        let entries = previous["ancestors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["controllerName"] != controller)
+            .cloned()
+            .collect();
+        Ancestors {
+            previous,
+            controller,
+            entries,
+        }
+    }
+
+    pub fn push(&mut self, ancestor_ref: Value, conds: &[Cond], generation: i64, now_ms: u64) {
+        let previous = self.previous["ancestors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["controllerName"] == self.controller && a["ancestorRef"] == ancestor_ref)
+            .map(|a| a["conditions"].clone())
+            .unwrap_or(Value::Null);
+        self.entries.push(json!({
+            "ancestorRef": ancestor_ref,
+            "controllerName": self.controller,
+            "conditions": render(conds, &previous, generation, now_ms),
+        }));
+    }
+
+    /// The status: `{"ancestors": [...]}`.
+    pub fn status(self) -> Value {
+        json!({ "ancestors": self.entries })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! spec says). Policy-level sessions are scoped to the policy, so every rule routing to its Service
 //! shares them.
 
-use super::conditions::{Cond, render};
+use super::conditions::{Ancestors, Cond};
 use super::index::{Index, Meta, typed};
 use crate::table::{Carrier, DEFAULT_NAME, SessionConfig};
 use gw_model::ObjectKey;
@@ -124,15 +124,9 @@ pub fn policy_statuses(
             .snap
             .objects
             .get(key)
-            .and_then(|o| o.get("status").cloned());
-        let prev = prev.unwrap_or(Value::Null);
-        let mut ancestors: Vec<Value> = prev["ancestors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["controllerName"] != controller)
-            .cloned()
-            .collect();
+            .and_then(|o| o.get("status").cloned())
+            .unwrap_or(Value::Null);
+        let mut ancestors = Ancestors::new(&prev, controller);
         for t in &spec.target_refs {
             let target = (meta.namespace.clone(), t.name.clone());
             let cond = if !t.group.is_empty() || t.kind != "Service" {
@@ -163,20 +157,9 @@ pub fn policy_statuses(
                 Cond::ok("Accepted", "Accepted", "policy accepted")
             };
             let ancestor_ref = json!({"group": "", "kind": "Service", "namespace": meta.namespace, "name": t.name});
-            let previous = prev["ancestors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["controllerName"] == controller && a["ancestorRef"] == ancestor_ref)
-                .map(|a| a["conditions"].clone())
-                .unwrap_or(Value::Null);
-            ancestors.push(json!({
-                "ancestorRef": ancestor_ref,
-                "controllerName": controller,
-                "conditions": render(&[cond], &previous, meta.generation, now_ms),
-            }));
+            ancestors.push(ancestor_ref, &[cond], meta.generation, now_ms);
         }
-        out.push((key.clone(), json!({"ancestors": ancestors}), meta));
+        out.push((key.clone(), ancestors.status(), meta));
     }
     out
 }

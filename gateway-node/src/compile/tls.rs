@@ -15,6 +15,21 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use std::sync::Arc;
 
+/// Checks that a reference (`field` and the reason it fails with) names a core `kind`.
+pub fn core_ref(
+    (field, reason): (&str, &'static str),
+    kind: &str,
+    (group, ref_kind, name): (&str, &str, &str),
+) -> Result<(), RefError> {
+    if group.is_empty() && ref_kind == kind {
+        return Ok(());
+    }
+    Err(RefError::new(
+        reason,
+        format!("{field} {group}/{ref_kind} {name:?}: only core {kind}s are supported"),
+    ))
+}
+
 /// The namespace of a reference from a Gateway in `gateway_ns` to a core `kind` (`what` names the
 /// field in messages), when it is local or a ReferenceGrant permits it.
 fn permitted_namespace<'r>(
@@ -42,15 +57,11 @@ pub fn load_certificate(
     gateway_ns: &str,
     r: &SecretObjectReference,
 ) -> Result<Arc<CertifiedKey>, RefError> {
-    if !r.group.is_empty() || r.kind != "Secret" {
-        return Err(RefError::new(
-            "InvalidCertificateRef",
-            format!(
-                "certificateRef {}/{} {:?}: only core Secrets are supported",
-                r.group, r.kind, r.name
-            ),
-        ));
-    }
+    core_ref(
+        ("certificateRef", "InvalidCertificateRef"),
+        "Secret",
+        (&r.group, &r.kind, &r.name),
+    )?;
     let ns = permitted_namespace(
         idx,
         gateway_ns,
@@ -141,15 +152,11 @@ pub fn load_client_cas(
 ) -> Result<Arc<dyn ClientCertVerifier>, RefError> {
     let mut roots = RootCertStore::empty();
     for r in refs {
-        if !r.group.is_empty() || r.kind != "ConfigMap" {
-            return Err(RefError::new(
-                INVALID_CA,
-                format!(
-                    "caCertificateRef {}/{} {:?}: only core ConfigMaps are supported",
-                    r.group, r.kind, r.name
-                ),
-            ));
-        }
+        core_ref(
+            ("caCertificateRef", INVALID_CA),
+            "ConfigMap",
+            (&r.group, &r.kind, &r.name),
+        )?;
         let ns = permitted_namespace(
             idx,
             gateway_ns,

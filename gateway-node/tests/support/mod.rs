@@ -185,6 +185,20 @@ pub fn apply(store: &Store, dir: &Path, yaml: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// An echo backend in namespace `web`, serving HTTPS with `tls` (certificate and key PEM) if given.
+pub async fn echo_tls(pod: &str, tls: Option<(String, String)>) -> EchoServer {
+    gw_testkit::echo::start(EchoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pod: pod.into(),
+        namespace: "web".into(),
+        h2c_only: false,
+        log: false,
+        tls,
+    })
+    .await
+    .unwrap()
+}
+
 pub async fn echo(pod: &str, ns: &str, h2c: bool) -> EchoServer {
     gw_testkit::echo::start(EchoConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
