@@ -30,22 +30,23 @@ pub fn core_ref(
     ))
 }
 
-/// The namespace of a reference from a Gateway in `gateway_ns` to a core `kind` (`what` names the
-/// field in messages), when it is local or a ReferenceGrant permits it.
-fn permitted_namespace<'r>(
+/// A reference from a Gateway in `gateway_ns` (`field` names it in messages, `reason` is its
+/// failure's) to a core `kind`: its namespace, when it names that kind and is local or a
+/// ReferenceGrant permits it.
+fn gateway_ref<'r>(
     idx: &Index<'_>,
     gateway_ns: &'r str,
-    namespace: Option<&'r str>,
+    (field, reason): (&str, &'static str),
     kind: &str,
-    name: &str,
-    what: &str,
+    (group, ref_kind, name, namespace): (&str, &str, &str, Option<&'r str>),
 ) -> Result<&'r str, RefError> {
+    core_ref((field, reason), kind, (group, ref_kind, name))?;
     let ns = namespace.unwrap_or(gateway_ns);
     if ns != gateway_ns && !idx.grants((GATEWAY_GROUP, "Gateway", gateway_ns), ("", kind, ns, name))
     {
         return Err(RefError::new(
             "RefNotPermitted",
-            format!("{what} to {kind} {ns}/{name} is not permitted by any ReferenceGrant"),
+            format!("{field} to {kind} {ns}/{name} is not permitted by any ReferenceGrant"),
         ));
     }
     Ok(ns)
@@ -57,18 +58,12 @@ pub fn load_certificate(
     gateway_ns: &str,
     r: &SecretObjectReference,
 ) -> Result<Arc<CertifiedKey>, RefError> {
-    core_ref(
-        ("certificateRef", "InvalidCertificateRef"),
-        "Secret",
-        (&r.group, &r.kind, &r.name),
-    )?;
-    let ns = permitted_namespace(
+    let ns = gateway_ref(
         idx,
         gateway_ns,
-        r.namespace.as_deref(),
+        ("certificateRef", "InvalidCertificateRef"),
         "Secret",
-        &r.name,
-        "certificateRef",
+        (&r.group, &r.kind, &r.name, r.namespace.as_deref()),
     )?;
     let secret = idx.secret(ns, &r.name).ok_or_else(|| {
         RefError::new(
@@ -152,18 +147,12 @@ pub fn load_client_cas(
 ) -> Result<Arc<dyn ClientCertVerifier>, RefError> {
     let mut roots = RootCertStore::empty();
     for r in refs {
-        core_ref(
-            ("caCertificateRef", INVALID_CA),
-            "ConfigMap",
-            (&r.group, &r.kind, &r.name),
-        )?;
-        let ns = permitted_namespace(
+        let ns = gateway_ref(
             idx,
             gateway_ns,
-            r.namespace.as_deref(),
+            ("caCertificateRef", INVALID_CA),
             "ConfigMap",
-            &r.name,
-            "caCertificateRef",
+            (&r.group, &r.kind, &r.name, r.namespace.as_deref()),
         )?;
         add_ca_config_map(&mut roots, idx, ns, &r.name)?;
     }
