@@ -33,7 +33,12 @@ async fn read_client_hello(tcp: &mut TcpStream) -> io::Result<(Vec<u8>, Option<S
             ));
         }
         seen.extend_from_slice(&chunk[..n]);
-        acceptor.read_tls(&mut &chunk[..n])?;
+        let mut unread = &chunk[..n];
+        while !unread.is_empty() {
+            if acceptor.read_tls(&mut unread)? == 0 {
+                break;
+            }
+        }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
                 let name = accepted.client_hello().server_name().map(str::to_string);
