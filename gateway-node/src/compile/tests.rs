@@ -401,6 +401,21 @@ fn backend_references_and_reference_grants() {
     }
 }
 
+/// `status/reason` of condition `t` of a Gateway status's listener `l`.
+fn listener_condition(gw: &Value, l: usize, t: &str) -> String {
+    let c = gw["listeners"][l]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == t)
+        .unwrap();
+    format!(
+        "{}/{}",
+        c["status"].as_str().unwrap(),
+        c["reason"].as_str().unwrap()
+    )
+}
+
 #[test]
 fn listener_status_reasons() {
     let cert_grantless = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: certs}\ntype: kubernetes.io/tls\ndata: {tls.crt: eA==, tls.key: eA==}\n";
@@ -412,19 +427,7 @@ fn listener_status_reasons() {
     );
     let c = build(&yaml);
     let gw = status_of(&c, "Gateway", "infra", "gw");
-    let cond = |l: usize, t: &str| {
-        let c = gw["listeners"][l]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == t)
-            .unwrap();
-        format!(
-            "{}/{}",
-            c["status"].as_str().unwrap(),
-            c["reason"].as_str().unwrap()
-        )
-    };
+    let cond = |l: usize, t: &str| listener_condition(gw, l, t);
     assert_eq!(cond(0, "ResolvedRefs"), "False/InvalidCertificateRef");
     assert_eq!(cond(0, "Programmed"), "False/Invalid");
     assert_eq!(cond(1, "ResolvedRefs"), "False/RefNotPermitted");
@@ -574,20 +577,7 @@ fn frontend_validation_needs_resolved_client_cas_and_refuses_every_client_withou
     .concat();
     let c = build(&format!("{CLASS}{objects}{}", gateway(&listeners)));
     let gw = status_of(&c, "Gateway", "infra", "gw");
-    let cond = |l: usize, t: &str| {
-        let c = gw["listeners"][l]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == t)
-            .unwrap()
-            .clone();
-        format!(
-            "{}/{}",
-            c["status"].as_str().unwrap(),
-            c["reason"].as_str().unwrap()
-        )
-    };
+    let cond = |l: usize, t: &str| listener_condition(gw, l, t);
     for (l, resolved, programmed) in [
         (0, "True/ResolvedRefs", "True/Programmed"),
         (1, "True/ResolvedRefs", "True/Programmed"),
