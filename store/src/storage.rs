@@ -1,5 +1,6 @@
-//! Durable storage of a store member on sled: the Raft log, the vote, the applied state machine and the
-//! current snapshot, all in one sled database under the member's data directory.
+//! Durable storage of a store member: the Raft log, the vote and the current snapshot's record in one
+//! sled database under the member's data directory, the snapshot itself in a file of its own beside
+//! it (`snapshots/`).
 //!
 //! Durability (DESIGN.md, "Writes are durable before they are acknowledged"): sled makes writes durable
 //! only on `flush`, and its flush uses `sync_file_range`, which survives a process crash but does not
@@ -8,6 +9,13 @@
 //! running share the next one, and their callbacks are completed in order. Votes are synced before
 //! `save_vote` returns. The state machine lives in memory; on restart it is rebuilt from the last
 //! snapshot (synced before the log is purged behind it) and the log after it.
+//!
+//! Snapshots are not sled values: sled keeps a large value in a blob file and, when the value is
+//! replaced, deletes the old blob as soon as nothing in memory refers to it — before the record of
+//! the new value is durable. A machine crash in between left the record of the old value pointing at
+//! a deleted file, and the member could not start (found by the power-loss nemesis). A snapshot is
+//! written to a file of its own and synced, then recorded in sled and synced; the file of the previous
+//! one is deleted only after that.
 
 // openraft's storage traits fix the error type to `StorageError` (224 bytes); the helpers here return it
 // too rather than boxing and unboxing at every trait boundary.
@@ -192,7 +200,12 @@ pub fn open(
         metrics: StorageMetrics::default(),
     });
     let log = LogStore::new(&db, durable.clone())?;
-    let shared = Arc::new(Shared::load(&db, durable, options.history_revisions)?);
+    let shared = Arc::new(Shared::load(
+        &db,
+        dir.join("snapshots"),
+        durable,
+        options.history_revisions,
+    )?);
     Ok((
         log,
         StateMachine {
@@ -293,7 +306,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let purged = self.purged()?;
-        let last = match self.log.last().map_err(read_err)? {
+        // Entries at or before the purge point may be left over from a crash during a purge.
+        let after = purged.map_or(0, |p| p.index + 1);
+        let last = match self
+            .log
+            .range(index_key(after)..)
+            .next_back()
+            .transpose()
+            .map_err(read_err)?
+        {
             Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
             None => purged,
         };
@@ -384,10 +405,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log.apply_batch(batch).map_err(write_err)
     }
 
+    /// The purge point is made durable before the entries go: sled may delete the blob of a removed
+    /// (large) entry before the removal is durable, and after a crash no entry at or before a durable
+    /// purge point is read again.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.raft
             .insert(KEY_PURGED, encode(&log_id))
             .map_err(write_err)?;
+        let d = self.durable.clone();
+        tokio::task::spawn_blocking(move || d.sync())
+            .await
+            .map_err(write_err)?
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=index_key(log_id.index)) {
             batch.remove(item.map_err(read_err)?.0);
@@ -400,8 +429,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // State machine
 // ------------------------------------------------------------------------------------------------
 
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+/// The current snapshot's record: its meta and the name of its file.
+const SNAP_CURRENT: &[u8] = b"current";
+/// Where earlier versions kept the snapshot (meta, and the data as a sled value): read when there is no
+/// record yet, removed once one is durable.
+const LEGACY_META: &[u8] = b"meta";
+const LEGACY_DATA: &[u8] = b"data";
+
+/// Where a snapshot lives.
+#[derive(Serialize, serde::Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    file: String,
+}
 
 /// The applied state and its Raft bookkeeping, behind one lock so that readers see whole revisions.
 pub struct Applied {
@@ -413,6 +453,8 @@ pub struct Applied {
 struct Shared {
     applied: RwLock<Applied>,
     snapshot: sled::Tree,
+    /// The directory of snapshot files.
+    snapshots: PathBuf,
     durable: Arc<Durable>,
     hub: broadcast::Sender<HubMsg>,
     /// Serialises snapshot builds and installs with each other.
@@ -424,19 +466,16 @@ impl Shared {
     /// by openraft up to the saved committed index.
     fn load(
         db: &sled::Db,
+        snapshots: PathBuf,
         durable: Arc<Durable>,
         history_limit: usize,
     ) -> Result<Self, StorageError> {
         let snapshot = db.open_tree("snapshot").map_err(read_err)?;
+        std::fs::create_dir_all(&snapshots).map_err(write_err)?;
         let mut state = State::new(history_limit);
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
-        if let Some(meta) = snapshot.get(SNAP_META).map_err(read_err)? {
-            let meta: SnapshotMeta = decode(&meta)?;
-            let data = snapshot
-                .get(SNAP_DATA)
-                .map_err(read_err)?
-                .unwrap_or_default();
+        if let Some((meta, data)) = current_snapshot(&snapshot, &snapshots)? {
             state.install_snapshot(&data).map_err(read_err)?;
             last_applied = meta.last_log_id;
             membership = meta.last_membership;
@@ -449,6 +488,7 @@ impl Shared {
                 membership,
             }),
             snapshot,
+            snapshots,
             durable,
             hub,
             snapshot_lock: Mutex::new(0),
@@ -558,33 +598,82 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta) = self.shared.snapshot.get(SNAP_META).map_err(read_err)? else {
-            return Ok(None);
-        };
-        let data = self
-            .shared
-            .snapshot
-            .get(SNAP_DATA)
-            .map_err(read_err)?
-            .map(|d| d.to_vec())
-            .unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta: decode(&meta)?,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(
+            current_snapshot(&self.shared.snapshot, &self.shared.snapshots)?.map(|(meta, data)| {
+                Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }
+            }),
+        )
     }
 }
 
-/// Saves a snapshot as the current one, durably (the log may be purged behind it afterwards).
+/// The current snapshot: its meta and data (from its file, or from sled as earlier versions kept it).
+fn current_snapshot(
+    tree: &sled::Tree,
+    dir: &Path,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    if let Some(record) = tree.get(SNAP_CURRENT).map_err(read_err)? {
+        let record: SnapshotRecord = decode(&record)?;
+        let data = std::fs::read(dir.join(&record.file)).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(record.meta.signature()),
+                &e,
+            ))
+        })?;
+        return Ok(Some((record.meta, data)));
+    }
+    let Some(meta) = tree.get(LEGACY_META).map_err(read_err)? else {
+        return Ok(None);
+    };
+    let data = tree.get(LEGACY_DATA).map_err(read_err)?.unwrap_or_default();
+    Ok(Some((decode(&meta)?, data.to_vec())))
+}
+
+/// Saves a snapshot as the current one, durably (the log may be purged behind it afterwards): its file
+/// written and synced, then its record in sled synced, then the files of earlier snapshots deleted.
 fn store_snapshot(shared: &Shared, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let mut b = sled::Batch::default();
-    b.insert(SNAP_META, encode(meta));
-    b.insert(SNAP_DATA, data);
-    shared.snapshot.apply_batch(b).map_err(write_err)?;
+    let failed = |e: io::Error| {
+        StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e))
+    };
+    // Named after the snapshot (ids are the leader's "term-index-sequence"; anything else is dropped).
+    let file: String = meta
+        .snapshot_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let file = format!("snapshot-{file}");
+    let tmp = shared.snapshots.join(format!("{file}.tmp"));
+    (|| {
+        let mut f = File::create(&tmp)?;
+        io::Write::write_all(&mut f, data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, shared.snapshots.join(&file))?;
+        File::open(&shared.snapshots)?.sync_all()
+    })()
+    .map_err(failed)?;
+    let record = SnapshotRecord {
+        meta: meta.clone(),
+        file: file.clone(),
+    };
     shared
-        .durable
-        .sync()
-        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e)))
+        .snapshot
+        .insert(SNAP_CURRENT, encode(&record))
+        .map_err(write_err)?;
+    shared.durable.sync().map_err(failed)?;
+    // Durable: what came before can go (a crash from here on leaves only garbage).
+    let mut legacy = sled::Batch::default();
+    legacy.remove(LEGACY_META);
+    legacy.remove(LEGACY_DATA);
+    shared.snapshot.apply_batch(legacy).map_err(write_err)?;
+    for e in std::fs::read_dir(&shared.snapshots).map_err(failed)? {
+        let name = e.map_err(failed)?.file_name();
+        if name != file.as_str() {
+            let _ = std::fs::remove_file(shared.snapshots.join(name));
+        }
+    }
+    Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -701,6 +790,46 @@ mod tests {
         let read = log.read_vote().await.unwrap().unwrap();
         assert_eq!(read.leader_id, vote.leader_id);
         assert!(!read.committed);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_lives_in_its_own_file_and_replaces_the_one_before_once_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, _) = open(dir.path(), StorageOptions::default()).unwrap();
+        let files = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        // A snapshot as earlier versions stored it is still the current one.
+        let legacy = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "legacy".into(),
+        };
+        let shared = sm.shared.clone();
+        let tree = &shared.snapshot;
+        tree.insert(LEGACY_META, encode(&legacy)).unwrap();
+        tree.insert(LEGACY_DATA, b"old".as_slice()).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, "legacy");
+        assert_eq!(current.snapshot.into_inner(), b"old");
+
+        let first = sm.build_snapshot().await.unwrap();
+        assert_eq!(files(), [format!("snapshot-{}", first.meta.snapshot_id)]);
+        assert!(
+            tree.get(LEGACY_DATA).unwrap().is_none(),
+            "the legacy copy goes"
+        );
+        let second = sm.build_snapshot().await.unwrap();
+        assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+        assert_eq!(files(), [format!("snapshot-{}", second.meta.snapshot_id)]);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, second.meta.snapshot_id);
+        assert_eq!(current.snapshot.into_inner(), second.snapshot.into_inner());
     }
 
     /// openraft's own storage conformance suite, run against the sled store.
