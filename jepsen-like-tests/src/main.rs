@@ -34,6 +34,12 @@ async fn main() {
             );
             for (name, c) in summary["checkers"].as_object().into_iter().flatten() {
                 println!("  {name}: {}", c["valid"]);
+                if c["valid"] == "false" {
+                    // CI keeps only what is printed: say why, not just that.
+                    let why = c["details"].to_string();
+                    let cut = why.char_indices().nth(4000).map_or(why.len(), |(i, _)| i);
+                    println!("    details: {}", &why[..cut]);
+                }
             }
             std::process::exit(if v == gw_jepsen::checker::Validity::True {
                 0
