@@ -60,6 +60,7 @@ pub enum Action {
     RotateSessionKeys,
     ClusterStatus,
     ChangeMembership,
+    CompactLog,
     ReadIndex,
     /// A Raft message sent as this member.
     Raft {
@@ -85,6 +86,7 @@ impl fmt::Display for Action {
             Action::RotateSessionKeys => f.write_str("rotate the session keys"),
             Action::ClusterStatus => f.write_str("read the cluster's status"),
             Action::ChangeMembership => f.write_str("change the cluster's membership"),
+            Action::CompactLog => f.write_str("compact a member's log"),
             Action::ReadIndex => f.write_str("ask for a read index"),
             Action::Raft { member } => write!(f, "send Raft messages as member {member}"),
         }
@@ -104,6 +106,7 @@ impl Action {
             Action::RotateSessionKeys => "rotate-session-keys",
             Action::ClusterStatus => "cluster-status",
             Action::ChangeMembership => "change-membership",
+            Action::CompactLog => "compact-log",
             Action::ReadIndex => "read-index",
             Action::Raft { .. } => "raft",
         }
@@ -324,6 +327,8 @@ mod tests {
             (&member, Action::Read, true),
             (&admin, write("apply", route.clone(), None, None), true),
             (&admin, Action::ChangeMembership, true),
+            (&admin, Action::CompactLog, true),
+            (&member, Action::CompactLog, false),
             (&admin, Action::RotateSessionKeys, true),
             (&node, write("apply", route.clone(), None, None), false),
             (&node, write("apply", lease.clone(), None, None), true),
@@ -350,6 +355,7 @@ mod tests {
             (&node, Action::RotateSessionKeys, false),
             (&node, Action::EvictSessions, false),
             (&node, Action::ChangeMembership, false),
+            (&node, Action::CompactLog, false),
             (&node, Action::Read, true),
             (
                 &sync_a,

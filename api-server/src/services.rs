@@ -885,6 +885,48 @@ impl pb::cluster_server::Cluster for ClusterService {
             index: read_log_id.map(|l| l.index).unwrap_or(0),
         }))
     }
+
+    async fn compact_log(
+        &self,
+        request: Request<pb::CompactLogRequest>,
+    ) -> Result<Response<pb::MemberStatus>, Status> {
+        self.node.auth.check(&request, Action::CompactLog)?;
+        let timeout = match request.get_ref().timeout_ms {
+            0 => Duration::from_secs(30),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let raft = &self.node.raft;
+        let Some(applied) = raft.metrics().borrow().last_applied else {
+            return Ok(Response::new(self.node.member_status()));
+        };
+        let fatal = |e: openraft::error::Fatal<u64>| Status::unavailable(e.to_string());
+        let waited = |what: &str, e: openraft::metrics::WaitError| {
+            Status::deadline_exceeded(format!(
+                "{what} up to index {} not done within {timeout:?}: {e}",
+                applied.index
+            ))
+        };
+        raft.trigger().snapshot().await.map_err(fatal)?;
+        raft.wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+                "snapshot",
+            )
+            .await
+            .map_err(|e| waited("the snapshot", e))?;
+        raft.trigger()
+            .purge_log(applied.index)
+            .await
+            .map_err(fatal)?;
+        raft.wait(Some(timeout))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= applied.index),
+                "purge",
+            )
+            .await
+            .map_err(|e| waited("the purge", e))?;
+        Ok(Response::new(self.node.member_status()))
+    }
 }
 
 pub struct RaftService {

@@ -233,6 +233,53 @@ async fn lagging_member_catches_up_by_snapshot() {
     assert_eq!(list["items"].as_array().unwrap().len(), 41);
 }
 
+/// `gwadm cluster compact-log` snapshots the member it is sent to and purges its log at once (the
+/// snapshot policy here would not for 10 000 entries); a member stopped before that catches up by
+/// snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn compact_log_purges_at_once_and_a_stopped_member_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let lagging = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.stop(lagging);
+    let live = others(&c, lagging);
+    for i in 0..5 {
+        let f = write(
+            &c.dir,
+            "n.yaml",
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\n"),
+        );
+        ok(c.gwadm(&live, &["apply", "-f", &f]));
+    }
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let before = c.member_status(leader).await.unwrap();
+    assert_eq!(before.purged_index, 0, "nothing purged yet: {before:?}");
+    let out = ok(c.gwadm(c.addr(leader), &["cluster", "compact-log"]));
+    let ls = c.member_status(leader).await.unwrap();
+    assert!(
+        ls.snapshot_index >= before.applied_index && ls.purged_index >= before.applied_index,
+        "snapshot and purge reach what was applied ({}): {ls:?}\n{out}",
+        before.applied_index
+    );
+    assert!(
+        out.contains(&format!("log purged up to {}", ls.purged_index)),
+        "{out}"
+    );
+    c.spawn(lagging).unwrap();
+    let s = c
+        .wait_for_revision(lagging, ls.applied_revision, ELECTION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(lagging, 40)));
+    assert!(
+        s.snapshot_index >= ls.purged_index,
+        "the stopped member installed the snapshot: {s:?}"
+    );
+    assert_eq!(
+        s.state_hash,
+        c.member_status(leader).await.unwrap().state_hash
+    );
+}
+
 /// A write to a leader cut off from its quorum is not held for ever: the member gives up waiting for
 /// the commit, and gwadm says the outcome is unknown (not that it failed): the entry is in the leader's
 /// log, and commits if the leader keeps its leadership once the quorum is back.

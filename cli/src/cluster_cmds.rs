@@ -127,3 +127,12 @@ pub async fn remove(client: &Client, id: u64) -> Result<()> {
     print_members(&r);
     Ok(())
 }
+
+pub async fn compact_log(client: &Client, timeout: std::time::Duration) -> Result<()> {
+    let s = client.compact_log(timeout).await?;
+    println!(
+        "member {} ({}): snapshot at index {}, log purged up to {}, last log index {}",
+        s.id, s.addr, s.snapshot_index, s.purged_index, s.last_log_index
+    );
+    Ok(())
+}

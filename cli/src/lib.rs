@@ -237,6 +237,13 @@ pub enum ClusterCommand {
     Promote { id: u64 },
     /// Remove a member (voter or learner).
     Remove { id: u64 },
+    /// Snapshot one member's state now and purge its log up to the snapshot (the member --server
+    /// names; give one). Members whose log ends before that then catch up by snapshot.
+    CompactLog {
+        /// How long to wait for the snapshot and the purge, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 /// Runs one parsed command.
@@ -406,6 +413,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 } => cluster_cmds::add_learner(&client, id, &addr, &peer_addr, &region).await,
                 ClusterCommand::Promote { id } => cluster_cmds::promote(&client, id).await,
                 ClusterCommand::Remove { id } => cluster_cmds::remove(&client, id).await,
+                ClusterCommand::CompactLog { timeout } => {
+                    cluster_cmds::compact_log(&client, Duration::from_secs(timeout)).await
+                }
             }
         }
     }

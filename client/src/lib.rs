@@ -396,6 +396,18 @@ impl Client {
         .await
     }
 
+    /// Snapshots the first reachable member's state and purges its log up to the snapshot (a client of
+    /// one server chooses the member); waits up to `timeout` for both.
+    pub async fn compact_log(&self, timeout: Duration) -> Result<pb::MemberStatus> {
+        let timeout_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.unary(pb::CompactLogRequest { timeout_ms }, |c, r| async move {
+            Client::cluster(c).compact_log(r).await
+        })
+        .await
+    }
+
     pub async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<pb::MembershipResponse> {
         self.write(req, |c, r| async move {
             Client::cluster(c).add_learner(r).await

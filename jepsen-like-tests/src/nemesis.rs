@@ -576,23 +576,19 @@ pub async fn run(
                 let cuts: Vec<(u64, u64)> =
                     others.iter().flat_map(|o| [(f, *o), (*o, f)]).collect();
                 let _ = net.drop_pairs(&cuts);
-                // Hold the follower out until the leader has purged the log it would need.
-                let behind = cluster
-                    .lock()
-                    .await
-                    .member_status(f)
-                    .await
-                    .map_or(0, |s| s.last_log_index);
+                // Hold the follower out until the leader has written past its log, then have the
+                // leader snapshot and purge its log (`CompactLog`): the follower can then catch up
+                // only by snapshot.
+                let status = |id| async move { cluster.lock().await.member_status(id).await };
+                let behind = status(f).await.map_or(0, |s| s.last_log_index);
                 let deadline = std::time::Instant::now() + hold * 5;
                 let mut purged = 0;
+                let mut compacted =
+                    Err("the leader applied nothing past the follower's log".into());
                 while std::time::Instant::now() < deadline {
-                    purged = cluster
-                        .lock()
-                        .await
-                        .member_status(l)
-                        .await
-                        .map_or(0, |s| s.purged_index);
-                    if purged > behind {
+                    if status(l).await.is_some_and(|s| s.applied_index > behind) {
+                        compacted = cluster.lock().await.compact_log(l, hold * 5).await;
+                        purged = compacted.as_ref().map_or(0, |s| s.purged_index);
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -602,20 +598,15 @@ pub async fn run(
                 let mut took = false;
                 let deadline = std::time::Instant::now() + (hold * 5).max(Duration::from_secs(20));
                 while purged > behind && std::time::Instant::now() < deadline {
-                    if cluster
-                        .lock()
-                        .await
-                        .member_status(f)
-                        .await
-                        .is_some_and(|s| s.snapshot_index >= purged)
-                    {
+                    if status(f).await.is_some_and(|s| s.snapshot_index >= purged) {
                         took = true;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 rec.record(Recorder::event(NEMESIS, Kind::Ok, what, None,
-                    json!({"isolated": f, "its_last_log_index": behind, "leader_purged_index": purged, "took_effect": took})));
+                    json!({"isolated": f, "its_last_log_index": behind, "leader_purged_index": purged,
+                           "compact_error": compacted.err(), "took_effect": took})));
                 effects.push((what.to_string(), took));
             }
         }

@@ -362,6 +362,26 @@ impl Cluster {
             .map(|r| r.into_inner())
     }
 
+    /// Snapshots member `id`'s state and purges its log up to the snapshot (`CompactLog`).
+    pub async fn compact_log(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<pb::MemberStatus, String> {
+        let channel = Dialer::new(self.pki.admin_security())
+            .lazy(self.addr(id))
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(pb::CompactLogRequest {
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        });
+        req.set_timeout(timeout + Duration::from_secs(5));
+        gw_client::Client::cluster(channel)
+            .compact_log(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("member {id}: {}", s.message()))
+    }
+
     /// Waits until some running member reports itself leader, and returns its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
