@@ -2,7 +2,7 @@
 //! member, or a cluster of several for runs under faults, and one gateway node that gives each Gateway
 //! its own loopback address), Deployments run as
 //! echo "pods" (each on its own loopback IP, serving the ports the upstream echo server does: HTTP and
-//! h2c on 3000, h2c only on 3001), EndpointSlices kept in line with the Services that select pods (the
+//! h2c on 3000, h2c only on 3001, and HTTPS on 8443 when the pod mounts a certificate), EndpointSlices kept in line with the Services that select pods (the
 //! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
 //! TLS Secrets the suite creates at setup.
 
@@ -408,20 +408,45 @@ impl Env {
                     .collect()
             })
             .unwrap_or_default();
+        // With TLS_SERVER_CERT and TLS_SERVER_PRIVKEY, the upstream echo server also serves HTTPS on
+        // 8443, with the certificate its pod mounts from a Secret.
+        let container_env = |var: &str| {
+            d["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == var)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_string)
+        };
+        let tls = match (
+            container_env("TLS_SERVER_CERT"),
+            container_env("TLS_SERVER_PRIVKEY"),
+        ) {
+            (Some(crt), Some(key)) => Some((
+                self.mounted_file(&ns, d, &crt).await?,
+                self.mounted_file(&ns, d, &key).await?,
+            )),
+            _ => None,
+        };
         for i in 0..replicas {
             let ip = Ipv4Addr::from(POD_NET + self.next_pod);
             self.next_pod += 1;
             let pod = format!("{name}-{i}");
             let mut servers = Vec::new();
             // The upstream echo server: HTTP (and h2c) on 3000, h2c only on 3001.
-            for (port, h2c_only) in [(3000u16, false), (3001, true)] {
+            let https = tls.clone().map(|pair| (8443u16, false, Some(pair)));
+            for (port, h2c_only, tls) in [(3000u16, false, None), (3001, true, None)]
+                .into_iter()
+                .chain(https)
+            {
                 let cfg = EchoConfig {
                     listen: (ip, port).into(),
                     pod: pod.clone(),
                     namespace: ns.clone(),
                     h2c_only,
                     log: false,
-                    tls: None,
+                    tls,
                 };
                 servers.push(
                     gw_testkit::echo::start(cfg)
@@ -493,6 +518,82 @@ impl Env {
             .await
             .map(|_| ())
             .map_err(|e| format!("EndpointSlices: {e}"))
+    }
+
+    /// One data field of a Secret, decoded.
+    pub async fn secret_field(
+        &self,
+        namespace: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<Vec<u8>, String> {
+        let key = ObjectKey::new("", "Secret", namespace, name);
+        // The harness is the suite's admin: it asks for the values, which are redacted otherwise.
+        let got = self
+            .client
+            .get(pb::GetRequest {
+                target: Some(object_ref(&key)),
+                options: Some(pb::ReadOptions {
+                    show_secret_values: true,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|e| format!("reading {key}: {e}"))?;
+        let s: Value = serde_json::from_str(&got.object_json).map_err(|e| e.to_string())?;
+        let b = s["data"][field]
+            .as_str()
+            .ok_or_else(|| format!("{key} has no {field}"))?;
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+            .map_err(|e| format!("{key} {field}: {e}"))
+    }
+
+    /// The `tls.crt` and `tls.key` of a TLS Secret.
+    pub async fn secret_pair(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        Ok((
+            self.secret_field(namespace, name, "tls.crt").await?,
+            self.secret_field(namespace, name, "tls.key").await?,
+        ))
+    }
+
+    /// The contents of a file a Deployment's pod template mounts from a Secret volume (`path` as the
+    /// container sees it), read from the store as the kubelet would.
+    async fn mounted_file(&self, ns: &str, d: &Value, path: &str) -> Result<String, String> {
+        let spec = &d["spec"]["template"]["spec"];
+        let container = &spec["containers"][0];
+        let (mount, file) = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|m| {
+                let dir = m["mountPath"].as_str()?;
+                let file = path.strip_prefix(dir)?.strip_prefix('/')?;
+                Some((m["name"].as_str()?, file))
+            })
+            .ok_or_else(|| format!("no volume of the pod template mounts {path}"))?;
+        let secret = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount)
+            .map(|v| &v["secret"])
+            .filter(|s| s.is_object())
+            .ok_or_else(|| format!("volume {mount} (mounting {path}) is not a Secret volume"))?;
+        let name = secret["secretName"].as_str().unwrap_or("");
+        // An `items` entry maps a key to the file's name; without one, the file is named after its key.
+        let key = secret["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["path"] == file)
+            .and_then(|i| i["key"].as_str())
+            .unwrap_or(file);
+        let bytes = self.secret_field(ns, name, key).await?;
+        String::from_utf8(bytes).map_err(|e| format!("Secret {ns}/{name} {key}: {e}"))
     }
 
     /// The TLS Secrets the suite generates at setup (`base/programmatic-secrets.json`).

@@ -7,6 +7,7 @@ pub const SUPPORTED: &[&str] = &[
     "Gateway",
     "ReferenceGrant",
     "HTTPRoute",
+    "TLSRoute",
     "GatewayPort8080",
     "GatewayStaticAddresses",
     "GatewayHTTPListenerIsolation",

@@ -37,14 +37,14 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// Builds a case's request: method (default GET), path with query, headers (set once each), the Host
-/// (the request's, else the gateway address), and `X-Echo-Set-Header` as the suite always sends it.
+/// Builds a case's request: method (default GET), path with query, headers (set once each), `host`
+/// (the request's own, resolved by the caller, else the gateway address), and `X-Echo-Set-Header` as
+/// the suite always sends it.
 pub fn build(
     r: &case::Request,
     set_response_headers: &BTreeMap<String, String>,
-    default_host: &str,
+    host: &str,
 ) -> Result<Request<Full<Bytes>>, String> {
-    let host = r.literal_host()?.unwrap_or(default_host);
     let mut b = Request::builder()
         .method(r.method())
         .uri(r.path())
@@ -390,7 +390,7 @@ pub fn compare(
         ));
     }
     if reply.status == 200 {
-        return compare_echo(e, reply);
+        return compare_echo(e, reply, request_host);
     }
     if is_redirect(reply.status)
         && let Some(rr) = e.redirect
@@ -400,8 +400,9 @@ pub fn compare(
     Ok(())
 }
 
-/// A 200: the echo backend's report of what it received, and who answered.
-fn compare_echo(e: &Expect<'_>, reply: &Reply) -> Result<(), String> {
+/// A 200: the echo backend's report of what it received, and who answered. `request_host` is the Host
+/// sent (the request's own, resolved).
+fn compare_echo(e: &Expect<'_>, reply: &Reply, request_host: &str) -> Result<(), String> {
     let echo: Value = serde_json::from_slice(&reply.body)
         .map_err(|err| format!("the backend's answer is not the echo JSON: {err}"))?;
     // `ExpectedRequest` absent means "the request as sent".
@@ -419,7 +420,7 @@ fn compare_echo(e: &Expect<'_>, reply: &Reply) -> Result<(), String> {
         ),
         None => (
             e.request.method(),
-            e.request.literal_host()?.unwrap_or(""),
+            e.request.literal_host()?.map_or("", |_| request_host),
             e.request.path(),
             &e.request.headers,
             &[][..],

@@ -353,8 +353,10 @@ async fn setup(env: &mut Env, suite: &Path, secrets: &Value) -> Result<(), Strin
         .await_condition(&class, &accepted, steps::GATEWAYCLASS_ACCEPTED, false)
         .await
         .map_err(|e| format!("GatewayClass {}: {e}", class.name))?;
-    env.apply_file(&suite.join("base/manifests.yaml")).await?;
+    // Created before the base manifests (the suite creates them right after): their pods mount them,
+    // and a kubelet would wait for them; the harness starts pods at once.
     env.create_programmatic_secrets(secrets).await?;
+    env.apply_file(&suite.join("base/manifests.yaml")).await?;
     let namespaces: Vec<String> = secrets["readiness_after_setup"]["gateway_namespaces"]
         .as_array()
         .into_iter()

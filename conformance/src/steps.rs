@@ -172,6 +172,8 @@ fn describe(v: &Value) -> String {
 pub struct Run<'a> {
     pub env: &'a mut Env,
     recorded: HashMap<ObjectKey, i64>,
+    /// Values earlier steps found that later cases name as `$NAME`.
+    vars: HashMap<&'static str, String>,
     pub steps: usize,
 }
 
@@ -180,6 +182,7 @@ impl<'a> Run<'a> {
         Run {
             env,
             recorded: HashMap::new(),
+            vars: HashMap::new(),
             steps: 0,
         }
     }
@@ -430,7 +433,15 @@ impl<'a> Run<'a> {
             }
             Check::RouteHostnameCount { resource, count } => {
                 let route = self.fetch(&key_of(resource)?).await?;
-                count_is(&route["spec"]["hostnames"], *count, "spec.hostnames")
+                count_is(&route["spec"]["hostnames"], *count, "spec.hostnames")?;
+                // The TLSRoute tests send their requests to the route's one hostname (the Go test's
+                // `serverStr := string(hostnames[0])`).
+                if resource.kind == "TLSRoute"
+                    && let Some(h) = route["spec"]["hostnames"][0].as_str()
+                {
+                    self.vars.insert("$TLSROUTE_HOSTNAME", h.to_string());
+                }
+                Ok(())
             }
         }
     }
@@ -934,31 +945,27 @@ impl Run<'_> {
         Ok((addr, host))
     }
 
-    /// The `tls.crt` and `tls.key` of a TLS Secret.
-    async fn secret_pair(&self, namespace: &str, name: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let key = ObjectKey::new("", "Secret", namespace, name);
-        // The harness is the suite's admin: it asks for the values, which are redacted otherwise.
-        let got = self
-            .env
-            .client
-            .get(gw_proto::GetRequest {
-                target: Some(object_ref(&key)),
-                options: Some(gw_proto::ReadOptions {
-                    show_secret_values: true,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|e| format!("reading {key}: {e}"))?;
-        let s: Value = serde_json::from_str(&got.object_json).map_err(|e| e.to_string())?;
-        let field = |f: &str| -> Result<Vec<u8>, String> {
-            let b = s["data"][f]
-                .as_str()
-                .ok_or_else(|| format!("{key} has no {f}"))?;
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
-                .map_err(|e| format!("{key} {f}: {e}"))
-        };
-        Ok((field("tls.crt")?, field("tls.key")?))
+    /// A case's value, or what an earlier step found for it when it names one (`$TLSROUTE_HOSTNAME`).
+    fn resolve(&self, value: &str) -> Result<String, String> {
+        if !value.starts_with('$') {
+            return Ok(value.to_string());
+        }
+        self.vars
+            .get(value)
+            .cloned()
+            .ok_or_else(|| format!("the case uses {value}, which no earlier step of the test set"))
+    }
+
+    /// The Host a request is sent with: its own (resolved), else the target's.
+    fn request_host(
+        &self,
+        request: &crate::case::Request,
+        default_host: String,
+    ) -> Result<String, String> {
+        match request.literal_host()? {
+            Some(h) => self.resolve(h),
+            None => Ok(default_host),
+        }
     }
 
     /// Every echoed request URI of a Deployment's pods so far.
@@ -985,12 +992,13 @@ impl Run<'_> {
             ClientKind::Https => {
                 let tls = c.tls.as_ref().ok_or("an https case without tls")?;
                 let (crt, key) = self
+                    .env
                     .secret_pair(&tls.cert_secret.namespace, &tls.cert_secret.name)
                     .await?;
                 (
                     "https",
                     Transport::Https {
-                        server_name: tls.server_name.clone(),
+                        server_name: self.resolve(&tls.server_name)?,
                         root_pem: crt.clone(),
                         client: Some((crt, key)),
                     },
@@ -999,11 +1007,7 @@ impl Run<'_> {
             other => return Err(format!("the harness has no {other:?} client")),
         };
         let (addr, default_host) = self.target(&c.target, scheme).await?;
-        let host = c
-            .request
-            .literal_host()?
-            .unwrap_or(&default_host)
-            .to_string();
+        let host = self.request_host(&c.request, default_host)?;
         let request = format!(
             "{} {scheme}://{addr}{} (Host: {host})",
             c.request.method(),
@@ -1016,7 +1020,7 @@ impl Run<'_> {
             .collect();
         let expect = Expect::of(c);
         converge(self.env, &request, || async {
-            let req = h::build(&c.request, &c.backend_set_response_headers, &default_host)?;
+            let req = h::build(&c.request, &c.backend_set_response_headers, &host)?;
             let reply = h::send(addr, &transport, req).await?;
             h::compare(&expect, &reply, scheme, &host)
         })
@@ -1057,7 +1061,8 @@ impl Run<'_> {
                 expected_weights,
                 ..
             } => {
-                let (addr, host) = self.target(target, "http").await?;
+                let (addr, default_host) = self.target(target, "http").await?;
+                let host = self.request_host(request, default_host)?;
                 let Target::Gateway { namespace, .. } = target else {
                     return Err("a weighted distribution through a mesh pod".into());
                 };
