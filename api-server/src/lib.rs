@@ -38,6 +38,13 @@ use tonic::transport::server::Router;
 /// How long a connection may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams a peer may reset before this member accepted them, per connection, before the member
+/// closes the connection (GOAWAY "too_many_resets": HTTP/2 rapid-reset protection). The leader cancels
+/// each AppendEntries and heartbeat that outlives its timeout; with h2's default of 20, a follower busy
+/// for a few seconds closed the leader's connection again and again and never caught up (seen in the
+/// power-loss runs, with InstallSnapshot calls cut short). The bound stays; it is higher.
+const MAX_PENDING_RESETS: usize = 1000;
+
 /// The next connection, with Nagle's algorithm off (small request/response exchanges: it would hold
 /// each reply for the peer's delayed ACK, ~40 ms); a failed accept (out of file descriptors, say) is
 /// logged and retried.
@@ -218,6 +225,7 @@ impl Server {
         };
         let api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
             .layer(RpcLayer(metrics.clone()))
             .add_service(
                 pb::config_server::ConfigServer::new(ConfigService { node: node.clone() })
@@ -237,6 +245,7 @@ impl Server {
             Some(peer) => {
                 let peer_router = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
                     .layer(RpcLayer(metrics.clone()))
                     .add_service(raft_service());
                 tasks.push(serve(peer_router, peer, security.clone(), stopped.clone()));
