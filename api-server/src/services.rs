@@ -14,7 +14,7 @@ use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
 use gw_model::{Document, DocumentError, ObjectKey, admit};
 use gw_proto as pb;
 use gw_store::state::resource_version;
-use gw_store::types::{Member, NodeId, Op, Txn, TxnOutcome};
+use gw_store::types::{LogId, Member, NodeId, Op, Txn, TxnOutcome};
 use openraft::ChangeMembers;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -900,31 +900,33 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Ok(Response::new(self.node.member_status()));
         };
         let fatal = |e: openraft::error::Fatal<u64>| Status::unavailable(e.to_string());
-        let waited = |what: &str, e: openraft::metrics::WaitError| {
-            Status::deadline_exceeded(format!(
-                "{what} up to index {} not done within {timeout:?}: {e}",
-                applied.index
-            ))
-        };
+        // Until the log id `at` reads from the metrics reaches what was applied.
+        let reached =
+            |what: &'static str,
+             at: fn(&openraft::RaftMetrics<NodeId, Member>) -> Option<LogId>| {
+                let wait = raft.wait(Some(timeout));
+                async move {
+                    wait.metrics(
+                        move |m| at(m).is_some_and(|l| l.index >= applied.index),
+                        what,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        Status::deadline_exceeded(format!(
+                            "{what} up to index {} not done within {timeout:?}: {e}",
+                            applied.index
+                        ))
+                    })
+                }
+            };
         raft.trigger().snapshot().await.map_err(fatal)?;
-        raft.wait(Some(timeout))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
-                "snapshot",
-            )
-            .await
-            .map_err(|e| waited("the snapshot", e))?;
+        reached("the snapshot", |m| m.snapshot).await?;
         raft.trigger()
             .purge_log(applied.index)
             .await
             .map_err(fatal)?;
-        raft.wait(Some(timeout))
-            .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= applied.index),
-                "purge",
-            )
-            .await
-            .map_err(|e| waited("the purge", e))?;
+        reached("the purge", |m| m.purged).await?;
         Ok(Response::new(self.node.member_status()))
     }
 }

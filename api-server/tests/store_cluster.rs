@@ -83,6 +83,28 @@ async fn purged_status(c: &Cluster, leader: u64) -> gw_proto::MemberStatus {
     }
 }
 
+/// Writes ConfigMaps `cm-0` .. `cm-{n-1}` through `servers`, one apply each.
+fn apply_config_maps(c: &Cluster, servers: &str, n: usize) {
+    for i in 0..n {
+        let f = write(
+            &c.dir,
+            "n.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{i: '{i}'}}\n"
+            ),
+        );
+        ok(c.gwadm(servers, &["apply", "-f", &f]));
+    }
+}
+
+/// Starts a stopped member again and waits until it has applied `revision`; its status then.
+async fn restarted_at(c: &mut Cluster, member: u64, revision: u64) -> gw_proto::MemberStatus {
+    c.spawn(member).unwrap();
+    c.wait_for_revision(member, revision, ELECTION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(member, 40)))
+}
+
 fn revision_of(apply_output: &str) -> u64 {
     apply_output
         .lines()
@@ -191,17 +213,7 @@ async fn lagging_member_catches_up_by_snapshot() {
     ok(c.gwadm(&c.servers(), &["apply", "-f", &f]));
     c.wait_for_revision(lagging, 1, ELECTION).await.unwrap();
     c.stop(lagging);
-    let live = others(&c, lagging);
-    for i in 0..40 {
-        let f = write(
-            &c.dir,
-            "n.yaml",
-            &format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{i: '{i}'}}\n"
-            ),
-        );
-        ok(c.gwadm(&live, &["apply", "-f", &f]));
-    }
+    apply_config_maps(&c, &others(&c, lagging), 40);
     // openraft purges behind a snapshot once no replication request is using those entries (the
     // requests to the stopped member time out and back off).
     let leader = c.wait_for_leader(ELECTION).await.unwrap();
@@ -210,11 +222,7 @@ async fn lagging_member_catches_up_by_snapshot() {
         ls.purged_index > 5,
         "the leader purged its log behind a snapshot: {ls:?}"
     );
-    c.spawn(lagging).unwrap();
-    let s = c
-        .wait_for_revision(lagging, ls.applied_revision, ELECTION)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(lagging, 40)));
+    let s = restarted_at(&mut c, lagging, ls.applied_revision).await;
     assert!(
         s.snapshot_index > 0,
         "the lagging member installed a snapshot: {s:?}"
@@ -234,7 +242,7 @@ async fn lagging_member_catches_up_by_snapshot() {
 }
 
 /// `gwadm cluster compact-log` snapshots the member it is sent to and purges its log at once (the
-/// snapshot policy here would not for 10 000 entries); a member stopped before that catches up by
+/// snapshot policy here would not for 5 000 entries); a member stopped before that catches up by
 /// snapshot.
 #[tokio::test(flavor = "multi_thread")]
 async fn compact_log_purges_at_once_and_a_stopped_member_catches_up_by_snapshot() {
@@ -242,15 +250,7 @@ async fn compact_log_purges_at_once_and_a_stopped_member_catches_up_by_snapshot(
     let leader = c.wait_for_leader(ELECTION).await.unwrap();
     let lagging = c.ids().into_iter().find(|id| *id != leader).unwrap();
     c.stop(lagging);
-    let live = others(&c, lagging);
-    for i in 0..5 {
-        let f = write(
-            &c.dir,
-            "n.yaml",
-            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\n"),
-        );
-        ok(c.gwadm(&live, &["apply", "-f", &f]));
-    }
+    apply_config_maps(&c, &others(&c, lagging), 5);
     let leader = c.wait_for_leader(ELECTION).await.unwrap();
     let before = c.member_status(leader).await.unwrap();
     assert_eq!(before.purged_index, 0, "nothing purged yet: {before:?}");
@@ -265,11 +265,7 @@ async fn compact_log_purges_at_once_and_a_stopped_member_catches_up_by_snapshot(
         out.contains(&format!("log purged up to {}", ls.purged_index)),
         "{out}"
     );
-    c.spawn(lagging).unwrap();
-    let s = c
-        .wait_for_revision(lagging, ls.applied_revision, ELECTION)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(lagging, 40)));
+    let s = restarted_at(&mut c, lagging, ls.applied_revision).await;
     assert!(
         s.snapshot_index >= ls.purged_index,
         "the stopped member installed the snapshot: {s:?}"
