@@ -1,4 +1,4 @@
-//! TLS and TCP listeners, driven with curl: TLS Passthrough routes connections by the ClientHello's
+//! TLS and TCP listeners, driven with curl (and openssl s_client): TLS Passthrough routes connections by the ClientHello's
 //! server name to each TLSRoute's backend, which terminates TLS with its own certificate; TLS
 //! Terminate ends TLS with the listener's certificate and forwards plaintext; a TCP listener
 //! forwards to its TCPRoute's backend; UDPRoutes are stored and told they are not served.
@@ -34,6 +34,13 @@ async fn curl(scheme: &str, name: &str, port: u16, ca: Option<&Path>) -> Option<
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// The base64 of the first PEM certificate in `text`, whitespace removed.
+fn first_pem(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (pem, _) = rest.split_once("-----END CERTIFICATE-----")?;
+    Some(pem.split_whitespace().collect())
+}
+
 fn l4_route(kind: &str, name: &str, section: &str, hostnames: &[&str], backend: &str) -> String {
     let mut spec = json!({"parentRefs": [{"name": "gw", "sectionName": section}],
         "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}]});
@@ -56,8 +63,9 @@ async fn tls_passthrough_tls_terminate_and_tcp_listeners_forward_to_their_routes
         ca.issue(&Identity::Admin { name: "x".into() }, 1, &[name.into()])
             .unwrap()
     };
-    let a = echo_tls("tls-a", Some(issue("a.example"))).await;
-    let b = echo_tls("tls-b", Some(issue("b.example"))).await;
+    let (a_pair, b_pair) = (issue("a.example"), issue("b.example"));
+    let a = echo_tls("tls-a", Some(a_pair.clone())).await;
+    let b = echo_tls("tls-b", Some(b_pair.clone())).await;
     let plain = echo_tls("plain", None).await;
     let (crt, key) = issue("term.example");
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -93,6 +101,30 @@ async fn tls_passthrough_tls_terminate_and_tcp_listeners_forward_to_their_routes
         .await;
         assert_eq!(echo["pod"], pod, "{echo}");
         assert_eq!(echo["tls"]["sni"], name, "{echo}");
+    }
+    // And as an operator would look: `openssl s_client -servername` is shown each backend's own
+    // certificate, verified for that name.
+    for (name, (backend_crt, _)) in [("a.example", &a_pair), ("b.example", &b_pair)] {
+        let out = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.2:{pass}")])
+            .args(["-servername", name, "-verify_hostname", name, "-CAfile"])
+            .arg(&ca_file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Verify return code: 0 (ok)"),
+            "{name}: {text}"
+        );
+        let served =
+            first_pem(&text).unwrap_or_else(|| panic!("{name}: no certificate shown: {text}"));
+        assert_eq!(
+            Some(served),
+            first_pem(backend_crt),
+            "{name}: the backend's own certificate"
+        );
     }
     assert!(
         curl("https", "c.example", pass, Some(&ca_file))
