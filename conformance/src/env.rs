@@ -2,9 +2,9 @@
 //! member, or a cluster of several for runs under faults, and one gateway node that gives each Gateway
 //! its own loopback address), Deployments run as
 //! echo "pods" (each on its own loopback IP, serving the ports the upstream echo server does: HTTP and
-//! h2c on 3000, h2c only on 3001, and HTTPS on 8443 when the pod mounts a certificate), EndpointSlices kept in line with the Services that select pods (the
-//! job of Kubernetes' EndpointSlice controller), manifests applied with the suite's rewrites, and the
-//! TLS Secrets the suite creates at setup.
+//! h2c on 3000, h2c only on 3001, and HTTPS on 8443 when the pod mounts a certificate), EndpointSlices
+//! kept in line with the Services that select pods (the job of Kubernetes' EndpointSlice controller),
+//! manifests applied with the suite's rewrites, and the TLS Secrets the suite creates at setup.
 
 use anyhow::Context;
 use gw_client::{Client, object_ref};
