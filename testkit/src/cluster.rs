@@ -362,24 +362,19 @@ impl Cluster {
             .map(|r| r.into_inner())
     }
 
-    /// Snapshots member `id`'s state and purges its log up to the snapshot (`CompactLog`).
+    /// Snapshots member `id`'s state and purges its log up to the snapshot (`CompactLog`), asked once.
     pub async fn compact_log(
         &self,
         id: u64,
         timeout: Duration,
     ) -> Result<pb::MemberStatus, String> {
-        let channel = Dialer::new(self.pki.admin_security())
-            .lazy(self.addr(id))
-            .map_err(|e| e.to_string())?;
-        let mut req = tonic::Request::new(pb::CompactLogRequest {
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
-        });
-        req.set_timeout(timeout + Duration::from_secs(5));
-        gw_client::Client::cluster(channel)
-            .compact_log(req)
+        let dialer = Dialer::new(self.pki.admin_security());
+        gw_client::Client::new(&[self.addr(id).to_string()], Duration::ZERO, &dialer)
+            .map_err(|e| e.to_string())?
+            .with_call_timeout(timeout + Duration::from_secs(5))
+            .compact_log(timeout)
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| format!("member {id}: {}", s.message()))
+            .map_err(|e| format!("member {id}: {e}"))
     }
 
     /// Waits until some running member reports itself leader, and returns its id.
