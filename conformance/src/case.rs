@@ -569,6 +569,35 @@ pub struct Case {
     pub request_metadata: Option<RequestMetadata>,
 }
 
+impl Case {
+    /// The GrpcEcho method a gRPC case calls: the one of `EchoRequest`, `EchoTwoRequest`,
+    /// `EchoThreeRequest` that is set (exactly one must be), which `grpc.method` must agree with.
+    pub fn grpc_method(&self) -> Result<&'static str, String> {
+        let set: Vec<&'static str> = [
+            ("Echo", &self.echo_request),
+            ("EchoTwo", &self.echo_two_request),
+            ("EchoThree", &self.echo_three_request),
+        ]
+        .into_iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(m, _)| m)
+        .collect();
+        let [method] = set[..] else {
+            return Err(format!(
+                "a gRPC case sets {} of EchoRequest, EchoTwoRequest, EchoThreeRequest; exactly one is needed",
+                set.len()
+            ));
+        };
+        match &self.grpc {
+            Some(g) if g.method != method => Err(format!(
+                "the case's grpc.method {} is not the method of its request ({method})",
+                g.method
+            )),
+            _ => Ok(method),
+        }
+    }
+}
+
 /// A mutation (the README's "Actions").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "action", deny_unknown_fields)]

@@ -2,7 +2,8 @@
 //! member, or a cluster of several for runs under faults, and one gateway node that gives each Gateway
 //! its own loopback address), Deployments run as
 //! echo "pods" (each on its own loopback IP, serving the ports the upstream echo server does: HTTP and
-//! h2c on 3000, h2c only on 3001, and HTTPS on 8443 when the pod mounts a certificate), EndpointSlices
+//! h2c on 3000, h2c only on 3001, and HTTPS on 8443 when the pod mounts a certificate; the gRPC echo
+//! service on 3000 instead when the Deployment sets `GRPC_ECHO_SERVER`), EndpointSlices
 //! kept in line with the Services that select pods (the job of Kubernetes' EndpointSlice controller),
 //! manifests applied with the suite's rewrites, and the TLS Secrets the suite creates at setup.
 
@@ -12,6 +13,7 @@ use gw_model::ObjectKey;
 use gw_proto as pb;
 use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::echo::{EchoConfig, EchoServer};
+use gw_testkit::grpc_echo::GrpcEchoConfig;
 use gw_testkit::pki::Pki;
 use gw_testkit::procs::{Children, bin, free_port};
 use serde_json::{Value, json};
@@ -429,17 +431,32 @@ impl Env {
             )),
             _ => None,
         };
+        let grpc = container_env("GRPC_ECHO_SERVER").is_some_and(|v| !v.is_empty());
         for i in 0..replicas {
             let ip = Ipv4Addr::from(POD_NET + self.next_pod);
             self.next_pod += 1;
             let pod = format!("{name}-{i}");
             let mut servers = Vec::new();
-            // The upstream echo server: HTTP (and h2c) on 3000, h2c only on 3001.
+            // With GRPC_ECHO_SERVER, the upstream echo server is the gRPC echo service on 3000;
+            // otherwise HTTP (and h2c) on 3000, h2c only on 3001, and HTTPS on 8443 with a certificate.
             let https = tls.clone().map(|pair| (8443u16, false, Some(pair)));
-            for (port, h2c_only, tls) in [(3000u16, false, None), (3001, true, None)]
+            let http_ports = [(3000u16, false, None), (3001, true, None)]
                 .into_iter()
                 .chain(https)
-            {
+                .filter(|_| !grpc);
+            if grpc {
+                let cfg = GrpcEchoConfig {
+                    listen: (ip, 3000).into(),
+                    pod: pod.clone(),
+                    namespace: ns.clone(),
+                };
+                servers.push(
+                    gw_testkit::grpc_echo::start(cfg)
+                        .await
+                        .map_err(|e| format!("starting gRPC pod {ns}/{pod} on {ip}:3000: {e}"))?,
+                );
+            }
+            for (port, h2c_only, tls) in http_ports {
                 let cfg = EchoConfig {
                     listen: (ip, port).into(),
                     pod: pod.clone(),

@@ -8,6 +8,7 @@ pub const SUPPORTED: &[&str] = &[
     "ReferenceGrant",
     "HTTPRoute",
     "TLSRoute",
+    "GRPCRoute",
     "GatewayPort8080",
     "GatewayStaticAddresses",
     "GatewayHTTPListenerIsolation",

@@ -10,6 +10,7 @@ use crate::env::Env;
 use crate::http::{self as h, Expect, Transport};
 use gw_client::object_ref;
 use gw_model::{ObjectKey, kinds};
+use gw_testkit::grpc_echo;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -986,6 +987,9 @@ impl Run<'_> {
     /// A request case: sent until it passes three times in a row, within the suite's 30 s; then the
     /// mirrors must have seen it.
     async fn case(&mut self, c: &Case) -> Result<(), String> {
+        if c.client == ClientKind::Grpc {
+            return self.grpc_case(c).await;
+        }
         let (scheme, transport) = match c.client {
             ClientKind::Http => ("http", Transport::Http),
             ClientKind::H2cPriorKnowledge => ("http", Transport::H2c),
@@ -1048,6 +1052,41 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A gRPC case (`grpc.MakeRequestAndExpectEventuallyConsistentResponse`): the method is called over
+    /// plaintext HTTP/2 until the answer passes three times in a row; an INTERNAL status drops the
+    /// connection, as the suite's client does.
+    async fn grpc_case(&mut self, c: &Case) -> Result<(), String> {
+        let method = c.grpc_method()?;
+        let (addr, _) = self.target(&c.target, "http").await?;
+        let metadata = c.request_metadata.clone().unwrap_or_default();
+        let authority = match metadata.authority.as_str() {
+            "" => None,
+            a => Some(self.resolve(a)?),
+        };
+        let request = format!(
+            "gRPC {} to {addr} (authority {}, metadata {:?})",
+            grpc_echo::full_method(method),
+            authority.as_deref().unwrap_or("the address"),
+            metadata.metadata
+        );
+        let dial = grpc_echo::Dial {
+            authority,
+            tls: None,
+        };
+        let channel = std::cell::RefCell::new(grpc_echo::channel(addr, &dial)?);
+        converge(self.env, &request, || async {
+            let current = channel.borrow().clone();
+            let reply = grpc_echo::call(current, method, &metadata.metadata, h::REQUEST_TIMEOUT)
+                .await
+                .map(tonic::Response::into_inner);
+            if matches!(&reply, Err(s) if s.code() == tonic::Code::Internal) {
+                *channel.borrow_mut() = grpc_echo::channel(addr, &dial)?;
+            }
+            grpc_compare(c, method, reply)
+        })
+        .await
     }
 
     async fn other(&mut self, o: &OtherCheck) -> Result<(), String> {
@@ -1275,6 +1314,50 @@ where
         "{request}: {last} (not {REQUIRED_CONSECUTIVE_SUCCESSES} passes in a row within {}s)",
         MAX_TIME_TO_CONSISTENCY.as_secs()
     ))
+}
+
+/// Whether a gRPC answer is what the case expects (`grpc.compareResponse`): the status (OK when the case
+/// names none), and for OK the echoed method, the namespace when one is expected, and the pod's prefix.
+fn grpc_compare(
+    c: &Case,
+    method: &str,
+    reply: Result<grpc_echo::pb::EchoResponse, tonic::Status>,
+) -> Result<(), String> {
+    let want = tonic::Code::from_i32(c.response.code_number.unwrap_or(0) as i32);
+    let reply = match reply {
+        Ok(r) if want == tonic::Code::Ok => r,
+        Ok(_) => return Err(format!("expected status {want:?}, got OK")),
+        Err(s) if s.code() == want => return Ok(()),
+        Err(s) => {
+            return Err(format!(
+                "expected status {want:?}, got {:?}: {}",
+                s.code(),
+                s.message()
+            ));
+        }
+    };
+    let a = reply.assertions.unwrap_or_default();
+    let context = a.context.unwrap_or_default();
+    let full = grpc_echo::full_method(method);
+    if a.fully_qualified_method != full {
+        return Err(format!(
+            "expected the backend to see {full}, it saw {}",
+            a.fully_qualified_method
+        ));
+    }
+    if !c.namespace.is_empty() && context.namespace != c.namespace {
+        return Err(format!(
+            "expected namespace {}, got {}",
+            c.namespace, context.namespace
+        ));
+    }
+    if !context.pod.starts_with(&c.backend) {
+        return Err(format!(
+            "expected a pod named {}*, got {}",
+            c.backend, context.pod
+        ));
+    }
+    Ok(())
 }
 
 /// The shape of one weighted-distribution round.

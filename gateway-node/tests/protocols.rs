@@ -5,13 +5,11 @@
 
 mod support;
 
-use base64::Engine;
 use gw_testkit::echo::ws;
 use gw_testkit::procs::free_port;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use support::*;
 use tokio::io::AsyncReadExt;
 
@@ -27,18 +25,6 @@ fn route(name: &str, spec: &str) -> String {
     )
 }
 
-/// A self-signed certificate for `host`, as a kubernetes.io/tls Secret, and its DER.
-fn cert_secret(name: &str, host: &str) -> (String, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
-    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
-    let yaml = format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: web}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
-        b64(ck.cert.pem()),
-        b64(ck.signing_key.serialize_pem())
-    );
-    (yaml, ck.cert.der().clone())
-}
-
 /// HTTPS listeners sharing a port: the certificate follows SNI; ALPN offers h2 and http/1.1.
 #[tokio::test(flavor = "multi_thread")]
 async fn https_certificate_by_sni() {
@@ -47,8 +33,8 @@ async fn https_certificate_by_sni() {
     let s = reach(&store);
     let v1 = echo("app-v1", "web", false).await;
     let port = free_port();
-    let (sa, ca) = cert_secret("cert-a", "a.example.com");
-    let (sb, cb) = cert_secret("cert-b", "b.example.com");
+    let (sa, ca, _) = cert_secret("cert-a", "a.example.com");
+    let (sb, cb, _) = cert_secret("cert-b", "b.example.com");
     let listeners = format!(
         "  - {{name: a, port: {port}, protocol: HTTPS, hostname: a.example.com, tls: {{certificateRefs: [{{name: cert-a}}]}}}}\n  - {{name: b, port: {port}, protocol: HTTPS, hostname: b.example.com, tls: {{certificateRefs: [{{name: cert-b}}]}}}}\n"
     );
@@ -79,7 +65,7 @@ async fn https_certificate_by_sni() {
         cfg.alpn_protocols = vec![alpn.clone()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         let host_owned = host.to_string();
-        let tls = eventually_value(|| {
+        let tls = eventually_value("a TLS handshake with the listener", || {
             let (connector, host) = (connector.clone(), host_owned.clone());
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -97,21 +83,6 @@ async fn https_certificate_by_sni() {
             "{host} gets its own certificate"
         );
         assert_eq!(conn.alpn_protocol(), Some(alpn.as_slice()));
-    }
-}
-
-async fn eventually_value<T, F, Fut>(mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

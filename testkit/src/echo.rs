@@ -42,6 +42,16 @@ pub struct EchoServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl EchoServer {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        seen: Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> EchoServer {
+        EchoServer { addr, seen, task }
+    }
+}
+
 impl Drop for EchoServer {
     fn drop(&mut self) {
         self.task.abort();

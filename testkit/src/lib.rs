@@ -1,5 +1,5 @@
 //! gw-testkit: what tests, the conformance harness, the fault-injection suite and `gwadm up` need to
-//! stand gw up on one machine — the echo backend (HTTP/1.1, h2c, WebSocket), store member processes
+//! stand gw up on one machine — the echo backends (HTTP/1.1, h2c, WebSocket; gRPC), store member processes
 //! that can be killed, paused and restarted, a PKI for them, the workspace's binaries, free ports and
 //! child processes that are stopped with their owner. Never linked by the data plane.
 
@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod echo;
 pub mod firewall;
+pub mod grpc_echo;
 pub mod pki;
 pub mod procs;
 pub mod proxy;

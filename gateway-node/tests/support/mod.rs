@@ -224,6 +224,23 @@ pub fn service(name: &str, ns: &str, addr: SocketAddr, app_protocol: Option<&str
     )
 }
 
+/// A self-signed certificate for `host`, as a kubernetes.io/tls Secret in namespace `web`; its DER and
+/// PEM.
+pub fn cert_secret(
+    name: &str,
+    host: &str,
+) -> (String, rustls::pki_types::CertificateDer<'static>, String) {
+    use base64::Engine;
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: web}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(ck.cert.pem()),
+        b64(ck.signing_key.serialize_pem())
+    );
+    (yaml, ck.cert.der().clone(), ck.cert.pem())
+}
+
 pub const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gw}\nspec: {controllerName: gw.dev/gateway-node}\n";
 
 /// An HTTP response, read whole.

@@ -1,0 +1,212 @@
+//! gRPC through gateway nodes, with a real gRPC client (tonic) and the conformance suite's gRPC echo
+//! backends: GRPCRoute method and header matching over an h2c listener and over an HTTPS listener (h2
+//! by ALPN), UNIMPLEMENTED from the gateway when no rule matches, and cookie and header session
+//! persistence keeping a gRPC client on one backend across two nodes.
+
+#![allow(clippy::disallowed_methods)] // a test: it times its own waits
+
+mod support;
+
+use gw_testkit::echo::EchoServer;
+use gw_testkit::grpc_echo::{self, BACKEND_UNIMPLEMENTED, Dial, GrpcEchoConfig, SERVICE};
+use gw_testkit::procs::free_port;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::*;
+
+const PODS: [&str; 4] = ["g0", "g1", "g2", "g3"];
+const TIMEOUT: Duration = Duration::from_secs(5);
+const HOST: &str = "grpc.example.com";
+
+async fn backend(pod: &str) -> EchoServer {
+    grpc_echo::start(GrpcEchoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pod: pod.into(),
+        namespace: "web".into(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Rules: EchoTwo to g3; Echo with `mode: cookie` / `mode: header` over g0–g2 with cookie / header
+/// session persistence; any other Echo to g0. EchoThree matches nothing.
+fn grpc_route() -> String {
+    let method = |m: &str| format!("method: {{service: {SERVICE}, method: {m}}}");
+    let spread = "[{name: g0, port: 8080}, {name: g1, port: 8080}, {name: g2, port: 8080}]";
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: echo, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{{two}}}]\n    backendRefs: [{{name: g3, port: 8080}}]\n  - matches: [{{{echo}, headers: [{{name: mode, value: cookie}}]}}]\n    sessionPersistence: {{sessionName: grpc-sess}}\n    backendRefs: {spread}\n  - matches: [{{{echo}, headers: [{{name: mode, value: header}}]}}]\n    sessionPersistence: {{sessionName: x-grpc-session, type: Header}}\n    backendRefs: {spread}\n  - matches: [{{{echo}}}]\n    backendRefs: [{{name: g0, port: 8080}}]\n",
+        two = method("EchoTwo"),
+        echo = method("Echo"),
+    )
+}
+
+/// The pod that answered, or the status's code and message.
+async fn who(channel: &tonic::transport::Channel, method: &str, pairs: &[(&str, &str)]) -> String {
+    match grpc_echo::call(channel.clone(), method, &md(pairs), TIMEOUT).await {
+        Ok(r) => pod_of(r),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+fn pod_of(r: tonic::Response<grpc_echo::pb::EchoResponse>) -> String {
+    r.into_inner().assertions.unwrap().context.unwrap().pod
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = store();
+    let s = reach(&store);
+    let mut backends = Vec::new();
+    let mut yaml = CLASS.to_string();
+    for p in PODS {
+        let b = backend(p).await;
+        yaml.push_str(&service(p, "web", b.addr, None));
+        backends.push(b);
+    }
+    let (h2c_port, tls_port) = (free_port(), free_port());
+    let (secret, _, cert_pem) = cert_secret("grpc-cert", HOST);
+    yaml.push_str(&format!(
+        "{secret}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners:\n  - {{name: h2c, port: {h2c_port}, protocol: HTTP}}\n  - {{name: tls, port: {tls_port}, protocol: HTTPS, hostname: {HOST}, tls: {{certificateRefs: [{{name: grpc-cert}}]}}}}\n"
+    ));
+    yaml.push_str(&grpc_route());
+    apply(&s, &store.dir, &yaml);
+    let _nodes = [
+        NodeProc::start(&s, "127.0.0.2", "gw", &store.dir, "a"),
+        NodeProc::start(&s, "127.0.0.3", "gw", &store.dir, "b"),
+    ];
+    let plain = |ip: &str| {
+        let addr: SocketAddr = format!("{ip}:{h2c_port}").parse().unwrap();
+        grpc_echo::channel(addr, &Dial::default()).unwrap()
+    };
+    let nodes = [plain("127.0.0.2"), plain("127.0.0.3")];
+    for n in &nodes {
+        eventually("both nodes route Echo to g0", || async {
+            who(n, "Echo", &[]).await == "g0"
+        })
+        .await;
+    }
+
+    // Method matching, and a method no rule matches: UNIMPLEMENTED from the gateway itself.
+    assert_eq!(who(&nodes[0], "EchoTwo", &[]).await, "g3");
+    let unmatched = grpc_echo::call(nodes[1].clone(), "EchoThree", &BTreeMap::new(), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unmatched.code(),
+        tonic::Code::Unimplemented,
+        "{unmatched:?}"
+    );
+    assert_ne!(unmatched.message(), BACKEND_UNIMPLEMENTED);
+    let three = grpc_echo::full_method("EchoThree");
+    for b in &backends {
+        assert!(
+            !b.seen.lock().unwrap().contains(&three),
+            "no backend is called for a method no rule matches"
+        );
+    }
+
+    // An HTTPS listener: gRPC over TLS, h2 negotiated by ALPN, the certificate checked for HOST.
+    let tls_addr: SocketAddr = format!("127.0.0.2:{tls_port}").parse().unwrap();
+    let tls = grpc_echo::channel(
+        tls_addr,
+        &Dial {
+            authority: Some(HOST.into()),
+            tls: Some((cert_pem, HOST.into())),
+        },
+    )
+    .unwrap();
+    assert_eq!(who(&tls, "EchoTwo", &[]).await, "g3");
+
+    // Without a session, calls spread over the rule's three backends.
+    let spread: BTreeSet<String> = reached(&nodes[0], "Echo", &[("mode", "cookie")], 30).await;
+    assert!(
+        spread.len() > 1,
+        "30 session-less calls all reached {spread:?}"
+    );
+
+    // Cookie persistence: the first answer sets the cookie; sent back as metadata, it keeps every
+    // call, on either node, on the first call's backend, and starts no new session.
+    let first = grpc_echo::call(
+        nodes[0].clone(),
+        "Echo",
+        &md(&[("mode", "cookie")]),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let set_cookie = first
+        .metadata()
+        .get("set-cookie")
+        .expect("a session cookie in the response metadata")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("grpc-sess="), "{set_cookie}");
+    let backend = pod_of(first);
+    for i in 0..20 {
+        let r = grpc_echo::call(
+            nodes[i % 2].clone(),
+            "Echo",
+            &md(&[("mode", "cookie"), ("cookie", &cookie)]),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert!(
+            r.metadata().get("set-cookie").is_none(),
+            "call {i} started a new session"
+        );
+        assert_eq!(pod_of(r), backend, "cookie session, call {i}");
+    }
+
+    // Header persistence: the token comes back in x-grpc-session and is sent in it.
+    let first = grpc_echo::call(
+        nodes[1].clone(),
+        "Echo",
+        &md(&[("mode", "header")]),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let token = first
+        .metadata()
+        .get("x-grpc-session")
+        .expect("a session token in the response metadata")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let backend = pod_of(first);
+    for i in 0..20 {
+        let got = who(
+            &nodes[i % 2],
+            "Echo",
+            &[("mode", "header"), ("x-grpc-session", &token)],
+        )
+        .await;
+        assert_eq!(got, backend, "header session, call {i}");
+    }
+}
+
+fn md(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The backends `n` calls reached.
+async fn reached(
+    channel: &tonic::transport::Channel,
+    method: &str,
+    md: &[(&str, &str)],
+    n: usize,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(who(channel, method, md).await);
+    }
+    seen
+}
