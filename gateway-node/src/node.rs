@@ -4,6 +4,7 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, NodeState};
+use crate::compile::mesh::{MESH_CONTROLLER, MeshOptions};
 use crate::compile::{Addressing, CompileOptions, compile};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -42,12 +43,21 @@ pub struct NodeConfig {
     /// Directory where the node keeps the last committed snapshot it served.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The GatewayClass whose Gateways this node serves.
+    /// The GatewayClass whose Gateways this node serves (with `--mesh`: the mesh's name, which
+    /// names its status-writer lease and its nodes' certificates).
     #[arg(long)]
     pub gateway_class: String,
-    /// The `spec.controllerName` gw answers to.
+    /// The `spec.controllerName` gw answers to (a mesh node's is `gw.dev/mesh`).
     #[arg(long, default_value = "gw.dev/gateway-node")]
     pub controller_name: String,
+    /// Run as a node-local mesh proxy (GAMMA) instead of a gateway: serve every Service at its
+    /// address (its clusterIP, else one from `--service-cidr`) on each of its ports, through the
+    /// HTTPRoutes and GRPCRoutes whose parentRef is the Service.
+    #[arg(long)]
+    pub mesh: bool,
+    /// Addresses for Services without a clusterIP (a mesh node), as an IPv4 CIDR.
+    #[arg(long, default_value = "127.96.0.0/16", value_parser = parse_cidr)]
+    pub service_cidr: (Ipv4Addr, Ipv4Addr),
     /// Address every listener is bound to (shared addressing).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
@@ -121,6 +131,29 @@ fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     Ok((a, b))
 }
 
+/// An IPv4 CIDR as its first and last usable address (the network and broadcast addresses left out
+/// when the block has more than two).
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (net, bits) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/BITS, e.g. 127.96.0.0/16")?;
+    let net: Ipv4Addr = net.trim().parse().map_err(|e| format!("{net}: {e}"))?;
+    let bits: u32 = bits
+        .trim()
+        .parse()
+        .ok()
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| format!("{bits}: the prefix length must be 0 to 32"))?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    let (first, last) = (u32::from(net) & mask, u32::from(net) | !mask);
+    let (first, last) = if last - first > 1 {
+        (first + 1, last - 1)
+    } else {
+        (first, last)
+    };
+    Ok((Ipv4Addr::from(first), Ipv4Addr::from(last)))
+}
+
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.gateway_class.is_empty() {
@@ -176,6 +209,15 @@ impl NodeConfig {
                     advertised,
                 }
             }
+        }
+    }
+
+    /// The controller name its statuses carry: a mesh node's is the mesh's.
+    pub fn controller(&self) -> String {
+        if self.mesh {
+            MESH_CONTROLLER.to_string()
+        } else {
+            self.controller_name.clone()
         }
     }
 
@@ -285,11 +327,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let (desired_tx, desired_rx) =
         watch::channel(Arc::new((Arc::new(Snapshot::default()), Statuses::new())));
     let template = CompileOptions {
-        controller_name: cfg.controller_name.clone(),
+        controller_name: cfg.controller(),
         gateway_class: cfg.gateway_class.clone(),
         addressing: cfg.addressing(),
         now_ms: 0,
         fault_exact_as_prefix: cfg.fault_exact_as_prefix,
+        mesh: cfg.mesh.then_some(MeshOptions {
+            service_cidr: cfg.service_cidr,
+        }),
     };
     tokio::spawn(compile_loop(
         snap_rx,

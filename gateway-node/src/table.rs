@@ -9,7 +9,7 @@ pub use persistence::{Carrier, DEFAULT_NAME, SessionConfig};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,6 +22,9 @@ pub struct RoutingTable {
     pub sockets: BTreeMap<SocketAddr, Arc<SocketTable>>,
     /// Whether responses carry `gw-revision` (the class's `gw.dev/revision-header` annotation).
     pub revision_header: bool,
+    /// A mesh node's callers: the namespace of each pod address (consumer routes apply to the
+    /// callers of their namespace).
+    pub callers: HashMap<IpAddr, String>,
 }
 
 /// How a TLS or TCP listener forwards connections (a TCPRoute's or TLSRoute's backend gets the
@@ -84,14 +87,25 @@ pub struct ListenerTable {
     /// only on a connection whose handshake was for it.
     pub verifies_clients: bool,
     pub routes: HostIndex<Vec<Arc<MatchEntry>>>,
+    /// A mesh Service port: the consumer routes, by the namespace whose callers they apply to
+    /// instead of `routes` (GAMMA).
+    pub consumers: HashMap<String, HostIndex<Vec<Arc<MatchEntry>>>>,
     /// TLS and TCP listeners: the mode, and the routes' backends by server name (TCP: `""`).
     pub l4: Option<(L4Mode, HostIndex<Arc<Backends>>)>,
 }
 
 impl ListenerTable {
-    /// The action of the highest-precedence rule matching the request, if any.
-    pub fn route<'a>(&'a self, host: &'a str, req: &RequestView<'_>) -> Option<&'a MatchEntry> {
-        self.routes
+    /// The action of the highest-precedence rule matching the request, if any; a caller of a
+    /// namespace with consumer routes gets those instead of the producer's.
+    pub fn route<'a>(
+        &'a self,
+        host: &'a str,
+        req: &RequestView<'_>,
+        caller_namespace: Option<&str>,
+    ) -> Option<&'a MatchEntry> {
+        caller_namespace
+            .and_then(|ns| self.consumers.get(ns))
+            .unwrap_or(&self.routes)
             .lookup(host)
             .flat_map(|group| group.iter())
             .find(|e| e.matcher.matches(req))

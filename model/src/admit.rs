@@ -356,6 +356,8 @@ fn admit_body(
         }
         // Its name and namespace are the whole of it.
         "ServiceExport" => Ok(Map::new()),
+        // Not gw's: kept as it is (its IPs, in status, are what gw reads).
+        "Pod" => Ok(keep(body, &["spec"])),
         "Service" => {
             let spec_value = body.get("spec").cloned().unwrap_or_else(|| json!({}));
             let spec: ServiceSpec = typed(&spec_value, "spec")?;

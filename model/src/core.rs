@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -138,6 +139,49 @@ pub struct EndpointSliceBody {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub ports: Vec<EndpointPort>,
+}
+
+/// The condition a mesh node records in the status of a Service without a `clusterIP`: its
+/// `message` is the virtual address the mesh gave the Service.
+pub const MESH_ADDRESS_CONDITION: &str = "gw.dev/MeshAddress";
+
+/// The address a mesh node recorded for a Service (`MESH_ADDRESS_CONDITION`), if any.
+pub fn recorded_mesh_address(service: &Value) -> Option<IpAddr> {
+    service["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == MESH_ADDRESS_CONDITION && c["status"] == "True")?["message"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// A Service's `spec.clusterIP` when it is an address (not `None`, not empty).
+pub fn cluster_ip(service: &Value) -> Option<IpAddr> {
+    service["spec"]["clusterIP"].as_str()?.parse().ok()
+}
+
+/// Where the mesh serves a Service: its `clusterIP`, else the address a mesh node recorded.
+pub fn mesh_address(service: &Value) -> Option<IpAddr> {
+    cluster_ip(service).or_else(|| recorded_mesh_address(service))
+}
+
+/// A Pod's addresses: `status.podIPs`, else `status.podIP`.
+pub fn pod_ips(pod: &Value) -> Vec<IpAddr> {
+    let listed: Vec<IpAddr> = pod["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["ip"].as_str()?.parse().ok())
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .into_iter()
+        .collect()
 }
 
 /// The label that ties an EndpointSlice to its Service.

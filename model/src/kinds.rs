@@ -199,6 +199,18 @@ pub static KINDS: &[KindInfo] = &[
         status_subresource: true,
         experimental: false,
     },
+    // Pods are the mesh's callers: a mesh node tells a caller's namespace by its pod IP
+    // (`status.podIP`, `status.podIPs`). Only metadata, spec and status are kept.
+    KindInfo {
+        kind: "Pod",
+        group: "",
+        versions: &["v1"],
+        plural: "pods",
+        short_names: &["po"],
+        namespaced: true,
+        status_subresource: true,
+        experimental: false,
+    },
     // A Service exported from its cluster (KEP-1645): no spec. The clusters exporting a Service
     // make its ServiceImport, which a backendRef names (GEP-1748).
     KindInfo {

@@ -30,6 +30,17 @@ impl RefError {
     }
 }
 
+/// Who refers to a backend: a route's kind, namespace and cluster of origin ("" if none), and the
+/// Services it has as parents (a mesh route); a reference to one of those needs no ReferenceGrant
+/// (GAMMA: a consumer route sends its callers on to the Service they called).
+#[derive(Debug, Clone, Copy)]
+pub struct Referrer<'a> {
+    pub kind: &'a str,
+    pub namespace: &'a str,
+    pub origin: &'a str,
+    pub parent_services: &'a [(String, String)],
+}
+
 /// The appProtocol values (Gateway API GEP-1911) that select HTTP/2 cleartext to the backend.
 const H2C_APP_PROTOCOLS: &[&str] = &["kubernetes.io/h2c"];
 
@@ -46,15 +57,15 @@ impl Upstreams {
         }
     }
 
-    /// Resolves `r`, referenced by a route of `route_kind` in `route_ns`, carried from cluster
-    /// `route_origin` ("" if none). `grpc` forces HTTP/2.
+    /// Resolves `r`, referenced `from` a route. `grpc` forces HTTP/2.
     pub fn resolve(
         &mut self,
         idx: &Index<'_>,
-        (route_kind, route_ns, route_origin): (&str, &str, &str),
+        from: Referrer<'_>,
         r: &BackendObjectReference,
         grpc: bool,
     ) -> Result<Arc<Upstream>, RefError> {
+        let (route_kind, route_ns, route_origin) = (from.kind, from.namespace, from.origin);
         let import = match (r.group.as_str(), r.kind.as_str()) {
             ("", "Service") => false,
             (MCS_GROUP, "ServiceImport") => true,
@@ -69,7 +80,13 @@ impl Upstreams {
             }
         };
         let ns = r.namespace.as_deref().unwrap_or(route_ns);
+        let parent = !import
+            && from
+                .parent_services
+                .iter()
+                .any(|(pns, pname)| pns == ns && *pname == r.name);
         if ns != route_ns
+            && !parent
             && !idx.grants(
                 (GATEWAY_GROUP, route_kind, route_ns),
                 (&r.group, &r.kind, ns, &r.name),

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 /// Route kinds a listener of each supported protocol can carry.
-const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
+pub(super) const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
 const TLS_ROUTE_KINDS: &[&str] = &["TLSRoute"];
 const TCP_ROUTE_KINDS: &[&str] = &["TCPRoute"];
 
@@ -51,6 +51,10 @@ pub struct ListenerCtx {
     pub conflict: Option<(&'static str, String)>,
     pub attached: u32,
     pub routes: HostIndex<Vec<Arc<MatchEntry>>>,
+    /// A mesh Service port: the Service's namespace (routes of others are consumer routes)...
+    pub service_namespace: Option<String>,
+    /// ...and the consumer routes, by the namespace whose callers they are for.
+    pub consumers: HashMap<String, HostIndex<Vec<Arc<MatchEntry>>>>,
 }
 
 impl ListenerCtx {
@@ -95,6 +99,8 @@ impl ListenerCtx {
     }
 }
 
+/// A Gateway this node serves — or, on a mesh node, a Service (its key's kind), whose ports are
+/// its listeners.
 pub struct GatewayCtx {
     pub key: ObjectKey,
     pub meta: Meta,
@@ -110,6 +116,13 @@ pub struct GatewayCtx {
     /// The IP addresses of `spec.addresses`.
     pub requested: Vec<IpAddr>,
     pub listeners: Vec<ListenerCtx>,
+}
+
+impl GatewayCtx {
+    /// A mesh Service rather than a Gateway.
+    pub fn is_service(&self) -> bool {
+        self.key.group.is_empty() && self.key.kind == "Service"
+    }
 }
 
 /// The Gateways this node serves, with their listeners checked and addresses allocated.
@@ -248,6 +261,8 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
         conflict: None,
         attached: 0,
         routes: HostIndex::default(),
+        service_namespace: None,
+        consumers: HashMap::new(),
     }
 }
 

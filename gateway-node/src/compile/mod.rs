@@ -7,6 +7,7 @@ pub mod backends;
 pub mod conditions;
 mod gateways;
 pub mod index;
+pub mod mesh;
 mod routes;
 mod sessions;
 pub mod tls;
@@ -48,6 +49,8 @@ pub struct CompileOptions {
     pub now_ms: u64,
     /// A deliberate fault (see `NodeConfig::fault_exact_as_prefix`).
     pub fault_exact_as_prefix: bool,
+    /// A mesh node: it serves the mesh's Services instead of the class's Gateways.
+    pub mesh: Option<mesh::MeshOptions>,
 }
 
 /// A status the store should hold, with the preconditions of the write.
@@ -111,10 +114,16 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         );
     }
 
-    let mut gateways = gateways::collect(&idx, opts, class_accepted);
+    let mut gateways = match &opts.mesh {
+        Some(m) => mesh::services(&idx, m),
+        None => gateways::collect(&idx, opts, class_accepted),
+    };
     let mut upstreams = backends::Upstreams::new(backend_tls::BackendTlsPolicies::collect(&idx));
     let policies = sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms);
     let routes = routes::process(&idx, &mut gateways, &mut upstreams, opts);
+    if opts.mesh.is_some() {
+        mesh::default_routes(&idx, &mut gateways, &mut upstreams);
+    }
     let tls_policies = upstreams.tls_policies.statuses(
         &idx,
         &opts.controller_name,
@@ -132,10 +141,21 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         );
     }
     for g in &gateways {
+        let status = if g.is_service() {
+            let Some(service) = snap.objects.get(&g.key) else {
+                continue;
+            };
+            match mesh::status(g, service, opts.now_ms) {
+                Some(s) => s,
+                None => continue,
+            }
+        } else {
+            gateways::status(g, opts.now_ms)
+        };
         statuses.insert(
             g.key.clone(),
             DesiredStatus {
-                status: gateways::status(g, opts.now_ms),
+                status,
                 generation: g.meta.generation,
                 uid: g.meta.uid.clone(),
             },
@@ -143,6 +163,9 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
     }
     let mut table = build_table(snap.revision, gateways);
     table.revision_header = revision_header;
+    if opts.mesh.is_some() {
+        table.callers = mesh::callers(snap);
+    }
     Compiled { table, statuses }
 }
 
@@ -218,6 +241,7 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
                 tls,
                 verifies_clients,
                 routes: l.routes,
+                consumers: l.consumers,
                 l4: l.l4.map(|m| (m, l.l4_routes)),
             });
         }
@@ -241,6 +265,7 @@ fn build_table(revision: u64, gateways: Vec<gateways::GatewayCtx>) -> RoutingTab
         revision,
         sockets,
         revision_header: false,
+        callers: HashMap::new(),
     }
 }
 

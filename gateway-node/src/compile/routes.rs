@@ -3,7 +3,7 @@
 //! `status.parents`.
 
 use super::CompileOptions;
-use super::backends::{RefError, Upstreams};
+use super::backends::{RefError, Referrer, Upstreams};
 use super::conditions::{Cond, render};
 use super::gateways::{GatewayCtx, ListenerCtx};
 use super::index::{Index, Meta, typed};
@@ -123,7 +123,8 @@ pub fn process(
     out.extend(l4::process(idx, gateways, upstreams, controller, now_ms));
     for g in gateways.iter_mut() {
         for l in g.listeners.iter_mut() {
-            for group in l.routes.values_mut() {
+            let consumer_groups = l.consumers.values_mut().flat_map(|c| c.values_mut());
+            for group in l.routes.values_mut().chain(consumer_groups) {
                 group.sort_by(|a, b| a.precedence.cmp(&b.precedence));
             }
         }
@@ -144,10 +145,21 @@ pub struct Attachment<'a> {
 /// Puts a route's rules on a listener that accepted it, under each of the hostname patterns.
 pub type Place<'p> = dyn FnMut(&mut ListenerCtx, &[String]) + 'p;
 
-/// An HTTPRoute's or GRPCRoute's rules, placed on a listener under each hostname pattern.
+/// An HTTPRoute's or GRPCRoute's rules, placed on a listener under each hostname pattern; on a mesh
+/// Service port, a route of another namespace than the Service's is a consumer route, for the callers
+/// of its own namespace only.
 fn place_rules(l: &mut ListenerCtx, patterns: &[String], compiled: &CompiledRoute, meta: &Meta) {
+    let consumer = l
+        .service_namespace
+        .as_ref()
+        .is_some_and(|ns| *ns != meta.namespace);
+    let routes = if consumer {
+        l.consumers.entry(meta.namespace.clone()).or_default()
+    } else {
+        &mut l.routes
+    };
     for host in patterns {
-        let group = l.routes.entry(host, Vec::new);
+        let group = routes.entry(host, Vec::new);
         for (ri, rule) in compiled.rules.iter().enumerate() {
             for (mi, (m, class)) in rule.matchers.iter().enumerate() {
                 group.push(Arc::new(MatchEntry {
@@ -180,14 +192,14 @@ pub fn attach(
     let route_ns = r.meta.namespace.as_str();
     let mut ours = Vec::new();
     for pr in &r.parent_refs {
-        if pr.group != GATEWAY_GROUP || pr.kind != "Gateway" {
-            continue;
-        }
+        // A Gateway this node serves, or a Service of the mesh a mesh node serves.
         let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
-        let Some(g) = gateways
-            .iter_mut()
-            .find(|g| g.key.namespace == gw_ns && g.key.name == pr.name)
-        else {
+        let Some(g) = gateways.iter_mut().find(|g| {
+            g.key.group == pr.group
+                && g.key.kind == pr.kind
+                && g.key.namespace == gw_ns
+                && g.key.name == pr.name
+        }) else {
             continue;
         };
         let accepted = match compiled.refused {
@@ -211,9 +223,17 @@ pub fn attach(
             ps.iter()
                 .filter(|p| {
                     p["controllerName"] != controller || {
-                        let ns = p["parentRef"]["namespace"].as_str().unwrap_or(route_ns);
-                        let name = p["parentRef"]["name"].as_str().unwrap_or("");
-                        !served.iter().any(|k| k.namespace == ns && k.name == name)
+                        let pr = &p["parentRef"];
+                        let group = pr["group"].as_str().unwrap_or(GATEWAY_GROUP);
+                        let kind = pr["kind"].as_str().unwrap_or("Gateway");
+                        let ns = pr["namespace"].as_str().unwrap_or(route_ns);
+                        let name = pr["name"].as_str().unwrap_or("");
+                        !served.iter().any(|k| {
+                            k.group == group
+                                && k.kind == kind
+                                && k.namespace == ns
+                                && k.name == name
+                        })
                     }
                 })
                 .cloned()
@@ -265,6 +285,9 @@ fn attach_to_gateway(
             "no listener matches the parentRef's sectionName and port",
         );
     }
+    // A mesh route applies to the Service it names whatever Host its callers send: its hostnames
+    // are not matched (GAMMA).
+    let route_hosts: &[String] = if g.is_service() { &[] } else { &r.hostnames };
     let mut allowed_any = false;
     let mut attached = Vec::new();
     for i in candidates {
@@ -276,7 +299,7 @@ fn attach_to_gateway(
             continue;
         }
         allowed_any = true;
-        if let Some(hosts) = hostname::effective(l.hostname.as_deref(), &r.hostnames) {
+        if let Some(hosts) = hostname::effective(l.hostname.as_deref(), route_hosts) {
             attached.push((i, hosts));
         }
     }
@@ -309,6 +332,24 @@ fn attach_to_gateway(
         place(l, &patterns);
     }
     Cond::ok("Accepted", "Accepted", "accepted by the gateway")
+}
+
+/// The Services among a route's parents (`namespace`, `name`): the route is a mesh route for them.
+fn parent_services(refs: &[ParentReference], route_ns: &str) -> Vec<(String, String)> {
+    refs.iter()
+        .filter(|p| is_service_parent(p))
+        .map(|p| {
+            (
+                p.namespace.clone().unwrap_or_else(|| route_ns.to_string()),
+                p.name.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Whether a parentRef names a Service (GAMMA), not a Gateway.
+pub fn is_service_parent(p: &ParentReference) -> bool {
+    p.group.is_empty() && p.kind == "Service"
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
@@ -355,10 +396,7 @@ fn path_modifier(m: &HttpPathModifier) -> Option<PathModifier> {
 struct RefContext<'a, 'b> {
     idx: &'a Index<'b>,
     upstreams: &'a mut Upstreams,
-    route_kind: &'static str,
-    route_ns: &'a str,
-    /// The cluster the route was carried from ("" if none).
-    route_origin: &'a str,
+    from: Referrer<'a>,
     grpc: bool,
 }
 
@@ -393,10 +431,7 @@ impl FilterBuilder<'_, '_, '_> {
 
     fn mirror(&mut self, b: &gw_model::route::BackendObjectReference) {
         let c = &mut *self.ctx;
-        match c
-            .upstreams
-            .resolve(c.idx, (c.route_kind, c.route_ns, c.route_origin), b, c.grpc)
-        {
+        match c.upstreams.resolve(c.idx, c.from, b, c.grpc) {
             Ok(u) => self.filters.mirrors.push(u),
             Err(e) => {
                 self.ref_error.get_or_insert(e);
@@ -496,12 +531,10 @@ fn backends<F>(
 ) -> Backends {
     let mut entries = Vec::with_capacity(refs.len());
     for br in refs {
-        let target = match ctx.upstreams.resolve(
-            ctx.idx,
-            (ctx.route_kind, ctx.route_ns, ctx.route_origin),
-            &br.object_ref(),
-            ctx.grpc,
-        ) {
+        let target = match ctx
+            .upstreams
+            .resolve(ctx.idx, ctx.from, &br.object_ref(), ctx.grpc)
+        {
             Ok(u) => BackendTarget::Upstream(u),
             Err(e) => {
                 let msg = e.message.clone();
@@ -540,6 +573,7 @@ fn compile_http(
     exact_as_prefix: bool,
 ) -> CompiledRoute {
     let route = Arc::new(RouteInfo::new(format!("HTTPRoute {}", meta.id()), false));
+    let parents = parent_services(&spec.parent_refs, &meta.namespace);
     let mut out = CompiledRoute {
         rules: vec![],
         ref_error: None,
@@ -549,9 +583,12 @@ fn compile_http(
         let mut ctx = RefContext {
             idx,
             upstreams: &mut *upstreams,
-            route_kind: "HTTPRoute",
-            route_ns: &meta.namespace,
-            route_origin: &meta.origin,
+            from: Referrer {
+                kind: "HTTPRoute",
+                namespace: &meta.namespace,
+                origin: &meta.origin,
+                parent_services: &parents,
+            },
             grpc: false,
         };
         let mut fb = FilterBuilder::new(&mut ctx);
@@ -682,6 +719,7 @@ fn compile_grpc(
     spec: &GrpcRouteSpec,
 ) -> CompiledRoute {
     let route = Arc::new(RouteInfo::new(format!("GRPCRoute {}", meta.id()), true));
+    let parents = parent_services(&spec.parent_refs, &meta.namespace);
     let mut out = CompiledRoute {
         rules: vec![],
         ref_error: None,
@@ -703,9 +741,12 @@ fn compile_grpc(
         let mut ctx = RefContext {
             idx,
             upstreams: &mut *upstreams,
-            route_kind: "GRPCRoute",
-            route_ns: &meta.namespace,
-            route_origin: &meta.origin,
+            from: Referrer {
+                kind: "GRPCRoute",
+                namespace: &meta.namespace,
+                origin: &meta.origin,
+                parent_services: &parents,
+            },
             grpc: true,
         };
         let mut fb = FilterBuilder::new(&mut ctx);

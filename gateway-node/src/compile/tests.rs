@@ -60,6 +60,7 @@ fn opts() -> CompileOptions {
         },
         now_ms: 5_000,
         fault_exact_as_prefix: false,
+        mesh: None,
     }
 }
 
@@ -77,6 +78,17 @@ fn route(
     headers: &[(&str, &str)],
 ) -> String {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    route_at(c, addr, None, host, (method, path_and_query, headers))
+}
+
+/// Routes a request to `addr` from a caller of `caller_ns`.
+fn route_at(
+    c: &Compiled,
+    addr: SocketAddr,
+    caller_ns: Option<&str>,
+    host: &str,
+    (method, path_and_query, headers): (&str, &str, &[(&str, &str)]),
+) -> String {
     let Some(sock) = c.table.sockets.get(&addr) else {
         return "no socket".into();
     };
@@ -99,7 +111,10 @@ fn route(
         headers: &h,
     };
     let host = crate::hostname::normalize_host(host);
-    match sock.listener_for(&host).and_then(|l| l.route(&host, &view)) {
+    match sock
+        .listener_for(&host)
+        .and_then(|l| l.route(&host, &view, caller_ns))
+    {
         Some(e) => format!(
             "{}#{}",
             e.action.route.id.trim_start_matches("HTTPRoute "),
@@ -496,7 +511,7 @@ fn session_scope(c: &Compiled, port: u16, path: &str) -> String {
     let sock = &c.table.sockets[&addr];
     let e = sock
         .listener_for("x")
-        .and_then(|l| l.route("x", &view))
+        .and_then(|l| l.route("x", &view, None))
         .expect("routed");
     e.action
         .session
@@ -608,4 +623,291 @@ fn frontend_validation_needs_resolved_client_cas_and_refuses_every_client_withou
     }
     assert_eq!(tls("nobody.example"), None);
     assert!(socket.tls_for(None).is_none());
+}
+
+const MESH_CIDR: (Ipv4Addr, Ipv4Addr) =
+    (Ipv4Addr::new(127, 96, 0, 1), Ipv4Addr::new(127, 96, 0, 254));
+
+fn mesh_opts() -> CompileOptions {
+    CompileOptions {
+        controller_name: mesh::MESH_CONTROLLER.into(),
+        mesh: Some(mesh::MeshOptions {
+            service_cidr: MESH_CIDR,
+        }),
+        ..opts()
+    }
+}
+
+/// Services `color` (ports 80 and 8080) and `color2` (80) without clusterIPs and `db` (a TCP port) with
+/// one, in namespace `shop`; a producer route splitting port 80 of `color` 50/50 between `color` and
+/// `color2`; a consumer route of namespace `web` on `color2`, whose callers get a header; a pod of
+/// `web`.
+const MESH: &str = "apiVersion: v1
+kind: Service
+metadata: {name: color, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: http-alt, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: color2, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: 10.0.0.7
+  ports: [{name: postgres, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: color-1, namespace: shop, labels: {kubernetes.io/service-name: color}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: http-alt, port: 8080}]
+endpoints: [{addresses: [10.1.0.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: color2-1, namespace: shop, labels: {kubernetes.io/service-name: color2}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.1.0.2]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: shop}
+spec:
+  parentRefs: [{group: '', kind: Service, name: color, port: 80}]
+  hostnames: [ignored.example.com]
+  rules:
+  - backendRefs: [{name: color, port: 80, weight: 50}, {name: color2, port: 80, weight: 50}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: web}
+spec:
+  parentRefs: [{group: '', kind: Service, name: color2, namespace: shop}]
+  rules:
+  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-consumer, value: web}]}}]
+    backendRefs: [{name: color2, namespace: shop, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: sneaky, namespace: web}
+spec:
+  parentRefs: [{group: '', kind: Service, name: color2, namespace: shop, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /other}}]
+    backendRefs: [{name: color, namespace: shop, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: nowhere, namespace: shop}
+spec:
+  parentRefs: [{group: '', kind: Service, name: color, port: 9999}]
+  rules: [{backendRefs: [{name: color, port: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: web}
+spec: {containers: [{name: c, image: x}]}
+";
+
+fn with_status(mut snap: Snapshot, kind: &str, ns: &str, name: &str, status: Value) -> Snapshot {
+    let key = ObjectKey::new("", kind, ns, name);
+    let mut obj = (**snap.objects.get(&key).unwrap()).clone();
+    obj["status"] = status;
+    snap.objects.insert(key, Arc::new(obj));
+    snap
+}
+
+fn mesh_snapshot() -> Snapshot {
+    with_status(
+        snapshot(MESH),
+        "Pod",
+        "web",
+        "client",
+        json!({"podIP": "10.9.0.1"}),
+    )
+}
+
+fn mesh_parent(c: &Compiled, ns: &str, name: &str) -> (Value, Vec<String>) {
+    let parent = &status_of(c, "HTTPRoute", ns, name)["parents"][0];
+    let conds = parent["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            format!(
+                "{}={}/{}",
+                x["type"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+                x["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (parent["controllerName"].clone(), conds)
+}
+
+#[test]
+fn a_mesh_node_serves_each_service_at_its_address_through_its_producer_and_consumer_routes() {
+    let c = compile(&mesh_snapshot(), &mesh_opts());
+    let at = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let get = |addr: SocketAddr, caller: Option<&str>, path: &str| {
+        route_at(&c, addr, caller, "whatever", ("GET", path, &[]))
+    };
+    // Addresses: the clusterIP, else the CIDR's first free ones, oldest Service first; recorded in
+    // the Service's status (a Service with a clusterIP gets no status).
+    let recorded = |name: &str| {
+        let key = ObjectKey::new("", "Service", "shop", name);
+        let svc = json!({"status": c.statuses.get(&key).map(|s| s.status.clone())});
+        gw_model::core::recorded_mesh_address(&svc).map(|ip| ip.to_string())
+    };
+    assert_eq!(recorded("color").as_deref(), Some("127.96.0.1"));
+    assert_eq!(recorded("color2").as_deref(), Some("127.96.0.2"));
+    assert_eq!(recorded("db"), None);
+    let sockets: Vec<String> = c.table.sockets.keys().map(|a| a.to_string()).collect();
+    assert_eq!(
+        sockets,
+        [
+            "10.0.0.7:5432",
+            "127.96.0.1:80",
+            "127.96.0.1:8080",
+            "127.96.0.2:80"
+        ]
+    );
+    assert!(
+        c.table.sockets[&at("10.0.0.7", 5432)].l4,
+        "a non-HTTP port forwards bytes"
+    );
+
+    // Port 80 of color: the producer route, whatever the Host (its hostnames are not matched), for
+    // every caller; port 8080, which the route's `port` does not name: straight to color.
+    assert_eq!(get(at("127.96.0.1", 80), None, "/"), "shop/canary#0");
+    assert_eq!(
+        get(at("127.96.0.1", 80), Some("web"), "/x"),
+        "shop/canary#0"
+    );
+    assert_eq!(
+        get(at("127.96.0.1", 8080), None, "/"),
+        "Service shop/color:8080#0"
+    );
+    let split = &c.table.sockets[&at("127.96.0.1", 80)].listeners[0];
+    let entry = split
+        .route(
+            "x",
+            &RequestView {
+                method: &Method::GET,
+                path: "/",
+                query: None,
+                headers: &HeaderMap::new(),
+            },
+            None,
+        )
+        .unwrap();
+    let weights: Vec<u64> = entry
+        .action
+        .backends
+        .entries
+        .iter()
+        .map(|e| e.weight)
+        .collect();
+    assert_eq!(weights, [50, 50]);
+
+    // color2: web's callers get web's consumer routes, everyone else the Service itself.
+    assert_eq!(
+        get(at("127.96.0.2", 80), Some("web"), "/"),
+        "web/consumer#0"
+    );
+    assert_eq!(
+        get(at("127.96.0.2", 80), Some("shop"), "/"),
+        "Service shop/color2:80#0"
+    );
+    assert_eq!(
+        get(at("127.96.0.2", 80), None, "/"),
+        "Service shop/color2:80#0"
+    );
+    assert_eq!(
+        c.table
+            .callers
+            .get(&"10.9.0.1".parse().unwrap())
+            .map(String::as_str),
+        Some("web")
+    );
+
+    // Route status under the mesh's controller: a backendRef to the route's own parent Service needs no
+    // ReferenceGrant, to another Service of that namespace it does; a port the Service lacks matches
+    // no parent.
+    let mesh = json!(mesh::MESH_CONTROLLER);
+    assert_eq!(
+        mesh_parent(&c, "shop", "canary"),
+        (
+            mesh.clone(),
+            vec![
+                "Accepted=True/Accepted".into(),
+                "ResolvedRefs=True/ResolvedRefs".into()
+            ]
+        )
+    );
+    assert_eq!(
+        mesh_parent(&c, "web", "consumer"),
+        (
+            mesh.clone(),
+            vec![
+                "Accepted=True/Accepted".into(),
+                "ResolvedRefs=True/ResolvedRefs".into()
+            ]
+        )
+    );
+    assert_eq!(
+        mesh_parent(&c, "web", "sneaky").1[1],
+        "ResolvedRefs=False/RefNotPermitted"
+    );
+    assert_eq!(
+        mesh_parent(&c, "shop", "nowhere").1[0],
+        "Accepted=False/NoMatchingParent"
+    );
+
+    // A gateway node ignores Service parents.
+    let g = compile(&mesh_snapshot(), &opts());
+    assert!(g.table.sockets.is_empty());
+    assert!(!g.statuses.keys().any(|k| k.kind == "HTTPRoute"));
+}
+
+#[test]
+fn a_mesh_address_once_recorded_stays_with_its_service() {
+    // color2 was given .9 before; color, older, still takes the first free address.
+    let snap = with_status(
+        mesh_snapshot(),
+        "Service",
+        "shop",
+        "color2",
+        json!({"conditions": [{"type": gw_model::core::MESH_ADDRESS_CONDITION, "status": "True", "reason": "Allocated", "message": "127.96.0.9"}]}),
+    );
+    let c = compile(&snap, &mesh_opts());
+    let sockets: Vec<String> = c.table.sockets.keys().map(|a| a.to_string()).collect();
+    assert!(
+        sockets.contains(&"127.96.0.1:80".to_string()),
+        "{sockets:?}"
+    );
+    assert!(
+        sockets.contains(&"127.96.0.9:80".to_string()),
+        "{sockets:?}"
+    );
+    // An address outside the CIDR is not kept.
+    let snap = with_status(
+        mesh_snapshot(),
+        "Service",
+        "shop",
+        "color2",
+        json!({"conditions": [{"type": gw_model::core::MESH_ADDRESS_CONDITION, "status": "True", "reason": "Allocated", "message": "10.200.0.1"}]}),
+    );
+    let c = compile(&snap, &mesh_opts());
+    assert!(
+        c.table
+            .sockets
+            .contains_key(&"127.96.0.2:80".parse().unwrap())
+    );
 }

@@ -129,7 +129,13 @@ impl Proxy {
         let mut record = log.map(|_| begin_record(conn, &req, table.revision));
         let routed = accept::accept(req).and_then(|req| {
             Ok((
-                route::route(&table, conn.socket, conn.tls_listener.as_deref(), &req)?,
+                route::route(
+                    &table,
+                    conn.socket,
+                    conn.remote.ip(),
+                    conn.tls_listener.as_deref(),
+                    &req,
+                )?,
                 req,
             ))
         });

@@ -5,7 +5,7 @@ use super::error::{ErrorKind, ProxyError};
 use crate::hostname::normalize_host;
 use crate::table::{RequestView, RoutingTable, RuleAction};
 use http::{Request, header};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// A routed request.
@@ -20,10 +20,12 @@ pub struct Routed<'t> {
     pub host: String,
 }
 
-/// `tls_listener`: on an HTTPS connection, the id of the listener its handshake was for.
+/// `tls_listener`: on an HTTPS connection, the id of the listener its handshake was for; `caller`:
+/// the client's address (a mesh node tells its namespace by it).
 pub fn route<'t, B>(
     table: &'t RoutingTable,
     socket: SocketAddr,
+    caller: IpAddr,
     tls_listener: Option<&str>,
     req: &Request<B>,
 ) -> Result<Routed<'t>, ProxyError> {
@@ -63,7 +65,11 @@ pub fn route<'t, B>(
         headers: req.headers(),
     };
     let (action, l) = listener
-        .and_then(|l| l.route(&host, &view).map(|e| (e.action.clone(), l)))
+        .and_then(|l| {
+            let caller_namespace = table.callers.get(&caller).map(String::as_str);
+            l.route(&host, &view, caller_namespace)
+                .map(|e| (e.action.clone(), l))
+        })
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route matches"))?;
     Ok(Routed {
         action,

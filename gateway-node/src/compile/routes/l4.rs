@@ -3,7 +3,7 @@
 //! TLSRoute's server names). UDPRoutes are stored and told that gw does not serve UDP.
 
 use super::{Attachment, RouteInput, attach};
-use crate::compile::backends::{RefError, Upstreams};
+use crate::compile::backends::{RefError, Referrer, Upstreams};
 use crate::compile::gateways::{GatewayCtx, ListenerCtx};
 use crate::compile::index::{Index, Meta, typed};
 use crate::table::{BackendEntry, BackendTarget, Backends, Filters};
@@ -30,12 +30,13 @@ fn backends(
     };
     let mut entries = Vec::new();
     for br in rules.iter().flat_map(|r| &r.backend_refs) {
-        let target = match upstreams.resolve(
-            idx,
-            (route_kind, &meta.namespace, &meta.origin),
-            &br.object_ref(),
-            false,
-        ) {
+        let from = Referrer {
+            kind: route_kind,
+            namespace: &meta.namespace,
+            origin: &meta.origin,
+            parent_services: &[],
+        };
+        let target = match upstreams.resolve(idx, from, &br.object_ref(), false) {
             Ok(u) => BackendTarget::Upstream(u),
             Err(e) => {
                 let msg = e.message.clone();
