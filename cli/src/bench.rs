@@ -443,7 +443,14 @@ pub struct PropagationArgs {
     /// Addresses of the gateway nodes to start (each on its own loopback address).
     #[arg(long, default_value = "127.0.0.2,127.0.0.3", value_delimiter = ',')]
     pub nodes: Vec<std::net::IpAddr>,
+    /// Measure a mesh node instead: the route's parent is the Service (at its clusterIP,
+    /// `MESH_SERVICE_IP`), served by one `gw-node --mesh`.
+    #[arg(long, conflicts_with = "nodes")]
+    pub mesh: bool,
 }
+
+/// The clusterIP of the Service whose mesh route `bench propagation --mesh` changes.
+const MESH_SERVICE_IP: &str = "127.98.0.10";
 
 /// The `x-generation` response header a node answers with, if it answers.
 async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
@@ -465,9 +472,10 @@ async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
     })
 }
 
-/// `gwadm bench propagation`: a one-member store, gateway nodes on distinct loopback addresses and an
-/// echo backend; each iteration changes a route (the generation it returns in `x-generation`) and measures the
-/// time from the apply's acknowledgement until every node serves the change.
+/// `gwadm bench propagation`: a one-member store, gateway nodes on distinct loopback addresses (or, with
+/// `--mesh`, one mesh node) and an echo backend; each iteration changes a route (the generation it
+/// returns in `x-generation`) and measures the time from the apply's acknowledgement until every node
+/// serves the change.
 pub async fn propagation(a: PropagationArgs) -> Result<()> {
     use gw_testkit::procs::{Children, bin, free_port};
     let dir = tempfile::Builder::new()
@@ -489,7 +497,13 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     })
     .await
     .map_err(anyhow::Error::from)?;
-    for ip in &a.nodes {
+    let mesh_ip: std::net::IpAddr = MESH_SERVICE_IP.parse().expect("literal");
+    let nodes = if a.mesh {
+        vec![mesh_ip]
+    } else {
+        a.nodes.clone()
+    };
+    for ip in &nodes {
         let tls = pki.issue(
             &format!("node-{ip}"),
             &gw_client::Identity::Node {
@@ -497,23 +511,36 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
                 name: ip.to_string(),
             },
         )?;
+        let mut cmd = std::process::Command::new(bin("gw-node")?);
+        cmd.args(gw_client::TlsArgs::of(&tls).to_args())
+            .args([
+                "--store",
+                &store,
+                "--gateway-class",
+                "prop",
+                "--bind-address",
+                &ip.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("node-{ip}")));
+        if a.mesh {
+            cmd.arg("--mesh");
+        }
         children.spawn(
             "gw-node",
             &dir.path().join(format!("node-{ip}.log")),
-            std::process::Command::new(bin("gw-node")?)
-                .args(gw_client::TlsArgs::of(&tls).to_args())
-                .args([
-                    "--store",
-                    &store,
-                    "--gateway-class",
-                    "prop",
-                    "--bind-address",
-                    &ip.to_string(),
-                ])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("node-{ip}"))),
+            &mut cmd,
         )?;
     }
+    let (parent, service_ip, listen_port) = if a.mesh {
+        (
+            json!({"group": "", "kind": "Service", "name": "echo", "port": 80}),
+            json!(MESH_SERVICE_IP),
+            80,
+        )
+    } else {
+        (json!({"name": "prop"}), json!(null), listen_port)
+    };
     let client = Client::new(
         std::slice::from_ref(&store),
         Duration::from_secs(20),
@@ -526,7 +553,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     };
     let route = |generation: usize| {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "prop", "namespace": "prop"},
-               "spec": {"parentRefs": [{"name": "prop"}], "rules": [{"filters": [{"type": "ResponseHeaderModifier",
+               "spec": {"parentRefs": [parent], "rules": [{"filters": [{"type": "ResponseHeaderModifier",
                         "responseHeaderModifier": {"set": [{"name": "x-generation", "value": generation.to_string()}]}}],
                         "backendRefs": [{"name": "echo", "port": 80}]}]}})
     };
@@ -542,7 +569,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
         ),
         doc(
             3,
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "prop"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "prop"}, "spec": {"clusterIP": service_ip, "ports": [{"name": "http", "port": 80}]}}),
         ),
         doc(
             4,
@@ -552,8 +579,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
         doc(5, route(0)),
     ];
     client.apply(base, false).await?;
-    let addrs: Vec<std::net::SocketAddr> = a
-        .nodes
+    let addrs: Vec<std::net::SocketAddr> = nodes
         .iter()
         .map(|ip| std::net::SocketAddr::new(*ip, listen_port))
         .collect();
@@ -612,8 +638,13 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     println!(
-        "| apply acknowledged → served by all {} nodes | {} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |",
-        a.nodes.len(),
+        "| apply acknowledged → served by all {} {} | {} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |",
+        nodes.len(),
+        if a.mesh {
+            "mesh node(s)"
+        } else {
+            "gateway nodes"
+        },
         a.applies
     );
     println!(
@@ -622,7 +653,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     );
     println!(
         "JSON: {}",
-        json!({"bench": "propagation", "nodes": a.nodes.len(), "applies": a.applies, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "apply_p50_ms": a50, "apply_p99_ms": a99})
+        json!({"bench": "propagation", "mesh": a.mesh, "nodes": nodes.len(), "applies": a.applies, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "apply_p50_ms": a50, "apply_p99_ms": a99})
     );
     drop(children);
     Ok(())

@@ -40,8 +40,16 @@ pub const POOL: (Ipv4Addr, Ipv4Addr) =
 const USABLE: Ipv4Addr = Ipv4Addr::new(127, 20, 0, 250);
 /// An address the node cannot serve.
 const UNUSABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// The mesh's name (its node's class), the mesh node's child name, and the addresses it gives
+/// Services (the suite's Services have no clusterIP).
+const MESH_NAME: &str = "gw-mesh";
+const MESH_CHILD: &str = "gw-mesh-node";
+const SERVICE_CIDR: &str = "127.96.0.0/16";
 /// The first pod address.
 const POD_NET: u32 = u32::from_be_bytes([127, 31, 0, 1]);
+
+/// An echo server port of a pod: its number, whether it takes HTTP/2 only, its certificate and key.
+type HttpPort = (u16, bool, Option<(String, String)>);
 
 /// A Deployment replica.
 pub struct Pod {
@@ -127,6 +135,7 @@ impl Env {
         class: &str,
         node_env: &[(String, String)],
         members: u64,
+        mesh: bool,
     ) -> anyhow::Result<Env> {
         let (dir, tmp) = match dir {
             Some(d) => (d, None),
@@ -145,7 +154,11 @@ impl Env {
             class: class.into(),
             name: "conformance".into(),
         };
-        let (store, node_tls, admin, cluster) = if members > 1 {
+        let mesh_identity = gw_client::Identity::Node {
+            class: MESH_NAME.into(),
+            name: "conformance-mesh".into(),
+        };
+        let (store, (node_tls, mesh_tls), admin, cluster) = if members > 1 {
             let c = Cluster::start(
                 members,
                 ClusterOptions {
@@ -156,11 +169,12 @@ impl Env {
             )?;
             c.wait_for_leader(Duration::from_secs(30)).await?;
             let node_tls = c.pki().issue("node", &node_identity)?;
+            let mesh_tls = c.pki().issue("mesh", &mesh_identity)?;
             let admin = c.pki().admin_security();
             let store = c.servers();
             (
                 store,
-                node_tls,
+                (node_tls, mesh_tls),
                 admin,
                 Some(Arc::new(tokio::sync::Mutex::new(c))),
             )
@@ -172,7 +186,8 @@ impl Env {
                 .unwrap_or_else(|e| e.into_inner())
                 .spawn_store(&store, None, &dir, &pki)?;
             let node_tls = pki.issue("node", &node_identity)?;
-            (store, node_tls, pki.admin_security(), None)
+            let mesh_tls = pki.issue("mesh", &mesh_identity)?;
+            (store, (node_tls, mesh_tls), pki.admin_security(), None)
         };
         let mut args = gw_client::TlsArgs::of(&node_tls).to_args();
         args.extend([
@@ -192,6 +207,25 @@ impl Env {
             log: dir.join("node.log"),
         };
         node.spawn()?;
+        if mesh {
+            let mut cmd = std::process::Command::new(bin("gw-node")?);
+            cmd.args(gw_client::TlsArgs::of(&mesh_tls).to_args()).args([
+                "--store".into(),
+                store.clone(),
+                "--gateway-class".into(),
+                MESH_NAME.to_string(),
+                "--mesh".into(),
+                "--service-cidr".into(),
+                SERVICE_CIDR.to_string(),
+                "--data-dir".into(),
+                dir.join("mesh").display().to_string(),
+            ]);
+            children.lock().unwrap_or_else(|e| e.into_inner()).spawn(
+                MESH_CHILD,
+                &dir.join("mesh.log"),
+                &mut cmd,
+            )?;
+        }
         let servers: Vec<String> = store.split(',').map(str::to_string).collect();
         let client = Client::new(
             &servers,
@@ -223,7 +257,9 @@ impl Env {
             .exited()
         {
             Some(what) => {
-                let log = self.dir.join(if what.starts_with("gw-node") {
+                let log = self.dir.join(if what.starts_with(MESH_CHILD) {
+                    "mesh.log"
+                } else if what.starts_with("gw-node") {
                     "node.log"
                 } else {
                     "store.log"
@@ -386,6 +422,12 @@ impl Env {
                 &format!("{}-gw-pods", s.name),
             )));
         }
+        refs.extend(
+            self.pods
+                .iter()
+                .filter(|p| applied.deployments.contains(&p.owner))
+                .map(|p| object_ref(&ObjectKey::new("", "Pod", &p.namespace, &p.name))),
+        );
         self.delete(refs)
             .await
             .map_err(|e| format!("cleanup: {e}"))?;
@@ -432,18 +474,43 @@ impl Env {
             _ => None,
         };
         let grpc = container_env("GRPC_ECHO_SERVER").is_some_and(|v| !v.is_empty());
+        // The suite's mesh pods run another echo server, told its HTTP ports by `--port=N` arguments
+        // (those also named by `--tls=N` serve TLS, which the mesh tests do not use).
+        let args: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let flag_ports = |flag: &str| -> Vec<u16> {
+            args.iter()
+                .filter_map(|a| a.strip_prefix(flag)?.parse().ok())
+                .collect()
+        };
+        let tls_ports = flag_ports("--tls=");
+        let plain_ports: Vec<u16> = flag_ports("--port=")
+            .into_iter()
+            .filter(|p| !tls_ports.contains(p))
+            .collect();
         for i in 0..replicas {
             let ip = Ipv4Addr::from(POD_NET + self.next_pod);
             self.next_pod += 1;
             let pod = format!("{name}-{i}");
             let mut servers = Vec::new();
             // With GRPC_ECHO_SERVER, the upstream echo server is the gRPC echo service on 3000;
-            // otherwise HTTP (and h2c) on 3000, h2c only on 3001, and HTTPS on 8443 with a certificate.
+            // a mesh pod serves HTTP on its `--port`s; otherwise HTTP (and h2c) on 3000, h2c only on
+            // 3001, and HTTPS on 8443 with a certificate.
             let https = tls.clone().map(|pair| (8443u16, false, Some(pair)));
-            let http_ports = [(3000u16, false, None), (3001, true, None)]
-                .into_iter()
-                .chain(https)
-                .filter(|_| !grpc);
+            let http_ports: Vec<HttpPort> = if grpc {
+                vec![]
+            } else if !plain_ports.is_empty() {
+                plain_ports.iter().map(|p| (*p, false, None)).collect()
+            } else {
+                [(3000u16, false, None), (3001, true, None)]
+                    .into_iter()
+                    .chain(https)
+                    .collect()
+            };
             if grpc {
                 let cfg = GrpcEchoConfig {
                     listen: (ip, 3000).into(),
@@ -471,6 +538,7 @@ impl Env {
                         .map_err(|e| format!("starting pod {ns}/{pod} on {ip}:{port}: {e}"))?,
                 );
             }
+            self.record_pod(&ns, &pod, &labels, ip).await?;
             self.pods.push(Pod {
                 name: pod,
                 namespace: ns.clone(),
@@ -481,6 +549,34 @@ impl Env {
             });
         }
         Ok(owner)
+    }
+
+    /// Writes a pod to the store, with its IP in its status, as a kubelet reports it: the mesh tells a
+    /// caller's namespace by it.
+    async fn record_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        ip: Ipv4Addr,
+    ) -> Result<(), String> {
+        let doc = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+                         "spec": {"containers": [{"name": "echo", "image": "gw-conformance-echo"}]}});
+        let failed = |e: gw_client::Error| format!("recording pod {ns}/{name}: {e}");
+        self.apply_docs(vec![doc], "conformance pods")
+            .await
+            .map_err(failed)?;
+        let key = ObjectKey::new("", "Pod", ns, name);
+        let status = json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
+        self.client
+            .update_status(vec![pb::StatusUpdate {
+                target: Some(object_ref(&key)),
+                status_json: status.to_string(),
+                ..Default::default()
+            }])
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 
     /// The pods of a Deployment-like selector in a namespace.

@@ -9,6 +9,9 @@ pub const SUPPORTED: &[&str] = &[
     "HTTPRoute",
     "TLSRoute",
     "GRPCRoute",
+    "Mesh",
+    "MeshClusterIPMatching",
+    "MeshConsumerRoute",
     "GatewayPort8080",
     "GatewayStaticAddresses",
     "GatewayHTTPListenerIsolation",
@@ -156,6 +159,6 @@ mod tests {
             !p.covers(&f(&["Gateway", "HTTPRoute", "HTTPRouteBackendProtocolH2C"])),
             "H2C is in no profile at v1.1"
         );
-        assert!(!supported(&f(&["Gateway", "Mesh"])));
+        assert!(!supported(&f(&["Gateway", "UDPRoute"])));
     }
 }

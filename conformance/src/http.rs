@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub enum Transport {
     Http,
+    /// HTTP/1.1 from this source address (a mesh pod's: the mesh tells the caller by it).
+    HttpFrom(IpAddr),
     /// HTTPS with this SNI, trusting this certificate (PEM) as the only root, presenting this client
     /// certificate and key (PEM) when asked, as the suite does.
     Https {
@@ -66,12 +68,22 @@ async fn send_inner(
     transport: &Transport,
     mut req: Request<Full<Bytes>>,
 ) -> Result<Reply, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let tcp = match transport {
+        Transport::HttpFrom(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .and_then(|s| s.bind(SocketAddr::new(*source, 0)).map(|()| s))
+            .map_err(|e| format!("binding {source}: {e}"))?;
+            socket.connect(addr).await
+        }
+        _ => tokio::net::TcpStream::connect(addr).await,
+    }
+    .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let resp: Response<hyper::body::Incoming> = match transport {
-        Transport::Http => {
+        Transport::Http | Transport::HttpFrom(_) => {
             let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -466,6 +478,35 @@ fn compare_echo(e: &Expect<'_>, reply: &Reply, request_host: &str) -> Result<(),
             return Err(format!("request header {k} should have been removed"));
         }
     }
+    response_headers_and_pod(e, reply, &echo, false)
+}
+
+/// A mesh case's answer (`echo.MeshPod`): only the status, then, for a 200, the response headers (their
+/// first values) and the answering pod are checked.
+pub fn compare_mesh(e: &Expect<'_>, reply: &Reply) -> Result<(), String> {
+    let expected_status = e.response.status();
+    if reply.status != expected_status {
+        return Err(format!(
+            "expected status {expected_status}, got {}",
+            reply.status
+        ));
+    }
+    if reply.status != 200 {
+        return Ok(());
+    }
+    let echo: Value = serde_json::from_slice(&reply.body)
+        .map_err(|err| format!("the backend's answer is not the echo JSON: {err}"))?;
+    response_headers_and_pod(e, reply, &echo, true)
+}
+
+/// The expected response headers (all values joined, or the first value only), the absent ones, and
+/// the prefix of the pod that answered.
+fn response_headers_and_pod(
+    e: &Expect<'_>,
+    reply: &Reply,
+    echo: &Value,
+    first_value_only: bool,
+) -> Result<(), String> {
     for (k, want) in &e.response.headers {
         let got: Vec<&str> = reply
             .headers
@@ -476,10 +517,14 @@ fn compare_echo(e: &Expect<'_>, reply: &Reply, request_host: &str) -> Result<(),
         if got.is_empty() {
             return Err(format!("response header {k} is missing"));
         }
-        if got.join(",") != *want {
+        let got = if first_value_only {
+            got[0].to_string()
+        } else {
+            got.join(",")
+        };
+        if got != *want {
             return Err(format!(
-                "response header {k}: expected {want:?}, got {:?}",
-                got.join(",")
+                "response header {k}: expected {want:?}, got {got:?}"
             ));
         }
     }

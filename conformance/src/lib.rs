@@ -199,15 +199,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--faults kill and partition need --members 3 or more");
     }
     let started = Instant::now();
+    // A mesh profile: a mesh node too, and the suite's mesh base manifests.
+    let mesh = profiles.iter().any(|p| p.core.contains(&"Mesh"));
     let mut env = Env::start(
         args.data_dir.clone(),
         &args.gateway_class,
         &parse_env(&args.node_env)?,
         args.members,
+        mesh,
     )
     .await?;
     eprintln!("gw started in {}", env.dir.display());
-    setup(&mut env, &args.suite, &secrets_spec)
+    setup(&mut env, &args.suite, &secrets_spec, mesh)
         .await
         .map_err(|e| anyhow!("suite setup: {e}"))?;
     eprintln!(
@@ -339,7 +342,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// What the suite does before its tests: its GatewayClass accepted, the base manifests applied, the
 /// TLS Secrets created, the base Gateways ready.
-async fn setup(env: &mut Env, suite: &Path, secrets: &Value) -> Result<(), String> {
+async fn setup(env: &mut Env, suite: &Path, secrets: &Value, mesh: bool) -> Result<(), String> {
     env.create_gateway_class()
         .await
         .map_err(|e| e.to_string())?;
@@ -357,6 +360,10 @@ async fn setup(env: &mut Env, suite: &Path, secrets: &Value) -> Result<(), Strin
     // and a kubelet would wait for them; the harness starts pods at once.
     env.create_programmatic_secrets(secrets).await?;
     env.apply_file(&suite.join("base/manifests.yaml")).await?;
+    if mesh {
+        env.apply_file(&suite.join("base/mesh-manifests.yaml"))
+            .await?;
+    }
     let namespaces: Vec<String> = secrets["readiness_after_setup"]["gateway_namespaces"]
         .as_array()
         .into_iter()

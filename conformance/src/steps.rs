@@ -3,7 +3,7 @@
 //! them: same conditions, same timeouts, same poll interval, same retry rules, and no more.
 
 use crate::case::{
-    Action, AddressRole, Case, Check, ClientKind, Condition, ListenerStatus, OtherCheck,
+    Action, AddressRole, Case, Check, ClientKind, Condition, HostSpec, ListenerStatus, OtherCheck,
     ParentStatus, Patch, Payload, Resource, StepBody, StepRef, Target,
 };
 use crate::env::Env;
@@ -13,7 +13,7 @@ use gw_model::{ObjectKey, kinds};
 use gw_testkit::grpc_echo;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_secs(1);
@@ -987,8 +987,10 @@ impl Run<'_> {
     /// A request case: sent until it passes three times in a row, within the suite's 30 s; then the
     /// mirrors must have seen it.
     async fn case(&mut self, c: &Case) -> Result<(), String> {
-        if c.client == ClientKind::Grpc {
-            return self.grpc_case(c).await;
+        match c.client {
+            ClientKind::Grpc => return self.grpc_case(c).await,
+            ClientKind::Mesh => return self.mesh_case(c).await,
+            _ => {}
         }
         let (scheme, transport) = match c.client {
             ClientKind::Http => ("http", Transport::Http),
@@ -1052,6 +1054,99 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The first pod of `namespace` a `k=v,...` selector matches.
+    fn mesh_pod(&self, namespace: &str, selector: &str) -> Result<&crate::env::Pod, String> {
+        let labels: BTreeMap<String, String> = selector
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| format!("selector {selector:?}: {kv:?} is not key=value"))
+            })
+            .collect::<Result<_, _>>()?;
+        self.env
+            .pods_matching(namespace, &labels)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no pod in {namespace} matches {selector}"))
+    }
+
+    /// Where a mesh pod's request for `host` (`name[.namespace[.svc...]][:port]`, or an address) goes,
+    /// as cluster DNS would resolve it: to the address the mesh serves that Service at.
+    async fn mesh_destination(&self, host: &str, client_ns: &str) -> Result<SocketAddr, String> {
+        if let Ok(addr) = host.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let (name, port) = match host.rsplit_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<u16>()
+                    .map_err(|e| format!("host {host:?}: port {p:?}: {e}"))?,
+            ),
+            None => (host, 80),
+        };
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let mut labels = name.split('.');
+        let service = labels.next().unwrap_or("");
+        let ns = labels.next().unwrap_or(client_ns);
+        let svc = self
+            .fetch(&ObjectKey::new("", "Service", ns, service))
+            .await?;
+        let ip = gw_model::core::mesh_address(&svc)
+            .ok_or_else(|| format!("Service {ns}/{service} has no address in the mesh yet"))?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// A mesh case (`echo.MeshPod`): the request leaves the first pod the selector matches (from its
+    /// address: the mesh tells the caller by it) for the host of its URL, resolved as cluster DNS
+    /// would; a `Host` header, if the case sets one, overrides the URL's. Judged on the status, the
+    /// response headers and the answering pod only, as the suite judges mesh requests.
+    async fn mesh_case(&mut self, c: &Case) -> Result<(), String> {
+        let Target::MeshPod {
+            namespace,
+            selector,
+            ..
+        } = &c.target
+        else {
+            return Err("a mesh case must be sent from a MeshPod".into());
+        };
+        let client = self.mesh_pod(namespace, selector)?;
+        let (client_ip, client_ns) = (IpAddr::V4(client.ip), client.namespace.clone());
+        let url_host = match &c.request.host {
+            Some(HostSpec::Computed(e)) => {
+                let sel = &e.runtime.pod_ip_of;
+                let pod = self.mesh_pod(&sel.namespace, &sel.selector)?;
+                format!("{}:{}", pod.ip, e.runtime.port.unwrap_or(80))
+            }
+            Some(HostSpec::Literal(h)) => h.clone(),
+            None => return Err("a mesh case without a host".into()),
+        };
+        let mut request = c.request.clone();
+        let host_header = request
+            .headers
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("host"))
+            .cloned()
+            .and_then(|k| request.headers.remove(&k))
+            .unwrap_or_else(|| url_host.clone());
+        let described = format!(
+            "{} http://{url_host}{} from a pod of {namespace} ({client_ip}), Host {host_header}",
+            request.method(),
+            request.path()
+        );
+        let expect = Expect::of(c);
+        converge(self.env, &described, || async {
+            let addr = self.mesh_destination(&url_host, &client_ns).await?;
+            let req = h::build(&request, &BTreeMap::new(), &host_header)?;
+            let reply = h::send(addr, &Transport::HttpFrom(client_ip), req).await?;
+            h::compare_mesh(&expect, &reply)
+        })
+        .await
     }
 
     /// A gRPC case (`grpc.MakeRequestAndExpectEventuallyConsistentResponse`): the method is called over

@@ -221,7 +221,10 @@ mod tests {
             parse("/apis/apps/v1/deployments"),
             Err(NotFound::Resource(_))
         ));
-        assert!(matches!(parse("/api/v1/persistentvolumes"), Err(NotFound::Resource(_))));
+        assert!(matches!(
+            parse("/api/v1/persistentvolumes"),
+            Err(NotFound::Resource(_))
+        ));
         assert!(matches!(
             parse("/api/v1/namespaces/x/configmaps/a/b/c"),
             Err(NotFound::Path)
