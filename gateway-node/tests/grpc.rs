@@ -29,13 +29,15 @@ async fn backend(pod: &str) -> EchoServer {
     .unwrap()
 }
 
-/// Rules: EchoTwo to g3; Echo with `mode: cookie` / `mode: header` over g0–g2 with cookie / header
-/// session persistence; any other Echo to g0. EchoThree matches nothing.
+/// Rules: EchoTwo to g3, with a request header added; Echo with `mode: cookie` / `mode: header` over g0
+/// and g1 (g2 has weight 0) with cookie / header session persistence; any other Echo to g0. EchoThree
+/// matches nothing.
 fn grpc_route() -> String {
     let method = |m: &str| format!("method: {{service: {SERVICE}, method: {m}}}");
-    let spread = "[{name: g0, port: 8080}, {name: g1, port: 8080}, {name: g2, port: 8080}]";
+    let spread =
+        "[{name: g0, port: 8080}, {name: g1, port: 8080}, {name: g2, port: 8080, weight: 0}]";
     format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: echo, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{{two}}}]\n    backendRefs: [{{name: g3, port: 8080}}]\n  - matches: [{{{echo}, headers: [{{name: mode, value: cookie}}]}}]\n    sessionPersistence: {{sessionName: grpc-sess}}\n    backendRefs: {spread}\n  - matches: [{{{echo}, headers: [{{name: mode, value: header}}]}}]\n    sessionPersistence: {{sessionName: x-grpc-session, type: Header}}\n    backendRefs: {spread}\n  - matches: [{{{echo}}}]\n    backendRefs: [{{name: g0, port: 8080}}]\n",
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: echo, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{{two}}}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-routed, value: two}}]}}}}]\n    backendRefs: [{{name: g3, port: 8080}}]\n  - matches: [{{{echo}, headers: [{{name: mode, value: cookie}}]}}]\n    sessionPersistence: {{sessionName: grpc-sess}}\n    backendRefs: {spread}\n  - matches: [{{{echo}, headers: [{{name: mode, value: header}}]}}]\n    sessionPersistence: {{sessionName: x-grpc-session, type: Header}}\n    backendRefs: {spread}\n  - matches: [{{{echo}}}]\n    backendRefs: [{{name: g0, port: 8080}}]\n",
         two = method("EchoTwo"),
         echo = method("Echo"),
     )
@@ -81,15 +83,33 @@ async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
         grpc_echo::channel(addr, &Dial::default()).unwrap()
     };
     let nodes = [plain("127.0.0.2"), plain("127.0.0.3")];
+    // Both nodes serve, and hand out session tokens (the signing key is in the store).
     for n in &nodes {
-        eventually("both nodes route Echo to g0", || async {
-            who(n, "Echo", &[]).await == "g0"
+        eventually("both nodes route Echo and start sessions", || async {
+            let started = grpc_echo::call(n.clone(), "Echo", &md(&[("mode", "header")]), TIMEOUT)
+                .await
+                .is_ok_and(|r| r.metadata().contains_key("x-grpc-session"));
+            started && who(n, "Echo", &[]).await == "g0"
         })
         .await;
     }
 
-    // Method matching, and a method no rule matches: UNIMPLEMENTED from the gateway itself.
-    assert_eq!(who(&nodes[0], "EchoTwo", &[]).await, "g3");
+    // Method matching (with the rule's filter), and a method no rule matches: UNIMPLEMENTED from the
+    // gateway itself.
+    let two = grpc_echo::call(nodes[0].clone(), "EchoTwo", &BTreeMap::new(), TIMEOUT)
+        .await
+        .unwrap()
+        .into_inner()
+        .assertions
+        .unwrap();
+    assert_eq!(two.context.unwrap().pod, "g3");
+    assert!(
+        two.headers
+            .iter()
+            .any(|h| h.key == "x-routed" && h.value == "two"),
+        "the rule's RequestHeaderModifier: {:?}",
+        two.headers
+    );
     let unmatched = grpc_echo::call(nodes[1].clone(), "EchoThree", &BTreeMap::new(), TIMEOUT)
         .await
         .unwrap_err();
@@ -119,11 +139,12 @@ async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
     .unwrap();
     assert_eq!(who(&tls, "EchoTwo", &[]).await, "g3");
 
-    // Without a session, calls spread over the rule's three backends.
-    let spread: BTreeSet<String> = reached(&nodes[0], "Echo", &[("mode", "cookie")], 30).await;
-    assert!(
-        spread.len() > 1,
-        "30 session-less calls all reached {spread:?}"
+    // Without a session, calls spread by weight: over g0 and g1, never g2 (weight 0).
+    let spread: BTreeSet<String> = reached(&nodes[0], "Echo", &[("mode", "cookie")], 40).await;
+    assert_eq!(
+        spread,
+        BTreeSet::from(["g0".to_string(), "g1".to_string()]),
+        "40 session-less calls"
     );
 
     // Cookie persistence: the first answer sets the cookie; sent back as metadata, it keeps every
