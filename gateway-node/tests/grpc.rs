@@ -149,24 +149,9 @@ async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
 
     // Cookie persistence: the first answer sets the cookie; sent back as metadata, it keeps every
     // call, on either node, on the first call's backend, and starts no new session.
-    let first = grpc_echo::call(
-        nodes[0].clone(),
-        "Echo",
-        &md(&[("mode", "cookie")]),
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
-    let set_cookie = first
-        .metadata()
-        .get("set-cookie")
-        .expect("a session cookie in the response metadata")
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (set_cookie, backend) = start_session(&nodes[0], "cookie", "set-cookie").await;
     let cookie = set_cookie.split(';').next().unwrap().to_string();
     assert!(cookie.starts_with("grpc-sess="), "{set_cookie}");
-    let backend = pod_of(first);
     for i in 0..20 {
         let r = grpc_echo::call(
             nodes[i % 2].clone(),
@@ -184,22 +169,7 @@ async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
     }
 
     // Header persistence: the token comes back in x-grpc-session and is sent in it.
-    let first = grpc_echo::call(
-        nodes[1].clone(),
-        "Echo",
-        &md(&[("mode", "header")]),
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
-    let token = first
-        .metadata()
-        .get("x-grpc-session")
-        .expect("a session token in the response metadata")
-        .to_str()
-        .unwrap()
-        .to_string();
-    let backend = pod_of(first);
+    let (token, backend) = start_session(&nodes[1], "header", "x-grpc-session").await;
     for i in 0..20 {
         let got = who(
             &nodes[i % 2],
@@ -209,6 +179,25 @@ async fn grpc_routes_over_h2c_and_tls_and_sessions_stick_across_nodes() {
         .await;
         assert_eq!(got, backend, "header session, call {i}");
     }
+}
+
+/// Starts a session on a rule (`mode`): the response metadata that carries its token, and the pod.
+async fn start_session(
+    channel: &tonic::transport::Channel,
+    mode: &str,
+    carrier: &str,
+) -> (String, String) {
+    let first = grpc_echo::call(channel.clone(), "Echo", &md(&[("mode", mode)]), TIMEOUT)
+        .await
+        .unwrap();
+    let token = first
+        .metadata()
+        .get(carrier)
+        .unwrap_or_else(|| panic!("{carrier} in the response metadata"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    (token, pod_of(first))
 }
 
 fn md(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

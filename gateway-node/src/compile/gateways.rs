@@ -162,6 +162,17 @@ pub fn collect(idx: &Index<'_>, opts: &CompileOptions, class_accepted: bool) -> 
     out
 }
 
+/// Route kinds of the Gateway API group, as a listener's `supportedKinds`.
+pub(super) fn route_kinds(kinds: &[&str]) -> Vec<RouteGroupKind> {
+    kinds
+        .iter()
+        .map(|k| RouteGroupKind {
+            group: GATEWAY_GROUP.into(),
+            kind: (*k).into(),
+        })
+        .collect()
+}
+
 fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> ListenerCtx {
     let https = l.protocol == "HTTPS";
     let l4 = match l.protocol.as_str() {
@@ -182,13 +193,7 @@ fn listener(idx: &Index<'_>, ns: &str, l: &gw_model::gateway::Listener) -> Liste
     // Kinds: the requested ones gw supports (or, when none is requested, all it supports).
     let kinds: Vec<RouteGroupKind> = if l.allowed_routes.kinds.is_empty() {
         if protocol_supported {
-            supported_kinds
-                .iter()
-                .map(|k| RouteGroupKind {
-                    group: GATEWAY_GROUP.into(),
-                    kind: (*k).into(),
-                })
-                .collect()
+            route_kinds(supported_kinds)
         } else {
             vec![]
         }

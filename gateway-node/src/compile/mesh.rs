@@ -12,7 +12,7 @@
 
 use super::backends::{Referrer, Upstreams};
 use super::conditions::{Cond, render};
-use super::gateways::{GatewayCtx, HTTP_ROUTE_KINDS, ListenerCtx};
+use super::gateways::{GatewayCtx, HTTP_ROUTE_KINDS, ListenerCtx, route_kinds};
 use super::index::Index;
 use super::tls::ClientAuth;
 use crate::snapshot::Snapshot;
@@ -23,8 +23,7 @@ use crate::table::{
 use gw_model::core::{
     MESH_ADDRESS_CONDITION, ServicePort, cluster_ip, pod_ips, recorded_mesh_address,
 };
-use gw_model::gateway::{FromNamespaces, RouteGroupKind, RouteNamespaces};
-use gw_model::kinds::GATEWAY_GROUP;
+use gw_model::gateway::{FromNamespaces, RouteNamespaces};
 use gw_model::route::BackendObjectReference;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -76,13 +75,7 @@ fn port_listener(ns: &str, p: &ServicePort) -> ListenerCtx {
         protocol_supported: true,
         protocol: if http { "HTTP" } else { "TCP" }.into(),
         kinds: if http {
-            HTTP_ROUTE_KINDS
-                .iter()
-                .map(|k| RouteGroupKind {
-                    group: GATEWAY_GROUP.into(),
-                    kind: (*k).into(),
-                })
-                .collect()
+            route_kinds(HTTP_ROUTE_KINDS)
         } else {
             vec![]
         },

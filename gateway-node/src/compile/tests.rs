@@ -734,21 +734,8 @@ fn mesh_snapshot() -> Snapshot {
 }
 
 fn mesh_parent(c: &Compiled, ns: &str, name: &str) -> (Value, Vec<String>) {
-    let parent = &status_of(c, "HTTPRoute", ns, name)["parents"][0];
-    let conds = parent["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| {
-            format!(
-                "{}={}/{}",
-                x["type"].as_str().unwrap(),
-                x["status"].as_str().unwrap(),
-                x["reason"].as_str().unwrap()
-            )
-        })
-        .collect();
-    (parent["controllerName"].clone(), conds)
+    let controller = status_of(c, "HTTPRoute", ns, name)["parents"][0]["controllerName"].clone();
+    (controller, parent_conditions(c, ns, name))
 }
 
 #[test]
