@@ -1,6 +1,6 @@
-//! `gwadm up`: a local all-in-one gw — a single-member store, one gateway node and two echo backends —
-//! configured with `deploy/examples/demo.yaml`; prints the commands that show it working and stops
-//! everything on Ctrl-C.
+//! `gwadm up`: a local all-in-one gw — a single-member store, one gateway node, one mesh node and four
+//! echo backends — configured with `deploy/examples/demo.yaml`; prints the commands that show it
+//! working and stops everything on Ctrl-C.
 
 #![allow(clippy::disallowed_methods)] // runtime: waits for the demo to be served
 
@@ -37,7 +37,8 @@ pub struct UpArgs {
     pub kube_port: u16,
 }
 
-/// The demo documents, with the listener port and the echo backends' EndpointSlices filled in.
+/// The demo documents, with the listener port and the echo backends' EndpointSlices filled in (every
+/// port of a backend's Service reaches the backend's one port).
 fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::Document>> {
     let docs = gw_model::parse_documents("deploy/examples/demo.yaml", DEMO)
         .map_err(|e| Error::Usage(e.to_string()))?;
@@ -48,12 +49,20 @@ fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::
         }
     }
     for (svc, addr) in backends {
+        let ports: Vec<Value> = out
+            .iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == *svc)
+            .and_then(|d| d["spec"]["ports"].as_array())
+            .into_iter()
+            .flatten()
+            .map(|p| json!({"name": p["name"], "port": addr.port()}))
+            .collect();
         out.push(json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {"name": svc, "namespace": "demo", "labels": {"kubernetes.io/service-name": svc}},
             "addressType": "IPv4",
-            "ports": [{"name": "http", "port": addr.port()}],
+            "ports": ports,
             "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}],
         }));
     }
@@ -95,6 +104,13 @@ pub async fn run(a: UpArgs) -> Result<()> {
             name: "demo".into(),
         },
     )?;
+    let mesh_tls = pki.issue(
+        "mesh",
+        &Identity::Node {
+            class: "gw-demo-mesh".into(),
+            name: "demo-mesh".into(),
+        },
+    )?;
     let mut children = Children::default();
     let kube_addr = format!("127.0.0.1:{}", a.kube_port);
     children.spawn_store(&store_addr, Some(&kube_addr), &dir, &pki)?;
@@ -117,6 +133,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let v2 = start_echo(echo("app-v2"))
         .await
         .map_err(anyhow::Error::from)?;
+    let color = start_echo(echo("color"))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let color2 = start_echo(echo("color2"))
+        .await
+        .map_err(anyhow::Error::from)?;
     children.spawn(
         "gw-node",
         &dir.join("node.log"),
@@ -134,12 +156,36 @@ pub async fn run(a: UpArgs) -> Result<()> {
             .arg("--data-dir")
             .arg(dir.join("node")),
     )?;
+    // The mesh node: Services at their addresses (binding port 80 of the canary needs root).
+    children.spawn(
+        "gw-node-mesh",
+        &dir.join("mesh.log"),
+        Command::new(bin("gw-node")?)
+            .args(TlsArgs::of(&mesh_tls).to_args())
+            .args([
+                "--store",
+                &store_addr,
+                "--gateway-class",
+                "gw-demo-mesh",
+                "--mesh",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("mesh")),
+    )?;
     let client = Client::new(
         std::slice::from_ref(&store_addr),
         Duration::from_secs(20),
         &Dialer::new(pki.admin_security()),
     )?;
-    let documents = demo_documents(a.port, &[("app-v1", v1.addr), ("app-v2", v2.addr)])?;
+    let documents = demo_documents(
+        a.port,
+        &[
+            ("app-v1", v1.addr),
+            ("app-v2", v2.addr),
+            ("color", color.addr),
+            ("color2", color2.addr),
+        ],
+    )?;
     let resp = client.apply(documents, false).await?;
     eprintln!("applied the demo config (revision {})", resp.revision);
     wait_until_served(a.port).await?;
@@ -156,7 +202,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
          \x20 gwadm affinity ls                                              # the replicated session table\n\
          \x20 gwadm get httproutes -A                                        # the route and its status\n\
          \x20 kubectl --kubeconfig {kubeconfig} get httproutes -A -o yaml   # the same, through the store's Kubernetes API\n\
-         \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\n\
+         \x20 curl -s http://127.0.0.1:{admin}/status                          # revision served, staleness\n\
+         \x20 for i in $(seq 100); do curl -s http://127.96.0.10/ | grep -o '\"pod\":\"[^\"]*\"'; done | sort | uniq -c   # the mesh: the color canary, 50/50 on port 80\n\
+         \x20 for i in $(seq 10); do curl -s http://127.96.0.10:8080/ | grep -o '\"pod\":\"[^\"]*\"'; done | uniq -c   # port 8080 of color: not split\n\n\
          Press Ctrl-C to stop.",
         port = a.port,
         admin = a.admin_port,
@@ -171,7 +219,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         _ = term.recv() => {}
     }
     drop(children);
-    drop((v1, v2));
+    drop((v1, v2, color, color2));
     Ok(())
 }
 
