@@ -658,3 +658,156 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     drop(children);
     Ok(())
 }
+
+/// The WAN of the multi-region layout the issue and README describe (one-way delays).
+pub const DEFAULT_WAN: &str = "us-east:eu-west=40ms,us-east:ap-south=110ms,eu-west:ap-south=75ms";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegionsArgs {
+    /// One-way delays between regions (`A:B=DELAY,...[,jitter=D][,loss=P%]`): one voting member per
+    /// region, and a client in each region beside its member.
+    #[arg(long, default_value = DEFAULT_WAN)]
+    pub wan: String,
+    /// Operations of each kind to time.
+    #[arg(long, default_value_t = 100)]
+    pub ops: usize,
+    /// Milliseconds to wait between two operations (0: back to back).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
+}
+
+/// Sorted milliseconds of `n` runs of `op`, `pause` apart.
+async fn timed<F, Fut>(n: usize, pause: Duration, mut op: F) -> Result<Vec<f64>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let t0 = Instant::now();
+        op(i)
+            .await
+            .map_err(|e| Error::Usage(format!("operation {i}: {}", e.message())))?;
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(pause).await;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v)
+}
+
+/// `gwadm bench regions`: a store with one member per region of a simulated WAN (user-space delays,
+/// `gw_testkit::wan`), a client in each region talking to its own member from its own address.
+/// Times applies acknowledged (from the leader's region, to the leader) against the floor — the round
+/// trip from the leader to the nearest majority — and linearizable (ReadIndex) and serializable reads
+/// in every region.
+pub async fn regions(a: RegionsArgs) -> Result<()> {
+    use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
+    use gw_testkit::wan::{Matrix, Wan};
+    let matrix = Matrix::parse(&a.wan).map_err(Error::Usage)?;
+    let regions: Vec<String> = matrix.regions().into_iter().collect();
+    if regions.len() < 2 {
+        return Err(Error::Usage("--wan names fewer than two regions".into()));
+    }
+    let wan = Wan::new(matrix.clone());
+    let run = std::process::id() % 250;
+    // Heartbeats (also the AppendEntries timeout) and elections sized for round trips of hundreds
+    // of milliseconds.
+    let opts = ClusterOptions {
+        ip_prefix: Some(format!("127.66.{run}.")),
+        wan: Some(WanLayout {
+            wan: wan.clone(),
+            regions: regions.clone(),
+        }),
+        extra_args: ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(regions.len() as u64, opts)?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    let leader_region = regions[leader as usize - 1].clone();
+    let mut to_others: Vec<Duration> = regions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != leader)
+        .map(|(_, r)| matrix.delay(&leader_region, r))
+        .collect();
+    to_others.sort();
+    // The leader and the nearest `majority - 1` others.
+    let majority = regions.len() / 2 + 1;
+    let floor_ms = 2.0 * to_others[majority - 2].as_secs_f64() * 1e3;
+    let mut clients = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let ip: std::net::IpAddr = format!("127.65.{run}.{}", i + 1)
+            .parse()
+            .map_err(|e| Error::Usage(format!("{e}")))?;
+        wan.place(ip, region);
+        let dialer = Dialer::new(cluster.pki().admin_security()).source(Some(ip));
+        clients.push(connect(&dialer, cluster.addr(i as u64 + 1)).await?);
+    }
+    let mut rows = Vec::new();
+    let leader_client = &mut clients[leader as usize - 1];
+    put(leader_client, "regions", "warm-up")
+        .await
+        .map_err(|e| Error::Usage(format!("the first apply: {}", e.message())))?;
+    let v = value(100, 0);
+    let pause = Duration::from_millis(a.pause_ms);
+    let applies = timed(a.ops, pause, |i| {
+        let mut c = leader_client.clone();
+        let name = format!("regions-{}", i % 16);
+        let v = v.clone();
+        async move { put(&mut c, &name, &v).await }
+    })
+    .await?;
+    rows.push((
+        "apply acknowledged".to_string(),
+        leader_region.clone(),
+        applies,
+        Some(floor_ms),
+    ));
+    for (i, region) in regions.iter().enumerate() {
+        for serializable in [false, true] {
+            let c = clients[i].clone();
+            let reads = timed(a.ops, pause, |_| {
+                let mut c = c.clone();
+                async move { get(&mut c, "regions", serializable).await }
+            })
+            .await?;
+            let kind = if serializable {
+                "serializable read"
+            } else {
+                "linearizable read"
+            };
+            let role = if i as u64 + 1 == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            rows.push((format!("{kind} ({role})"), region.clone(), reads, None));
+        }
+    }
+    println!(
+        "WAN (one-way): {}; leader in {leader_region}; floor of an apply: {floor_ms:.1} ms",
+        a.wan
+    );
+    println!("| measure | region | n | p50 ms | p99 ms | floor ms | p50 / floor |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut json_rows = Vec::new();
+    for (measure, region, v, floor) in &rows {
+        let (p50, p99) = (percentile(v, 50.0), percentile(v, 99.0));
+        let (f, ratio) = match floor {
+            Some(f) => (format!("{f:.1}"), format!("{:.2}", p50 / f)),
+            None => (String::new(), String::new()),
+        };
+        println!(
+            "| {measure} | {region} | {} | {p50:.1} | {p99:.1} | {f} | {ratio} |",
+            v.len()
+        );
+        json_rows.push(json!({"measure": measure, "region": region, "n": v.len(), "p50_ms": p50, "p99_ms": p99, "floor_ms": floor}));
+    }
+    println!(
+        "JSON: {}",
+        json!({"bench": "regions", "wan": a.wan, "pause_ms": a.pause_ms, "leader_region": leader_region, "rows": json_rows})
+    );
+    Ok(())
+}

@@ -205,6 +205,8 @@ pub enum BenchCommand {
     Store(bench::StoreBenchArgs),
     /// Time from an acknowledged route change until every gateway node serves it.
     Propagation(bench::PropagationArgs),
+    /// Applies and reads over a simulated WAN, one member per region, against the round-trip floor.
+    Regions(bench::RegionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +352,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Propagation(args),
         } => bench::propagation(args).await,
+        Command::Bench {
+            command: BenchCommand::Regions(args),
+        } => bench::regions(args).await,
         Command::Up(args) => up::run(args).await,
         Command::ReapChildren => {
             tokio::task::spawn_blocking(gw_testkit::procs::reap_children)

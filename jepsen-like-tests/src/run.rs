@@ -167,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         env,
         kube_api: args.via == "kube",
         metrics: false,
+        wan: None,
     };
     // With the power-loss nemesis, each member's data directory is a lossy disk over
     // `disks/member-N` (declared before the cluster: unmounted after its processes are gone).
@@ -194,7 +195,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let addrs: Vec<(u64, String)> = cluster
         .members
         .iter()
-        .map(|m| (m.id, m.addr.clone()))
+        .map(|m| (m.id, m.reach.clone()))
         .collect();
     let admin = cluster.pki().admin_security();
     let fleet = if affinity_on {

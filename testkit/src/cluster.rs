@@ -6,6 +6,7 @@
 
 use crate::pki::Pki;
 use crate::procs::{bin, free_port};
+use crate::wan::{Ingress, Wan};
 use anyhow::{Context, bail};
 use gw_client::{Dialer, Identity, TlsArgs};
 use gw_proto as pb;
@@ -20,6 +21,8 @@ pub struct MemberProc {
     pub id: u64,
     /// Its client API.
     pub addr: String,
+    /// Where clients reach its client API: `addr`, or its ingress in a WAN.
+    pub reach: String,
     /// Its Raft transport.
     pub peer_addr: String,
     /// Its Kubernetes API, when the cluster serves it.
@@ -46,6 +49,8 @@ pub struct Cluster {
     _tmp: Option<tempfile::TempDir>,
     pub members: Vec<MemberProc>,
     pki: Pki,
+    /// The WAN's ingress proxies (API and Raft transport of every member), when there is one.
+    _ingresses: Vec<Ingress>,
 }
 
 /// Options for starting a cluster.
@@ -64,6 +69,23 @@ pub struct ClusterOptions {
     pub kube_api: bool,
     /// Serve Prometheus metrics on every member (`--metrics`, see `Cluster::scrape`).
     pub metrics: bool,
+    /// Put member N in region `regions[N-1]` of a simulated WAN: members, and clients placed in
+    /// the WAN, reach it through ingress proxies that delay traffic by the region matrix (needs
+    /// `ip_prefix`, and a tokio runtime).
+    pub wan: Option<WanLayout>,
+}
+
+/// Members spread over the regions of a WAN.
+#[derive(Clone)]
+pub struct WanLayout {
+    pub wan: Wan,
+    pub regions: Vec<String>,
+}
+
+impl std::fmt::Debug for WanLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WanLayout({:?})", self.regions)
+    }
 }
 
 impl Cluster {
@@ -91,10 +113,36 @@ impl Cluster {
                 )
             })
             .collect();
-        let peers = addrs
+        // In a WAN, every member is reached through ingresses in its region: they are what --peers
+        // advertises.
+        let mut ingresses = Vec::new();
+        let mut advertised = addrs.clone();
+        if let Some(layout) = &opts.wan {
+            if opts.ip_prefix.is_none() || layout.regions.len() != n as usize {
+                bail!("a WAN needs ip_prefix and one region per member");
+            }
+            for (i, (api, peer)) in addrs.iter().enumerate() {
+                let region = &layout.regions[i];
+                layout.wan.place(host(i as u64 + 1).parse()?, region);
+                let mut through = |target: &str| -> anyhow::Result<String> {
+                    let ingress =
+                        layout
+                            .wan
+                            .ingress("127.0.0.1:0".parse()?, region, target.parse()?)?;
+                    let addr = ingress.addr.to_string();
+                    ingresses.push(ingress);
+                    Ok(addr)
+                };
+                advertised[i] = (through(api)?, through(peer)?);
+            }
+        }
+        let peers = advertised
             .iter()
             .enumerate()
-            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
+            .map(|(i, (a, p))| match &opts.wan {
+                Some(l) => format!("{}={a}/{p}@{}", i + 1, l.regions[i]),
+                None => format!("{}={a}/{p}", i + 1),
+            })
             .collect::<Vec<_>>()
             .join(",");
         // A fresh CA for every start: material left by an earlier run in this directory goes.
@@ -105,14 +153,19 @@ impl Cluster {
             _tmp: tmp,
             members: vec![],
             pki,
+            _ingresses: ingresses,
         };
         for (i, (addr, peer_addr)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
+            let region = match &opts.wan {
+                Some(l) => l.regions[i].clone(),
+                None => format!("region-{id}"),
+            };
             let mut args = vec![
                 "--peers".to_string(),
                 peers.clone(),
                 "--region".into(),
-                format!("region-{id}"),
+                region,
             ];
             let kube_addr = opts
                 .kube_api
@@ -128,6 +181,7 @@ impl Cluster {
             }
             args.extend(opts.extra_args.iter().cloned());
             cluster.add_member(id, addr.clone(), peer_addr.clone(), args, opts.env.clone())?;
+            cluster.member_mut(id).reach = advertised[i].0.clone();
             cluster.member_mut(id).kube_addr = kube_addr;
             cluster.member_mut(id).metrics_addr = metrics_addr;
         }
@@ -154,6 +208,7 @@ impl Cluster {
         args.extend(["--peer-listen".to_string(), peer_addr.clone()]);
         self.members.push(MemberProc {
             id,
+            reach: addr.clone(),
             addr,
             peer_addr,
             kube_addr: None,
@@ -315,8 +370,9 @@ impl Cluster {
         self.member(id).child.is_some()
     }
 
+    /// Where clients reach member `id`'s API.
     pub fn addr(&self, id: u64) -> &str {
-        &self.member(id).addr
+        &self.member(id).reach
     }
 
     /// Member `id`'s Raft transport.
@@ -328,7 +384,7 @@ impl Cluster {
     pub fn servers(&self) -> String {
         self.members
             .iter()
-            .map(|m| m.addr.clone())
+            .map(|m| m.reach.clone())
             .collect::<Vec<_>>()
             .join(",")
     }

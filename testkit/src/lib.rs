@@ -12,3 +12,4 @@ pub mod grpc_echo;
 pub mod pki;
 pub mod procs;
 pub mod proxy;
+pub mod wan;

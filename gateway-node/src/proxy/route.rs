@@ -66,7 +66,12 @@ pub fn route<'t, B>(
     };
     let (action, l) = listener
         .and_then(|l| {
-            let caller_namespace = table.callers.get(&caller).map(String::as_str);
+            // Only a mesh node knows callers; a gateway node skips the lookup.
+            let caller_namespace = if table.callers.is_empty() {
+                None
+            } else {
+                table.callers.get(&caller).map(String::as_str)
+            };
             l.route(&host, &view, caller_namespace)
                 .map(|e| (e.action.clone(), l))
         })
