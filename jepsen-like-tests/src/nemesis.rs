@@ -6,7 +6,7 @@
 
 use crate::history::{Kind, NEMESIS, Recorder};
 use crate::lossyfs::Disk;
-use gw_testkit::cluster::Cluster;
+use gw_testkit::cluster::{Cluster, WanLayout};
 use gw_testkit::firewall::Firewall;
 use serde_json::json;
 use std::time::Duration;
@@ -37,6 +37,9 @@ pub enum Fault {
     /// A member removed from the cluster during traffic, wiped, restarted empty, added back as a
     /// learner and promoted to voter.
     Membership,
+    /// A whole region of the WAN (`--wan`) cut off from the others: its members, and every client
+    /// placed in it (the leader's region, then the others in turn).
+    PartitionRegion,
 }
 
 impl std::str::FromStr for Fault {
@@ -53,8 +56,9 @@ impl std::str::FromStr for Fault {
             "clock" => Ok(Fault::Clock),
             "catchup" => Ok(Fault::Catchup),
             "membership" => Ok(Fault::Membership),
+            "partition-region" => Ok(Fault::PartitionRegion),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, clock, catchup, membership)"
+                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, clock, catchup, membership, partition-region)"
             )),
         }
     }
@@ -73,6 +77,7 @@ impl Fault {
             Fault::Clock => "clock",
             Fault::Catchup => "catchup",
             Fault::Membership => "membership",
+            Fault::PartitionRegion => "partition-region",
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct Schedule {
     pub until: std::time::Instant,
     pub interval: Duration,
     pub hold: Duration,
+    /// The WAN the members are spread over, whose regions `PartitionRegion` cuts off.
+    pub wan: Option<WanLayout>,
 }
 
 /// Runs faults until `until`: every `interval`, the next configured fault (in turn) with the next of
@@ -222,6 +229,7 @@ pub async fn run(
         until,
         interval,
         hold,
+        wan,
     } = schedule;
     let (until, interval, hold) = (*until, *interval, *hold);
     let mut effects = Vec::new();
@@ -291,6 +299,40 @@ pub async fn run(
                     what,
                     None,
                     json!({"nodes": targets, "took_effect": took, "unsynced_lost": lost}),
+                ));
+                effects.push((what.to_string(), took));
+            }
+            Fault::PartitionRegion => {
+                let Some(layout) = wan else { continue };
+                let regions: Vec<String> = layout.wan.matrix.regions().into_iter().collect();
+                // The leader's region first, then each region in turn.
+                let region = match leader {
+                    Some(l) if variant.is_multiple_of(2) => layout.regions[l as usize - 1].clone(),
+                    _ => regions[variant % regions.len()].clone(),
+                };
+                let members: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| layout.regions[*id as usize - 1] == region)
+                    .collect();
+                let what = "partition-region";
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Invoke,
+                    what,
+                    None,
+                    json!({"region": region, "members": members}),
+                ));
+                layout.wan.isolate(&region, true);
+                tokio::time::sleep(hold).await;
+                layout.wan.isolate(&region, false);
+                let took = !members.is_empty() && regions.len() > 1;
+                rec.record(Recorder::event(
+                    NEMESIS,
+                    Kind::Ok,
+                    what,
+                    None,
+                    json!({"region": region, "members": members, "took_effect": took}),
                 ));
                 effects.push((what.to_string(), took));
             }

@@ -6,7 +6,8 @@ use crate::history::{Kind, Recorder};
 use crate::lossyfs::Disk;
 use crate::nemesis::{self, Fault, Net, Rng};
 use crate::{affinity, kube_api, kube_sync, register, routing, txn, watch};
-use gw_testkit::cluster::{Cluster, ClusterOptions};
+use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
+use gw_testkit::wan::{Matrix, Wan};
 
 /// Process ids of the txn workload's clients start here (the register's start at 0).
 const TXN_PROCESSES: i64 = 100_000;
@@ -25,7 +26,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60)]
     pub time_limit: u64,
     /// Faults to inject, in turn: kill, kill-all, power-loss, pause, partition, partition-nodes,
-    /// partition-backends, clock, catchup, membership (comma-separated; empty for none).
+    /// partition-backends, clock, catchup, membership, partition-region (with --wan)
+    /// (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
     /// Workloads, side by side (comma-separated): register (with the watch collectors), txn,
@@ -58,6 +60,11 @@ pub struct RunArgs {
     pub hold: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Spread the members over the regions of a simulated WAN (`A:B=40ms,A:C=110ms,...[,jitter=D]
+    /// [,loss=P%]`, one-way delays; `gwadm bench regions` documents the format); the run's clients sit
+    /// in the first region. Needed by the partition-region nemesis.
+    #[arg(long)]
+    pub wan: Option<String>,
     /// Reintroduce a real bug (a null control the checkers must catch): stale-reads (linearizable
     /// reads answered from local state), no-sync (writes acknowledged before they are on disk),
     /// early-ack (writes acknowledged before they are committed), or local-failover (gateway nodes
@@ -139,6 +146,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     // Addresses of this run only (the partition rules match on them).
     let ip_prefix = format!("127.77.{}.", std::process::id() % 250);
+    // Over a WAN: members spread over its regions in turn, the run's own clients (from 127.0.0.1) in
+    // the first region; heartbeats and elections sized for round trips of hundreds of milliseconds.
+    let wan = match &args.wan {
+        Some(spec) => {
+            let matrix = Matrix::parse(spec).map_err(anyhow::Error::msg)?;
+            let names: Vec<String> = matrix.regions().into_iter().collect();
+            if names.len() < 2 {
+                anyhow::bail!("--wan names fewer than two regions");
+            }
+            let wan = Wan::new(matrix);
+            wan.place([127, 0, 0, 1].into(), &names[0]);
+            let regions = (0..args.nodes as usize)
+                .map(|i| names[i % names.len()].clone())
+                .collect();
+            Some(WanLayout { wan, regions })
+        }
+        None => None,
+    };
+    if faults.contains(&Fault::PartitionRegion) && wan.is_none() {
+        anyhow::bail!("the partition-region nemesis needs --wan");
+    }
+    // Firewall partitions match members' addresses, which the WAN's ingress proxies stand between.
+    if wan.is_some()
+        && faults.iter().any(|f| {
+            matches!(
+                f,
+                Fault::Partition
+                    | Fault::Catchup
+                    | Fault::PartitionNodes
+                    | Fault::PartitionBackends
+            )
+        })
+    {
+        anyhow::bail!(
+            "with --wan, cut regions with partition-region: the firewall's partitions match member addresses, which the WAN's proxies hide"
+        );
+    }
+    let wan_timing = ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"];
     let opts = ClusterOptions {
         dir: Some(args.out.join("cluster")),
         ip_prefix: Some(ip_prefix.clone()),
@@ -162,12 +207,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             "--keep-logs",
             "0",
         ]
+        .into_iter()
+        .chain(
+            wan.as_ref()
+                .map_or(&[][..], |_| &wan_timing[..])
+                .iter()
+                .copied(),
+        )
         .map(String::from)
-        .to_vec(),
+        .collect(),
         env,
         kube_api: args.via == "kube",
         metrics: false,
-        wan: None,
+        wan: wan.clone(),
     };
     // With the power-loss nemesis, each member's data directory is a lossy disk over
     // `disks/member-N` (declared before the cluster: unmounted after its processes are gone).
@@ -392,6 +444,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         until,
         interval: Duration::from_secs(args.interval),
         hold: Duration::from_secs(args.hold),
+        wan: wan.clone(),
     };
     let effects = nemesis::run(
         &cluster,
