@@ -113,6 +113,28 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// Makes member `i` (an index into `servers`) the one tried first.
+    pub fn prefer(&self, i: usize) {
+        if i < self.inner.servers.len() {
+            self.inner.current.store(i, Ordering::Relaxed);
+        }
+    }
+
+    /// Member `i`'s own status, asked of that member alone (once, with this client's deadline).
+    pub async fn member_status_at(&self, i: usize) -> Result<pb::MemberStatus> {
+        let channel = self
+            .inner
+            .channels
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("no member {i}")))?;
+        Client::cluster(channel)
+            .member_status(self.request(pb::MemberStatusRequest {}))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(Error::from)
+    }
+
     /// The member tried first, then the others in order.
     fn order(&self) -> Vec<usize> {
         let n = self.inner.servers.len();
@@ -337,12 +359,19 @@ impl Client {
         &self,
         req: pb::WatchRequest,
     ) -> Result<tonic::Streaming<pb::WatchResponse>> {
+        self.watch_on(req).await.map(|(s, _)| s)
+    }
+
+    /// `watch`, and the member (an index into `servers`) whose stream it is.
+    pub async fn watch_on(
+        &self,
+        req: pb::WatchRequest,
+    ) -> Result<(tonic::Streaming<pb::WatchResponse>, usize)> {
         self.call(|c| {
             let req = req.clone();
             async move { Client::config(c).watch(req).await.map(|r| r.into_inner()) }
         })
         .await
-        .map(|(s, _)| s)
     }
 
     /// Records activity on sessions (creating their entries).

@@ -24,6 +24,8 @@ pub struct NodeState {
     pub gateway_class: String,
     pub region: String,
     pub started: Instant,
+    /// The store members it was given (`--store`), in order.
+    pub store: Vec<String>,
     /// `started`, in ms since the epoch.
     pub started_ms: u64,
     pub revision_served: AtomicU64,
@@ -101,6 +103,7 @@ impl NodeState {
             "currentThrough": current,
             "revisionsBehind": seen - current.min(seen),
             "storeConnected": self.watch.connected.load(Ordering::Relaxed),
+            "watching": self.watch.watching().and_then(|i| self.store.get(i)),
             "msSinceStoreContact": if contact == 0 { serde_json::Value::Null } else { json!(now.saturating_sub(contact)) },
             "statusWriter": self.status_writer.load(Ordering::Relaxed),
             "sockets": *self.sockets.lock().unwrap_or_else(|p| p.into_inner()),

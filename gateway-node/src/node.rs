@@ -299,6 +299,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         gateway_class: cfg.gateway_class.clone(),
         region: cfg.region.clone(),
         started,
+        store: client.servers().to_vec(),
         revision_served: Default::default(),
         status_writer: writer.clone(),
         watch: health.clone(),
@@ -318,11 +319,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         initial,
         watcher::kinds(false),
         snap_tx,
-        health,
+        health.clone(),
         started,
         cfg.unsafe_torn_revisions,
     ));
     tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
+    // With a region, the watch follows the nearest member: of its own region first.
+    if !cfg.region.is_empty() {
+        tokio::spawn(watcher::follow_locality(
+            client.clone(),
+            cfg.region.clone(),
+            health,
+        ));
+    }
     tokio::spawn(sessions.follow_keys(client.clone(), snap_rx.clone()));
     let (desired_tx, desired_rx) =
         watch::channel(Arc::new((Arc::new(Snapshot::default()), Statuses::new())));

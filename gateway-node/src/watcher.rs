@@ -196,6 +196,86 @@ pub struct WatchHealth {
     /// member has confirmed that the watcher has everything committed until then; 0: never.
     pub last_bookmark_ms: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
+    /// The member the stream is on, as 1 + its index in the node's `--store` list; 0: none.
+    pub watching: AtomicU64,
+    /// The member the locality prober wants the stream on (same encoding); 0: no preference.
+    pub preferred: AtomicU64,
+}
+
+impl WatchHealth {
+    fn member(v: &AtomicU64) -> Option<usize> {
+        match v.load(Ordering::Relaxed) {
+            0 => None,
+            n => usize::try_from(n - 1).ok(),
+        }
+    }
+
+    fn set_member(v: &AtomicU64, member: Option<usize>) {
+        v.store(member.map_or(0, |i| i as u64 + 1), Ordering::Relaxed);
+    }
+
+    /// The member (index into `--store`) the watch stream is on.
+    pub fn watching(&self) -> Option<usize> {
+        Self::member(&self.watching)
+    }
+
+    /// The member the locality prober prefers.
+    pub fn preferred(&self) -> Option<usize> {
+        Self::member(&self.preferred)
+    }
+}
+
+/// One probe of a member: its region and the round trip of the probe; `None` when it did not answer.
+pub type Probe = Option<(String, Duration)>;
+
+/// The member to watch from, given probes of every member: the nearest of the node's own region when
+/// one answers, else the nearest other. The current member stays unless it stopped answering, a member
+/// of the node's region answers while it is not one, or (both outside the region) another answers in
+/// less than 80 % of its round trip — no flapping between members of about the same distance.
+pub fn choose(region: &str, probes: &[Probe], current: Option<usize>) -> Option<usize> {
+    let answered = |i: usize| {
+        probes
+            .get(i)
+            .cloned()
+            .flatten()
+            .map(|(r, rtt)| (i, r == region, rtt))
+    };
+    let nearest = |own: bool| {
+        (0..probes.len())
+            .filter_map(answered)
+            .filter(|(_, o, _)| *o == own)
+            .min_by_key(|(_, _, rtt)| *rtt)
+    };
+    let best = nearest(true).or_else(|| nearest(false))?;
+    match current.and_then(answered) {
+        Some((c, own, rtt)) if own == best.1 && (own || best.2 * 5 >= rtt * 4) => Some(c),
+        _ => Some(best.0),
+    }
+}
+
+/// How often the members are probed.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records which one
+/// the watch should be on (`choose`); the watch moves there.
+#[allow(clippy::disallowed_methods)] // runtime: times the probes
+pub async fn follow_locality(client: Client, region: String, health: Arc<WatchHealth>) {
+    loop {
+        let probes: Vec<Probe> = futures::future::join_all((0..client.servers().len()).map(|i| {
+            let client = client.clone();
+            async move {
+                let t0 = Instant::now();
+                match tokio::time::timeout(PROBE_EVERY, client.member_status_at(i)).await {
+                    Ok(Ok(s)) => Some((s.region, t0.elapsed())),
+                    _ => None,
+                }
+            }
+        }))
+        .await;
+        let pick = choose(&region, &probes, health.watching());
+        WatchHealth::set_member(&health.preferred, pick);
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
 }
 
 /// The kinds a watch asks for: the config (every kind users apply), or gw's session affinity table.
@@ -257,9 +337,16 @@ pub async fn run(
             bookmark_interval_ms: 500,
             show_secret_values: false,
         };
-        let mut stream = match client.watch(req).await {
-            Ok(s) => s,
+        if let Some(p) = health.preferred() {
+            client.prefer(p);
+        }
+        let mut stream = match client.watch_on(req).await {
+            Ok((s, on)) => {
+                WatchHealth::set_member(&health.watching, Some(on));
+                s
+            }
             Err(e) => {
+                WatchHealth::set_member(&health.watching, None);
                 health.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, revision = m.snapshot.revision, "store unreachable; serving the last committed state");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -298,7 +385,15 @@ pub async fn run(
                 }
             }
             health.seen.store(m.seen, Ordering::SeqCst);
+            // The locality prober wants the watch elsewhere: resume there (from what is held).
+            if let Some(p) = health.preferred()
+                && health.watching() != Some(p)
+            {
+                tracing::info!(member = %client.servers()[p], "moving the watch to a nearer member");
+                break;
+            }
         }
+        WatchHealth::set_member(&health.watching, None);
         health.connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -390,6 +485,40 @@ mod tests {
         assert_eq!(m.feed(chunk(9, &["z"], true)), Step::Publish);
         let names: Vec<&str> = m.snapshot.objects.keys().map(|k| k.name.as_str()).collect();
         assert_eq!(names, vec!["z"], "a resync replaces, it does not merge");
+    }
+
+    #[test]
+    fn the_watch_prefers_its_region_then_the_nearest_without_flapping() {
+        let ms = Duration::from_millis;
+        let p = |r: &str, t: u64| Some((r.to_string(), ms(t)));
+        // us-east 80 ms, eu-west (ours) 5 ms, ap-south 150 ms.
+        let all = vec![p("us-east", 80), p("eu-west", 5), p("ap-south", 150)];
+        assert_eq!(choose("eu-west", &all, None), Some(1));
+        assert_eq!(
+            choose("eu-west", &all, Some(0)),
+            Some(1),
+            "back to its region"
+        );
+        // Its region's member gone: the nearest other, and it stays there.
+        let down = vec![p("us-east", 80), None, p("ap-south", 150)];
+        assert_eq!(choose("eu-west", &down, Some(1)), Some(0));
+        assert_eq!(
+            choose("eu-west", &down, Some(2)),
+            Some(0),
+            "80 ms is well under 150"
+        );
+        let close = vec![p("us-east", 80), None, p("ap-south", 95)];
+        assert_eq!(
+            choose("eu-west", &close, Some(2)),
+            Some(2),
+            "not much nearer: no move"
+        );
+        // Two of its own region: stays on the one it has.
+        let two = vec![p("eu-west", 9), p("eu-west", 5)];
+        assert_eq!(choose("eu-west", &two, Some(0)), Some(0));
+        assert_eq!(choose("eu-west", &[None, None], Some(0)), None);
+        // A node of a region without members: the nearest.
+        assert_eq!(choose("sa-east", &all, None), Some(1));
     }
 
     #[test]
