@@ -181,10 +181,10 @@ async fn kubectl_drives_the_store() {
     children
         .spawn_node(
             k.cluster.addr(1),
-            "gw",
-            "a",
+            ("gw", "a"),
             &k.cluster.dir,
             k.cluster.pki(),
+            &[],
         )
         .unwrap();
 

@@ -104,13 +104,6 @@ pub async fn run(a: UpArgs) -> Result<()> {
             name: "demo".into(),
         },
     )?;
-    let mesh_tls = pki.issue(
-        "mesh",
-        &Identity::Node {
-            class: "gw-demo-mesh".into(),
-            name: "demo-mesh".into(),
-        },
-    )?;
     let mut children = Children::default();
     let kube_addr = format!("127.0.0.1:{}", a.kube_port);
     children.spawn_store(&store_addr, Some(&kube_addr), &dir, &pki)?;
@@ -157,20 +150,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
             .arg(dir.join("node")),
     )?;
     // The mesh node: Services at their addresses (binding port 80 of the canary needs root).
-    children.spawn(
-        "gw-node-mesh",
-        &dir.join("mesh.log"),
-        Command::new(bin("gw-node")?)
-            .args(TlsArgs::of(&mesh_tls).to_args())
-            .args([
-                "--store",
-                &store_addr,
-                "--gateway-class",
-                "gw-demo-mesh",
-                "--mesh",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("mesh")),
+    children.spawn_node(
+        &store_addr,
+        ("gw-demo-mesh", "demo-mesh"),
+        &dir,
+        &pki,
+        &["--mesh"],
     )?;
     let client = Client::new(
         std::slice::from_ref(&store_addr),

@@ -177,7 +177,7 @@ impl Fleet {
         .await
         .unwrap();
         let mut node = Children::default();
-        node.spawn_node(store.addr(1), "gw", "a", &store.dir, store.pki())
+        node.spawn_node(store.addr(1), ("gw", "a"), &store.dir, store.pki(), &[])
             .unwrap();
         Fleet { store, echo, node }
     }

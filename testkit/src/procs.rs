@@ -230,14 +230,15 @@ impl Children {
     }
 
     /// Starts a gateway node `NAME` of GatewayClass `class` on loopback for the store at `store`, its
-    /// data and log under `dir`, and a node certificate from `pki`.
+    /// data and log under `dir`, and a node certificate from `pki`; `extra` flags besides (e.g.
+    /// `--mesh`).
     pub fn spawn_node(
         &mut self,
         store: &str,
-        class: &str,
-        name: &str,
+        (class, name): (&str, &str),
         dir: &Path,
         pki: &Pki,
+        extra: &[&str],
     ) -> anyhow::Result<()> {
         let tls = pki.issue(
             &format!("node-{name}"),
@@ -255,7 +256,8 @@ impl Children {
                 .args(["--bind-address", "127.0.0.1", "--node-name", name])
                 .args(["--admin", &format!("127.0.0.1:{}", free_port())])
                 .arg("--data-dir")
-                .arg(dir.join(format!("node-{name}"))),
+                .arg(dir.join(format!("node-{name}")))
+                .args(extra),
         )
     }
 
