@@ -343,6 +343,11 @@ pub async fn run(
         let mut stream = match client.watch_on(req).await {
             Ok((s, on)) => {
                 WatchHealth::set_member(&health.watching, Some(on));
+                // The preferred member did not take the watch (gone since it was probed): no
+                // preference until the next probe, rather than leaving this stream for it again.
+                if health.preferred().is_some_and(|p| p != on) {
+                    WatchHealth::set_member(&health.preferred, None);
+                }
                 s
             }
             Err(e) => {
