@@ -472,6 +472,82 @@ async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
     })
 }
 
+fn bench_document(index: usize, v: serde_json::Value) -> pb::Document {
+    pb::Document {
+        json: v.to_string(),
+        source: "bench".into(),
+        index: index as u32,
+    }
+}
+
+/// The route whose `x-generation` response header tells which change a node serves.
+fn generation_route(generation: usize, parent: &serde_json::Value) -> pb::Document {
+    bench_document(
+        1,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "prop", "namespace": "prop"},
+               "spec": {"parentRefs": [parent], "rules": [{"filters": [{"type": "ResponseHeaderModifier",
+                        "responseHeaderModifier": {"set": [{"name": "x-generation", "value": generation.to_string()}]}}],
+                        "backendRefs": [{"name": "echo", "port": 80}]}]}}),
+    )
+}
+
+/// What the propagation benchmarks apply first: GatewayClass and Gateway `prop` (listener on
+/// `listen_port`), Service `echo` (at `service_ip`, or none) over the echo backend on `backend_port`,
+/// and the route at generation 0.
+fn propagation_config(
+    listen_port: u16,
+    parent: &serde_json::Value,
+    service_ip: serde_json::Value,
+    backend_port: u16,
+) -> Vec<pb::Document> {
+    vec![
+        bench_document(
+            1,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "prop"}, "spec": {"controllerName": "gw.dev/gateway-node"}}),
+        ),
+        bench_document(
+            2,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "prop", "namespace": "prop"},
+                      "spec": {"gatewayClassName": "prop", "listeners": [{"name": "http", "port": listen_port, "protocol": "HTTP"}]}}),
+        ),
+        bench_document(
+            3,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "prop"}, "spec": {"clusterIP": service_ip, "ports": [{"name": "http", "port": 80}]}}),
+        ),
+        bench_document(
+            4,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "echo", "namespace": "prop", "labels": {"kubernetes.io/service-name": "echo"}},
+                      "addressType": "IPv4", "ports": [{"name": "http", "port": backend_port}], "endpoints": [{"addresses": ["127.0.0.1"]}]}),
+        ),
+        generation_route(0, parent),
+    ]
+}
+
+/// How long after the call each node (by its listener address) first served `generation`; `None` if
+/// one did not within `limit`.
+async fn served_by(
+    addrs: Vec<std::net::SocketAddr>,
+    generation: u64,
+    limit: Duration,
+) -> Option<Vec<Duration>> {
+    let start = Instant::now();
+    let mut took: Vec<Option<Duration>> = vec![None; addrs.len()];
+    while took.iter().any(Option::is_none) {
+        let pending: Vec<usize> = (0..addrs.len()).filter(|i| took[*i].is_none()).collect();
+        let results =
+            futures::future::join_all(pending.iter().map(|i| generation_served(addrs[*i]))).await;
+        for (i, g) in pending.into_iter().zip(results) {
+            if g == Some(generation) {
+                took[i] = Some(start.elapsed());
+            }
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+    }
+    took.into_iter().collect()
+}
+
 /// `gwadm bench propagation`: a one-member store, gateway nodes on distinct loopback addresses (or, with
 /// `--mesh`, one mesh node) and an echo backend; each iteration changes a route (the generation it
 /// returns in `x-generation`) and measures the time from the apply's acknowledgement until every node
@@ -546,38 +622,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
         Duration::from_secs(20),
         &Dialer::new(pki.admin_security()),
     )?;
-    let doc = |i: usize, v: serde_json::Value| pb::Document {
-        json: v.to_string(),
-        source: "bench".into(),
-        index: i as u32,
-    };
-    let route = |generation: usize| {
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "prop", "namespace": "prop"},
-               "spec": {"parentRefs": [parent], "rules": [{"filters": [{"type": "ResponseHeaderModifier",
-                        "responseHeaderModifier": {"set": [{"name": "x-generation", "value": generation.to_string()}]}}],
-                        "backendRefs": [{"name": "echo", "port": 80}]}]}})
-    };
-    let base = vec![
-        doc(
-            1,
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "prop"}, "spec": {"controllerName": "gw.dev/gateway-node"}}),
-        ),
-        doc(
-            2,
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "prop", "namespace": "prop"},
-                      "spec": {"gatewayClassName": "prop", "listeners": [{"name": "http", "port": listen_port, "protocol": "HTTP"}]}}),
-        ),
-        doc(
-            3,
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "prop"}, "spec": {"clusterIP": service_ip, "ports": [{"name": "http", "port": 80}]}}),
-        ),
-        doc(
-            4,
-            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "echo", "namespace": "prop", "labels": {"kubernetes.io/service-name": "echo"}},
-                      "addressType": "IPv4", "ports": [{"name": "http", "port": backend.addr.port()}], "endpoints": [{"addresses": ["127.0.0.1"]}]}),
-        ),
-        doc(5, route(0)),
-    ];
+    let base = propagation_config(listen_port, &parent, service_ip, backend.addr.port());
     client.apply(base, false).await?;
     let addrs: Vec<std::net::SocketAddr> = nodes
         .iter()
@@ -586,22 +631,8 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     let wait_all = |generation: u64, limit: Duration| {
         let addrs = addrs.clone();
         async move {
-            let start = Instant::now();
-            let mut pending: Vec<std::net::SocketAddr> = addrs;
-            while !pending.is_empty() {
-                let results =
-                    futures::future::join_all(pending.iter().map(|a| generation_served(*a))).await;
-                pending = pending
-                    .into_iter()
-                    .zip(results)
-                    .filter(|(_, g)| *g != Some(generation))
-                    .map(|(a, _)| a)
-                    .collect();
-                if start.elapsed() > limit {
-                    return None;
-                }
-            }
-            Some(start.elapsed())
+            let each = served_by(addrs, generation, limit).await?;
+            each.into_iter().max()
         }
     };
     wait_all(0, Duration::from_secs(30)).await.ok_or_else(|| {
@@ -613,7 +644,9 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     let (mut propagation, mut acks) = (Vec::new(), Vec::new());
     for generation in 1..=a.applies {
         let t0 = Instant::now();
-        client.apply(vec![doc(1, route(generation))], false).await?;
+        client
+            .apply(vec![generation_route(generation, &parent)], false)
+            .await?;
         acks.push(t0.elapsed().as_secs_f64() * 1e3);
         let took = wait_all(generation as u64, Duration::from_secs(10))
             .await
@@ -696,12 +729,14 @@ where
 }
 
 /// `gwadm bench regions`: a store with one member per region of a simulated WAN (user-space delays,
-/// `gw_testkit::wan`), a client in each region talking to its own member from its own address.
-/// Times applies acknowledged (from the leader's region, to the leader) against the floor — the round
-/// trip from the leader to the nearest majority — and linearizable (ReadIndex) and serializable reads
-/// in every region.
+/// `gw_testkit::wan`), a client and a gateway node in each region talking to its own member from their
+/// own addresses. Times applies acknowledged (from the leader's region, to the leader) against the
+/// floor — the round trip from the leader to the nearest majority —, each region's node serving the
+/// change after the acknowledgement, and linearizable (ReadIndex) and serializable reads in every
+/// region.
 pub async fn regions(a: RegionsArgs) -> Result<()> {
     use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
+    use gw_testkit::procs::{Children, bin, free_port};
     use gw_testkit::wan::{Matrix, Wan};
     let matrix = Matrix::parse(&a.wan).map_err(Error::Usage)?;
     let regions: Vec<String> = matrix.regions().into_iter().collect();
@@ -745,8 +780,107 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
         let dialer = Dialer::new(cluster.pki().admin_security()).source(Some(ip));
         clients.push(connect(&dialer, cluster.addr(i as u64 + 1)).await?);
     }
+    // A gateway node in every region, reaching the store from its own address there (`--region`: it
+    // watches its region's member), and an echo backend behind the route they serve.
+    let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        pod: "regions".into(),
+        namespace: "prop".into(),
+        h2c_only: false,
+        log: false,
+        tls: None,
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    let listen_port = free_port();
+    let mut children = Children::default();
+    let mut nodes = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let source = format!("127.65.{run}.{}", 101 + i);
+        wan.place(
+            source.parse().map_err(|e| Error::Usage(format!("{e}")))?,
+            region,
+        );
+        let bind = format!("127.64.{run}.{}", i + 1);
+        let name = format!("node-{region}");
+        let tls = cluster.pki().issue(
+            &name,
+            &gw_client::Identity::Node {
+                class: "prop".into(),
+                name: name.clone(),
+            },
+        )?;
+        children.spawn(
+            "gw-node",
+            &cluster.dir.join(format!("{name}.log")),
+            std::process::Command::new(bin("gw-node")?)
+                .args(gw_client::TlsArgs::of(&tls).to_args())
+                .args(["--store", &cluster.servers(), "--gateway-class", "prop"])
+                .args(["--bind-address", &bind, "--region", region])
+                .args(["--store-source-address", &source])
+                .arg("--data-dir")
+                .arg(cluster.dir.join(&name)),
+        )?;
+        nodes.push(std::net::SocketAddr::new(
+            bind.parse().map_err(|e| Error::Usage(format!("{e}")))?,
+            listen_port,
+        ));
+    }
     let mut rows = Vec::new();
     let leader_client = &mut clients[leader as usize - 1];
+    let parent = json!({"name": "prop"});
+    let config = propagation_config(listen_port, &parent, json!(null), backend.addr.port());
+    let apply = |c: &ConfigClient<Channel>, documents: Vec<pb::Document>| {
+        let mut c = c.clone();
+        async move {
+            c.apply(pb::ApplyRequest {
+                documents,
+                dry_run: false,
+            })
+            .await
+            .map(drop)
+        }
+    };
+    apply(leader_client, config)
+        .await
+        .map_err(|e| Error::Usage(format!("the base config: {}", e.message())))?;
+    served_by(nodes.clone(), 0, Duration::from_secs(60))
+        .await
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "the nodes did not serve the base config (logs in {})",
+                cluster.dir.display()
+            ))
+        })?;
+    let mut served: Vec<Vec<f64>> = vec![Vec::new(); regions.len()];
+    for generation in 1..=a.ops {
+        apply(leader_client, vec![generation_route(generation, &parent)])
+            .await
+            .map_err(|e| Error::Usage(format!("route {generation}: {}", e.message())))?;
+        let each = served_by(nodes.clone(), generation as u64, Duration::from_secs(20))
+            .await
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "route {generation} not served by every node within 20 s"
+                ))
+            })?;
+        for (v, t) in served.iter_mut().zip(each) {
+            v.push(t.as_secs_f64() * 1e3);
+        }
+        tokio::time::sleep(Duration::from_millis(a.pause_ms)).await;
+    }
+    for (region, mut v) in regions.iter().zip(served) {
+        v.sort_by(|a, b| a.total_cmp(b));
+        // After the leader commits, its region's node can have it at once; another region's, one
+        // one-way delay later (the commit reaching that region's member).
+        let floor = matrix.delay(&leader_region, region).as_secs_f64() * 1e3;
+        rows.push((
+            "apply acknowledged → served by the node".to_string(),
+            region.clone(),
+            v,
+            Some(floor),
+        ));
+    }
     put(leader_client, "regions", "warm-up")
         .await
         .map_err(|e| Error::Usage(format!("the first apply: {}", e.message())))?;
@@ -796,7 +930,8 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
     for (measure, region, v, floor) in &rows {
         let (p50, p99) = (percentile(v, 50.0), percentile(v, 99.0));
         let (f, ratio) = match floor {
-            Some(f) => (format!("{f:.1}"), format!("{:.2}", p50 / f)),
+            Some(f) if *f > 0.0 => (format!("{f:.1}"), format!("{:.2}", p50 / f)),
+            Some(f) => (format!("{f:.1}"), String::new()),
             None => (String::new(), String::new()),
         };
         println!(
