@@ -523,6 +523,20 @@ fn propagation_config(
     ]
 }
 
+/// The echo backend of the propagation benchmarks' Service `prop/echo`, answering as pod `pod`.
+async fn propagation_backend(pod: &str) -> Result<gw_testkit::echo::EchoServer> {
+    gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        pod: pod.into(),
+        namespace: "prop".into(),
+        h2c_only: false,
+        log: false,
+        tls: None,
+    })
+    .await
+    .map_err(|e| anyhow::Error::from(e).into())
+}
+
 /// How long after the call each node (by its listener address) first served `generation`; `None` if
 /// one did not within `limit`.
 async fn served_by(
@@ -563,16 +577,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     let mut children = Children::default();
     let pki = gw_testkit::pki::Pki::create(&dir.path().join("pki"))?;
     children.spawn_store(&store, None, dir.path(), &pki)?;
-    let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
-        listen: "127.0.0.1:0".parse().expect("literal"),
-        pod: "prop".into(),
-        namespace: "prop".into(),
-        h2c_only: false,
-        log: false,
-        tls: None,
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
+    let backend = propagation_backend("prop").await?;
     let mesh_ip: std::net::IpAddr = MESH_SERVICE_IP.parse().expect("literal");
     let nodes = if a.mesh {
         vec![mesh_ip]
@@ -782,16 +787,7 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
     }
     // A gateway node in every region, reaching the store from its own address there (`--region`: it
     // watches its region's member), and an echo backend behind the route they serve.
-    let backend = gw_testkit::echo::start(gw_testkit::echo::EchoConfig {
-        listen: "127.0.0.1:0".parse().expect("literal"),
-        pod: "regions".into(),
-        namespace: "prop".into(),
-        h2c_only: false,
-        log: false,
-        tls: None,
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
+    let backend = propagation_backend("regions").await?;
     let listen_port = free_port();
     let mut children = Children::default();
     let mut nodes = Vec::new();
