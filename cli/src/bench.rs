@@ -105,8 +105,16 @@ async fn put(c: &mut ConfigClient<Channel>, name: &str, value: &str) -> Result<(
         source: "bench".into(),
         index: 1,
     };
+    apply(c, vec![doc]).await
+}
+
+/// Applies documents in one transaction.
+async fn apply(
+    c: &mut ConfigClient<Channel>,
+    documents: Vec<pb::Document>,
+) -> Result<(), tonic::Status> {
     c.apply(pb::ApplyRequest {
-        documents: vec![doc],
+        documents,
         dry_run: false,
     })
     .await
@@ -697,14 +705,11 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     Ok(())
 }
 
-/// The WAN of the multi-region layout the issue and README describe (one-way delays).
-pub const DEFAULT_WAN: &str = "us-east:eu-west=40ms,us-east:ap-south=110ms,eu-west:ap-south=75ms";
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegionsArgs {
     /// One-way delays between regions (`A:B=DELAY,...[,jitter=D][,loss=P%]`): one voting member per
     /// region, and a client in each region beside its member.
-    #[arg(long, default_value = DEFAULT_WAN)]
+    #[arg(long, default_value = gw_testkit::wan::THREE_REGIONS)]
     pub wan: String,
     /// Operations of each kind to time.
     #[arg(long, default_value_t = 100)]
@@ -750,17 +755,12 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
     }
     let wan = Wan::new(matrix.clone());
     let run = std::process::id() % 250;
-    // Heartbeats (also the AppendEntries timeout) and elections sized for round trips of hundreds
-    // of milliseconds.
     let opts = ClusterOptions {
         ip_prefix: Some(format!("127.66.{run}.")),
         wan: Some(WanLayout {
             wan: wan.clone(),
             regions: regions.clone(),
         }),
-        extra_args: ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"]
-            .map(String::from)
-            .to_vec(),
         ..Default::default()
     };
     let cluster = Cluster::start(regions.len() as u64, opts)?;
@@ -826,17 +826,6 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
     let leader_client = &mut clients[leader as usize - 1];
     let parent = json!({"name": "prop"});
     let config = propagation_config(listen_port, &parent, json!(null), backend.addr.port());
-    let apply = |c: &ConfigClient<Channel>, documents: Vec<pb::Document>| {
-        let mut c = c.clone();
-        async move {
-            c.apply(pb::ApplyRequest {
-                documents,
-                dry_run: false,
-            })
-            .await
-            .map(drop)
-        }
-    };
     apply(leader_client, config)
         .await
         .map_err(|e| Error::Usage(format!("the base config: {}", e.message())))?;

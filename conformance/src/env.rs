@@ -40,11 +40,10 @@ pub const POOL: (Ipv4Addr, Ipv4Addr) =
 const USABLE: Ipv4Addr = Ipv4Addr::new(127, 20, 0, 250);
 /// An address the node cannot serve.
 const UNUSABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-/// The mesh's name (its node's class), the mesh node's child name, and the addresses it gives
-/// Services (the suite's Services have no clusterIP).
+/// The mesh's name (its node's class) and the mesh node's child name. The suite's Services have no
+/// clusterIP: the mesh node gives them addresses from its default service CIDR.
 const MESH_NAME: &str = "gw-mesh";
 const MESH_CHILD: &str = "gw-mesh-node";
-const SERVICE_CIDR: &str = "127.96.0.0/16";
 /// The first pod address.
 const POD_NET: u32 = u32::from_be_bytes([127, 31, 0, 1]);
 
@@ -215,8 +214,6 @@ impl Env {
                 "--gateway-class".into(),
                 MESH_NAME.to_string(),
                 "--mesh".into(),
-                "--service-cidr".into(),
-                SERVICE_CIDR.to_string(),
                 "--data-dir".into(),
                 dir.join("mesh").display().to_string(),
             ]);
@@ -538,7 +535,6 @@ impl Env {
                         .map_err(|e| format!("starting pod {ns}/{pod} on {ip}:{port}: {e}"))?,
                 );
             }
-            self.record_pod(&ns, &pod, &labels, ip).await?;
             self.pods.push(Pod {
                 name: pod,
                 namespace: ns.clone(),
@@ -548,34 +544,38 @@ impl Env {
                 servers,
             });
         }
+        self.record_pods(&owner).await?;
         Ok(owner)
     }
 
-    /// Writes a pod to the store, with its IP in its status, as a kubelet reports it: the mesh tells a
-    /// caller's namespace by it.
-    async fn record_pod(
-        &self,
-        ns: &str,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-        ip: Ipv4Addr,
-    ) -> Result<(), String> {
-        let doc = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
-                         "spec": {"containers": [{"name": "echo", "image": "gw-conformance-echo"}]}});
-        let failed = |e: gw_client::Error| format!("recording pod {ns}/{name}: {e}");
-        self.apply_docs(vec![doc], "conformance pods")
+    /// Writes a Deployment's pods to the store, with their IPs in their status, as a kubelet reports
+    /// them (the mesh tells a caller's namespace by it): one apply and one status update for all.
+    async fn record_pods(&self, owner: &str) -> Result<(), String> {
+        let pods: Vec<&Pod> = self.pods.iter().filter(|p| p.owner == owner).collect();
+        let docs = pods
+            .iter()
+            .map(|p| {
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                       "spec": {"containers": [{"name": "echo", "image": "gw-conformance-echo"}]}})
+            })
+            .collect();
+        let failed = |e: gw_client::Error| format!("recording the pods of {owner}: {e}");
+        self.apply_docs(docs, "conformance pods")
             .await
             .map_err(failed)?;
-        let key = ObjectKey::new("", "Pod", ns, name);
-        let status = json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
-        self.client
-            .update_status(vec![pb::StatusUpdate {
-                target: Some(object_ref(&key)),
-                status_json: status.to_string(),
-                ..Default::default()
-            }])
-            .await
-            .map_err(failed)?;
+        let updates = pods
+            .iter()
+            .map(|p| {
+                let key = ObjectKey::new("", "Pod", &p.namespace, &p.name);
+                let status = json!({"phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]});
+                pb::StatusUpdate {
+                    target: Some(object_ref(&key)),
+                    status_json: status.to_string(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        self.client.update_status(updates).await.map_err(failed)?;
         Ok(())
     }
 

@@ -1056,21 +1056,16 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The first pod of `namespace` a `k=v,...` selector matches.
+    /// The first pod of `namespace` a label selector (`app=echo,version=v1`) matches.
     fn mesh_pod(&self, namespace: &str, selector: &str) -> Result<&crate::env::Pod, String> {
-        let labels: BTreeMap<String, String> = selector
-            .split(',')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                    .ok_or_else(|| format!("selector {selector:?}: {kv:?} is not key=value"))
-            })
-            .collect::<Result<_, _>>()?;
+        let sel = gw_model::selector::LabelSelector::parse(selector)
+            .map_err(|e| format!("selector {selector:?}: {e}"))?;
         self.env
-            .pods_matching(namespace, &labels)
-            .into_iter()
-            .next()
+            .pods
+            .iter()
+            .find(|p| {
+                p.namespace == namespace && sel.matches(&json!({"metadata": {"labels": p.labels}}))
+            })
             .ok_or_else(|| format!("no pod in {namespace} matches {selector}"))
     }
 

@@ -7,7 +7,7 @@
 mod support;
 
 use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
-use gw_testkit::wan::{Matrix, Wan};
+use gw_testkit::wan::{Matrix, THREE_REGIONS, Wan};
 use std::time::Duration;
 use support::*;
 
@@ -26,8 +26,7 @@ async fn watches(node: &NodeProc, member: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_watches_its_regions_member_and_the_nearest_other_while_that_one_is_down() {
-    let matrix =
-        Matrix::parse("us-east:eu-west=40ms,us-east:ap-south=110ms,eu-west:ap-south=75ms").unwrap();
+    let matrix = Matrix::parse(THREE_REGIONS).unwrap();
     let wan = Wan::new(matrix);
     let run = std::process::id() % 250;
     let opts = ClusterOptions {
@@ -38,9 +37,6 @@ async fn a_node_watches_its_regions_member_and_the_nearest_other_while_that_one_
                 .map(String::from)
                 .to_vec(),
         }),
-        extra_args: ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"]
-            .map(String::from)
-            .to_vec(),
         ..Default::default()
     };
     let mut cluster = Cluster::start(3, opts).unwrap();

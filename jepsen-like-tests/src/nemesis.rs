@@ -65,6 +65,14 @@ impl std::str::FromStr for Fault {
 }
 
 impl Fault {
+    /// Whether the fault cuts traffic with firewall rules between processes' addresses.
+    pub fn uses_firewall(self) -> bool {
+        matches!(
+            self,
+            Fault::Partition | Fault::Catchup | Fault::PartitionNodes | Fault::PartitionBackends
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill",

@@ -147,7 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     // Addresses of this run only (the partition rules match on them).
     let ip_prefix = format!("127.77.{}.", std::process::id() % 250);
     // Over a WAN: members spread over its regions in turn, the run's own clients (from 127.0.0.1) in
-    // the first region; heartbeats and elections sized for round trips of hundreds of milliseconds.
+    // the first region.
     let wan = match &args.wan {
         Some(spec) => {
             let matrix = Matrix::parse(spec).map_err(anyhow::Error::msg)?;
@@ -168,22 +168,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         anyhow::bail!("the partition-region nemesis needs --wan");
     }
     // Firewall partitions match members' addresses, which the WAN's ingress proxies stand between.
-    if wan.is_some()
-        && faults.iter().any(|f| {
-            matches!(
-                f,
-                Fault::Partition
-                    | Fault::Catchup
-                    | Fault::PartitionNodes
-                    | Fault::PartitionBackends
-            )
-        })
-    {
+    if wan.is_some() && faults.iter().any(|f| f.uses_firewall()) {
         anyhow::bail!(
             "with --wan, cut regions with partition-region: the firewall's partitions match member addresses, which the WAN's proxies hide"
         );
     }
-    let wan_timing = ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"];
     let opts = ClusterOptions {
         dir: Some(args.out.join("cluster")),
         ip_prefix: Some(ip_prefix.clone()),
@@ -207,15 +196,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             "--keep-logs",
             "0",
         ]
-        .into_iter()
-        .chain(
-            wan.as_ref()
-                .map_or(&[][..], |_| &wan_timing[..])
-                .iter()
-                .copied(),
-        )
         .map(String::from)
-        .collect(),
+        .to_vec(),
         env,
         kube_api: args.via == "kube",
         metrics: false,
@@ -286,12 +268,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     } else {
         None
     };
-    let net = if faults.iter().any(|f| {
-        matches!(
-            f,
-            Fault::Partition | Fault::Catchup | Fault::PartitionNodes | Fault::PartitionBackends
-        )
-    }) {
+    let net = if faults.iter().any(|f| f.uses_firewall()) {
         // The gateway nodes and backends of the workloads that run them.
         let ips =
             |a: &[std::net::SocketAddr]| a.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>();

@@ -71,9 +71,14 @@ pub struct ClusterOptions {
     pub metrics: bool,
     /// Put member N in region `regions[N-1]` of a simulated WAN: members, and clients placed in
     /// the WAN, reach it through ingress proxies that delay traffic by the region matrix (needs
-    /// `ip_prefix`, and a tokio runtime).
+    /// `ip_prefix`, and a tokio runtime); heartbeats and elections are then sized for round trips of
+    /// hundreds of milliseconds (`WAN_TIMING`).
     pub wan: Option<WanLayout>,
 }
+
+/// Raft timing of members over a WAN: the heartbeat is also openraft's AppendEntries timeout, which
+/// must outlast the longest round trip and the follower's sync.
+const WAN_TIMING: [&str; 4] = ["--heartbeat-ms", "600", "--election-timeout-ms", "3000"];
 
 /// Members spread over the regions of a WAN.
 #[derive(Clone)]
@@ -178,6 +183,9 @@ impl Cluster {
                 .then(|| format!("{}:{}", host(id), free_port()));
             if let Some(m) = &metrics_addr {
                 args.extend(["--metrics".to_string(), m.clone()]);
+            }
+            if opts.wan.is_some() {
+                args.extend(WAN_TIMING.map(String::from));
             }
             args.extend(opts.extra_args.iter().cloned());
             cluster.add_member(id, addr.clone(), peer_addr.clone(), args, opts.env.clone())?;

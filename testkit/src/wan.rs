@@ -16,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+/// Three regions as the multi-region layout describes them (one-way delays).
+pub const THREE_REGIONS: &str = "us-east:eu-west=40ms,us-east:ap-south=110ms,eu-west:ap-south=75ms";
+
 /// The retransmission timeout a lost chunk waits (Linux's minimum RTO).
 const RTO: Duration = Duration::from_millis(200);
 

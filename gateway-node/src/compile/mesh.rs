@@ -112,17 +112,17 @@ pub fn services(idx: &Index<'_>, opts: &MeshOptions) -> Vec<GatewayCtx> {
             let spec = idx.service(&meta.namespace, &meta.name)?;
             let headless = spec.cluster_ip.as_deref() == Some("None");
             let external = spec.kind.as_deref() == Some("ExternalName");
-            (!headless && !external).then_some((key, obj, meta))
+            (!headless && !external).then_some((key, obj, meta, spec))
         })
         .collect();
     // Cluster IPs first, then addresses already recorded (kept), then the first free ones.
     let mut taken: BTreeSet<IpAddr> = served
         .iter()
-        .filter_map(|(_, o, _)| cluster_ip(o))
+        .filter_map(|(_, o, _, _)| cluster_ip(o))
         .collect();
     let mut addresses: Vec<Option<IpAddr>> = served
         .iter()
-        .map(|(_, o, _)| {
+        .map(|(_, o, _, _)| {
             cluster_ip(o).or_else(|| {
                 let ip =
                     recorded_mesh_address(o).filter(|ip| in_cidr(*ip) && !taken.contains(ip))?;
@@ -142,12 +142,9 @@ pub fn services(idx: &Index<'_>, opts: &MeshOptions) -> Vec<GatewayCtx> {
     served
         .into_iter()
         .zip(addresses)
-        .map(|((key, obj, meta), ip)| {
-            let ports = idx
-                .service(&meta.namespace, &meta.name)
-                .map(|s| s.ports.clone())
-                .unwrap_or_default();
-            let listeners = ports
+        .map(|((key, obj, meta, spec), ip)| {
+            let listeners = spec
+                .ports
                 .iter()
                 .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
                 .map(|p| port_listener(&meta.namespace, p))

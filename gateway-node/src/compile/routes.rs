@@ -348,7 +348,7 @@ fn parent_services(refs: &[ParentReference], route_ns: &str) -> Vec<(String, Str
 }
 
 /// Whether a parentRef names a Service (GAMMA), not a Gateway.
-pub fn is_service_parent(p: &ParentReference) -> bool {
+fn is_service_parent(p: &ParentReference) -> bool {
     p.group.is_empty() && p.kind == "Service"
 }
 
