@@ -3,6 +3,7 @@
 
 use crate::metrics::Metrics;
 use crate::session::Sessions;
+use crate::table::Health;
 use crate::watcher::WatchHealth;
 use bytes::Bytes;
 use gw_model::registry::NodeLease;
@@ -23,6 +24,9 @@ pub struct NodeState {
     pub name: String,
     pub gateway_class: String,
     pub region: String,
+    pub zone: String,
+    /// What the proxy saw of the endpoints it sends to.
+    pub endpoint_health: Arc<Health>,
     pub started: Instant,
     /// The store members it was given (`--store`), in order.
     pub store: Vec<String>,
@@ -98,6 +102,8 @@ impl NodeState {
             "node": self.name,
             "gatewayClass": self.gateway_class,
             "region": self.region,
+            "zone": self.zone,
+            "ejectedEndpoints": self.endpoint_health.ejected(gw_client::clock::now_ms()),
             "revisionServed": served,
             "revisionSeen": seen,
             "currentThrough": current,

@@ -13,7 +13,7 @@ use crate::server::{Limits, Sockets};
 use crate::session::{SessionOptions, Sessions};
 use crate::snapshot::Snapshot;
 use crate::status::{self, Statuses};
-use crate::table::RoutingTable;
+use crate::table::{Health, Locality, Placement, RoutingTable};
 use crate::watcher::{self, WatchHealth};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -72,9 +72,15 @@ pub struct NodeConfig {
     /// 127.0.0.1 when binding every address).
     #[arg(long, value_delimiter = ',')]
     pub advertise_address: Vec<IpAddr>,
-    /// This node's region label.
+    /// This node's region: its watch prefers the store members of this region, and its requests
+    /// the endpoints of this region (the EndpointSlice's `topology.kubernetes.io/region` label, else
+    /// its source cluster's region).
     #[arg(long, default_value = "")]
     pub region: String,
+    /// This node's zone: its requests prefer the endpoints of this zone (EndpointSlice `zone`, or
+    /// topology hints naming it), then of its region, then the rest.
+    #[arg(long, default_value = "")]
+    pub zone: String,
     /// Admin endpoint (HOST:PORT): /status, /metrics, /healthz.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -293,11 +299,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     let proxy = Arc::new(proxy);
     let health = Arc::new(WatchHealth::default());
+    let endpoint_health = Arc::new(Health::default());
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {
         name: cfg.name(&security),
         gateway_class: cfg.gateway_class.clone(),
         region: cfg.region.clone(),
+        zone: cfg.zone.clone(),
+        endpoint_health: endpoint_health.clone(),
         started,
         store: client.servers().to_vec(),
         revision_served: Default::default(),
@@ -344,6 +353,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         mesh: cfg.mesh.then_some(MeshOptions {
             service_cidr: cfg.service_cidr,
         }),
+        placement: Placement {
+            locality: Locality {
+                region: cfg.region.clone(),
+                zone: cfg.zone.clone(),
+            },
+            health: endpoint_health,
+        },
     };
     tokio::spawn(compile_loop(
         snap_rx,

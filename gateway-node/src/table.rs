@@ -2,8 +2,11 @@
 //! atomically, read by every request. Lookup is pure: socket → listener (most specific hostname, the
 //! Gateway API's listener isolation) → route rules (hostname precedence, then match precedence).
 
+mod locality;
 mod persistence;
 
+use locality::Tiers;
+pub use locality::{EndpointInfo, Health, Locality, Placement};
 pub use persistence::{Carrier, DEFAULT_NAME, SessionConfig};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -492,44 +495,59 @@ pub struct Upstream {
     pub identities: Vec<String>,
     /// `ip:port` of each endpoint, ready for request URIs.
     authorities: Vec<http::uri::Authority>,
+    /// The endpoints by locality (nearest first), with their health.
+    tiers: Tiers,
     next: AtomicUsize,
 }
 
 impl Upstream {
-    /// `endpoints`: each endpoint's address and the pod behind it (uid or name; "" if unknown).
+    /// `endpoints` in any order: they are kept nearest to `placement`'s locality first.
     pub fn new(
         id: String,
         protocol: UpstreamProtocol,
-        endpoints: Vec<(SocketAddr, String)>,
+        mut endpoints: Vec<EndpointInfo>,
+        placement: &Placement,
     ) -> Upstream {
+        let tiers = Tiers::sort(&mut endpoints, placement);
         let authorities = endpoints
             .iter()
-            .map(|(e, _)| {
-                http::uri::Authority::try_from(e.to_string())
+            .map(|e| {
+                http::uri::Authority::try_from(e.addr.to_string())
                     .expect("a socket address is an authority")
             })
             .collect();
         let identities = endpoints
             .iter()
-            .map(|(e, pod)| format!("{id}|{pod}|{e}"))
+            .map(|e| format!("{id}|{}|{}", e.pod, e.addr))
             .collect();
         Upstream {
             id,
             protocol,
             tls: None,
-            endpoints: endpoints.into_iter().map(|(e, _)| e).collect(),
+            endpoints: endpoints.into_iter().map(|e| e.addr).collect(),
             identities,
             authorities,
+            tiers,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Round robin over the ready endpoints: the index of the next one.
-    pub fn pick_index(&self) -> Option<usize> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len())
+    /// The endpoint the next request goes to (`locality`: the nearest healthy ones, in turn), but
+    /// `exclude`; `draw` uniform over `u64`. `None`: there is none.
+    pub fn pick_index(&self, draw: u64, now_ms: u64, exclude: Option<usize>) -> Option<usize> {
+        let rr = self.next.fetch_add(1, Ordering::Relaxed);
+        self.tiers.pick(rr, draw, now_ms, exclude)
+    }
+
+    /// An endpoint for a new session: as `pick_index`, but at random among the nearest healthy ones
+    /// (`draw` uniform over `u64`).
+    pub fn pick_at_random(
+        &self,
+        draw: &mut impl FnMut() -> u64,
+        now_ms: u64,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
+        self.tiers.pick(draw() as usize, draw(), now_ms, exclude)
     }
 
     /// Endpoint `i`'s address and authority.
@@ -537,9 +555,14 @@ impl Upstream {
         (self.endpoints[i], &self.authorities[i])
     }
 
-    /// Round robin over the ready endpoints.
-    pub fn pick(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
-        self.pick_index().map(|i| self.endpoint(i))
+    /// Endpoint `i` refused a connection at `now_ms` (it is ejected for a while).
+    pub fn connect_failed(&self, i: usize, now_ms: u64) {
+        self.tiers.failed(i, now_ms);
+    }
+
+    /// Endpoint `i` accepted a connection.
+    pub fn connected(&self, i: usize) {
+        self.tiers.succeeded(i);
     }
 
     /// The endpoint with this identity, if it is still ready.

@@ -15,22 +15,13 @@ use support::*;
 
 const PODS: [&str; 4] = ["b0", "b1", "b2", "b3"];
 
-/// An echo backend: in this process, or a `gwadm echo-server` process (which can be killed, taking
-/// its connections with it).
+/// An echo backend: in this process, or in a process of its own (which can be killed, taking its
+/// connections with it).
 enum Backend {
     // Held so that it keeps serving until the test ends.
     #[allow(dead_code)]
     InProcess(gw_testkit::echo::EchoServer),
-    Process(std::process::Child),
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Backend::Process(c) = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    Process(EchoProc),
 }
 
 async fn backend(pod: &str, process: bool) -> (Backend, SocketAddr) {
@@ -39,18 +30,9 @@ async fn backend(pod: &str, process: bool) -> (Backend, SocketAddr) {
         let addr = e.addr;
         return (Backend::InProcess(e), addr);
     }
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = std::process::Command::new(gw_testkit::procs::bin("gwadm").unwrap())
-        .args(["echo-server", "--listen", &addr.to_string(), "--name", pod])
-        .args(["--namespace", "web"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("the echo process listens", || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    (Backend::Process(child), addr)
+    let p = EchoProc::start(pod, format!("127.0.0.1:{}", free_port()).parse().unwrap()).await;
+    let addr = p.addr;
+    (Backend::Process(p), addr)
 }
 
 struct Env {
@@ -407,9 +389,8 @@ async fn a_failing_backend_fails_over_once() {
     let mut env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1]), true).await;
     let (backend, c) = start(&env, 0, "/c").await;
     let idx = PODS.iter().position(|p| *p == backend).unwrap();
-    if let Backend::Process(child) = &mut env.backends[idx] {
-        child.kill().unwrap();
-        child.wait().unwrap();
+    if let Backend::Process(p) = &mut env.backends[idx] {
+        p.kill();
     }
     // The requests that reach the dead backend before the failover is committed (and seen) get a
     // 502; once the session is served again, every request is served by the same replacement on both

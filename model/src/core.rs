@@ -104,7 +104,26 @@ pub struct Endpoint {
     pub zone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<EndpointHints>,
 }
+
+/// Topology-aware routing hints (Kubernetes): the zones whose clients should use this endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default)]
+    pub for_zones: Vec<ForZone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ForZone {
+    pub name: String,
+}
+
+/// The label an EndpointSlice may carry to name its endpoints' region (gw's own convention; the
+/// region of a slice without it is its source cluster's, as that cluster's kube sync agent reports).
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 
 /// Endpoint readiness. Absent `ready` means ready (Kubernetes: "should be interpreted as true").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -6,7 +6,7 @@
 
 use super::backend_tls::BackendTlsPolicies;
 use super::index::{Index, Scope};
-use crate::table::{Upstream, UpstreamProtocol};
+use crate::table::{EndpointInfo, Locality, Placement, Upstream, UpstreamProtocol};
 use gw_model::core::{IntOrString, ServicePort};
 use gw_model::kinds::{GATEWAY_GROUP, MCS_GROUP};
 use gw_model::route::BackendObjectReference;
@@ -47,13 +47,15 @@ const H2C_APP_PROTOCOLS: &[&str] = &["kubernetes.io/h2c"];
 pub struct Upstreams {
     cache: HashMap<(String, String, i64, bool, String), Arc<Upstream>>,
     pub tls_policies: BackendTlsPolicies,
+    placement: Placement,
 }
 
 impl Upstreams {
-    pub fn new(tls_policies: BackendTlsPolicies) -> Upstreams {
+    pub fn new(tls_policies: BackendTlsPolicies, placement: Placement) -> Upstreams {
         Upstreams {
             cache: HashMap::new(),
             tls_policies,
+            placement,
         }
     }
 
@@ -166,6 +168,7 @@ impl Upstreams {
             ),
             protocol,
             endpoints(idx, ns, &r.name, sp, scope),
+            &self.placement,
         );
         let alpn: &[u8] = if h2c { b"h2" } else { b"http/1.1" };
         upstream.tls = self
@@ -178,17 +181,17 @@ impl Upstreams {
 }
 
 /// The ready endpoints of a Service port, from its EndpointSlices (the slice port with the Service port's
-/// name; an unnamed single-port Service matches the unnamed slice port).
+/// name; an unnamed single-port Service matches the unnamed slice port), with where each is.
 fn endpoints(
     idx: &Index<'_>,
     ns: &str,
     svc: &str,
     sp: &ServicePort,
     scope: Scope<'_>,
-) -> Vec<(SocketAddr, String)> {
+) -> Vec<EndpointInfo> {
     let name = sp.name.as_deref().unwrap_or("");
-    let mut out = Vec::new();
-    for slice in idx.endpoint_slices(ns, svc, scope) {
+    let mut out: Vec<EndpointInfo> = Vec::new();
+    for (slice, region) in idx.endpoint_slices(ns, svc, scope) {
         let port = slice
             .ports
             .iter()
@@ -212,14 +215,28 @@ fn endpoints(
                 .as_ref()
                 .and_then(|r| r["uid"].as_str().or(r["name"].as_str()))
                 .unwrap_or("");
+            let locality = Locality {
+                region: region.to_string(),
+                zone: e.zone.clone().unwrap_or_default(),
+            };
+            let for_zones: Vec<String> = e
+                .hints
+                .iter()
+                .flat_map(|h| h.for_zones.iter().map(|z| z.name.clone()))
+                .collect();
             for a in &e.addresses {
                 if let Ok(ip) = a.parse::<IpAddr>() {
-                    out.push((SocketAddr::new(ip, port), pod.to_string()));
+                    out.push(EndpointInfo {
+                        addr: SocketAddr::new(ip, port),
+                        pod: pod.to_string(),
+                        locality: locality.clone(),
+                        for_zones: for_zones.clone(),
+                    });
                 }
             }
         }
     }
-    out.sort();
-    out.dedup_by(|a, b| a.0 == b.0);
+    out.sort_by(|a, b| (a.addr, &a.pod).cmp(&(b.addr, &b.pod)));
+    out.dedup_by(|a, b| a.addr == b.addr);
     out
 }

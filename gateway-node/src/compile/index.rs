@@ -3,13 +3,14 @@
 use crate::snapshot::Snapshot;
 use gw_model::ObjectKey;
 use gw_model::core::{
-    ConfigMapBody, EndpointSliceBody, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
+    ConfigMapBody, EndpointSliceBody, REGION_LABEL, SERVICE_NAME_LABEL, SecretBody, ServiceSpec,
 };
 use gw_model::kinds::{
-    GATEWAY_GROUP, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL,
+    GATEWAY_GROUP, GW_GROUP, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL, SOURCE_CLUSTER_LABEL,
 };
 use gw_model::meta::parse_rfc3339;
 use gw_model::policy::ReferenceGrantSpec;
+use gw_model::registry::{KubeSyncReport, REPORT_KIND};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,12 +69,21 @@ pub enum Scope<'a> {
     Exporters(&'a BTreeSet<String>),
 }
 
+/// An EndpointSlice with its source cluster ("" if none) and its region label, if any.
+struct Slice {
+    source: String,
+    region: Option<String>,
+    body: EndpointSliceBody,
+}
+
 pub struct Index<'a> {
     pub snap: &'a Snapshot,
     namespace_labels: HashMap<&'a str, BTreeMap<String, String>>,
     services: HashMap<(String, String), ServiceSpec>,
-    /// By Service: each slice with its source cluster ("" if none).
-    slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>>,
+    /// By Service: its slices.
+    slices: HashMap<(String, String), Vec<Slice>>,
+    /// Each cluster's region, as its kube sync agent reports it.
+    cluster_regions: HashMap<String, String>,
     /// By Service: the clusters exporting it (ServiceExports; "" for one of no cluster).
     exports: HashMap<(String, String), BTreeSet<String>>,
     grants: Vec<(&'a str, ReferenceGrantSpec)>,
@@ -83,8 +93,8 @@ impl<'a> Index<'a> {
     pub fn new(snap: &'a Snapshot) -> Index<'a> {
         let mut namespace_labels = HashMap::new();
         let mut services = HashMap::new();
-        let mut slices: HashMap<(String, String), Vec<(String, EndpointSliceBody)>> =
-            HashMap::new();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        let mut cluster_regions = HashMap::new();
         let mut grants = Vec::new();
         let mut exports: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
         for (k, obj) in &snap.objects {
@@ -103,10 +113,20 @@ impl<'a> Index<'a> {
                     let svc = labels[SERVICE_NAME_LABEL].as_str();
                     if let (Some(svc), Some(body)) = (svc, typed::<EndpointSliceBody>(obj, None)) {
                         let source = labels[SOURCE_CLUSTER_LABEL].as_str().unwrap_or("");
+                        let region = labels[REGION_LABEL].as_str().map(String::from);
                         slices
                             .entry((k.namespace.clone(), svc.to_string()))
                             .or_default()
-                            .push((source.to_string(), body));
+                            .push(Slice {
+                                source: source.to_string(),
+                                region,
+                                body,
+                            });
+                    }
+                }
+                (GW_GROUP, REPORT_KIND) => {
+                    if let Some((cluster, report)) = KubeSyncReport::from_object(obj) {
+                        cluster_regions.insert(cluster, report.region);
                     }
                 }
                 (MCS_GROUP, "ServiceExport") => {
@@ -131,6 +151,7 @@ impl<'a> Index<'a> {
             namespace_labels,
             services,
             slices,
+            cluster_regions,
             exports,
             grants,
         }
@@ -169,24 +190,32 @@ impl<'a> Index<'a> {
 
     /// A Service's EndpointSlices within a scope (GEP-1748): for a `Service` backendRef of a route
     /// from cluster C, C's slices and those of no cluster (every slice for a route of no cluster);
-    /// for a `ServiceImport` backendRef, the slices of the clusters exporting the Service.
+    /// for a `ServiceImport` backendRef, the slices of the clusters exporting the Service. Each with
+    /// its endpoints' region: the slice's region label, else its source cluster's ("" if unknown).
     pub fn endpoint_slices(
         &self,
         ns: &str,
         service: &str,
         scope: Scope<'_>,
-    ) -> Vec<&EndpointSliceBody> {
+    ) -> Vec<(&EndpointSliceBody, &str)> {
         self.slices
             .get(&(ns.to_string(), service.to_string()))
             .into_iter()
             .flatten()
-            .filter(|(source, _)| match scope {
+            .filter(|s| match scope {
                 Scope::Cluster(origin) => {
-                    origin.is_empty() || source.is_empty() || source == origin
+                    origin.is_empty() || s.source.is_empty() || s.source == origin
                 }
-                Scope::Exporters(clusters) => clusters.contains(source),
+                Scope::Exporters(clusters) => clusters.contains(&s.source),
             })
-            .map(|(_, body)| body)
+            .map(|s| {
+                let region = s
+                    .region
+                    .as_deref()
+                    .or_else(|| self.cluster_regions.get(&s.source).map(String::as_str))
+                    .unwrap_or("");
+                (&s.body, region)
+            })
             .collect()
     }
 

@@ -13,7 +13,7 @@ mod sessions;
 pub mod tls;
 
 use crate::snapshot::Snapshot;
-use crate::table::{BackendTarget, HostIndex, ListenerTable, RoutingTable, SocketTable};
+use crate::table::{BackendTarget, HostIndex, ListenerTable, Placement, RoutingTable, SocketTable};
 use conditions::{Cond, render};
 use gw_model::ObjectKey;
 use gw_model::gateway::GatewayClassSpec;
@@ -51,6 +51,8 @@ pub struct CompileOptions {
     pub fault_exact_as_prefix: bool,
     /// A mesh node: it serves the mesh's Services instead of the class's Gateways.
     pub mesh: Option<mesh::MeshOptions>,
+    /// Where the node is, and the health of the endpoints it sends to.
+    pub placement: Placement,
 }
 
 /// A status the store should hold, with the preconditions of the write.
@@ -118,7 +120,10 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         Some(m) => mesh::services(&idx, m),
         None => gateways::collect(&idx, opts, class_accepted),
     };
-    let mut upstreams = backends::Upstreams::new(backend_tls::BackendTlsPolicies::collect(&idx));
+    let mut upstreams = backends::Upstreams::new(
+        backend_tls::BackendTlsPolicies::collect(&idx),
+        opts.placement.clone(),
+    );
     let policies = sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms);
     let routes = routes::process(&idx, &mut gateways, &mut upstreams, opts);
     if opts.mesh.is_some() {

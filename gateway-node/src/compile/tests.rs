@@ -61,6 +61,7 @@ fn opts() -> CompileOptions {
         now_ms: 5_000,
         fault_exact_as_prefix: false,
         mesh: None,
+        placement: Placement::default(),
     }
 }
 
@@ -414,6 +415,92 @@ fn backend_references_and_reference_grants() {
         }
         crate::table::BackendTarget::Invalid(e) => panic!("{e}"),
     }
+}
+
+#[test]
+fn endpoints_are_ordered_nearest_first() {
+    // Cluster `east` reports region us-east; a slice may name its region itself.
+    let slices = "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-east
+  namespace: infra
+  labels: {kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: east}
+addressType: IPv4
+ports: [{name: http, port: 3000}]
+endpoints:
+- {addresses: [10.0.0.1], zone: a}
+- {addresses: [10.0.0.2], zone: b}
+- {addresses: [10.0.0.3], zone: b, hints: {forZones: [{name: a}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-eu
+  namespace: infra
+  labels: {kubernetes.io/service-name: web, topology.kubernetes.io/region: eu-west}
+addressType: IPv4
+ports: [{name: http, port: 3000}]
+endpoints:
+- {addresses: [10.0.0.4], zone: a}
+";
+    let yaml = format!(
+        "{CLASS}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: infra}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n{slices}{}",
+        gateway("  - {name: http, port: 80, protocol: HTTP}\n"),
+        http_route(
+            "r",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n"
+        ),
+    );
+    let mut snap = snapshot(&yaml);
+    let report = gw_model::registry::KubeSyncReport {
+        region: "us-east".into(),
+        ..Default::default()
+    };
+    snap.objects.insert(
+        gw_model::registry::report_key("east"),
+        Arc::new(report.to_object("east")),
+    );
+    let order = |region: &str, zone: &str| {
+        let opts = CompileOptions {
+            placement: Placement {
+                locality: crate::table::Locality {
+                    region: region.into(),
+                    zone: zone.into(),
+                },
+                ..Placement::default()
+            },
+            ..opts()
+        };
+        let c = compile(&snap, &opts);
+        let sock = &c.table.sockets[&"127.0.0.1:80".parse().unwrap()];
+        let group = sock.listeners[0].routes.lookup("x").next().unwrap();
+        match &group[0].action.backends.entries[0].target {
+            BackendTarget::Upstream(u) => u
+                .endpoints
+                .iter()
+                .map(|e| e.ip().to_string())
+                .collect::<Vec<_>>(),
+            BackendTarget::Invalid(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(
+        order("us-east", "a"),
+        ["10.0.0.1", "10.0.0.3", "10.0.0.2", "10.0.0.4"],
+        "zone a (and the endpoint hinted for it), region us-east, the rest"
+    );
+    assert_eq!(
+        order("eu-west", "a"),
+        ["10.0.0.4", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        "zone a of eu-west is not zone a of us-east"
+    );
+    assert_eq!(
+        order("", ""),
+        ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"],
+        "a node that does not know where it is"
+    );
 }
 
 /// `status/reason` of condition `t` of a Gateway status's listener `l`.

@@ -14,15 +14,17 @@ pub struct Target<'a> {
 }
 
 /// `session`: the entry and endpoint that session persistence chose, if it did; `draw`: uniform over
-/// `u64`, for the weighted choice otherwise.
-pub fn choose(
-    backends: &Backends,
+/// `u64`, for the weighted choice and the endpoint's locality otherwise; `now_ms` the time (for
+/// endpoints' ejections).
+pub fn choose<'a>(
+    backends: &'a Backends,
     session: Option<(usize, usize)>,
-    draw: u64,
-) -> Result<Target<'_>, ProxyError> {
+    draw: &mut impl FnMut() -> u64,
+    now_ms: u64,
+) -> Result<Target<'a>, ProxyError> {
     let entry = match session {
         Some((entry, _)) => entry,
-        None => backends.choose_where(draw, |_| true).ok_or_else(|| {
+        None => backends.choose_where(draw(), |_| true).ok_or_else(|| {
             ProxyError::new(ErrorKind::NoBackend, "the rule has no backend to send to")
         })?,
     };
@@ -38,7 +40,7 @@ pub fn choose(
     }
     let endpoint = session
         .map(|(_, p)| p)
-        .or_else(|| upstream.pick_index())
+        .or_else(|| upstream.pick_index(draw(), now_ms, None))
         .ok_or_else(|| {
             ProxyError::new(
                 ErrorKind::NoEndpoint,
@@ -55,15 +57,21 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Filters, UpstreamProtocol};
+    use crate::table::{EndpointInfo, Filters, Locality, Placement, UpstreamProtocol};
 
     fn upstream(id: &str, endpoints: usize) -> BackendTarget {
         BackendTarget::Upstream(Arc::new(Upstream::new(
             id.into(),
             UpstreamProtocol::Http1,
             (0..endpoints)
-                .map(|e| (format!("10.0.0.{e}:80").parse().unwrap(), String::new()))
+                .map(|e| EndpointInfo {
+                    addr: format!("10.0.0.{e}:80").parse().unwrap(),
+                    pod: String::new(),
+                    locality: Locality::default(),
+                    for_zones: Vec::new(),
+                })
                 .collect(),
+            &Placement::default(),
         )))
     }
 
@@ -90,24 +98,24 @@ mod tests {
             ),
             entry(0, upstream("c", 1), Some("ExtensionRef not resolved")),
         ]);
-        let t = choose(&b, None, 0).unwrap();
+        let t = choose(&b, None, &mut || 0, 0).unwrap();
         assert_eq!((t.upstream.id.as_str(), t.endpoint), ("a", 0));
-        let t = choose(&b, None, 0).unwrap();
+        let t = choose(&b, None, &mut || 0, 0).unwrap();
         assert_eq!(t.endpoint, 1, "round robin over a backend's endpoints");
         let err = |r: Result<Target<'_>, ProxyError>| r.err().map(|e| (e.kind, e.message));
         assert_eq!(
-            err(choose(&b, None, u64::MAX)),
+            err(choose(&b, None, &mut || u64::MAX, 0)),
             Some((ErrorKind::NoEndpoint, "b has no ready endpoint".into()))
         );
         assert_eq!(
-            err(choose(&b, Some((2, 0)), 0)),
+            err(choose(&b, Some((2, 0)), &mut || 0, 0)),
             Some((ErrorKind::InvalidBackend, "Service x not found".into()))
         );
         assert_eq!(
-            err(choose(&b, Some((3, 0)), 0)),
+            err(choose(&b, Some((3, 0)), &mut || 0, 0)),
             Some((ErrorKind::InvalidFilter, "ExtensionRef not resolved".into()))
         );
-        let t = choose(&b, Some((0, 1)), u64::MAX).unwrap();
+        let t = choose(&b, Some((0, 1)), &mut || u64::MAX, 0).unwrap();
         assert_eq!(
             (t.upstream.id.as_str(), t.endpoint),
             ("a", 1),
@@ -115,7 +123,7 @@ mod tests {
         );
         let none = Backends::new(vec![entry(0, upstream("a", 1), None)]);
         assert_eq!(
-            err(choose(&none, None, 0)).map(|e| e.0),
+            err(choose(&none, None, &mut || 0, 0)).map(|e| e.0),
             Some(ErrorKind::NoBackend)
         );
     }

@@ -4,8 +4,10 @@
 //! terminates TLS; Terminate ends TLS here with the listener's certificate and forwards plaintext.
 
 use super::choose::choose;
+use super::send::connect_any;
 use crate::rng;
 use crate::table::{L4Mode, SocketTable};
+use gw_client::clock;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -123,14 +125,25 @@ pub async fn forward(
         .lookup(&name)
         .next()
         .ok_or_else(|| refused(format!("no route of {} takes {name:?}", listener.id)))?;
-    let target = choose(backends, None, rng::draw()).map_err(|e| refused(e.message))?;
-    let (endpoint, _) = target.upstream.endpoint(target.endpoint);
+    let target =
+        choose(backends, None, &mut rng::draw, clock::now_ms()).map_err(|e| refused(e.message))?;
+    // Nothing is sent before the connection is up: an endpoint that refuses is left for another.
     let connect = async {
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {endpoint}"))
-            })?
+        connect_any(
+            &target.upstream,
+            target.endpoint,
+            true,
+            |_: &io::Error| true,
+            |endpoint| async move {
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {endpoint}"))
+                    })?
+            },
+        )
+        .await
+        .map(|(_, tcp)| tcp)
     };
     match mode {
         L4Mode::Tcp | L4Mode::TlsPassthrough => {

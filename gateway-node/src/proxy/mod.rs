@@ -239,13 +239,12 @@ impl Proxy {
         let target = choose::choose(
             backends,
             session.as_ref().map(|c| (c.entry, c.endpoint)),
-            rng::draw(),
+            &mut rng::draw,
+            gw_client::clock::now_ms(),
         )?;
-        let (endpoint, endpoint_authority) = target.upstream.endpoint(target.endpoint);
         let protocol = target.upstream.protocol;
         if let Some(r) = record {
             r.backend = Some(target.upstream.id.clone());
-            r.endpoint = Some(endpoint.to_string());
             if let Some(c) = &session {
                 r.session = Some(access_log::session_hash(&c.token.session));
                 r.affinity = Some(c.decision);
@@ -284,23 +283,24 @@ impl Proxy {
             );
             full(bytes)
         };
-        let out = prepare::address(
-            Request::from_parts(p.parts, body),
-            &p.path_and_query,
-            &p.authority,
-            endpoint_authority,
-            protocol,
-        );
-        let mut resp = match send::send(
+        // A session's request stays on its backend: a refused connection fails it over instead.
+        let sent = send::send(
             &self.upstreams,
             &target.upstream,
-            endpoint,
-            out,
+            target.endpoint,
+            session.is_none(),
+            Request::from_parts(p.parts, body),
+            (&p.path_and_query, &p.authority),
             action.timeouts,
         )
-        .await
-        {
-            Ok(r) => r,
+        .await;
+        let mut resp = match sent {
+            Ok((endpoint, r)) => {
+                if let Some(rec) = record {
+                    rec.endpoint = Some(target.upstream.endpoint(endpoint).0.to_string());
+                }
+                r
+            }
             Err(_) if client_failed.load(std::sync::atomic::Ordering::Relaxed) => {
                 return Err(ProxyError::new(
                     ErrorKind::MalformedBody,

@@ -1,11 +1,14 @@
 //! Phase 4, send: the exchange with the backend within the rule's timeouts (the shorter of the request
-//! and backend-request timeouts), and the copies to mirrors, whose answers are ignored.
+//! and backend-request timeouts), another endpoint when one refuses the connection, and the copies to
+//! mirrors, whose answers are ignored.
 
 use super::error::{ErrorKind, ProxyError};
 use super::prepare::address;
 use super::{Body, UpstreamError, Upstreams, full};
+use crate::rng;
 use crate::table::{Timeouts, Upstream};
 use bytes::Bytes;
+use gw_client::clock;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, request};
 use http_body_util::BodyExt;
@@ -15,14 +18,38 @@ use std::sync::Arc;
 /// Largest request body buffered to be copied to mirrors.
 pub const MIRROR_BODY_LIMIT: usize = 1 << 20;
 
+/// Sends `req` (not yet addressed to an endpoint: `path_and_query` and `authority` are where it goes)
+/// to endpoint `first` of `upstream`. An endpoint that refuses the connection is ejected, and with
+/// `retry` the request — not sent yet — goes to another endpoint the upstream picks instead (at most
+/// `CONNECT_ATTEMPTS` in all). The endpoint that answered, and its answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     upstreams: &Upstreams,
     upstream: &Upstream,
-    endpoint: SocketAddr,
+    first: usize,
+    retry: bool,
     req: Request<Body>,
+    (path_and_query, authority): (&PathAndQuery, &Authority),
     timeouts: Timeouts,
-) -> Result<Response<Body>, ProxyError> {
-    let exchange = upstreams.send(upstream, endpoint, req);
+) -> Result<(usize, Response<Body>), ProxyError> {
+    let exchange = async {
+        let (endpoint, conn) = connect_any(
+            upstream,
+            first,
+            retry,
+            |e| matches!(e, UpstreamError::Connect(..)),
+            |addr| upstreams.connect(upstream, addr),
+        )
+        .await?;
+        let req = address(
+            req,
+            path_and_query,
+            authority,
+            upstream.endpoint(endpoint).1,
+            upstream.protocol,
+        );
+        upstreams.send_on(conn, req).await.map(|r| (endpoint, r))
+    };
     let deadline = timeouts.request.into_iter().chain(timeouts.backend).min();
     let result = match deadline {
         Some(d) => tokio::time::timeout(d, exchange).await.map_err(|_| {
@@ -41,6 +68,45 @@ pub async fn send(
         };
         ProxyError::new(kind, e.to_string())
     })
+}
+
+/// Endpoints tried for one request whose connections are refused.
+pub const CONNECT_ATTEMPTS: usize = 3;
+
+/// A connection (`connect`) to endpoint `first` of `upstream`, or — when it refuses (`refused`) and
+/// with `retry` — to another endpoint the upstream picks, at most `CONNECT_ATTEMPTS` in all. Endpoints
+/// that refuse are ejected. The endpoint connected to, and the connection.
+pub async fn connect_any<C, E, F>(
+    upstream: &Upstream,
+    first: usize,
+    retry: bool,
+    refused: impl Fn(&E) -> bool,
+    mut connect: impl FnMut(SocketAddr) -> F,
+) -> Result<(usize, C), E>
+where
+    F: Future<Output = Result<C, E>>,
+{
+    let mut endpoint = first;
+    let mut attempts = 1;
+    loop {
+        match connect(upstream.endpoint(endpoint).0).await {
+            Ok(c) => {
+                upstream.connected(endpoint);
+                return Ok((endpoint, c));
+            }
+            Err(e) if refused(&e) => {
+                upstream.connect_failed(endpoint, clock::now_ms());
+                let next = (retry && attempts < CONNECT_ATTEMPTS)
+                    .then(|| upstream.pick_index(rng::draw(), clock::now_ms(), Some(endpoint)))
+                    .flatten();
+                match next {
+                    Some(n) => (endpoint, attempts) = (n, attempts + 1),
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads the request body (at most `MIRROR_BODY_LIMIT` bytes) so that mirrors can get a copy.
@@ -71,7 +137,10 @@ pub fn mirror(
     authority: &Authority,
 ) {
     for m in mirrors {
-        let Some((ep, ep_authority)) = m.pick() else {
+        let Some((ep, ep_authority)) = m
+            .pick_index(rng::draw(), clock::now_ms(), None)
+            .map(|i| m.endpoint(i))
+        else {
             continue;
         };
         let mut copy = Request::new(full(body.clone()));

@@ -36,7 +36,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// Connections are pooled per endpoint and TLS setting (`None`: plaintext).
-type PoolKey = (SocketAddr, Option<Arc<str>>);
+pub type PoolKey = (SocketAddr, Option<Arc<str>>);
 
 #[derive(Default)]
 pub struct Upstreams {
@@ -120,22 +120,57 @@ fn tls_of(upstream: &Upstream) -> Result<Option<&TlsTarget>, UpstreamError> {
     }
 }
 
+/// A connection to an endpoint, ready for one request.
+pub enum Connection {
+    Http1(PoolKey, http1::SendRequest<Body>),
+    H2(PoolKey, http2::SendRequest<Body>),
+}
+
 impl Upstreams {
+    /// A connection to `endpoint` of `upstream`: pooled, or dialled now.
+    pub async fn connect(
+        &self,
+        upstream: &Upstream,
+        endpoint: SocketAddr,
+    ) -> Result<Connection, UpstreamError> {
+        let tls = tls_of(upstream)?;
+        let key = (endpoint, tls.map(|t| t.pool_key.clone()));
+        Ok(match upstream.protocol {
+            UpstreamProtocol::Http1 => {
+                let sender = self.http1_sender(&key, tls).await?;
+                Connection::Http1(key, sender)
+            }
+            UpstreamProtocol::H2c => {
+                let sender = self.h2_sender(&key, tls).await?;
+                Connection::H2(key, sender)
+            }
+        })
+    }
+
+    /// Sends `req` on `conn`.
+    pub async fn send_on(
+        &self,
+        conn: Connection,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match conn {
+            Connection::Http1(key, sender) => self.send_http1(key, sender, req).await,
+            Connection::H2(key, sender) => self
+                .send_h2(key, sender, req)
+                .await
+                .map(|r| r.map(Body::Incoming)),
+        }
+    }
+
+    /// Sends `req` to `endpoint` of `upstream`.
     pub async fn send(
         &self,
         upstream: &Upstream,
         endpoint: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let tls = tls_of(upstream)?;
-        let key = (endpoint, tls.map(|t| t.pool_key.clone()));
-        match upstream.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(key, tls, req).await,
-            UpstreamProtocol::H2c => self
-                .send_h2(key, tls, req)
-                .await
-                .map(|r| r.map(Body::Incoming)),
-        }
+        let conn = self.connect(upstream, endpoint).await?;
+        self.send_on(conn, req).await
     }
 
     /// A ready pooled connection, or a new one.
@@ -171,11 +206,10 @@ impl Upstreams {
     async fn send_http1(
         &self,
         key: PoolKey,
-        tls: Option<&TlsTarget>,
+        mut sender: http1::SendRequest<Body>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *req.version_mut() = Version::HTTP_11;
-        let mut sender = self.http1_sender(&key, tls).await?;
         let resp = sender
             .send_request(req)
             .await
@@ -199,11 +233,10 @@ impl Upstreams {
     async fn send_h2(
         &self,
         key: PoolKey,
-        tls: Option<&TlsTarget>,
+        mut sender: http2::SendRequest<Body>,
         mut req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         *req.version_mut() = Version::HTTP_2;
-        let mut sender = self.h2_sender(&key, tls).await?;
         match sender.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {

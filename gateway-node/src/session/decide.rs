@@ -13,7 +13,7 @@
 //!   to past that window;
 //! - an expired or unknown session starts a new session.
 
-use crate::table::{BackendEntry, BackendTarget, Backends, SessionConfig, uniform_below};
+use crate::table::{BackendEntry, BackendTarget, Backends, SessionConfig};
 use gw_model::affinity::token::Token;
 use gw_model::affinity::{self, SessionEntry};
 
@@ -76,7 +76,7 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
                 if let Some((entry, endpoint)) = find(i.backends, &backend) {
                     return Decision::Follow { entry, endpoint };
                 }
-                let Some((entry, endpoint)) = fresh(i.backends, &backend, draw) else {
+                let Some((entry, endpoint)) = fresh(i.backends, &backend, i.now_ms, draw) else {
                     return Decision::Fallback;
                 };
                 if i.local_failover {
@@ -99,7 +99,7 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
             Bound::Nothing => {}
         }
     }
-    let Some((entry, endpoint)) = fresh(i.backends, "", draw) else {
+    let Some((entry, endpoint)) = fresh(i.backends, "", i.now_ms, draw) else {
         return Decision::Fallback;
     };
     Decision::New {
@@ -150,9 +150,10 @@ fn bound_backend(i: &Inputs<'_>, t: &Token) -> Bound {
 pub fn replacement(
     backends: &Backends,
     failed: &str,
+    now_ms: u64,
     draw: &mut impl FnMut() -> u64,
 ) -> Option<String> {
-    fresh(backends, failed, draw).map(|(e, p)| identity(backends, e, p))
+    fresh(backends, failed, now_ms, draw).map(|(e, p)| identity(backends, e, p))
 }
 
 /// The entry and endpoint of the backend with this identity, whatever its weight.
@@ -172,6 +173,7 @@ pub fn find(backends: &Backends, identity: &str) -> Option<(usize, usize)> {
 fn fresh(
     backends: &Backends,
     exclude: &str,
+    now_ms: u64,
     draw: &mut impl FnMut() -> u64,
 ) -> Option<(usize, usize)> {
     let ready = |e: &BackendEntry| match &e.target {
@@ -182,10 +184,7 @@ fn fresh(
     let BackendTarget::Upstream(u) = &backends.entries[entry].target else {
         return None;
     };
-    let candidates: Vec<usize> = (0..u.identities.len())
-        .filter(|&p| u.identities[p] != exclude)
-        .collect();
-    let endpoint = candidates[uniform_below(draw(), candidates.len() as u64) as usize];
+    let endpoint = u.pick_at_random(draw, now_ms, u.find(exclude))?;
     Some((entry, endpoint))
 }
 

@@ -257,7 +257,7 @@ impl Sessions {
             return;
         }
         let from = identity(backends, chosen.entry, chosen.endpoint);
-        let Some(to) = replacement(backends, &from, &mut rng::draw) else {
+        let Some(to) = replacement(backends, &from, clock::now_ms(), &mut rng::draw) else {
             return;
         };
         let (me, cfg, t) = (self.clone(), cfg.clone(), chosen.token.clone());

@@ -212,6 +212,47 @@ pub async fn echo(pod: &str, ns: &str, h2c: bool) -> EchoServer {
     .unwrap()
 }
 
+/// An echo backend in a process of its own (`gwadm echo-server`): killing it takes its connections
+/// with it.
+pub struct EchoProc {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl EchoProc {
+    /// Serves as `pod` of namespace `web` on `addr` (e.g. again, where a killed one served).
+    pub async fn start(pod: &str, addr: SocketAddr) -> EchoProc {
+        let child = Command::new(bin("gwadm").unwrap())
+            .args(["echo-server", "--listen", &addr.to_string(), "--name", pod])
+            .args(["--namespace", "web"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        gw_testkit::procs::die_with_me(&child);
+        eventually("the echo process listens", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        EchoProc {
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EchoProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A Service with one port (optionally with an appProtocol) and its EndpointSlice pointing at `addr`.
 pub fn service(name: &str, ns: &str, addr: SocketAddr, app_protocol: Option<&str>) -> String {
     let app = app_protocol

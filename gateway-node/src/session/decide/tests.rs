@@ -2,7 +2,9 @@
 //! randomness given (no clock, no RNG, no sockets).
 
 use super::*;
-use crate::table::{BackendEntry, Carrier, Filters, Upstream, UpstreamProtocol};
+use crate::table::{
+    BackendEntry, Carrier, EndpointInfo, Filters, Locality, Placement, Upstream, UpstreamProtocol,
+};
 use gw_model::affinity::{SessionSpec, SessionStatus};
 use std::sync::Arc;
 
@@ -29,13 +31,14 @@ fn backends(spec: &[(u64, usize)]) -> Backends {
                     format!("d/s{i}:80"),
                     UpstreamProtocol::Http1,
                     (0..*n)
-                        .map(|e| {
-                            (
-                                format!("10.0.{i}.{e}:80").parse().unwrap(),
-                                format!("pod-{i}-{e}"),
-                            )
+                        .map(|e| EndpointInfo {
+                            addr: format!("10.0.{i}.{e}:80").parse().unwrap(),
+                            pod: format!("pod-{i}-{e}"),
+                            locality: Locality::default(),
+                            for_zones: Vec::new(),
                         })
                         .collect(),
+                    &Placement::default(),
                 ))),
                 filters: Filters::default(),
             })
@@ -286,7 +289,7 @@ fn every_decision() {
 #[test]
 fn a_lone_failed_backend_has_no_replacement() {
     assert_eq!(
-        replacement(&backends(&[(1, 1)]), &id(0, 0), &mut draws(&[0])),
+        replacement(&backends(&[(1, 1)]), &id(0, 0), NOW, &mut draws(&[0])),
         None
     );
 }
@@ -295,22 +298,24 @@ fn a_lone_failed_backend_has_no_replacement() {
 fn new_sessions_go_only_to_weighted_backends_with_ready_endpoints() {
     let b = backends(&[(0, 1), (5, 0), (1, 1)]);
     for d in [0, u64::MAX / 3, u64::MAX] {
-        assert_eq!(fresh(&b, "", &mut draws(&[d])), Some((2, 0)));
+        assert_eq!(fresh(&b, "", NOW, &mut draws(&[d])), Some((2, 0)));
     }
     // A failed backend is not its own replacement.
     let two = backends(&[(1, 1), (1, 1)]);
     for d in [0, u64::MAX] {
         assert_eq!(
-            replacement(&two, &id(0, 0), &mut draws(&[d])),
+            replacement(&two, &id(0, 0), NOW, &mut draws(&[d])),
             Some(id(1, 0))
         );
     }
     // Within a backend, the draw chooses the endpoint.
     let one = backends(&[(1, 3)]);
-    assert_eq!(fresh(&one, "", &mut draws(&[0, u64::MAX])), Some((0, 2)));
+    assert_eq!(fresh(&one, "", NOW, &mut draws(&[0, 2])), Some((0, 2)));
+    assert_eq!(fresh(&one, "", NOW, &mut draws(&[0, 4])), Some((0, 1)));
     assert_eq!(
-        fresh(&one, &id(0, 2), &mut draws(&[0, u64::MAX])),
-        Some((0, 1))
+        fresh(&one, &id(0, 2), NOW, &mut draws(&[0, 2])),
+        Some((0, 0)),
+        "the failed endpoint is skipped"
     );
 }
 
