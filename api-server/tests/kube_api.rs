@@ -182,8 +182,8 @@ async fn kubectl_drives_the_store() {
         .spawn_node(
             k.cluster.addr(1),
             ("gw", "a"),
-            &k.cluster.dir,
-            k.cluster.pki(),
+            "127.0.0.1",
+            (&k.cluster.dir, k.cluster.pki()),
             &[],
         )
         .unwrap();

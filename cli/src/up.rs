@@ -4,6 +4,8 @@
 
 #![allow(clippy::disallowed_methods)] // runtime: waits for the demo to be served
 
+mod regions;
+
 use crate::error::{Error, Result};
 use gw_client::{Client, Dialer, Identity, TlsArgs};
 use gw_proto as pb;
@@ -35,6 +37,11 @@ pub struct UpArgs {
     /// Port of the store's Kubernetes API (for kubectl: the kubeconfig is written beside the data).
     #[arg(long, default_value_t = 6443)]
     pub kube_port: u16,
+    /// Spread gw over the regions of a simulated WAN instead (one-way delays,
+    /// `A:B=DELAY,...[,jitter=D][,loss=P%]`; without a value, three regions): a store member, a
+    /// gateway node and a backend per region (see deploy/examples/multi-region).
+    #[arg(long, num_args = 0..=1, default_missing_value = gw_testkit::wan::THREE_REGIONS)]
+    pub wan: Option<String>,
 }
 
 /// The demo documents, with the listener port and the echo backends' EndpointSlices filled in (every
@@ -78,7 +85,12 @@ fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::
 }
 
 pub async fn run(a: UpArgs) -> Result<()> {
-    for p in [a.port, a.store_port, a.admin_port, a.kube_port] {
+    let ports = if a.wan.is_some() {
+        vec![a.port]
+    } else {
+        vec![a.port, a.store_port, a.admin_port, a.kube_port]
+    };
+    for p in ports {
         ensure_free(p)
             .map_err(|e| Error::Usage(format!("{e:#}; pick another with the flags of gwadm up")))?;
     }
@@ -94,6 +106,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
         }
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
+    if let Some(wan) = &a.wan {
+        return regions::run(wan, a.port, &dir).await;
+    }
     let store_addr = format!("127.0.0.1:{}", a.store_port);
     // Mutual TLS as everywhere: a CA of the demo's own, a member, a node and an admin certificate.
     let pki = Pki::create(&dir.join("pki"))?;
@@ -153,8 +168,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     children.spawn_node(
         &store_addr,
         ("gw-demo-mesh", "demo-mesh"),
-        &dir,
-        &pki,
+        "127.0.0.1",
+        (&dir, &pki),
         &["--mesh"],
     )?;
     let client = Client::new(
@@ -173,7 +188,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
     )?;
     let resp = client.apply(documents, false).await?;
     eprintln!("applied the demo config (revision {})", resp.revision);
-    wait_until_served(a.port).await?;
+    wait_until_served(
+        SocketAddr::from(([127, 0, 0, 1], a.port)),
+        "/app",
+        "node.log",
+    )
+    .await?;
     let url = format!("http://127.0.0.1:{}", a.port);
     println!(
         "\ngw is up: store {store_addr}, gateway node on 127.0.0.1:{port}, admin http://127.0.0.1:{admin}/status, logs in {dir}\n\n\
@@ -197,28 +217,33 @@ pub async fn run(a: UpArgs) -> Result<()> {
         pki = pki.dir().display(),
         kubeconfig = kubeconfig.display(),
     );
+    until_stopped().await?;
+    drop(children);
+    drop((v1, v2, color, color2));
+    Ok(())
+}
+
+/// Returns on Ctrl-C or SIGTERM.
+async fn until_stopped() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(anyhow::Error::from)?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    drop(children);
-    drop((v1, v2, color, color2));
     Ok(())
 }
 
-/// Waits until the node routes the demo.
-async fn wait_until_served(port: u16) -> Result<()> {
+/// Waits until the node at `node` routes `path` of the demo host (`log`: the node's log, named in
+/// the error).
+async fn wait_until_served(node: SocketAddr, path: &str, log: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: app.demo.example\r\nConnection: close\r\n\r\n");
     while Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(node).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s
-                .write_all(
-                    b"GET /app HTTP/1.1\r\nHost: app.demo.example\r\nConnection: close\r\n\r\n",
-                )
-                .await;
+            let _ = s.write_all(request.as_bytes()).await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
             if buf.starts_with(b"HTTP/1.1 200") {
@@ -227,7 +252,7 @@ async fn wait_until_served(port: u16) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(Error::Usage(
-        "the gateway node did not start serving within 30 s (see node.log)".into(),
-    ))
+    Err(Error::Usage(format!(
+        "the gateway node {node} did not start serving within 30 s (see {log})"
+    )))
 }

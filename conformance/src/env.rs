@@ -111,7 +111,8 @@ impl NodeRestart {
         self.children
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .spawn("gw-node", &self.log, &mut cmd)
+            .spawn("gw-node", &self.log, &mut cmd)?;
+        Ok(())
     }
 
     /// Kills the node and starts it again; whether it was running and started again.

@@ -149,3 +149,56 @@ fn gwadm_up_killed_or_terminated_leaves_nothing_running() {
         );
     }
 }
+
+/// `gwadm up --wan`: each region's node answers from its own region's backend; terminated, it leaves
+/// nothing running.
+#[test]
+fn gwadm_up_over_a_wan_serves_each_region_locally_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let owner = Command::new(bin("gwadm").unwrap())
+        .args(["up", "--wan", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The regions in order (the nodes bind 127.64.0.1, .2, .3).
+    for (i, region) in ["ap-south", "eu-west", "us-east"].iter().enumerate() {
+        let node = format!("127.64.0.{}:{port}", i + 1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pod = loop {
+            let answer = pod_behind(&node);
+            if answer.is_some() || Instant::now() > deadline {
+                break answer;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            pod.as_deref(),
+            Some(format!("app-{region}").as_str()),
+            "{node}"
+        );
+    }
+    kill_owner_and_check(
+        owner,
+        &[("gw-api-server", 3), ("gw-node", 3), ("gwadm", 3)],
+        Signal::SIGTERM,
+    );
+}
+
+/// The pod an echo backend named in its answer to `GET /` for the demo host through `node`.
+fn pod_behind(node: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.demo.example\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    if !buf.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let (_, rest) = buf.split_once("\"pod\":\"")?;
+    Some(rest.split('"').next()?.to_string())
+}

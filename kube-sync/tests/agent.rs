@@ -177,8 +177,14 @@ impl Fleet {
         .await
         .unwrap();
         let mut node = Children::default();
-        node.spawn_node(store.addr(1), ("gw", "a"), &store.dir, store.pki(), &[])
-            .unwrap();
+        node.spawn_node(
+            store.addr(1),
+            ("gw", "a"),
+            "127.0.0.1",
+            (&store.dir, store.pki()),
+            &[],
+        )
+        .unwrap();
         Fleet { store, echo, node }
     }
 }

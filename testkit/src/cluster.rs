@@ -282,7 +282,7 @@ impl Cluster {
         Ok(path)
     }
 
-    fn member(&self, id: u64) -> &MemberProc {
+    pub fn member(&self, id: u64) -> &MemberProc {
         self.members.iter().find(|m| m.id == id).expect("member id")
     }
 

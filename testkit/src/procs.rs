@@ -6,7 +6,7 @@ use crate::pki::Pki;
 use anyhow::{Context, bail};
 use gw_client::{Identity, TlsArgs};
 use std::io::{BufRead, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -215,8 +215,8 @@ impl Children {
         })
     }
 
-    /// Starts `cmd` as child `name`, its standard error going to `log`.
-    pub fn spawn(&mut self, name: &str, log: &Path, cmd: &mut Command) -> anyhow::Result<()> {
+    /// Starts `cmd` as child `name`, its standard error going to `log`; its process id.
+    pub fn spawn(&mut self, name: &str, log: &Path, cmd: &mut Command) -> anyhow::Result<u32> {
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd
@@ -225,21 +225,22 @@ impl Children {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         die_with_me(&child);
+        let pid = child.id();
         self.0.push((name.to_string(), child));
-        Ok(())
+        Ok(pid)
     }
 
-    /// Starts a gateway node `NAME` of GatewayClass `class` on loopback for the store at `store`, its
-    /// data and log under `dir`, and a node certificate from `pki`; `extra` flags besides (e.g.
-    /// `--mesh`).
+    /// Starts a gateway node `NAME` of GatewayClass `class` bound to `bind` for the store at `store`,
+    /// its data and log under `dir`, and a node certificate from `pki`; `extra` flags besides (e.g.
+    /// `--mesh`). Its admin endpoint's address.
     pub fn spawn_node(
         &mut self,
         store: &str,
         (class, name): (&str, &str),
-        dir: &Path,
-        pki: &Pki,
+        bind: &str,
+        (dir, pki): (&Path, &Pki),
         extra: &[&str],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<SocketAddr> {
         let tls = pki.issue(
             &format!("node-{name}"),
             &Identity::Node {
@@ -247,18 +248,20 @@ impl Children {
                 name: name.into(),
             },
         )?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         self.spawn(
             "gw-node",
             &dir.join(format!("node-{name}.log")),
             Command::new(bin("gw-node")?)
                 .args(TlsArgs::of(&tls).to_args())
                 .args(["--store", store, "--gateway-class", class])
-                .args(["--bind-address", "127.0.0.1", "--node-name", name])
-                .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+                .args(["--bind-address", bind, "--node-name", name])
+                .args(["--admin", &admin.to_string()])
                 .arg("--data-dir")
                 .arg(dir.join(format!("node-{name}")))
                 .args(extra),
-        )
+        )?;
+        Ok(admin)
     }
 
     /// Starts a one-member store with its API on `addr` (Raft on a free port beside it), its data and
@@ -282,6 +285,7 @@ impl Children {
         if let Some(k) = kube {
             cmd.args(["--kube-listen", k]);
         }
-        self.spawn("gw-api-server", &dir.join("store.log"), &mut cmd)
+        self.spawn("gw-api-server", &dir.join("store.log"), &mut cmd)?;
+        Ok(())
     }
 }
