@@ -109,6 +109,28 @@ where
     Ok(sender)
 }
 
+/// A new HTTP/1.1 connection to `endpoint`, over TLS if `tls`.
+async fn new_http1(
+    endpoint: SocketAddr,
+    tls: Option<&TlsTarget>,
+) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    match tls {
+        None => http1_over(dial(endpoint).await?, endpoint).await,
+        Some(t) => http1_over(dial_tls(endpoint, t).await?, endpoint).await,
+    }
+}
+
+/// A new HTTP/2 connection to `endpoint`, over TLS if `tls`.
+async fn new_http2(
+    endpoint: SocketAddr,
+    tls: Option<&TlsTarget>,
+) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    match tls {
+        None => http2_over(dial(endpoint).await?, endpoint).await,
+        Some(t) => http2_over(dial_tls(endpoint, t).await?, endpoint).await,
+    }
+}
+
 /// What an upstream's TLS setting asks of a connection: plaintext, TLS, or nothing at all.
 fn tls_of(upstream: &Upstream) -> Result<Option<&TlsTarget>, UpstreamError> {
     match &upstream.tls {
@@ -195,11 +217,9 @@ impl Upstreams {
                 None => break,
             }
         }
-        let endpoint = key.0;
-        match tls {
-            None => http1_over(dial(endpoint).await?, endpoint).await,
-            Some(t) => http1_over(dial_tls(endpoint, t).await?, endpoint).await,
-        }
+        // Boxed: dialling (the TLS handshake above all) makes a future of kilobytes, which every
+        // request's future would otherwise carry, and copy, though most of them find a pooled connection.
+        Box::pin(new_http1(key.0, tls)).await
     }
 
     /// HTTP/1.1; the connection returns to the pool when the response body is complete.
@@ -263,11 +283,8 @@ impl Upstreams {
         {
             return Ok(s.clone());
         }
-        let endpoint = key.0;
-        let mut sender = match tls {
-            None => http2_over(dial(endpoint).await?, endpoint).await?,
-            Some(t) => http2_over(dial_tls(endpoint, t).await?, endpoint).await?,
-        };
+        // Boxed, as for HTTP/1.1.
+        let mut sender = Box::pin(new_http2(key.0, tls)).await?;
         sender
             .ready()
             .await
