@@ -455,6 +455,83 @@ pub struct PropagationArgs {
     /// `MESH_SERVICE_IP`), served by one `gw-node --mesh`.
     #[arg(long, conflicts_with = "nodes")]
     pub mesh: bool,
+    /// HTTPRoutes in the table besides the one changed (`bg-N`: a path each, ten to a hostname).
+    #[arg(long, default_value_t = 0)]
+    pub routes: usize,
+}
+
+/// Background route `i` of `bench propagation --routes`: host `h{i/10}.bg.example`, path `/r{i}`.
+fn background_route(i: usize, parent: &serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": format!("bg-{i}"), "namespace": "prop"},
+           "spec": {"parentRefs": [parent], "hostnames": [format!("h{}.bg.example", i / 10)],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/r{i}")}}],
+                               "backendRefs": [{"name": "echo", "port": 80}]}]}})
+}
+
+/// Mean microseconds of `n` requests for `host` and `path`, one after another on one keep-alive
+/// connection to `node` (`None` if one is not a 200).
+async fn request_cost(node: std::net::SocketAddr, host: &str, path: &str, n: usize) -> Option<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut s = BufReader::new(tokio::net::TcpStream::connect(node).await.ok()?);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let t0 = Instant::now();
+    for _ in 0..n {
+        s.get_mut().write_all(req.as_bytes()).await.ok()?;
+        let (mut line, mut length, mut ok) = (String::new(), 0usize, false);
+        loop {
+            line.clear();
+            s.read_line(&mut line).await.ok()?;
+            if line.starts_with("HTTP/1.1 ") {
+                ok = line.starts_with("HTTP/1.1 200");
+            } else if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().ok()?;
+            } else if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        s.read_exact(&mut body).await.ok()?;
+        if !ok {
+            return None;
+        }
+    }
+    Some(t0.elapsed().as_secs_f64() * 1e6 / n as f64)
+}
+
+/// A node's `gw_node_table_compile_seconds` (sum, count), from its `/metrics`.
+async fn compile_seconds(admin: std::net::SocketAddr) -> Option<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("gw_node_table_compile_seconds_sum")?,
+        value("gw_node_table_compile_seconds_count")?,
+    ))
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// The clusterIP of the Service whose mesh route `bench propagation --mesh` changes.
@@ -592,7 +669,9 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     } else {
         a.nodes.clone()
     };
+    let mut node_procs = Vec::new();
     for ip in &nodes {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tls = pki.issue(
             &format!("node-{ip}"),
             &gw_client::Identity::Node {
@@ -609,17 +688,20 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
                 "prop",
                 "--bind-address",
                 &ip.to_string(),
+                "--admin",
+                &admin.to_string(),
             ])
             .arg("--data-dir")
             .arg(dir.path().join(format!("node-{ip}")));
         if a.mesh {
             cmd.arg("--mesh");
         }
-        children.spawn(
+        let pid = children.spawn(
             "gw-node",
             &dir.path().join(format!("node-{ip}.log")),
             &mut cmd,
         )?;
+        node_procs.push((pid, admin));
     }
     let (parent, service_ip, listen_port) = if a.mesh {
         (
@@ -654,6 +736,44 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
             dir.path().display()
         ))
     })?;
+    let mut cost_before = None;
+    if a.routes > 0 {
+        // The background routes, 500 to an apply.
+        cost_before = request_cost(addrs[0], "prop.example", "/", 2000).await;
+        let t0 = Instant::now();
+        let all: Vec<usize> = (0..a.routes).collect();
+        for chunk in all.chunks(500) {
+            let docs = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, i)| bench_document(k + 1, background_route(*i, &parent)))
+                .collect();
+            client.apply(docs, false).await?;
+        }
+        let applied = t0.elapsed();
+        // The changed route at a generation of its own: served once the nodes have compiled
+        // everything before it (and written the routes' statuses, each one a write of its own).
+        let settled = a.applies as u64 + 1;
+        client
+            .apply(vec![generation_route(settled as usize, &parent)], false)
+            .await?;
+        wait_all(settled, Duration::from_secs(600))
+            .await
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "the nodes did not serve the background routes within 600 s (logs in {})",
+                    dir.path().display()
+                ))
+            })?;
+        eprintln!(
+            "applied {} background routes in {applied:?}; served by every node after {:?}",
+            a.routes,
+            t0.elapsed()
+        );
+    }
+    let compiles_before =
+        futures::future::join_all(node_procs.iter().map(|(_, admin)| compile_seconds(*admin)))
+            .await;
     let (mut propagation, mut acks) = (Vec::new(), Vec::new());
     for generation in 1..=a.applies {
         let t0 = Instant::now();
@@ -661,11 +781,11 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
             .apply(vec![generation_route(generation, &parent)], false)
             .await?;
         acks.push(t0.elapsed().as_secs_f64() * 1e3);
-        let took = wait_all(generation as u64, Duration::from_secs(10))
+        let took = wait_all(generation as u64, Duration::from_secs(60))
             .await
             .ok_or_else(|| {
                 Error::Usage(format!(
-                    "generation {generation} not served by every node within 10 s"
+                    "generation {generation} not served by every node within 60 s"
                 ))
             })?;
         propagation.push(took.as_secs_f64() * 1e3);
@@ -697,9 +817,46 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
         "| apply latency (for reference) | {} | {a50:.2} | | {a99:.2} | |",
         a.applies
     );
+    // The table's size and what it costs the first node: compilations while timing, memory, and
+    // requests one after another (before the background routes, when there are some, and after).
+    let compiles_after = compile_seconds(node_procs[0].1).await;
+    let compile_ms = match (&compiles_before[0], compiles_after) {
+        (Some((s0, n0)), Some((s1, n1))) if n1 > *n0 => Some((s1 - s0) / (n1 - n0) * 1e3),
+        _ => None,
+    };
+    let rss = rss_mib(node_procs[0].0);
+    let cost = request_cost(addrs[0], "prop.example", "/", 2000).await;
+    let last = a.routes.saturating_sub(1);
+    let deep = if a.routes > 0 {
+        request_cost(
+            addrs[0],
+            &format!("h{}.bg.example", last / 10),
+            &format!("/r{last}"),
+            2000,
+        )
+        .await
+    } else {
+        None
+    };
+    let show =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    println!();
+    println!(
+        "| routes in the table | mean compile ms | node RSS MiB | request µs (prop.example), before → after | request µs (last background route) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} → {} | {} |",
+        a.routes + 1,
+        show(compile_ms, 2),
+        show(rss, 1),
+        show(cost_before, 1),
+        show(cost, 1),
+        show(deep, 1),
+    );
     println!(
         "JSON: {}",
-        json!({"bench": "propagation", "mesh": a.mesh, "nodes": nodes.len(), "applies": a.applies, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "apply_p50_ms": a50, "apply_p99_ms": a99})
+        json!({"bench": "propagation", "mesh": a.mesh, "nodes": nodes.len(), "applies": a.applies, "routes": a.routes + 1, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "apply_p50_ms": a50, "apply_p99_ms": a99, "compile_mean_ms": compile_ms, "node_rss_mib": rss, "request_us_before": cost_before, "request_us": cost, "request_us_last_background": deep})
     );
     drop(children);
     Ok(())
@@ -717,6 +874,9 @@ pub struct RegionsArgs {
     /// Milliseconds to wait between two operations (0: back to back).
     #[arg(long, default_value_t = 0)]
     pub pause_ms: u64,
+    /// Also a non-voting learner per region (a regional read replica), and reads from it.
+    #[arg(long)]
+    pub learners: bool,
 }
 
 /// Sorted milliseconds of `n` runs of `op`, `pause` apart.
@@ -738,12 +898,12 @@ where
     Ok(v)
 }
 
-/// `gwadm bench regions`: a store with one member per region of a simulated WAN (user-space delays,
-/// `gw_testkit::wan`), a client and a gateway node in each region talking to its own member from their
-/// own addresses. Times applies acknowledged (from the leader's region, to the leader) against the
-/// floor — the round trip from the leader to the nearest majority —, each region's node serving the
-/// change after the acknowledgement, and linearizable (ReadIndex) and serializable reads in every
-/// region.
+/// `gwadm bench regions`: a store with one member (and, with `--learners`, one learner) per region of
+/// a simulated WAN (user-space delays, `gw_testkit::wan`), a client and a gateway node in each region
+/// talking to its own member from their own addresses. Times applies acknowledged (from the leader's
+/// region, to the leader) against the floor — the round trip from the leader to the nearest majority
+/// —, each region's node serving the change after the acknowledgement, and linearizable (ReadIndex)
+/// and serializable reads in every region, from its member and its learner.
 pub async fn regions(a: RegionsArgs) -> Result<()> {
     use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
     use gw_testkit::procs::{Children, bin, free_port};
@@ -763,8 +923,37 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
         }),
         ..Default::default()
     };
-    let cluster = Cluster::start(regions.len() as u64, opts)?;
+    let mut cluster = Cluster::start(regions.len() as u64, opts)?;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    // Learners: member n+1+i in region i, added through the leader.
+    let mut learners = Vec::new();
+    if a.learners {
+        let admin = Client::new(
+            &[cluster.addr(leader).to_string()],
+            Duration::from_secs(30),
+            &Dialer::new(cluster.pki().admin_security()),
+        )?;
+        for (i, region) in regions.iter().enumerate() {
+            let id = (regions.len() + 1 + i) as u64;
+            let (addr, peer_addr) = cluster.add_process_in(id, region)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cluster.member_status(id).await.is_none() {
+                if Instant::now() > deadline {
+                    return Err(Error::Usage(format!("learner {id} did not start")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            admin
+                .add_learner(pb::AddLearnerRequest {
+                    id,
+                    addr,
+                    region: region.clone(),
+                    peer_addr,
+                })
+                .await?;
+            learners.push(id);
+        }
+    }
     let leader_region = regions[leader as usize - 1].clone();
     let mut to_others: Vec<Duration> = regions
         .iter()
@@ -776,7 +965,7 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
     // The leader and the nearest `majority - 1` others.
     let majority = regions.len() / 2 + 1;
     let floor_ms = 2.0 * to_others[majority - 2].as_secs_f64() * 1e3;
-    let mut clients = Vec::new();
+    let (mut clients, mut learner_clients) = (Vec::new(), Vec::new());
     for (i, region) in regions.iter().enumerate() {
         let ip: std::net::IpAddr = format!("127.65.{run}.{}", i + 1)
             .parse()
@@ -784,6 +973,9 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
         wan.place(ip, region);
         let dialer = Dialer::new(cluster.pki().admin_security()).source(Some(ip));
         clients.push(connect(&dialer, cluster.addr(i as u64 + 1)).await?);
+        if let Some(id) = learners.get(i) {
+            learner_clients.push(connect(&dialer, cluster.addr(*id)).await?);
+        }
     }
     // A gateway node in every region, reaching the store from its own address there (`--region`: it
     // watches its region's member), and an echo backend behind the route they serve.
@@ -885,24 +1077,27 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
         Some(floor_ms),
     ));
     for (i, region) in regions.iter().enumerate() {
-        for serializable in [false, true] {
-            let c = clients[i].clone();
-            let reads = timed(a.ops, pause, |_| {
-                let mut c = c.clone();
-                async move { get(&mut c, "regions", serializable).await }
-            })
-            .await?;
-            let kind = if serializable {
-                "serializable read"
-            } else {
-                "linearizable read"
-            };
-            let role = if i as u64 + 1 == leader {
-                "leader"
-            } else {
-                "follower"
-            };
-            rows.push((format!("{kind} ({role})"), region.clone(), reads, None));
+        let role = if i as u64 + 1 == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        let mut members = vec![(role, clients[i].clone())];
+        members.extend(learner_clients.get(i).map(|c| ("learner", c.clone())));
+        for (role, c) in members {
+            for serializable in [false, true] {
+                let reads = timed(a.ops, pause, |_| {
+                    let mut c = c.clone();
+                    async move { get(&mut c, "regions", serializable).await }
+                })
+                .await?;
+                let kind = if serializable {
+                    "serializable read"
+                } else {
+                    "linearizable read"
+                };
+                rows.push((format!("{kind} ({role})"), region.clone(), reads, None));
+            }
         }
     }
     println!(

@@ -51,6 +51,8 @@ pub struct Cluster {
     pki: Pki,
     /// The WAN's ingress proxies (API and Raft transport of every member), when there is one.
     _ingresses: Vec<Ingress>,
+    /// The WAN and the members' address prefix, when there is one.
+    wan: Option<(WanLayout, String)>,
 }
 
 /// Options for starting a cluster.
@@ -85,6 +87,29 @@ const WAN_TIMING: [&str; 4] = ["--heartbeat-ms", "600", "--election-timeout-ms",
 pub struct WanLayout {
     pub wan: Wan,
     pub regions: Vec<String>,
+}
+
+impl WanLayout {
+    /// Places a member at `host` in `region`, its API and Raft transport (`targets`) behind ingresses
+    /// of that region (kept in `ingresses`): the addresses to advertise.
+    fn place_member(
+        &self,
+        host: &str,
+        region: &str,
+        targets: (&str, &str),
+        ingresses: &mut Vec<Ingress>,
+    ) -> anyhow::Result<(String, String)> {
+        self.wan.place(host.parse()?, region);
+        let mut through = |target: &str| -> anyhow::Result<String> {
+            let ingress = self
+                .wan
+                .ingress("127.0.0.1:0".parse()?, region, target.parse()?)?;
+            let addr = ingress.addr.to_string();
+            ingresses.push(ingress);
+            Ok(addr)
+        };
+        Ok((through(targets.0)?, through(targets.1)?))
+    }
 }
 
 impl std::fmt::Debug for WanLayout {
@@ -127,18 +152,12 @@ impl Cluster {
                 bail!("a WAN needs ip_prefix and one region per member");
             }
             for (i, (api, peer)) in addrs.iter().enumerate() {
-                let region = &layout.regions[i];
-                layout.wan.place(host(i as u64 + 1).parse()?, region);
-                let mut through = |target: &str| -> anyhow::Result<String> {
-                    let ingress =
-                        layout
-                            .wan
-                            .ingress("127.0.0.1:0".parse()?, region, target.parse()?)?;
-                    let addr = ingress.addr.to_string();
-                    ingresses.push(ingress);
-                    Ok(addr)
-                };
-                advertised[i] = (through(api)?, through(peer)?);
+                advertised[i] = layout.place_member(
+                    &host(i as u64 + 1),
+                    &layout.regions[i],
+                    (api, peer),
+                    &mut ingresses,
+                )?;
             }
         }
         let peers = advertised
@@ -159,6 +178,7 @@ impl Cluster {
             members: vec![],
             pki,
             _ingresses: ingresses,
+            wan: opts.wan.clone().zip(opts.ip_prefix.clone()),
         };
         for (i, (addr, peer_addr)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
@@ -335,6 +355,24 @@ impl Cluster {
         self.add_member(id, addr.clone(), peer_addr.clone(), args, vec![])?;
         self.spawn(id)?;
         Ok((addr, peer_addr))
+    }
+
+    /// Starts member `id` in `region` of the cluster's WAN, not part of the membership (to be added
+    /// with add-learner): at its own address of the WAN's prefix, reached through ingresses of its
+    /// region like the others. Its advertised API and Raft addresses.
+    pub fn add_process_in(&mut self, id: u64, region: &str) -> anyhow::Result<(String, String)> {
+        let (layout, prefix) = self.wan.clone().context("the cluster has no WAN")?;
+        let host = format!("{prefix}{id}");
+        let addr = format!("{host}:{}", free_port());
+        let peer_addr = format!("{host}:{}", free_port());
+        let advertised =
+            layout.place_member(&host, region, (&addr, &peer_addr), &mut self._ingresses)?;
+        let mut args = vec!["--region".to_string(), region.to_string()];
+        args.extend(WAN_TIMING.map(String::from));
+        self.add_member(id, addr, peer_addr, args, vec![])?;
+        self.member_mut(id).reach = advertised.0.clone();
+        self.spawn(id)?;
+        Ok(advertised)
     }
 
     /// SIGKILL: the process dies at once, with whatever it had not synced.

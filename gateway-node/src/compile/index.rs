@@ -159,11 +159,12 @@ impl<'a> Index<'a> {
 
     /// Every object of one kind, oldest first, then by `namespace/name` (the Gateway API's tie-break).
     pub fn of_kind(&self, group: &str, kind: &str) -> Vec<(&'a ObjectKey, &'a Arc<Value>, Meta)> {
+        // Keys order by group, then kind: one range of the map holds the kind.
         let mut v: Vec<_> = self
             .snap
             .objects
-            .iter()
-            .filter(|(k, _)| k.group == group && k.kind == kind)
+            .range(ObjectKey::new(group, kind, "", "")..)
+            .take_while(|(k, _)| k.group == group && k.kind == kind)
             .map(|(k, o)| (k, o, Meta::of(o)))
             .collect();
         v.sort_by(|a, b| {
