@@ -73,15 +73,20 @@ fn demo_documents(port: u16, backends: &[(&str, SocketAddr)]) -> Result<Vec<pb::
             "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}],
         }));
     }
-    Ok(out
+    Ok(documents(out, "gwadm up"))
+}
+
+/// Documents to apply, numbered from 1 in `source`.
+fn documents(values: Vec<Value>, source: &str) -> Vec<pb::Document> {
+    values
         .into_iter()
         .enumerate()
         .map(|(i, v)| pb::Document {
             json: v.to_string(),
-            source: "gwadm up".into(),
+            source: source.into(),
             index: i as u32 + 1,
         })
-        .collect())
+        .collect()
 }
 
 pub async fn run(a: UpArgs) -> Result<()> {

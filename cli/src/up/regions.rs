@@ -7,7 +7,6 @@
 
 use crate::error::{Error, Result};
 use gw_client::{Client, Dialer};
-use gw_proto as pb;
 use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
 use gw_testkit::procs::{Children, bin, free_port};
 use gw_testkit::wan::{Matrix, Wan};
@@ -131,16 +130,12 @@ pub async fn run(wan_spec: &str, port: u16, dir: &Path) -> Result<()> {
         Duration::from_secs(20),
         &Dialer::new(cluster.pki().admin_security()),
     )?;
-    let documents = config(port, &regions)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| pb::Document {
-            json: v.to_string(),
-            source: "gwadm up --wan".into(),
-            index: i as u32 + 1,
-        })
-        .collect();
-    let resp = client.apply(documents, false).await?;
+    let resp = client
+        .apply(
+            super::documents(config(port, &regions), "gwadm up --wan"),
+            false,
+        )
+        .await?;
     eprintln!("applied the demo config (revision {})", resp.revision);
     for r in &regions {
         super::wait_until_served(r.node, "/", &format!("node-{}.log", r.name)).await?;
