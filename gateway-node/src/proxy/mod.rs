@@ -245,6 +245,8 @@ impl Proxy {
         let protocol = target.upstream.protocol;
         if let Some(r) = record {
             r.backend = Some(target.upstream.id.clone());
+            // The endpoint tried first; the one that answered replaces it.
+            r.endpoint = Some(target.upstream.endpoint(target.endpoint).0.to_string());
             if let Some(c) = &session {
                 r.session = Some(access_log::session_hash(&c.token.session));
                 r.affinity = Some(c.decision);
@@ -296,7 +298,7 @@ impl Proxy {
         .await;
         let mut resp = match sent {
             Ok((endpoint, r)) => {
-                if let Some(rec) = record {
+                if let Some(rec) = record.as_mut().filter(|_| endpoint != target.endpoint) {
                     rec.endpoint = Some(target.upstream.endpoint(endpoint).0.to_string());
                 }
                 r
