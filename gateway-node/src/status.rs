@@ -145,11 +145,9 @@ pub async fn run(
             next_renew = Instant::now() + RENEW_EVERY;
         }
         if writer.load(Ordering::Relaxed) {
-            let (snap, statuses) = {
-                let d = desired.borrow_and_update();
-                (d.0.clone(), d.1.clone())
-            };
-            let updates = diff(&statuses, &snap);
+            // The shared pair, not a copy of its statuses (thousands of them for as many routes).
+            let d = desired.borrow_and_update().clone();
+            let updates = diff(&d.1, &d.0);
             for batch in updates.chunks(BATCH) {
                 if let Err(e) = client.update_status(batch.to_vec()).await {
                     tracing::warn!(error = %e, "status update failed");

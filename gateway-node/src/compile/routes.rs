@@ -51,7 +51,7 @@ pub struct RouteInput<'a> {
     pub meta: Meta,
     pub parent_refs: Vec<ParentReference>,
     pub hostnames: Vec<String>,
-    pub previous_status: Value,
+    pub previous_status: &'a Value,
 }
 
 /// Processes every HTTPRoute and GRPCRoute, oldest first; returns the desired route statuses.
@@ -77,7 +77,7 @@ pub fn process(
                             meta,
                             parent_refs: spec.parent_refs,
                             hostnames: spec.hostnames,
-                            previous_status: obj.get("status").cloned().unwrap_or(Value::Null),
+                            previous_status: &obj["status"],
                         },
                         c,
                     )
@@ -93,7 +93,7 @@ pub fn process(
                             meta,
                             parent_refs: spec.parent_refs,
                             hostnames: spec.hostnames,
-                            previous_status: obj.get("status").cloned().unwrap_or(Value::Null),
+                            previous_status: &obj["status"],
                         },
                         c,
                     )
@@ -241,20 +241,19 @@ pub fn attach(
         })
         .unwrap_or_default();
     for (pr, accepted, resolved) in ours {
+        let pr = serde_json::to_value(&pr).unwrap_or(Value::Null);
         let prev = r.previous_status["parents"]
             .as_array()
             .and_then(|ps| {
-                ps.iter().find(|p| {
-                    p["controllerName"] == controller
-                        && p["parentRef"] == serde_json::to_value(&pr).unwrap_or(Value::Null)
-                })
+                ps.iter()
+                    .find(|p| p["controllerName"] == controller && p["parentRef"] == pr)
             })
-            .map(|p| p["conditions"].clone())
-            .unwrap_or(Value::Null);
+            .map(|p| &p["conditions"])
+            .unwrap_or(&Value::Null);
         parents.push(json!({
             "parentRef": pr,
             "controllerName": controller,
-            "conditions": render(&[accepted, resolved], &prev, r.meta.generation, now_ms),
+            "conditions": render(&[accepted, resolved], prev, r.meta.generation, now_ms),
         }));
     }
     Some(json!({ "parents": parents }))

@@ -94,7 +94,7 @@ pub fn process(
                 meta,
                 parent_refs,
                 hostnames,
-                previous_status: obj.get("status").cloned().unwrap_or(Value::Null),
+                previous_status: &obj["status"],
             };
             let attachment = Attachment {
                 ref_error: ref_error.as_ref(),
