@@ -8,6 +8,7 @@ use gw_testkit::cluster::Cluster;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 const HISTORY: u64 = 20;
 
@@ -34,7 +35,20 @@ async fn python_watch_stream_resumes_and_relists() {
         .map_while(Result::ok)
     {
         match line.as_str() {
-            "STOP 1" => c.stop(1),
+            "STOP 1" => {
+                // The script writes through member 2 next: once it follows a live leader (a write
+                // during the election would get a 503, which this script does not retry).
+                c.stop(1);
+                let leader = c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while c.member_status(2).await.map(|s| s.leader) != Some(leader) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "member 2 never followed {leader}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             "START 1" => c.spawn(1).unwrap(),
             _ => {
                 out.push(line);
