@@ -186,15 +186,21 @@ impl Tiers {
             return Some(r.start + rr % r.len());
         }
         let usable = |i: usize| Some(i) != exclude && !self.health[i].ejected(now_ms);
-        let healthy: Vec<usize> = (0..TIERS)
-            .map(|t| self.range(t).filter(|&i| usable(i)).count())
-            .collect();
+        let healthy: [usize; TIERS] =
+            std::array::from_fn(|t| self.range(t).filter(|&i| usable(i)).count());
         if healthy.iter().all(|&h| h == 0) {
-            // Every endpoint ejected: try them all (but the excluded one).
-            let candidates: Vec<usize> = (0..n).filter(|&i| Some(i) != exclude).collect();
-            return (!candidates.is_empty()).then(|| candidates[rr % candidates.len()]);
+            // Every endpoint ejected: try them all (but the excluded one), in turn.
+            let others = n - usize::from(exclude.is_some_and(|x| x < n));
+            if others == 0 {
+                return None;
+            }
+            let k = rr % others;
+            return Some(match exclude {
+                Some(x) if k >= x => k + 1,
+                _ => k,
+            });
         }
-        let totals: Vec<usize> = (0..TIERS).map(|t| self.range(t).len()).collect();
+        let totals: [usize; TIERS] = std::array::from_fn(|t| self.range(t).len());
         let t = spill(&totals, &healthy, draw);
         let r = self.range(t);
         let (start, len) = (r.start, r.len());
