@@ -5,14 +5,14 @@
 use crate::access_log::AccessLog;
 use crate::admin::{self, NodeState};
 use crate::compile::mesh::{MESH_CONTROLLER, MeshOptions};
-use crate::compile::{Addressing, CompileOptions, compile};
+use crate::compile::{Addressing, CompileOptions, Memo, Statuses, compile_with};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry;
 use crate::server::{Limits, Sockets};
 use crate::session::{SessionOptions, Sessions};
 use crate::snapshot::Snapshot;
-use crate::status::{self, Statuses};
+use crate::status;
 use crate::table::{Health, Locality, Placement, RoutingTable};
 use crate::watcher::{self, WatchHealth};
 use anyhow::Context;
@@ -410,9 +410,10 @@ async fn compile_loop(
     template: CompileOptions,
     table: Arc<ArcSwap<RoutingTable>>,
     mut sockets: Sockets,
-    desired: watch::Sender<Arc<(Arc<Snapshot>, Statuses)>>,
+    desired: watch::Sender<status::Desired>,
     state: Arc<NodeState>,
 ) {
+    let mut memo = Some(Memo::default());
     loop {
         let snap = rx.borrow_and_update().clone();
         let opts = CompileOptions {
@@ -420,13 +421,17 @@ async fn compile_loop(
             ..template.clone()
         };
         let s2 = snap.clone();
+        let mut kept = memo.take().unwrap_or_default();
         let timed = move || {
             let start = Instant::now();
-            (compile(&s2, &opts), start.elapsed())
+            let c = compile_with(&s2, &opts, &mut kept);
+            (c, kept, start.elapsed())
         };
+        // A compilation that panicked leaves nothing kept: the next one starts from scratch.
         let compiled = match tokio::task::spawn_blocking(timed).await {
-            Ok((c, took)) => {
+            Ok((c, kept, took)) => {
                 state.metrics.compile_seconds.observe(took.as_secs_f64());
+                memo = Some(kept);
                 Ok(c)
             }
             Err(e) => Err(e),

@@ -8,13 +8,13 @@
 
 #![allow(clippy::disallowed_methods)] // runtime: the lease is timed on this node's monotonic clock
 
-use crate::compile::DesiredStatus;
+use crate::compile::Statuses;
 use crate::snapshot::Snapshot;
 use gw_client::{Client, clock, object_ref};
 use gw_model::ObjectKey;
 use gw_model::registry::{self, StatusWriterLease};
 use gw_proto as pb;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +25,6 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Most status updates per request.
 const BATCH: usize = 100;
-
-pub type Statuses = BTreeMap<ObjectKey, DesiredStatus>;
 
 struct Lease {
     /// The GatewayClass (the lease's name).
@@ -102,26 +100,79 @@ impl Lease {
     }
 }
 
-/// The status updates that make the committed statuses equal the desired ones.
-pub fn diff(desired: &Statuses, snap: &Snapshot) -> Vec<pb::StatusUpdate> {
-    desired
-        .iter()
-        .filter_map(|(key, d)| {
-            let current = snap.objects.get(key)?;
-            if current.get("status") == Some(&d.status)
-                || current["metadata"]["uid"] != d.uid.as_str()
-            {
-                return None;
+/// The desired statuses with the committed objects they are compared with.
+pub type Desired = Arc<(Arc<Snapshot>, Statuses)>;
+
+/// Compares desired statuses with committed ones, each time only where either changed since the
+/// last comparison (both keep their `Arc`s where unchanged), and where the last comparison found a
+/// difference: thousands of routes are not compared again on every revision.
+#[derive(Default)]
+pub struct Differ {
+    last: Option<Desired>,
+    /// Keys found different last time (written since, or not).
+    unsettled: BTreeSet<Arc<ObjectKey>>,
+}
+
+impl Differ {
+    /// Forgets what was compared: the next diff compares every status.
+    pub fn reset(&mut self) {
+        *self = Differ::default();
+    }
+
+    /// The status updates that make the committed statuses equal the desired ones.
+    pub fn diff(&mut self, now: &Desired) -> Vec<pb::StatusUpdate> {
+        let (snap, desired) = (&now.0, &now.1);
+        let candidates: Vec<Arc<ObjectKey>> = match self.last.take() {
+            None => desired.keys().cloned().collect(),
+            Some(last) => {
+                let mut keys = std::mem::take(&mut self.unsettled);
+                keys.extend(changed(&last.1, desired));
+                let objects = snap.changes(&last.0);
+                keys.extend(
+                    objects.filter_map(|(k, _)| desired.get_key_value(k).map(|e| e.0.clone())),
+                );
+                keys.into_iter().collect()
             }
-            Some(pb::StatusUpdate {
-                target: Some(object_ref(key)),
+        };
+        let mut out = Vec::new();
+        for key in candidates {
+            let (Some(d), Some(current)) = (desired.get(&key), snap.objects.get(&*key)) else {
+                continue;
+            };
+            // Equal, or the object was replaced since this status was compiled for it.
+            if current.get("status") == Some(&*d.status) || current["metadata"]["uid"] != *d.uid {
+                continue;
+            }
+            out.push(pb::StatusUpdate {
+                target: Some(object_ref(&key)),
                 status_json: d.status.to_string(),
-                expected_uid: d.uid.clone(),
+                expected_uid: d.uid.to_string(),
                 expected_generation: d.generation,
                 expected_resource_version: 0,
-            })
-        })
-        .collect()
+            });
+            self.unsettled.insert(key);
+        }
+        self.last = Some(now.clone());
+        out
+    }
+}
+
+/// The keys whose desired status differs in `now` from `before` (or is new). Both in key order,
+/// walked side by side; an entry kept from one compilation to the next has the same `Arc`s.
+fn changed<'a>(
+    before: &'a Statuses,
+    now: &'a Statuses,
+) -> impl Iterator<Item = Arc<ObjectKey>> + 'a {
+    let mut old = before.iter().peekable();
+    now.iter().filter_map(move |(k, d)| {
+        if !old.peek().is_some_and(|(o, _)| Arc::ptr_eq(o, k)) {
+            while old.next_if(|(o, _)| ***o < **k).is_some() {}
+        }
+        match old.next_if(|(o, _)| ***o == **k) {
+            Some((_, was)) if *was == *d => None,
+            _ => Some(k.clone()),
+        }
+    })
 }
 
 /// Runs the election and, while elected, writes statuses whenever they differ.
@@ -129,7 +180,7 @@ pub async fn run(
     client: Client,
     node_name: String,
     gateway_class: String,
-    mut desired: watch::Receiver<Arc<(Arc<Snapshot>, Statuses)>>,
+    mut desired: watch::Receiver<Desired>,
     writer: Arc<AtomicBool>,
 ) {
     let mut lease = Lease {
@@ -139,15 +190,20 @@ pub async fn run(
         renewed: None,
     };
     let mut next_renew = Instant::now();
+    let mut differ = Differ::default();
     loop {
         if Instant::now() >= next_renew {
-            writer.store(lease.step(&client).await, Ordering::Relaxed);
+            let elected = lease.step(&client).await;
+            // Newly elected: compare everything (another writer wrote meanwhile).
+            if !writer.swap(elected, Ordering::Relaxed) {
+                differ.reset();
+            }
             next_renew = Instant::now() + RENEW_EVERY;
         }
         if writer.load(Ordering::Relaxed) {
             // The shared pair, not a copy of its statuses (thousands of them for as many routes).
             let d = desired.borrow_and_update().clone();
-            let updates = diff(&d.1, &d.0);
+            let updates = differ.diff(&d);
             for batch in updates.chunks(BATCH) {
                 if let Err(e) = client.update_status(batch.to_vec()).await {
                     tracing::warn!(error = %e, "status update failed");
@@ -155,5 +211,73 @@ pub async fn run(
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), desired.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::DesiredStatus;
+    use serde_json::{Value, json};
+
+    fn route(name: &str) -> ObjectKey {
+        ObjectKey::new("gateway.networking.k8s.io", "HTTPRoute", "ns", name)
+    }
+
+    fn object(uid: &str, status: Value) -> Arc<Value> {
+        Arc::new(json!({"metadata": {"uid": uid}, "status": status}))
+    }
+
+    fn desired(uid: &str, status: Value) -> DesiredStatus {
+        DesiredStatus {
+            status: Arc::new(status),
+            generation: 1,
+            uid: uid.into(),
+        }
+    }
+
+    fn targets(updates: &[pb::StatusUpdate]) -> Vec<String> {
+        updates
+            .iter()
+            .map(|u| u.target.as_ref().unwrap().name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_diff_writes_what_differs_and_compares_again_only_what_changed() {
+        let mut snap = Snapshot::default();
+        snap.objects
+            .insert(route("a"), object("ua", json!({"x": 1})));
+        snap.objects
+            .insert(route("b"), object("ub", json!({"x": 1})));
+        snap.objects
+            .insert(route("c"), object("uc", json!({"x": 1})));
+        let mut want = Statuses::new();
+        want.insert(Arc::new(route("a")), desired("ua", json!({"x": 1})));
+        want.insert(Arc::new(route("b")), desired("ub", json!({"x": 2})));
+        // Replaced since it was compiled: not written.
+        want.insert(Arc::new(route("c")), desired("old", json!({"x": 2})));
+        // Gone from the store: nothing to write.
+        want.insert(Arc::new(route("d")), desired("ud", json!({"x": 2})));
+        let pair =
+            |snap: &Snapshot, want: &Statuses| Arc::new((Arc::new(snap.clone()), want.clone()));
+        let mut differ = Differ::default();
+        assert_eq!(targets(&differ.diff(&pair(&snap, &want))), ["b"]);
+        // The write failed: still different, still written.
+        assert_eq!(targets(&differ.diff(&pair(&snap, &want))), ["b"]);
+
+        // The committed status of `a` changes (another writer), `b`'s write lands: `a` is compared
+        // again and written back; `b` agrees.
+        snap.objects
+            .insert(route("a"), object("ua", json!({"x": 9})));
+        snap.objects
+            .insert(route("b"), object("ub", json!({"x": 2})));
+        assert_eq!(targets(&differ.diff(&pair(&snap, &want))), ["a"]);
+        // The desired status of `b` changes: `b` is compared again.
+        want.insert(Arc::new(route("b")), desired("ub", json!({"x": 3})));
+        assert_eq!(targets(&differ.diff(&pair(&snap, &want))), ["a", "b"]);
+        // Elected anew: everything is compared again.
+        differ.reset();
+        assert_eq!(targets(&differ.diff(&pair(&snap, &want))), ["a", "b"]);
     }
 }

@@ -117,6 +117,7 @@ impl ListenerTable {
 }
 
 /// An index by hostname: exact names, then wildcards (most characters first), then "any".
+#[derive(Clone)]
 pub struct HostIndex<T> {
     exact: HashMap<String, T>,
     /// `(".suffix", T)`, longest suffix first.
@@ -156,7 +157,37 @@ impl<T> HostIndex<T> {
             };
             return &mut self.wildcard[pos].1;
         }
-        self.exact.entry(pattern.to_string()).or_insert_with(init)
+        // Most calls find the name (one per route of a hostname): no key to build for those.
+        if !self.exact.contains_key(pattern) {
+            self.exact.insert(pattern.to_string(), init());
+        }
+        self.exact.get_mut(pattern).expect("inserted above")
+    }
+
+    /// The entry for a hostname pattern, if it has one.
+    pub fn get_mut(&mut self, pattern: &str) -> Option<&mut T> {
+        if pattern.is_empty() {
+            return self.any.as_mut();
+        }
+        match pattern.strip_prefix('*') {
+            Some(suffix) => self
+                .wildcard
+                .iter_mut()
+                .find(|(s, _)| s == suffix)
+                .map(|(_, t)| t),
+            None => self.exact.get_mut(pattern),
+        }
+    }
+
+    /// Removes the entry for a hostname pattern.
+    pub fn remove(&mut self, pattern: &str) {
+        if pattern.is_empty() {
+            self.any = None;
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            self.wildcard.retain(|(s, _)| s != suffix);
+        } else {
+            self.exact.remove(pattern);
+        }
     }
 
     /// Entries whose pattern matches `host`, most specific first.

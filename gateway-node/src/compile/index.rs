@@ -159,12 +159,8 @@ impl<'a> Index<'a> {
 
     /// Every object of one kind, oldest first, then by `namespace/name` (the Gateway API's tie-break).
     pub fn of_kind(&self, group: &str, kind: &str) -> Vec<(&'a ObjectKey, &'a Arc<Value>, Meta)> {
-        // Keys order by group, then kind: one range of the map holds the kind.
         let mut v: Vec<_> = self
-            .snap
-            .objects
-            .range(ObjectKey::new(group, kind, "", "")..)
-            .take_while(|(k, _)| k.group == group && k.kind == kind)
+            .range_of_kind(group, kind)
             .map(|(k, o)| (k, o, Meta::of(o)))
             .collect();
         v.sort_by(|a, b| {
@@ -175,6 +171,22 @@ impl<'a> Index<'a> {
             ))
         });
         v
+    }
+
+    /// Every object of one kind, by key.
+    pub fn range_of_kind<'k>(
+        &self,
+        group: &'k str,
+        kind: &'k str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)> + 'k
+    where
+        'a: 'k,
+    {
+        // Keys order by group, then kind: one range of the map holds the kind.
+        self.snap
+            .objects
+            .range(ObjectKey::new(group, kind, "", "")..)
+            .take_while(move |(k, _)| k.group == group && k.kind == kind)
     }
 
     /// A namespace's labels; Kubernetes (1.22+) labels every namespace with its own name, so a

@@ -58,24 +58,103 @@ pub struct CompileOptions {
 /// A status the store should hold, with the preconditions of the write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredStatus {
-    pub status: Value,
+    /// Shared with the compilation kept for the next one (see `Memo`).
+    pub status: Arc<Value>,
     pub generation: i64,
-    pub uid: String,
+    pub uid: Arc<str>,
 }
+
+impl DesiredStatus {
+    pub fn new(status: Value, meta: index::Meta) -> DesiredStatus {
+        DesiredStatus {
+            status: Arc::new(status),
+            generation: meta.generation,
+            uid: meta.uid.into(),
+        }
+    }
+}
+
+/// The status every object should have, by key (shared with what a compilation keeps: copying one
+/// costs two reference counts, not a copy of the key).
+pub type Statuses = BTreeMap<Arc<ObjectKey>, DesiredStatus>;
 
 pub struct Compiled {
     pub table: RoutingTable,
-    pub statuses: BTreeMap<ObjectKey, DesiredStatus>,
+    pub statuses: Statuses,
 }
 
 /// The GatewayClass annotation that, set to `"true"`, has its nodes add the revision of the routing
 /// table that served each response as the `gw-revision` header.
 pub const REVISION_HEADER_ANNOTATION: &str = "gw.dev/revision-header";
 
-/// Compiles one revision.
+/// What a compilation keeps for the next one: each HTTPRoute's and GRPCRoute's compiled rules, where
+/// they went and their status, with the inputs they came from. The next compilation compiles again
+/// only the routes whose objects changed, as long as every other object and the options (the clock
+/// aside) are the same; when anything else changed, it compiles every route.
+#[derive(Default)]
+pub struct Memo {
+    /// The options and every other object, as the kept routes were compiled with them (holding the
+    /// objects also keeps their addresses from being reused by new ones).
+    inputs: Option<(CompileOptions, Vec<Arc<Value>>)>,
+    routes: routes::Kept,
+}
+
+impl Memo {
+    /// Drops the kept routes unless everything they were compiled from, but their own objects, is
+    /// unchanged.
+    fn check(&mut self, snap: &Snapshot, opts: &CompileOptions) {
+        let others = || {
+            snap.objects
+                .iter()
+                .filter(|(k, _)| {
+                    !(k.group == GATEWAY_GROUP && routes::MEMOIZED.contains(&k.kind.as_str()))
+                })
+                .map(|(_, o)| o)
+        };
+        let same = self.inputs.as_ref().is_some_and(|(o, objects)| {
+            same_but_clock(o, opts)
+                && others()
+                    .map(Arc::as_ptr)
+                    .eq(objects.iter().map(Arc::as_ptr))
+        });
+        if !same {
+            self.routes.clear();
+            self.inputs = Some((opts.clone(), others().cloned().collect()));
+        }
+    }
+}
+
+/// Whether two option sets compile alike, whatever their clocks.
+fn same_but_clock(a: &CompileOptions, b: &CompileOptions) -> bool {
+    let CompileOptions {
+        controller_name,
+        gateway_class,
+        addressing,
+        now_ms: _,
+        fault_exact_as_prefix,
+        mesh,
+        placement,
+    } = a;
+    *controller_name == b.controller_name
+        && *gateway_class == b.gateway_class
+        && *addressing == b.addressing
+        && *fault_exact_as_prefix == b.fault_exact_as_prefix
+        && *mesh == b.mesh
+        && placement.locality == b.placement.locality
+        && Arc::ptr_eq(&placement.health, &b.placement.health)
+}
+
+/// Compiles one revision from scratch.
 pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
+    compile_with(snap, opts, &mut Memo::default())
+}
+
+/// Compiles one revision, reusing what `memo` kept of the last one (and keeping this one's).
+pub fn compile_with(snap: &Snapshot, opts: &CompileOptions, memo: &mut Memo) -> Compiled {
+    memo.check(snap, opts);
     let idx = Index::new(snap);
-    let mut statuses = BTreeMap::new();
+    // Besides the routes' kept statuses: in order (a later status for a key replaces an earlier one).
+    let mut statuses = Vec::new();
     let mut class_accepted = false;
     let mut revision_header = false;
     for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, "GatewayClass") {
@@ -106,14 +185,10 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
             "conditions".into(),
             render(&[cond], &prev["conditions"], meta.generation, opts.now_ms),
         );
-        statuses.insert(
-            key.clone(),
-            DesiredStatus {
-                status: Value::Object(status),
-                generation: meta.generation,
-                uid: meta.uid,
-            },
-        );
+        statuses.push((
+            Arc::new(key.clone()),
+            DesiredStatus::new(Value::Object(status), meta),
+        ));
     }
 
     let mut gateways = match &opts.mesh {
@@ -125,7 +200,14 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         opts.placement.clone(),
     );
     let policies = sessions::policy_statuses(&idx, &opts.controller_name, opts.now_ms);
-    let routes = routes::process(&idx, &mut gateways, &mut upstreams, opts);
+    routes::process(
+        &idx,
+        &mut gateways,
+        &mut upstreams,
+        opts,
+        &mut memo.routes,
+        &mut statuses,
+    );
     if opts.mesh.is_some() {
         mesh::default_routes(&idx, &mut gateways, &mut upstreams);
     }
@@ -135,16 +217,10 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         opts.now_ms,
         &tls_policy_users(&gateways),
     );
-    for (key, status, meta) in routes.into_iter().chain(policies).chain(tls_policies) {
-        statuses.insert(
-            key,
-            DesiredStatus {
-                status,
-                generation: meta.generation,
-                uid: meta.uid,
-            },
-        );
-    }
+    let others = policies.into_iter().chain(tls_policies);
+    statuses.extend(
+        others.map(|(key, status, meta)| (Arc::new(key), DesiredStatus::new(status, meta))),
+    );
     for g in &gateways {
         let status = if g.is_service() {
             let Some(service) = snap.objects.get(&g.key) else {
@@ -157,21 +233,22 @@ pub fn compile(snap: &Snapshot, opts: &CompileOptions) -> Compiled {
         } else {
             gateways::status(g, opts.now_ms)
         };
-        statuses.insert(
-            g.key.clone(),
-            DesiredStatus {
-                status,
-                generation: g.meta.generation,
-                uid: g.meta.uid.clone(),
-            },
-        );
+        statuses.push((
+            Arc::new(g.key.clone()),
+            DesiredStatus::new(status, g.meta.clone()),
+        ));
     }
     let mut table = build_table(snap.revision, gateways);
     table.revision_header = revision_header;
     if opts.mesh.is_some() {
         table.callers = mesh::callers(snap);
     }
-    Compiled { table, statuses }
+    let mut all = memo.routes.statuses.clone();
+    all.extend(statuses);
+    Compiled {
+        table,
+        statuses: all,
+    }
 }
 
 /// The Gateways whose routes send to a Service port with a BackendTLSPolicy, by policy

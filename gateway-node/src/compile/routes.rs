@@ -2,17 +2,17 @@
 //! listeners (sectionName, port, allowed namespaces and kinds, hostname intersection), and their
 //! `status.parents`.
 
-use super::CompileOptions;
 use super::backends::{RefError, Referrer, Upstreams};
 use super::conditions::{Cond, render};
 use super::gateways::{GatewayCtx, ListenerCtx};
 use super::index::{Index, Meta, typed};
 use super::sessions::{RuleRef, session_config};
+use super::{CompileOptions, DesiredStatus, Statuses};
 use crate::hostname;
 use crate::table::{
-    BackendEntry, BackendTarget, Backends, Filters, HeaderMod, MatchEntry, PathMatch, PathModifier,
-    Precedence, Redirect, RequestMatcher, Rewrite, RouteInfo, RuleAction, Timeouts, ValueMatch,
-    full_match_regex,
+    BackendEntry, BackendTarget, Backends, Filters, HeaderMod, HostIndex, MatchEntry, PathMatch,
+    PathModifier, Precedence, Redirect, RequestMatcher, Rewrite, RouteInfo, RuleAction, Timeouts,
+    ValueMatch, full_match_regex,
 };
 use gw_model::ObjectKey;
 use gw_model::duration;
@@ -25,6 +25,7 @@ use gw_model::kinds::GATEWAY_GROUP;
 use gw_model::route::{BackendRef, HeaderModifier, ParentReference};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 mod l4;
@@ -54,82 +55,247 @@ pub struct RouteInput<'a> {
     pub previous_status: &'a Value,
 }
 
-/// Processes every HTTPRoute and GRPCRoute, oldest first; returns the desired route statuses.
+/// The kinds whose compilations are kept (`Kept`): they read every other object, and nothing
+/// else reads them.
+pub const MEMOIZED: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
+
+/// What one compilation keeps of HTTPRoutes and GRPCRoutes for the next. Valid only while every other
+/// object and the options are unchanged (`super::Memo` checks that and clears it otherwise): then a
+/// route whose object is the same `Arc` compiles to the same entries, placements and status.
+#[derive(Default)]
+pub struct Kept {
+    routes: BTreeMap<ObjectKey, Memoized>,
+    /// The kept routes' desired statuses.
+    pub statuses: Statuses,
+    /// Every listener's route entries (by gateway, then listener) as the kept routes left them.
+    placed: Option<Vec<Vec<Placed>>>,
+}
+
+impl Kept {
+    pub fn clear(&mut self) {
+        self.routes.clear();
+        self.statuses.clear();
+        self.placed = None;
+    }
+}
+
+/// A listener's HTTP route entries and its count of attached routes.
+#[derive(Clone)]
+struct Placed {
+    routes: HostIndex<Vec<Arc<MatchEntry>>>,
+    consumers: HashMap<String, HostIndex<Vec<Arc<MatchEntry>>>>,
+    attached: u32,
+}
+
+/// One route's compilation (its status aside): its match entries (hostname independent) and where
+/// they were placed (gateway and listener indices, hostname patterns).
+struct Memoized {
+    obj: Arc<Value>,
+    namespace: String,
+    entries: Vec<Arc<MatchEntry>>,
+    placements: Vec<((usize, usize), Vec<String>)>,
+}
+
+impl Memoized {
+    /// Puts the route's entries on the listeners that accepted it, each in precedence order.
+    fn place(&self, gateways: &mut [GatewayCtx]) {
+        for ((g, l), patterns) in &self.placements {
+            let l = &mut gateways[*g].listeners[*l];
+            l.attached += 1;
+            let routes = route_groups(l, &self.namespace);
+            for host in patterns {
+                let group = routes.entry(host, Vec::new);
+                for e in &self.entries {
+                    let at = group.partition_point(|x| x.precedence <= e.precedence);
+                    group.insert(at, e.clone());
+                }
+            }
+        }
+    }
+
+    /// Takes the route's entries off the listeners `place` put them on.
+    fn unplace(&self, gateways: &mut [GatewayCtx]) {
+        for ((g, l), patterns) in &self.placements {
+            let l = &mut gateways[*g].listeners[*l];
+            l.attached -= 1;
+            let routes = route_groups(l, &self.namespace);
+            for host in patterns {
+                let Some(group) = routes.get_mut(host) else {
+                    continue;
+                };
+                group.retain(|x| !self.entries.iter().any(|e| Arc::ptr_eq(e, x)));
+                if group.is_empty() {
+                    routes.remove(host);
+                }
+            }
+            l.consumers.retain(|_, c| c.values().next().is_some());
+        }
+    }
+}
+
+/// Where a route's entries go on a listener: on a mesh Service port, a route of another namespace
+/// than the Service's is a consumer route, for the callers of its own namespace only.
+fn route_groups<'l>(
+    l: &'l mut ListenerCtx,
+    route_ns: &str,
+) -> &'l mut HostIndex<Vec<Arc<MatchEntry>>> {
+    let consumer = l
+        .service_namespace
+        .as_ref()
+        .is_some_and(|ns| ns != route_ns);
+    if consumer {
+        l.consumers.entry(route_ns.to_string()).or_default()
+    } else {
+        &mut l.routes
+    }
+}
+
+/// Processes every HTTPRoute and GRPCRoute (their desired statuses kept in `kept.statuses`), then the
+/// layer-4 routes (theirs added to `out`). What `kept` holds is reused: a route whose object has not
+/// changed is not compiled again, and when the listeners' entries were kept too, only the changed
+/// routes' entries are taken off and put back.
 pub fn process(
     idx: &Index<'_>,
     gateways: &mut [GatewayCtx],
     upstreams: &mut Upstreams,
     opts: &CompileOptions,
-) -> Vec<(ObjectKey, Value, Meta)> {
+    kept: &mut Kept,
+    out: &mut Vec<(Arc<ObjectKey>, DesiredStatus)>,
+) {
     let (controller, now_ms) = (opts.controller_name.as_str(), opts.now_ms);
-    let mut out = Vec::new();
-    for kind in ["HTTPRoute", "GRPCRoute"] {
-        for (key, obj, meta) in idx.of_kind(GATEWAY_GROUP, kind) {
-            let (input, compiled) = match kind {
-                "HTTPRoute" => {
-                    let Some(spec) = typed::<HttpRouteSpec>(obj, Some("spec")) else {
-                        continue;
-                    };
-                    let c = compile_http(idx, upstreams, &meta, &spec, opts.fault_exact_as_prefix);
-                    (
-                        RouteInput {
-                            key,
-                            meta,
-                            parent_refs: spec.parent_refs,
-                            hostnames: spec.hostnames,
-                            previous_status: &obj["status"],
-                        },
-                        c,
-                    )
+    // The same options and objects make the same listeners: the kept entries fit them.
+    let patching = match kept.placed.take() {
+        Some(placed) => {
+            for (g, placed) in gateways.iter_mut().zip(placed) {
+                for (l, p) in g.listeners.iter_mut().zip(placed) {
+                    (l.routes, l.consumers, l.attached) = (p.routes, p.consumers, p.attached);
                 }
-                _ => {
-                    let Some(spec) = typed::<GrpcRouteSpec>(obj, Some("spec")) else {
-                        continue;
-                    };
-                    let c = compile_grpc(idx, upstreams, &meta, &spec);
-                    (
-                        RouteInput {
-                            key,
-                            meta,
-                            parent_refs: spec.parent_refs,
-                            hostnames: spec.hostnames,
-                            previous_status: &obj["status"],
-                        },
-                        c,
-                    )
-                }
-            };
-            let attachment = Attachment {
-                ref_error: compiled.ref_error.as_ref(),
-                unsupported: compiled.unsupported.as_deref(),
-                refused: None,
-            };
-            let mut place = |l: &mut ListenerCtx, patterns: &[String]| {
-                place_rules(l, patterns, &compiled, &input.meta)
-            };
-            if let Some(status) = attach(
-                idx,
-                gateways,
-                &input,
-                &attachment,
-                &mut place,
-                controller,
-                now_ms,
-            ) {
-                out.push((key.clone(), status, input.meta));
             }
+            true
+        }
+        None => false,
+    };
+    let (mut changed, mut stale) = (Vec::new(), Vec::new());
+    for kind in MEMOIZED {
+        // The kept routes and the snapshot's, both in key order, walked side by side.
+        let mut walk = kept
+            .routes
+            .range(ObjectKey::new(GATEWAY_GROUP, kind, "", "")..)
+            .take_while(|(k, _)| k.group == GATEWAY_GROUP && k.kind == kind)
+            .peekable();
+        for (key, obj) in idx.range_of_kind(GATEWAY_GROUP, kind) {
+            // The same `Arc` is the same key: compare keys only where the two walks part.
+            if !walk.peek().is_some_and(|(_, m)| Arc::ptr_eq(&m.obj, obj)) {
+                while let Some((gone, _)) = walk.next_if(|(k, _)| *k < key) {
+                    stale.push(gone.clone());
+                }
+            }
+            if let Some((_, m)) = walk.next_if(|(_, m)| Arc::ptr_eq(&m.obj, obj)) {
+                if !patching {
+                    m.place(gateways);
+                }
+                continue;
+            }
+            if let Some((k, _)) = walk.next_if(|(k, _)| *k == key) {
+                stale.push(k.clone());
+            }
+            changed.push((key, obj));
+        }
+        stale.extend(walk.map(|(k, _)| k.clone()));
+    }
+    for key in stale {
+        kept.statuses.remove(&key);
+        if let Some(m) = kept.routes.remove(&key)
+            && patching
+        {
+            m.unplace(gateways);
         }
     }
-    out.extend(l4::process(idx, gateways, upstreams, controller, now_ms));
-    for g in gateways.iter_mut() {
-        for l in g.listeners.iter_mut() {
-            let consumer_groups = l.consumers.values_mut().flat_map(|c| c.values_mut());
-            for group in l.routes.values_mut().chain(consumer_groups) {
-                group.sort_by(|a, b| a.precedence.cmp(&b.precedence));
-            }
+    for (key, obj) in changed {
+        let Some((m, status)) = compile_route(idx, gateways, upstreams, opts, key, obj) else {
+            continue;
+        };
+        m.place(gateways);
+        if let Some(status) = status {
+            kept.statuses.insert(Arc::new(key.clone()), status);
         }
+        kept.routes.insert(key.clone(), m);
     }
-    out
+    kept.placed = Some(
+        gateways
+            .iter()
+            .map(|g| {
+                g.listeners
+                    .iter()
+                    .map(|l| Placed {
+                        routes: l.routes.clone(),
+                        consumers: l.consumers.clone(),
+                        attached: l.attached,
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    let l4 = l4::process(idx, gateways, upstreams, controller, now_ms);
+    out.extend(
+        l4.into_iter()
+            .map(|(k, status, meta)| (Arc::new(k), DesiredStatus::new(status, meta))),
+    );
+}
+
+/// Compiles one HTTPRoute or GRPCRoute and finds the listeners that accept it, without placing it
+/// (`Memoized::place` does); with its status, if it names a parent this node serves. `None` for an
+/// object that does not parse as its kind.
+fn compile_route(
+    idx: &Index<'_>,
+    gateways: &mut [GatewayCtx],
+    upstreams: &mut Upstreams,
+    opts: &CompileOptions,
+    key: &ObjectKey,
+    obj: &Arc<Value>,
+) -> Option<(Memoized, Option<DesiredStatus>)> {
+    let meta = Meta::of(obj);
+    let (parent_refs, hostnames, compiled) = if key.kind == "GRPCRoute" {
+        let spec = typed::<GrpcRouteSpec>(obj, Some("spec"))?;
+        let c = compile_grpc(idx, upstreams, &meta, &spec);
+        (spec.parent_refs, spec.hostnames, c)
+    } else {
+        let spec = typed::<HttpRouteSpec>(obj, Some("spec"))?;
+        let c = compile_http(idx, upstreams, &meta, &spec, opts.fault_exact_as_prefix);
+        (spec.parent_refs, spec.hostnames, c)
+    };
+    let input = RouteInput {
+        key,
+        meta,
+        parent_refs,
+        hostnames,
+        previous_status: &obj["status"],
+    };
+    let attachment = Attachment {
+        ref_error: compiled.ref_error.as_ref(),
+        unsupported: compiled.unsupported.as_deref(),
+        refused: None,
+    };
+    let mut placements = Vec::new();
+    let mut place = |_: &mut ListenerCtx, at: (usize, usize), patterns: &[String]| {
+        placements.push((at, patterns.to_vec()));
+    };
+    let status = attach(
+        idx,
+        gateways,
+        &input,
+        &attachment,
+        &mut place,
+        &opts.controller_name,
+        opts.now_ms,
+    );
+    let m = Memoized {
+        obj: obj.clone(),
+        entries: match_entries(&compiled, &input.meta),
+        namespace: input.meta.namespace.clone(),
+        placements,
+    };
+    Some((m, status.map(|s| DesiredStatus::new(s, input.meta))))
 }
 
 /// What a route's attachment needs to know of its compiled rules.
@@ -142,40 +308,29 @@ pub struct Attachment<'a> {
     pub refused: Option<&'a str>,
 }
 
-/// Puts a route's rules on a listener that accepted it, under each of the hostname patterns.
-pub type Place<'p> = dyn FnMut(&mut ListenerCtx, &[String]) + 'p;
+/// Notes a listener that accepted a route (its gateway's and its own index) and the hostname
+/// patterns to place the route's rules under; the listener's `attached` count is the caller's.
+pub type Place<'p> = dyn FnMut(&mut ListenerCtx, (usize, usize), &[String]) + 'p;
 
-/// An HTTPRoute's or GRPCRoute's rules, placed on a listener under each hostname pattern; on a mesh
-/// Service port, a route of another namespace than the Service's is a consumer route, for the callers
-/// of its own namespace only.
-fn place_rules(l: &mut ListenerCtx, patterns: &[String], compiled: &CompiledRoute, meta: &Meta) {
-    let consumer = l
-        .service_namespace
-        .as_ref()
-        .is_some_and(|ns| *ns != meta.namespace);
-    let routes = if consumer {
-        l.consumers.entry(meta.namespace.clone()).or_default()
-    } else {
-        &mut l.routes
-    };
-    for host in patterns {
-        let group = routes.entry(host, Vec::new);
-        for (ri, rule) in compiled.rules.iter().enumerate() {
-            for (mi, (m, class)) in rule.matchers.iter().enumerate() {
-                group.push(Arc::new(MatchEntry {
-                    matcher: m.clone(),
-                    action: rule.action.clone(),
-                    precedence: Precedence {
-                        class: class.clone(),
-                        created_ms: meta.created_ms,
-                        route: meta.id(),
-                        rule: ri,
-                        index: mi,
-                    },
-                }));
-            }
+/// One entry per match of each rule of a route, in rule order.
+fn match_entries(compiled: &CompiledRoute, meta: &Meta) -> Vec<Arc<MatchEntry>> {
+    let mut out = Vec::new();
+    for (ri, rule) in compiled.rules.iter().enumerate() {
+        for (mi, (m, class)) in rule.matchers.iter().enumerate() {
+            out.push(Arc::new(MatchEntry {
+                matcher: m.clone(),
+                action: rule.action.clone(),
+                precedence: Precedence {
+                    class: class.clone(),
+                    created_ms: meta.created_ms,
+                    route: meta.id(),
+                    rule: ri,
+                    index: mi,
+                },
+            }));
         }
     }
+    out
 }
 
 /// Attaches a route to the listeners its parentRefs select (`place` puts it on each); returns its
@@ -194,7 +349,7 @@ pub fn attach(
     for pr in &r.parent_refs {
         // A Gateway this node serves, or a Service of the mesh a mesh node serves.
         let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
-        let Some(g) = gateways.iter_mut().find(|g| {
+        let Some(gi) = gateways.iter().position(|g| {
             g.key.group == pr.group
                 && g.key.kind == pr.kind
                 && g.key.namespace == gw_ns
@@ -204,7 +359,14 @@ pub fn attach(
         };
         let accepted = match compiled.refused {
             Some(why) => Cond::fail("Accepted", "UnsupportedValue", why),
-            None => attach_to_gateway(idx, g, r, compiled.unsupported, pr, place),
+            None => attach_to_gateway(
+                idx,
+                (gi, &mut gateways[gi]),
+                r,
+                compiled.unsupported,
+                pr,
+                place,
+            ),
         };
         let resolved = match compiled.ref_error {
             Some(e) => Cond::fail("ResolvedRefs", e.reason, e.message.clone()),
@@ -263,7 +425,7 @@ pub fn attach(
 /// listener that accepts it.
 fn attach_to_gateway(
     idx: &Index<'_>,
-    g: &mut GatewayCtx,
+    (gi, g): (usize, &mut GatewayCtx),
     r: &RouteInput<'_>,
     unsupported: Option<&str>,
     pr: &ParentReference,
@@ -321,14 +483,12 @@ fn attach_to_gateway(
         return Cond::fail("Accepted", "UnsupportedValue", why);
     }
     for (i, hosts) in attached {
-        let l = &mut g.listeners[i];
-        l.attached += 1;
         let patterns: Vec<String> = if hosts.is_empty() {
             vec![String::new()]
         } else {
             hosts
         };
-        place(l, &patterns);
+        place(&mut g.listeners[i], (gi, i), &patterns);
     }
     Cond::ok("Accepted", "Accepted", "accepted by the gateway")
 }

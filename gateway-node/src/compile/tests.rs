@@ -2,7 +2,7 @@
 //! carry store metadata and CRD defaults), then routing decisions and statuses are checked.
 
 use super::*;
-use crate::table::RequestView;
+use crate::table::{MatchEntry, RequestView};
 use gw_model::{admit, parse_documents};
 use gw_store::state::State;
 use gw_store::types::{Op, Txn};
@@ -28,19 +28,28 @@ fn services(names: &[&str], ns: &str) -> String {
 /// Applies the documents one at a time (so creation order is document order) and returns the snapshot.
 fn snapshot(yaml: &str) -> Snapshot {
     let mut state = State::new(100);
-    for (i, d) in parse_documents("t.yaml", yaml).unwrap().iter().enumerate() {
+    put_all(&mut state, yaml);
+    snapshot_of(&state)
+}
+
+/// Applies the documents one at a time, a second apart.
+fn put_all(state: &mut State, yaml: &str) {
+    for d in parse_documents("t.yaml", yaml).unwrap().iter() {
         let a = admit(d).unwrap_or_else(|e| panic!("{e}"));
         let txn = Txn {
-            time_ms: 1_000 * (i as u64 + 1),
+            time_ms: 1_000 * (state.revision() + 1),
             ops: vec![Op::Put {
                 key: a.key,
                 object: a.object,
                 expected_rv: None,
-                uid: format!("uid-{i}"),
+                uid: format!("uid-{}", state.revision()),
             }],
         };
         state.apply_txn(&txn).0.unwrap();
     }
+}
+
+fn snapshot_of(state: &State) -> Snapshot {
     Snapshot {
         revision: state.revision(),
         objects: state
@@ -88,11 +97,31 @@ fn route_at(
     addr: SocketAddr,
     caller_ns: Option<&str>,
     host: &str,
-    (method, path_and_query, headers): (&str, &str, &[(&str, &str)]),
+    req: (&str, &str, &[(&str, &str)]),
 ) -> String {
-    let Some(sock) = c.table.sockets.get(&addr) else {
+    if !c.table.sockets.contains_key(&addr) {
         return "no socket".into();
-    };
+    }
+    let host = crate::hostname::normalize_host(host);
+    match matched(c, addr, caller_ns, &host, req) {
+        Some(e) => format!(
+            "{}#{}",
+            e.action.route.id.trim_start_matches("HTTPRoute "),
+            e.action.rule_index
+        ),
+        None => "404".into(),
+    }
+}
+
+/// The entry a request to `addr` for `host` (normalized) from a caller of `caller_ns` matches.
+fn matched<'c>(
+    c: &'c Compiled,
+    addr: SocketAddr,
+    caller_ns: Option<&str>,
+    host: &'c str,
+    (method, path_and_query, headers): (&str, &str, &[(&str, &str)]),
+) -> Option<&'c MatchEntry> {
+    let sock = c.table.sockets.get(&addr)?;
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.append(
@@ -111,18 +140,7 @@ fn route_at(
         query,
         headers: &h,
     };
-    let host = crate::hostname::normalize_host(host);
-    match sock
-        .listener_for(&host)
-        .and_then(|l| l.route(&host, &view, caller_ns))
-    {
-        Some(e) => format!(
-            "{}#{}",
-            e.action.route.id.trim_start_matches("HTTPRoute "),
-            e.action.rule_index
-        ),
-        None => "404".into(),
-    }
+    sock.listener_for(host)?.route(host, &view, caller_ns)
 }
 
 fn status_of<'a>(c: &'a Compiled, kind: &str, ns: &str, name: &str) -> &'a Value {
@@ -983,5 +1001,189 @@ fn a_mesh_address_once_recorded_stays_with_its_service() {
         c.table
             .sockets
             .contains_key(&"127.96.0.2:80".parse().unwrap())
+    );
+}
+
+/// Compiles `snap` with `memo` and from scratch; asserts that both give every object the same status
+/// and send each request of `hosts` (`GET /` and `GET /d/x`, port 80) to the same rule.
+fn compile_both(snap: &Snapshot, o: &CompileOptions, memo: &mut Memo, hosts: &[&str]) -> Compiled {
+    let kept = compile_with(snap, o, memo);
+    let fresh = compile(snap, o);
+    assert_eq!(kept.statuses, fresh.statuses);
+    for h in hosts {
+        for path in ["/", "/d/x"] {
+            assert_eq!(
+                route(&kept, 80, h, "GET", path, &[]),
+                route(&fresh, 80, h, "GET", path, &[]),
+                "{h}{path}"
+            );
+        }
+    }
+    kept
+}
+
+/// Whether the rule a request to `host` matches is the very entry it matched in `before` (kept, not
+/// compiled again).
+fn same_entry(before: &Compiled, after: &Compiled, host: &str) -> bool {
+    let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+    let req = ("GET", "/", &[][..]);
+    match (
+        matched(before, addr, None, host, req),
+        matched(after, addr, None, host, req),
+    ) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_compilation_keeps_the_routes_nothing_changed_and_agrees_with_one_from_scratch() {
+    let route_to = |name: &str, host: &str, svc: &str| {
+        http_route(
+            name,
+            "infra",
+            &format!(
+                "  parentRefs: [{{name: gw}}]\n  hostnames: [{host}]\n  rules:\n  - backendRefs: [{{name: {svc}, port: 8080}}]\n"
+            ),
+        )
+    };
+    let hosts = ["a.example", "b.example", "c.example"];
+    let mut state = State::new(100);
+    put_all(
+        &mut state,
+        &format!(
+            "{CLASS}{}{}{}{}{}",
+            gateway("  - {name: http, port: 80, protocol: HTTP}\n"),
+            services(&["v1", "v2"], "infra"),
+            route_to("a", "a.example", "v1"),
+            route_to("b", "b.example", "v2"),
+            http_route(
+                "d",
+                "infra",
+                "  parentRefs: [{name: gw}]\n  hostnames: [a.example]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /d}}]\n    backendRefs: [{name: v1, port: 8080}]\n",
+            ),
+        ),
+    );
+    // The options a node compiles with: one health registry throughout.
+    let o = opts();
+    let mut memo = Memo::default();
+    let first = compile_both(&snapshot_of(&state), &o, &mut memo, &hosts);
+    assert_eq!(route(&first, 80, "a.example", "GET", "/", &[]), "infra/a#0");
+
+    // One route changes, one is added: the other is kept as it was.
+    put_all(
+        &mut state,
+        &format!(
+            "{}{}",
+            route_to("a", "a.example", "v2"),
+            route_to("c", "c.example", "v1")
+        ),
+    );
+    let second = compile_both(&snapshot_of(&state), &o, &mut memo, &hosts);
+    assert!(same_entry(&first, &second, "b.example"));
+    assert!(!same_entry(&first, &second, "a.example"));
+    assert_eq!(
+        route(&second, 80, "a.example", "GET", "/d/x", &[]),
+        "infra/d#0"
+    );
+    assert_eq!(
+        route(&second, 80, "c.example", "GET", "/", &[]),
+        "infra/c#0"
+    );
+
+    // A status written to a route is a change of that route only.
+    let key = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "infra", "b");
+    let status = Op::Status {
+        key: key.clone(),
+        status: (*second.statuses[&key].status).clone(),
+        expected_uid: None,
+        expected_generation: None,
+        expected_rv: None,
+    };
+    let txn = Txn {
+        time_ms: 99_000,
+        ops: vec![status],
+    };
+    state.apply_txn(&txn).0.unwrap();
+    let third = compile_both(&snapshot_of(&state), &o, &mut memo, &hosts);
+    assert!(same_entry(&second, &third, "a.example"));
+    assert!(!same_entry(&second, &third, "b.example"));
+
+    // Anything else changing compiles every route again: v2 gone, its routes' references break.
+    let delete = |kind: &str, name: &str| Op::Delete {
+        key: ObjectKey::new("", kind, "infra", name),
+        expected_rv: None,
+        ignore_missing: false,
+    };
+    let txn = Txn {
+        time_ms: 100_000,
+        ops: vec![delete("Service", "v2")],
+    };
+    state.apply_txn(&txn).0.unwrap();
+    let fourth = compile_both(&snapshot_of(&state), &o, &mut memo, &hosts);
+    assert!(!same_entry(&third, &fourth, "c.example"));
+    assert!(
+        parent_conditions(&fourth, "infra", "b")
+            .contains(&"ResolvedRefs=False/BackendNotFound".to_string())
+    );
+
+    // A route deleted is gone from the table and from what is kept.
+    let txn = Txn {
+        time_ms: 101_000,
+        ops: vec![Op::Delete {
+            key: ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "infra", "c"),
+            expected_rv: None,
+            ignore_missing: false,
+        }],
+    };
+    state.apply_txn(&txn).0.unwrap();
+    let fifth = compile_both(&snapshot_of(&state), &o, &mut memo, &hosts);
+    assert_eq!(route(&fifth, 80, "c.example", "GET", "/", &[]), "404");
+}
+
+#[test]
+fn a_mesh_compilation_keeps_consumer_routes_and_agrees_with_one_from_scratch() {
+    let o = mesh_opts();
+    let mut memo = Memo::default();
+    let snap = mesh_snapshot();
+    let first = compile_with(&snap, &o, &mut memo);
+    let color2: SocketAddr = "127.96.0.2:80".parse().unwrap();
+    let req = ("GET", "/", &[][..]);
+    // A consumer route changes its path, then goes; the other consumer route is kept throughout.
+    let key = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "web", "sneaky");
+    let mut changed = snap.clone();
+    let mut obj = (**changed.objects.get(&key).unwrap()).clone();
+    obj["spec"]["rules"][0]["matches"][0]["path"]["value"] = json!("/elsewhere");
+    changed.objects.insert(key.clone(), Arc::new(obj));
+    let mut deleted = changed.clone();
+    deleted.objects.remove(&key);
+    for s in [&changed, &deleted] {
+        let kept = compile_with(s, &o, &mut memo);
+        let fresh = compile(s, &o);
+        assert_eq!(kept.statuses, fresh.statuses);
+        for (caller, path) in [
+            (Some("web"), "/other"),
+            (Some("web"), "/elsewhere"),
+            (Some("web"), "/"),
+            (None, "/other"),
+        ] {
+            let req = ("GET", path, &[][..]);
+            assert_eq!(
+                route_at(&kept, color2, caller, "whatever", req),
+                route_at(&fresh, color2, caller, "whatever", req),
+                "{caller:?} {path}"
+            );
+        }
+        let (a, b) = (
+            matched(&first, color2, Some("web"), "whatever", req),
+            matched(&kept, color2, Some("web"), "whatever", req),
+        );
+        assert!(a.zip(b).is_some_and(|(a, b)| std::ptr::eq(a, b)));
+    }
+    let last = compile_with(&deleted, &o, &mut memo);
+    let req = ("GET", "/elsewhere", &[][..]);
+    assert_eq!(
+        route_at(&last, color2, Some("web"), "whatever", req),
+        "web/consumer#0"
     );
 }

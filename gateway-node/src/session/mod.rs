@@ -32,7 +32,7 @@ use gw_model::affinity::{self, SessionEntry};
 use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -370,8 +370,20 @@ impl Sessions {
     ) {
         let keys_key = ObjectKey::new("", "Secret", KEYS_NAMESPACE, KEYS_SECRET);
         let mut last_rv = None;
+        // The objects asking for sessions, followed through each snapshot's changes (thousands of
+        // routes are not read again on every revision).
+        let mut users = HashSet::new();
+        let mut before = Arc::new(Snapshot::default());
         loop {
             let snap = config.borrow_and_update().clone();
+            for (key, obj) in snap.changes(&before) {
+                if obj.is_some_and(|o| asks_for_sessions(key, o)) {
+                    users.insert(key.clone());
+                } else {
+                    users.remove(key);
+                }
+            }
+            before = snap.clone();
             match snap.objects.get(&keys_key) {
                 Some(s) => {
                     let rv = s["metadata"]["resourceVersion"].clone();
@@ -386,7 +398,7 @@ impl Sessions {
                         last_rv = Some(rv);
                     }
                 }
-                None if snap.revision > 0 && uses_sessions(&snap) => {
+                None if snap.revision > 0 && !users.is_empty() => {
                     // The leader makes them (once); the watch brings them.
                     if let Err(e) = client.ensure_keys().await {
                         tracing::warn!(error = %e, "cannot create the session keys yet");
@@ -403,15 +415,15 @@ impl Sessions {
     }
 }
 
-/// Whether any route rule or BackendLBPolicy asks for session persistence.
-fn uses_sessions(snap: &Snapshot) -> bool {
-    snap.objects.iter().any(|(k, o)| match k.kind.as_str() {
+/// Whether an object is a route with a rule, or a BackendLBPolicy, that asks for session persistence.
+fn asks_for_sessions(k: &ObjectKey, o: &serde_json::Value) -> bool {
+    match k.kind.as_str() {
         "HTTPRoute" | "GRPCRoute" => o["spec"]["rules"]
             .as_array()
             .is_some_and(|rules| rules.iter().any(|r| !r["sessionPersistence"].is_null())),
         "BackendLBPolicy" => !o["spec"]["sessionPersistence"].is_null(),
         _ => false,
-    })
+    }
 }
 
 fn session_message(cfg: &SessionConfig, t: &Token) -> pb::Session {

@@ -102,7 +102,8 @@ pub fn process(
                 refused: udp.then_some("gw does not serve UDP: UDPRoutes are stored, not served"),
             };
             // The oldest route keeps a server name (TCP: the listener).
-            let mut place = |l: &mut ListenerCtx, patterns: &[String]| {
+            let mut place = |l: &mut ListenerCtx, _: (usize, usize), patterns: &[String]| {
+                l.attached += 1;
                 for host in patterns {
                     l.l4_routes.entry(host, || backends.clone());
                 }
