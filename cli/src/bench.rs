@@ -262,7 +262,8 @@ async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunR
         got
     });
     let mut ack = Vec::with_capacity(n);
-    let mut next = Instant::now();
+    let started = Instant::now();
+    let mut next = started;
     for seq in 0..n {
         tokio::time::sleep_until(next.into()).await;
         next += Duration::from_millis(a.watch_interval_ms);
@@ -282,6 +283,10 @@ async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunR
         ack.push(Instant::now());
     }
     let got = recv.await.map_err(|e| Error::Usage(e.to_string()))?;
+    // Events per second delivered: from the first put sent to the last event received (the puts are
+    // paced, so this is the pace when every event arrives).
+    let last = got.values().max().copied().unwrap_or(started);
+    let elapsed_s = last.saturating_duration_since(started).as_secs_f64();
     let mut lat_us: Vec<f64> = (0..n)
         .filter_map(|s| {
             got.get(&s).map(|r| {
@@ -297,7 +302,7 @@ async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunR
     Ok(RunResult {
         ops: lat_us.len() as u64,
         errors: (n - lat_us.len()) as u64,
-        elapsed_s: 0.0,
+        elapsed_s,
         lat_us,
         load1: load,
     })
