@@ -284,7 +284,9 @@ pub fn kinds(affinity: bool) -> Vec<pb::ObjectRef> {
         .iter()
         .filter(|k| match affinity {
             true => k.group == gw_model::kinds::GW_GROUP && k.kind == gw_model::affinity::KIND,
-            false => !k.is_internal(),
+            // Of gw's own kinds, the kube sync agents' reports: the region of each cluster's
+            // endpoints.
+            false => !k.is_internal() || k.kind == gw_model::registry::REPORT_KIND,
         })
         .map(|k| kind_ref(k.group, k.kind))
         .collect()

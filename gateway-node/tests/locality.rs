@@ -4,12 +4,15 @@
 //! connections, to zone b from the next request on, with no request failing (a refused connection is
 //! retried on another endpoint, and the endpoint ejected); then to eu-west; and back to zone a once an
 //! endpoint there answers again. A session bound to a zone-b endpoint (started through node B, in zone
-//! b) stays on it through node A.
+//! b) stays on it through node A. Zone b's slices name no region: they come from cluster `east`, whose
+//! kube sync agent reports region us-east (the nodes watch the reports).
 
 #![allow(clippy::disallowed_methods)] // a test: it times its own waits
 
 mod support;
 
+use gw_model::kinds::SOURCE_CLUSTER_LABEL;
+use gw_model::registry::KubeSyncReport;
 use gw_testkit::procs::free_port;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,10 +35,14 @@ fn zone_of(pod: &str) -> &str {
 }
 
 /// One EndpointSlice per endpoint (each backend listens on a port of its own), with its zone and
-/// region.
+/// region; zone b's by their source cluster `east` instead.
 fn slice(pod: &str, region: &str, zone: &str, addr: SocketAddr) -> String {
+    let whence = match zone {
+        "b" => format!("{SOURCE_CLUSTER_LABEL}: east"),
+        _ => format!("topology.kubernetes.io/region: {region}"),
+    };
     format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{pod}\n  namespace: web\n  labels: {{kubernetes.io/service-name: web, topology.kubernetes.io/region: {region}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: ['{}'], zone: {zone}, targetRef: {{kind: Pod, name: {pod}}}}}]\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{pod}\n  namespace: web\n  labels: {{kubernetes.io/service-name: web, {whence}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: ['{}'], zone: {zone}, targetRef: {{kind: Pod, name: {pod}}}}}]\n",
         addr.port(),
         addr.ip()
     )
@@ -73,6 +80,11 @@ async fn nearest_zone_first_then_region_then_elsewhere_and_sessions_stay() {
             backends.insert(pod, EchoProc::start(pod, addr).await);
         }
     }
+    let report = KubeSyncReport {
+        region: "us-east".into(),
+        ..Default::default()
+    };
+    yaml.push_str(&format!("---\n{}\n", report.to_object("east")));
     yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: plain, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [plain]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
     yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: sticky, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [sticky]\n  rules: [{sessionPersistence: {sessionName: gw-sess}, backendRefs: [{name: web, port: 8080}]}]\n");
     apply(&s, &store.dir, &yaml);

@@ -60,6 +60,18 @@ pub fn typed<T: DeserializeOwned>(obj: &Value, field: Option<&str>) -> Option<T>
     serde_json::from_value(v).ok()
 }
 
+/// Whether two versions of an object compile alike although they are not the same: a kube sync
+/// agent's report, of which the compiler reads only the region (its heartbeat changes the rest).
+pub fn compiles_alike(a: &Value, b: &Value) -> bool {
+    match (
+        KubeSyncReport::from_object(a),
+        KubeSyncReport::from_object(b),
+    ) {
+        (Some((x, rx)), Some((y, ry))) => x == y && rx.region == ry.region,
+        _ => false,
+    }
+}
+
 /// Whose endpoints a backendRef reaches.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {

@@ -90,7 +90,8 @@ pub const REVISION_HEADER_ANNOTATION: &str = "gw.dev/revision-header";
 /// What a compilation keeps for the next one: each HTTPRoute's and GRPCRoute's compiled rules, where
 /// they went and their status, with the inputs they came from. The next compilation compiles again
 /// only the routes whose objects changed, as long as every other object and the options (the clock
-/// aside) are the same; when anything else changed, it compiles every route.
+/// aside) are the same (or compile alike: `index::compiles_alike`); when anything else changed, it
+/// compiles every route.
 #[derive(Default)]
 pub struct Memo {
     /// The options and every other object, as the kept routes were compiled with them (holding the
@@ -111,14 +112,22 @@ impl Memo {
                 })
                 .map(|(_, o)| o)
         };
-        let same = self.inputs.as_ref().is_some_and(|(o, objects)| {
-            same_but_clock(o, opts)
-                && others()
-                    .map(Arc::as_ptr)
-                    .eq(objects.iter().map(Arc::as_ptr))
+        // Whether every other object is the same (`Some(true)`: alike, some in new `Arc`s).
+        let same = self.inputs.as_ref().and_then(|(o, objects)| {
+            let (mut now, mut kept, mut renewed) = (others(), objects.iter(), false);
+            loop {
+                match (now.next(), kept.next()) {
+                    (None, None) => break same_but_clock(o, opts).then_some(renewed),
+                    (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+                    (Some(a), Some(b)) if index::compiles_alike(a, b) => renewed = true,
+                    _ => break None,
+                }
+            }
         });
-        if !same {
+        if same.is_none() {
             self.routes.clear();
+        }
+        if same != Some(false) {
             self.inputs = Some((opts.clone(), others().cloned().collect()));
         }
     }

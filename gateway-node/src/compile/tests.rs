@@ -1187,3 +1187,37 @@ fn a_mesh_compilation_keeps_consumer_routes_and_agrees_with_one_from_scratch() {
         "web/consumer#0"
     );
 }
+
+#[test]
+fn a_report_heartbeat_keeps_the_routes_and_a_new_region_compiles_them_again() {
+    let yaml = format!(
+        "{CLASS}{}{}{}",
+        gateway("  - {name: http, port: 80, protocol: HTTP}\n"),
+        services(&["v1"], "infra"),
+        http_route(
+            "a",
+            "infra",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: v1, port: 8080}]}]\n"
+        ),
+    );
+    let report = |region: &str, last_contact_ms: u64| {
+        let r = gw_model::registry::KubeSyncReport {
+            region: region.into(),
+            last_contact_ms,
+            ..Default::default()
+        };
+        Arc::new(r.to_object("east"))
+    };
+    let key = gw_model::registry::report_key("east");
+    let mut snap = snapshot(&yaml);
+    snap.objects.insert(key.clone(), report("us-east", 1));
+    let o = opts();
+    let mut memo = Memo::default();
+    let first = compile_both(&snap, &o, &mut memo, &["any.example"]);
+    snap.objects.insert(key.clone(), report("us-east", 2));
+    let heartbeat = compile_both(&snap, &o, &mut memo, &["any.example"]);
+    assert!(same_entry(&first, &heartbeat, "any.example"));
+    snap.objects.insert(key, report("eu-west", 3));
+    let moved = compile_both(&snap, &o, &mut memo, &["any.example"]);
+    assert!(!same_entry(&heartbeat, &moved, "any.example"));
+}
