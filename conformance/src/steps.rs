@@ -29,7 +29,8 @@ const LATEST_GENERATION: Duration = Duration::from_secs(60);
 const MAX_TIME_TO_CONSISTENCY: Duration = Duration::from_secs(30);
 const REQUIRED_CONSECUTIVE_SUCCESSES: u32 = 3;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
-/// Tries of the weighted-distribution check (the Go test retries the whole distribution).
+/// Tries of the weighted-distribution check (the Go test retries the whole distribution), `POLL`
+/// apart.
 const DISTRIBUTION_TRIES: usize = 10;
 
 /// A step that failed: which one, and why.
@@ -1218,6 +1219,10 @@ impl Run<'_> {
                         Ok(()) => return Ok(()),
                         Err(e) => last = e,
                     }
+                    // As after a failed attempt at convergence: a node restarting under faults
+                    // refuses connections for a moment, and ten tries would not outlast it.
+                    self.env.check_alive()?;
+                    tokio::time::sleep(POLL).await;
                 }
                 Err(format!(
                     "{DISTRIBUTION_TRIES} tries of {total_requests} requests to {addr}: {last}"

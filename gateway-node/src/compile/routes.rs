@@ -55,6 +55,25 @@ pub struct RouteInput<'a> {
     pub previous_status: &'a Value,
 }
 
+impl<'a> RouteInput<'a> {
+    /// Route `key`, stored as `obj`.
+    pub fn new(
+        key: &'a ObjectKey,
+        obj: &'a Value,
+        meta: Meta,
+        parent_refs: Vec<ParentReference>,
+        hostnames: Vec<String>,
+    ) -> RouteInput<'a> {
+        RouteInput {
+            key,
+            meta,
+            parent_refs,
+            hostnames,
+            previous_status: &obj["status"],
+        }
+    }
+}
+
 /// The kinds whose compilations are kept (`Kept`): they read every other object, and nothing
 /// else reads them.
 pub const MEMOIZED: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
@@ -264,13 +283,7 @@ fn compile_route(
         let c = compile_http(idx, upstreams, &meta, &spec, opts.fault_exact_as_prefix);
         (spec.parent_refs, spec.hostnames, c)
     };
-    let input = RouteInput {
-        key,
-        meta,
-        parent_refs,
-        hostnames,
-        previous_status: &obj["status"],
-    };
+    let input = RouteInput::new(key, obj, meta, parent_refs, hostnames);
     let attachment = Attachment {
         ref_error: compiled.ref_error.as_ref(),
         unsupported: compiled.unsupported.as_deref(),

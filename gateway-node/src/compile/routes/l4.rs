@@ -89,13 +89,7 @@ pub fn process(
                     &mut ref_error,
                 ))
             };
-            let input = RouteInput {
-                key,
-                meta,
-                parent_refs,
-                hostnames,
-                previous_status: &obj["status"],
-            };
+            let input = RouteInput::new(key, obj, meta, parent_refs, hostnames);
             let attachment = Attachment {
                 ref_error: ref_error.as_ref(),
                 unsupported: None,
