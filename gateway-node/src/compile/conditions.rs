@@ -33,6 +33,17 @@ impl Cond {
     }
 }
 
+/// A JSON object of `fields`, each value moved in (the `json!` macro would copy a `Value` through
+/// serde: a route's whole status, once per compilation).
+pub fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
 /// Renders conditions; a condition whose status is unchanged from `previous` keeps its transition time.
 pub fn render(conds: &[Cond], previous: &Value, generation: i64, now_ms: u64) -> Value {
     let prev = previous.as_array();
@@ -91,16 +102,16 @@ impl<'a> Ancestors<'a> {
             .find(|a| a["controllerName"] == self.controller && a["ancestorRef"] == ancestor_ref)
             .map(|a| a["conditions"].clone())
             .unwrap_or(Value::Null);
-        self.entries.push(json!({
-            "ancestorRef": ancestor_ref,
-            "controllerName": self.controller,
-            "conditions": render(conds, &previous, generation, now_ms),
-        }));
+        self.entries.push(object([
+            ("ancestorRef", ancestor_ref),
+            ("controllerName", self.controller.into()),
+            ("conditions", render(conds, &previous, generation, now_ms)),
+        ]));
     }
 
     /// The status: `{"ancestors": [...]}`.
     pub fn status(self) -> Value {
-        json!({ "ancestors": self.entries })
+        object([("ancestors", Value::Array(self.entries))])
     }
 }
 

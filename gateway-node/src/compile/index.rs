@@ -54,10 +54,11 @@ impl Meta {
 /// were admitted, so this only fails if the store holds something gw did not write.
 pub fn typed<T: DeserializeOwned>(obj: &Value, field: Option<&str>) -> Option<T> {
     let v = match field {
-        Some(f) => obj.get(f)?.clone(),
-        None => obj.clone(),
+        Some(f) => obj.get(f)?,
+        None => obj,
     };
-    serde_json::from_value(v).ok()
+    // From the borrowed value: no copy of it first.
+    T::deserialize(v).ok()
 }
 
 /// Whether two versions of an object compile alike although they are not the same: a kube sync

@@ -3,7 +3,7 @@
 //! `status.parents`.
 
 use super::backends::{RefError, Referrer, Upstreams};
-use super::conditions::{Cond, render};
+use super::conditions::{Cond, object, render};
 use super::gateways::{GatewayCtx, ListenerCtx};
 use super::index::{Index, Meta, typed};
 use super::sessions::{RuleRef, session_config};
@@ -24,7 +24,7 @@ use gw_model::httproute::{
 use gw_model::kinds::GATEWAY_GROUP;
 use gw_model::route::{BackendRef, HeaderModifier, ParentReference};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -425,13 +425,14 @@ pub fn attach(
             })
             .map(|p| &p["conditions"])
             .unwrap_or(&Value::Null);
-        parents.push(json!({
-            "parentRef": pr,
-            "controllerName": controller,
-            "conditions": render(&[accepted, resolved], prev, r.meta.generation, now_ms),
-        }));
+        let conditions = render(&[accepted, resolved], prev, r.meta.generation, now_ms);
+        parents.push(object([
+            ("parentRef", pr),
+            ("controllerName", controller.into()),
+            ("conditions", conditions),
+        ]));
     }
-    Some(json!({ "parents": parents }))
+    Some(object([("parents", Value::Array(parents))]))
 }
 
 /// The Accepted condition of one parentRef to a served Gateway, attaching the route's rules to every
