@@ -1007,11 +1007,22 @@ fn a_mesh_address_once_recorded_stays_with_its_service() {
 /// Compiles `snap` with `memo` and from scratch; asserts that both give every object the same status
 /// and send each request of `hosts` (`GET /` and `GET /d/x`, port 80) to the same rule.
 fn compile_both(snap: &Snapshot, o: &CompileOptions, memo: &mut Memo, hosts: &[&str]) -> Compiled {
+    compile_both_for(snap, o, memo, hosts, &["/", "/d/x"])
+}
+
+/// `compile_both`, with requests for `paths`.
+fn compile_both_for(
+    snap: &Snapshot,
+    o: &CompileOptions,
+    memo: &mut Memo,
+    hosts: &[&str],
+    paths: &[&str],
+) -> Compiled {
     let kept = compile_with(snap, o, memo);
     let fresh = compile(snap, o);
     assert_eq!(kept.statuses, fresh.statuses);
     for h in hosts {
-        for path in ["/", "/d/x"] {
+        for path in paths {
             assert_eq!(
                 route(&kept, 80, h, "GET", path, &[]),
                 route(&fresh, 80, h, "GET", path, &[]),
@@ -1220,4 +1231,106 @@ fn a_report_heartbeat_keeps_the_routes_and_a_new_region_compiles_them_again() {
     snap.objects.insert(key, report("eu-west", 3));
     let moved = compile_both(&snap, &o, &mut memo, &["any.example"]);
     assert!(!same_entry(&heartbeat, &moved, "any.example"));
+}
+
+#[test]
+fn random_changes_compile_alike_kept_and_from_scratch() {
+    // xorshift64: the same sequence on every run.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut draw = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let hosts = ["a.example", "b.example", "x.wild.example", "y.wild.example"];
+    let paths = ["/", "/p0/x", "/p1", "/p2/y"];
+    let o = opts();
+    let mut state = State::new(100);
+    put_all(
+        &mut state,
+        &format!(
+            "{CLASS}{}{}",
+            gateway(
+                "  - {name: http, port: 80, protocol: HTTP}\n  - {name: wild, port: 80, protocol: HTTP, hostname: '*.wild.example'}\n"
+            ),
+            services(&["v1", "v2"], "infra"),
+        ),
+    );
+    let mut memo = Memo::default();
+    let mut last = compile_both_for(&snapshot_of(&state), &o, &mut memo, &hosts, &paths);
+    let route_key = |i: u64| ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", "infra", &format!("r{i}"));
+    for step in 0..300u64 {
+        let time_ms = 1_000_000 + step;
+        match draw(7) {
+            // A route put: hostnames, a listener, a path and a backend (v3 never exists) drawn.
+            0..=2 => {
+                let i = draw(8);
+                let names = ["a.example", "x.wild.example", "*.wild.example"];
+                let host_list: Vec<String> = names
+                    .iter()
+                    .filter(|_| draw(2) == 0)
+                    .map(|h| format!("'{h}'"))
+                    .collect();
+                let section = if draw(3) == 0 {
+                    ", sectionName: wild"
+                } else {
+                    ""
+                };
+                let spec = format!(
+                    "  parentRefs: [{{name: gw{section}}}]\n  hostnames: [{}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /p{}}}}}]\n    backendRefs: [{{name: v{}, port: 8080}}]\n",
+                    host_list.join(", "),
+                    draw(3),
+                    draw(3) + 1
+                );
+                put_all(&mut state, &http_route(&format!("r{i}"), "infra", &spec));
+            }
+            3 => {
+                let txn = Txn {
+                    time_ms,
+                    ops: vec![Op::Delete {
+                        key: route_key(draw(8)),
+                        expected_rv: None,
+                        ignore_missing: true,
+                    }],
+                };
+                state.apply_txn(&txn).0.unwrap();
+            }
+            // A status written, as the status writer would.
+            4 | 5 => {
+                let key = route_key(draw(8));
+                if let Some(d) = last.statuses.get(&key) {
+                    let txn = Txn {
+                        time_ms,
+                        ops: vec![Op::Status {
+                            key,
+                            status: (*d.status).clone(),
+                            expected_uid: Some(d.uid.to_string()),
+                            expected_generation: Some(d.generation),
+                            expected_rv: None,
+                        }],
+                    };
+                    state.apply_txn(&txn).0.unwrap();
+                }
+            }
+            // Service v2 comes or goes: every route compiled again.
+            _ => {
+                let v2 = ObjectKey::new("", "Service", "infra", "v2");
+                if state.objects().any(|(k, _)| *k == v2) {
+                    let txn = Txn {
+                        time_ms,
+                        ops: vec![Op::Delete {
+                            key: v2,
+                            expected_rv: None,
+                            ignore_missing: false,
+                        }],
+                    };
+                    state.apply_txn(&txn).0.unwrap();
+                } else {
+                    put_all(&mut state, &services(&["v2"], "infra"));
+                }
+            }
+        }
+        last = compile_both_for(&snapshot_of(&state), &o, &mut memo, &hosts, &paths);
+    }
 }
