@@ -237,7 +237,7 @@ async fn callers_without_the_right_certificate_are_refused_by_name() {
         "nothing was stored: {listed}"
     );
     // The refusal is counted, by identity and action.
-    let body = c.scrape(1).unwrap();
+    let body = c.scrape(1).await.unwrap();
     assert!(
         body.contains(
             r#"gw_store_permission_denied_total{identity="spiffe://gw/node/gw/a",action="apply"} 1"#

@@ -869,7 +869,7 @@ async fn a_member_exports_raft_rpc_and_storage_metrics() {
     let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, namespace: d}\ndata: {a: 1}\n";
     let o = c.gwadm(c.addr(1), &["apply", "-f", &write(&c.dir, "bad.yaml", bad)]);
     assert!(!o.status.success());
-    let text = c.scrape(1).unwrap();
+    let text = c.scrape(1).await.unwrap();
     let has = |series: &str, min: f64| {
         let v = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
         assert!(v >= min, "{series} = {v}");

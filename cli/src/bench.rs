@@ -508,13 +508,7 @@ async fn request_cost(node: std::net::SocketAddr, host: &str, path: &str, n: usi
 
 /// A node's `gw_node_table_compile_seconds` (sum, count), from its `/metrics`.
 async fn compile_seconds(admin: std::net::SocketAddr) -> Option<(f64, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
+    let text = gw_testkit::procs::scrape(&admin.to_string()).await.ok()?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
@@ -523,6 +517,14 @@ async fn compile_seconds(admin: std::net::SocketAddr) -> Option<(f64, f64)> {
         value("gw_node_table_compile_seconds_sum")?,
         value("gw_node_table_compile_seconds_count")?,
     ))
+}
+
+/// Mean milliseconds of the compilations between two readings of `compile_seconds`.
+fn mean_compile_ms(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64> {
+    match (before, after) {
+        (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => Some((s1 - s0) / (n1 - n0) * 1e3),
+        _ => None,
+    }
 }
 
 /// Resident memory of process `pid`, in MiB.
@@ -677,10 +679,7 @@ async fn full_compile_ms(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    Ok(match (before, compile_seconds(admin).await) {
-        (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => Some((s1 - s0) / (n1 - n0) * 1e3),
-        _ => None,
-    })
+    Ok(mean_compile_ms(before, compile_seconds(admin).await))
 }
 
 /// Waits until the store's applied revision has not moved for `quiet` (polled every 100 ms).
@@ -832,9 +831,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
             t0.elapsed()
         );
     }
-    let compiles_before =
-        futures::future::join_all(node_procs.iter().map(|(_, admin)| compile_seconds(*admin)))
-            .await;
+    let compiles_before = compile_seconds(node_procs[0].1).await;
     let (mut propagation, mut acks) = (Vec::new(), Vec::new());
     for generation in 1..=a.applies {
         let t0 = Instant::now();
@@ -880,11 +877,7 @@ pub async fn propagation(a: PropagationArgs) -> Result<()> {
     );
     // The table's size and what it costs the first node: compilations while timing, memory, and
     // requests one after another (before the background routes, when there are some, and after).
-    let compiles_after = compile_seconds(node_procs[0].1).await;
-    let compile_ms = match (&compiles_before[0], compiles_after) {
-        (Some((s0, n0)), Some((s1, n1))) if n1 > *n0 => Some((s1 - s0) / (n1 - n0) * 1e3),
-        _ => None,
-    };
+    let compile_ms = mean_compile_ms(compiles_before, compile_seconds(node_procs[0].1).await);
     let rss = rss_mib(node_procs[0].0);
     let cost = request_cost(addrs[0], "prop.example", "/", 2000).await;
     let last = a.routes.saturating_sub(1);

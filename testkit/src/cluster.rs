@@ -50,7 +50,7 @@ pub struct Cluster {
     pub members: Vec<MemberProc>,
     pki: Pki,
     /// The WAN's ingress proxies (API and Raft transport of every member), when there is one.
-    _ingresses: Vec<Ingress>,
+    ingresses: Vec<Ingress>,
     /// The WAN and the members' address prefix, when there is one.
     wan: Option<(WanLayout, String)>,
 }
@@ -177,7 +177,7 @@ impl Cluster {
             _tmp: tmp,
             members: vec![],
             pki,
-            _ingresses: ingresses,
+            ingresses,
             wan: opts.wan.clone().zip(opts.ip_prefix.clone()),
         };
         for (i, (addr, peer_addr)) in addrs.iter().enumerate() {
@@ -251,18 +251,13 @@ impl Cluster {
     }
 
     /// A member's `/metrics` (the cluster must have been started with `metrics`).
-    pub fn scrape(&self, id: u64) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
+    pub async fn scrape(&self, id: u64) -> anyhow::Result<String> {
         let addr = self
             .member(id)
             .metrics_addr
             .as_deref()
             .context("the cluster was started without metrics")?;
-        let mut s = std::net::TcpStream::connect(addr)?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
+        crate::procs::scrape(addr).await
     }
 
     /// The cluster's PKI: its CA, the admin's certificate, and more on demand (gateway nodes).
@@ -366,7 +361,7 @@ impl Cluster {
         let addr = format!("{host}:{}", free_port());
         let peer_addr = format!("{host}:{}", free_port());
         let advertised =
-            layout.place_member(&host, region, (&addr, &peer_addr), &mut self._ingresses)?;
+            layout.place_member(&host, region, (&addr, &peer_addr), &mut self.ingresses)?;
         let mut args = vec!["--region".to_string(), region.to_string()];
         args.extend(WAN_TIMING.map(String::from));
         self.add_member(id, addr, peer_addr, args, vec![])?;

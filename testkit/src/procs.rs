@@ -137,6 +137,17 @@ const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
 /// the machine that asks here (parallel test processes), never handed out twice at once. The
 /// reservation is a lock (`flock`) on `$TMPDIR/gw-ports/PORT`, held open until this process exits,
 /// so a crashed process frees its ports; the port must also bind now (something else may use it).
+/// The `/metrics` page served at `addr` (a member's metrics listener, a node's admin listener).
+pub async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
 pub fn free_port() -> u16 {
     static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("gw-ports");
