@@ -5,6 +5,8 @@
 # store). wrk, release build; REPS rounds of DURATION seconds, alternating the two.
 #   bash bench/sessions.sh            # REPS=3 DURATION=10 CONNS=32
 set -euo pipefail
+# Plaintext on loopback, as the proxy bench runs (every gw binary reads GW_INSECURE).
+export GW_INSECURE=true
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${GW_BIN:-$ROOT/target/release}"
 REPS=${REPS:-3} DURATION=${DURATION:-10} CONNS=${CONNS:-32}

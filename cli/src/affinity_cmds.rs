@@ -14,7 +14,9 @@ use serde_json::Value;
 
 #[derive(Debug, Subcommand)]
 pub enum AffinityCommand {
-    /// List sessions (every namespace), optionally only those of one route or policy.
+    /// List sessions (every namespace), optionally only those of one route or policy. IDLE counts
+    /// from the activity recorded in the entry (at its creation, last failover or expiry): later
+    /// activity is committed beside the entry, for expiry, and not shown.
     Ls {
         /// `KIND/NAMESPACE/NAME` (HTTPRoute/default/web), `NAMESPACE/NAME` of an HTTPRoute, or a
         /// BackendLBPolicy as `BackendLBPolicy/NAMESPACE/NAME`.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::disallowed_methods)] // a benchmark: it times what it measures
 
+pub mod sessions;
+
 use crate::error::{Error, Result};
 use gw_client::{Client, Dialer, kind_ref};
 use gw_proto as pb;

@@ -207,6 +207,8 @@ pub enum BenchCommand {
     Propagation(bench::PropagationArgs),
     /// Applies and reads over a simulated WAN, one member per region, against the round-trip floor.
     Regions(bench::RegionsArgs),
+    /// The affinity table at scale: memory per session, config applies with session activity.
+    Sessions(bench::sessions::SessionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +357,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Regions(args),
         } => bench::regions(args).await,
+        Command::Bench {
+            command: BenchCommand::Sessions(args),
+        } => bench::sessions::table(args).await,
         Command::Up(args) => up::run(args).await,
         Command::ReapChildren => {
             tokio::task::spawn_blocking(gw_testkit::procs::reap_children)

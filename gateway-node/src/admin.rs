@@ -98,6 +98,7 @@ impl NodeState {
         let seen = self.watch.seen.load(Ordering::Relaxed).max(served);
         let contact = self.watch.last_contact_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
+        let (affinity_entries, affinity_revision) = self.sessions.view_size();
         json!({
             "node": self.name,
             "gatewayClass": self.gateway_class,
@@ -112,6 +113,8 @@ impl NodeState {
             "watching": self.watch.watching().and_then(|i| self.store.get(i)),
             "msSinceStoreContact": if contact == 0 { serde_json::Value::Null } else { json!(now.saturating_sub(contact)) },
             "statusWriter": self.status_writer.load(Ordering::Relaxed),
+            "affinityEntries": affinity_entries,
+            "affinityRevision": affinity_revision,
             "sockets": *self.sockets.lock().unwrap_or_else(|p| p.into_inner()),
             "failedSockets": *self.failed_sockets.lock().unwrap_or_else(|p| p.into_inner()),
         })

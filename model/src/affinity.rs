@@ -22,6 +22,13 @@ pub const MAX_SESSION_MS: u64 = 24 * 3_600_000;
 /// decides a token's age by its own clock.
 pub const CLOCK_SKEW_MS: u64 = 5_000;
 
+/// Sessions per Touch call a gateway node sends: each call is one Raft entry, and entries this small
+/// (tens of KiB) stay in the log instead of sled's blob files (entries over 128 KiB, each a file of
+/// its own to sync) and apply quickly, so config writes interleave with session activity. With 2 000
+/// per call, applies took 12–17 ms at p99 under 10 000 touches/s; with 200, 2–5 ms
+/// (`gwadm bench sessions`, bench/results/sessions-20261201.md).
+pub const TOUCHES_PER_CALL: usize = 200;
+
 /// The binding a session token carries, and its timeouts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,5 +1,12 @@
 //! The state machine's side of the replicated session affinity table: what a touch, a failover and an
 //! expiry do to one session entry, decided at committed time. Pure, like the rest of the state.
+//!
+//! Activity on a live entry (a touch that changes nothing but the time it was last active) is
+//! recorded beside the entry, not in it: no new object, no watch event, no revision. Watchers (every
+//! gateway node) only need what binds — the backend, failovers, expiry —, and a touch per session and
+//! batch would otherwise put a whole object into the watch history each time. The entry's
+//! `status.lastActiveMs` is the activity as of its last write (creation, failover, expiry); expiry is
+//! decided on the latest activity, and an entry written for any other reason carries it.
 
 use crate::types::{Action, Op};
 use gw_model::affinity::{FailoverRecord, SessionEntry, SessionSpec, SessionStatus};
@@ -13,12 +20,22 @@ pub enum Planned {
     Put(Action, Value),
     /// The entry is purged; the object as it was.
     Delete(Value),
+    /// The entry is live and unchanged but for its latest activity, now `at` (kept beside it).
+    Active(u64),
     Nothing(Action),
 }
 
-/// Plans `op` (a session operation) against the stored entry `old` at committed time `now`.
-pub fn plan(op: &Op, old: Option<&Value>, now: u64, new_rev: u64) -> Planned {
-    let entry = old.and_then(SessionEntry::from_object);
+/// The entry in `obj` with its latest activity: `active`, recorded beside it, if later.
+pub fn entry(obj: &Value, active: Option<u64>) -> Option<SessionEntry> {
+    let mut e = SessionEntry::from_object(obj)?;
+    e.status.last_active_ms = e.status.last_active_ms.max(active.unwrap_or(0));
+    Some(e)
+}
+
+/// Plans `op` (a session operation) against the stored entry `old`, whose latest activity beside it
+/// is `active`, at committed time `now`.
+pub fn plan(op: &Op, old: Option<&Value>, active: Option<u64>, now: u64, new_rev: u64) -> Planned {
+    let entry = old.and_then(|o| entry(o, active));
     match (op, entry) {
         (Op::SessionTouch { key, spec, uid }, None) => create(
             key,
@@ -34,12 +51,12 @@ pub fn plan(op: &Op, old: Option<&Value>, now: u64, new_rev: u64) -> Planned {
             }
             if e.status.due(&e.spec, now) {
                 e.status.expired_ms = Some(now);
-            } else if e.status.last_active_ms >= now {
-                return Planned::Nothing(Action::Unchanged);
-            } else {
-                e.status.last_active_ms = now;
+                return update(old, &e, false, new_rev);
             }
-            update(old, &e, false, new_rev)
+            if e.status.last_active_ms >= now {
+                return Planned::Nothing(Action::Unchanged);
+            }
+            Planned::Active(now)
         }
         (
             Op::SessionFailover {
@@ -168,6 +185,11 @@ mod tests {
         }
     }
 
+    /// Planned with no activity recorded beside the entry.
+    fn at(op: &Op, old: Option<&Value>, now: u64, new_rev: u64) -> Planned {
+        plan(op, old, None, now, new_rev)
+    }
+
     fn put(p: Planned) -> Value {
         match p {
             Planned::Put(_, v) => v,
@@ -180,27 +202,41 @@ mod tests {
     }
 
     #[test]
-    fn touch_creates_then_records_activity_by_committed_time() {
-        let v = put(plan(&touch("a", 1_000), None, 1_100, 5));
+    fn touch_creates_then_records_activity_beside_the_entry() {
+        let v = put(at(&touch("a", 1_000), None, 1_100, 5));
         assert_eq!(v["status"]["createdMs"], 1_100);
         assert_eq!(v["metadata"]["resourceVersion"], "5");
-        let v2 = put(plan(&touch("zzz", 1_000), Some(&v), 2_000, 6));
-        assert_eq!(v2["status"]["lastActiveMs"], 2_000);
-        assert_eq!(backend(&v2), "a", "a touch never rebinds");
-        assert_eq!(v2["metadata"]["uid"], "u");
+        assert_eq!(v["metadata"]["uid"], "u");
+        // Activity on a live entry is recorded beside it: no new object.
         assert_eq!(
-            plan(&touch("a", 1_000), Some(&v2), 2_000, 7),
+            at(&touch("zzz", 1_000), Some(&v), 2_000, 6),
+            Planned::Active(2_000)
+        );
+        assert_eq!(
+            plan(&touch("a", 1_000), Some(&v), Some(2_000), 2_000, 7),
             Planned::Nothing(Action::Unchanged)
         );
+        // The activity beside it keeps it live past the idle timeout counted from its creation ...
+        assert_eq!(
+            plan(&touch("a", 1_000), Some(&v), Some(2_000), 3_500, 7),
+            Planned::Active(3_500)
+        );
+        // ... and an entry written for another reason carries it; a touch never rebinds.
+        let moved = put(plan(&failover("a", "b"), Some(&v), Some(3_500), 3_600, 7));
+        assert_eq!(moved["status"]["lastActiveMs"], 3_600);
+        let late = put(plan(&touch("b", 1_000), Some(&v), Some(2_000), 4_001, 8));
+        assert_eq!(late["status"]["lastActiveMs"], 2_000);
+        assert_eq!(late["status"]["expiredMs"], 4_001);
+        assert_eq!(backend(&late), "a");
     }
 
     #[test]
     fn a_touch_after_the_idle_timeout_expires_instead_of_reviving() {
-        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
-        let late = put(plan(&touch("a", 1_000), Some(&v), 3_001, 6));
+        let v = put(at(&touch("a", 1_000), None, 1_000, 5));
+        let late = put(at(&touch("a", 1_000), Some(&v), 3_001, 6));
         assert_eq!(late["status"]["expiredMs"], 3_001);
         assert_eq!(
-            plan(&touch("a", 1_000), Some(&late), 3_002, 7),
+            at(&touch("a", 1_000), Some(&late), 3_002, 7),
             Planned::Nothing(Action::Skipped)
         );
     }
@@ -208,79 +244,79 @@ mod tests {
     #[test]
     fn old_tokens_do_not_create_entries() {
         assert_eq!(
-            plan(&touch("a", 1_000), None, 1_000 + 2_000 + 1, 5),
+            at(&touch("a", 1_000), None, 1_000 + 2_000 + 1, 5),
             Planned::Nothing(Action::Skipped)
         );
     }
 
     #[test]
     fn failover_is_first_writer_wins() {
-        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
-        let first = put(plan(&failover("a", "b"), Some(&v), 1_500, 6));
+        let v = put(at(&touch("a", 1_000), None, 1_000, 5));
+        let first = put(at(&failover("a", "b"), Some(&v), 1_500, 6));
         assert_eq!(backend(&first), "b");
         assert_eq!(first["metadata"]["generation"], 2);
         assert_eq!(first["status"]["failovers"][0]["from"], "a");
         // A second node saw the same failure and proposed its own pick: it loses, and follows "b".
         assert_eq!(
-            plan(&failover("a", "c"), Some(&first), 1_600, 7),
+            at(&failover("a", "c"), Some(&first), 1_600, 7),
             Planned::Nothing(Action::Unchanged)
         );
         // No entry yet (the session's first touch is still in a batch): the failover creates it.
-        let created = put(plan(&failover("a", "c"), None, 1_600, 7));
+        let created = put(at(&failover("a", "c"), None, 1_600, 7));
         assert_eq!(backend(&created), "c");
     }
 
     #[test]
     fn expiry_marks_then_purges_once_the_token_is_past_its_window() {
-        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let v = put(at(&touch("a", 1_000), None, 1_000, 5));
         let expire = |evict| Op::SessionExpire {
             key: key("d", "s1"),
             evict,
         };
         assert_eq!(
-            plan(&expire(false), Some(&v), 2_000, 6),
+            at(&expire(false), Some(&v), 2_000, 6),
             Planned::Nothing(Action::Skipped)
         );
         // Idle past its timeout: marked, then purged once its token is past its window (and the
         // allowance for nodes' clocks).
-        let expired = put(plan(&expire(false), Some(&v), 3_001, 6));
+        let expired = put(at(&expire(false), Some(&v), 3_001, 6));
         assert_eq!(expired["status"]["expiredMs"], 3_001);
         let purge = 1_000 + 2_000 + CLOCK_SKEW_MS;
         assert_eq!(
-            plan(&expire(false), Some(&expired), purge - 1, 7),
+            at(&expire(false), Some(&expired), purge - 1, 7),
             Planned::Nothing(Action::Skipped)
         );
-        match plan(&expire(false), Some(&expired), purge, 7) {
+        match at(&expire(false), Some(&expired), purge, 7) {
             Planned::Delete(obj) => assert_eq!(obj["metadata"]["resourceVersion"], "7"),
             other => panic!("expected a purge, got {other:?}"),
         }
         // Evicted early: kept, expired, while its token could still bring it back.
-        let evicted = put(plan(&expire(true), Some(&v), 1_500, 6));
+        let evicted = put(at(&expire(true), Some(&v), 1_500, 6));
         assert_eq!(
-            plan(&expire(false), Some(&evicted), purge - 1, 7),
+            at(&expire(false), Some(&evicted), purge - 1, 7),
             Planned::Nothing(Action::Skipped)
         );
         assert!(matches!(
-            plan(&expire(false), Some(&evicted), purge, 7),
+            at(&expire(false), Some(&evicted), purge, 7),
             Planned::Delete(_)
         ));
         assert_eq!(
-            plan(&expire(false), None, 9_000, 8),
+            at(&expire(false), None, 9_000, 8),
             Planned::Nothing(Action::NotFound)
         );
     }
 
     #[test]
     fn eviction_expires_a_live_session_at_once() {
-        let v = put(plan(&touch("a", 1_000), None, 1_000, 5));
+        let v = put(at(&touch("a", 1_000), None, 1_000, 5));
         let evict = Op::SessionExpire {
             key: key("d", "s1"),
             evict: true,
         };
-        let evicted = put(plan(&evict, Some(&v), 1_001, 6));
+        let evicted = put(at(&evict, Some(&v), 1_001, 6));
         assert_eq!(evicted["status"]["expiredMs"], 1_001);
         assert_eq!(
-            plan(&touch("a", 1_000), Some(&evicted), 1_002, 7),
+            at(&touch("a", 1_000), Some(&evicted), 1_002, 7),
             Planned::Nothing(Action::Skipped),
             "an evicted session is not revived by its token"
         );

@@ -4,7 +4,7 @@
 use crate::session;
 use crate::types::{Action, Op, OpResult, Txn, TxnError, TxnOutcome};
 use gw_model::ObjectKey;
-use gw_model::affinity::{self, SessionEntry};
+use gw_model::affinity;
 use gw_model::kinds::GW_GROUP;
 use gw_model::kinds::default_status;
 use gw_model::meta::rfc3339;
@@ -61,6 +61,16 @@ pub struct State {
     /// objects: maintained as they change, rebuilt from a snapshot).
     session_sweeps: BTreeSet<(u64, ObjectKey)>,
     session_sweep_at: HashMap<ObjectKey, u64>,
+    /// The latest activity of session entries, where later than the entry records (see
+    /// `crate::session`): committed state, in snapshots and the state hash, never in the watch.
+    session_activity: BTreeMap<ObjectKey, u64>,
+}
+
+/// What one operation changes.
+enum Change {
+    Event(Event),
+    /// A session's latest activity, recorded beside its entry (no event, no new revision).
+    Activity(u64),
 }
 
 /// The serialized form of the state in a Raft snapshot: the objects and the watch history, so that a
@@ -72,6 +82,8 @@ struct SnapshotBody {
     compact_revision: u64,
     objects: Vec<Arc<Value>>,
     history: Vec<Arc<RevisionEvents>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    session_activity: Vec<(ObjectKey, u64)>,
 }
 
 /// Reads `metadata.resourceVersion` of a stored object.
@@ -137,6 +149,7 @@ impl State {
             history_limit: history_limit.max(1),
             session_sweeps: BTreeSet::new(),
             session_sweep_at: HashMap::new(),
+            session_activity: BTreeMap::new(),
         }
     }
 
@@ -158,8 +171,9 @@ impl State {
         if let Some(old) = self.session_sweep_at.remove(key) {
             self.session_sweeps.remove(&(old, key.clone()));
         }
+        let active = self.session_activity.get(key).copied();
         let at = obj
-            .and_then(SessionEntry::from_object)
+            .and_then(|o| session::entry(o, active))
             .map(|e| e.status.sweep_at(&e.spec));
         if let Some(at) = at {
             self.session_sweep_at.insert(key.clone(), at);
@@ -328,6 +342,9 @@ impl State {
             feed(format!("{}/{}/{}/{}", k.group, k.kind, k.namespace, k.name).as_bytes());
             feed(v.to_string().as_bytes());
         }
+        for (k, at) in &self.session_activity {
+            feed(format!("{}/{}/{}", k.namespace, k.name, at).as_bytes());
+        }
         h
     }
 
@@ -344,10 +361,20 @@ impl State {
         let new_rev = self.revision + 1;
         let mut results = Vec::with_capacity(txn.ops.len());
         let mut events = Vec::new();
+        let mut activity = Vec::new();
         for op in &txn.ops {
-            let (result, event) = self.plan(op, new_rev);
+            let (result, change) = self.plan(op, new_rev);
+            match change {
+                Some(Change::Event(e)) => events.push(e),
+                Some(Change::Activity(at)) => activity.push((result.key.clone(), at)),
+                None => {}
+            }
             results.push(result);
-            events.extend(event);
+        }
+        for (key, at) in activity {
+            self.session_activity.insert(key.clone(), at);
+            let obj = self.objects.get(&key).cloned();
+            self.index_session(&key, obj.as_deref());
         }
         if events.is_empty() {
             return (
@@ -359,6 +386,8 @@ impl State {
             );
         }
         for e in &events {
+            // A written entry carries its latest activity (or is gone).
+            self.session_activity.remove(&e.key);
             match e.kind {
                 EventKind::Put => {
                     self.objects.insert(e.key.clone(), e.object.clone());
@@ -390,7 +419,9 @@ impl State {
         self.check(txn)?;
         let new_rev = self.revision + 1;
         let planned: Vec<_> = txn.ops.iter().map(|op| self.plan(op, new_rev)).collect();
-        let changed = planned.iter().any(|(_, e)| e.is_some());
+        let changed = planned
+            .iter()
+            .any(|(_, c)| matches!(c, Some(Change::Event(_))));
         Ok(TxnOutcome {
             revision: if changed { new_rev } else { self.revision },
             results: planned.into_iter().map(|(r, _)| r).collect(),
@@ -448,8 +479,48 @@ impl State {
         Ok(())
     }
 
-    /// The result of one operation and the event it produces, without changing the state.
-    fn plan(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Event>) {
+    /// The result of one operation and what it changes, without changing the state.
+    fn plan(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Change>) {
+        let (result, event) = match op {
+            Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
+                return self.plan_session(op, new_rev);
+            }
+            _ => self.plan_object(op, new_rev),
+        };
+        (result, event.map(Change::Event))
+    }
+
+    /// `plan` of a session operation.
+    fn plan_session(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Change>) {
+        let key = op.key();
+        let stored = self.objects.get(key);
+        let old = stored.map(|o| &**o);
+        let active = self.session_activity.get(key).copied();
+        let rv = old.map(resource_version).unwrap_or(0);
+        match session::plan(op, old, active, self.time_ms, new_rev) {
+            session::Planned::Put(action, obj) => (
+                result(key, action, new_rev),
+                Some(Change::Event(put(key, obj, stored))),
+            ),
+            session::Planned::Delete(obj) => (
+                result(key, Action::Deleted, new_rev),
+                Some(Change::Event(Event {
+                    kind: EventKind::Delete,
+                    key: key.clone(),
+                    object: Arc::new(obj),
+                    prev: stored.cloned(),
+                })),
+            ),
+            session::Planned::Active(at) => (
+                result(key, Action::Configured, rv),
+                Some(Change::Activity(at)),
+            ),
+            session::Planned::Nothing(action) => (result(key, action, rv), None),
+        }
+    }
+
+    /// `plan` of an operation on an object (not a session operation).
+    fn plan_object(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Event>) {
         let rv_str = json!(new_rev.to_string());
         match op {
             Op::Put {
@@ -582,27 +653,7 @@ impl State {
                 )
             }
             Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
-                let key = op.key();
-                let stored = self.objects.get(key);
-                let old = stored.map(|o| &**o);
-                match crate::session::plan(op, old, self.time_ms, new_rev) {
-                    session::Planned::Put(action, obj) => {
-                        (result(key, action, new_rev), Some(put(key, obj, stored)))
-                    }
-                    session::Planned::Delete(obj) => (
-                        result(key, Action::Deleted, new_rev),
-                        Some(Event {
-                            kind: EventKind::Delete,
-                            key: key.clone(),
-                            object: Arc::new(obj),
-                            prev: stored.cloned(),
-                        }),
-                    ),
-                    session::Planned::Nothing(action) => (
-                        result(key, action, old.map(resource_version).unwrap_or(0)),
-                        None,
-                    ),
-                }
+                unreachable!("session operations are planned by plan_session")
             }
         }
     }
@@ -621,6 +672,11 @@ impl State {
             compact_revision: self.compact_revision,
             objects: self.objects.values().cloned().collect(),
             history: self.history.iter().cloned().collect(),
+            session_activity: self
+                .session_activity
+                .iter()
+                .map(|(k, at)| (k.clone(), *at))
+                .collect(),
         })
     }
 
@@ -642,6 +698,7 @@ impl State {
         self.time_ms = body.time_ms;
         self.session_sweeps.clear();
         self.session_sweep_at.clear();
+        self.session_activity = body.session_activity.into_iter().collect();
         for (k, o) in &objects {
             self.index_session(k, Some(o));
         }

@@ -129,6 +129,25 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The page at `path` served at `addr` (a member's metrics listener, a node's admin listener): the
+/// whole HTTP/1.1 response, head and body.
+pub async fn admin_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// The `/metrics` page served at `addr`.
+pub async fn scrape(addr: &str) -> anyhow::Result<String> {
+    admin_get(addr, "/metrics").await
+}
+
 /// The ports `free_port` hands out: below Linux's ephemeral range (32768–60999 by default), so no
 /// outgoing connection and no `bind(0)` elsewhere can take one between its choice and its use.
 const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
@@ -137,17 +156,6 @@ const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
 /// the machine that asks here (parallel test processes), never handed out twice at once. The
 /// reservation is a lock (`flock`) on `$TMPDIR/gw-ports/PORT`, held open until this process exits,
 /// so a crashed process frees its ports; the port must also bind now (something else may use it).
-/// The `/metrics` page served at `addr` (a member's metrics listener, a node's admin listener).
-pub async fn scrape(addr: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
-}
-
 pub fn free_port() -> u16 {
     static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("gw-ports");
@@ -243,7 +251,7 @@ impl Children {
 
     /// Starts a gateway node `NAME` of GatewayClass `class` bound to `bind` for the store at `store`,
     /// its data and log under `dir`, and a node certificate from `pki`; `extra` flags besides (e.g.
-    /// `--mesh`). Its admin endpoint's address.
+    /// `--mesh`). Its admin endpoint's address and its process id.
     pub fn spawn_node(
         &mut self,
         store: &str,
@@ -251,7 +259,7 @@ impl Children {
         bind: &str,
         (dir, pki): (&Path, &Pki),
         extra: &[&str],
-    ) -> anyhow::Result<SocketAddr> {
+    ) -> anyhow::Result<(SocketAddr, u32)> {
         let tls = pki.issue(
             &format!("node-{name}"),
             &Identity::Node {
@@ -260,7 +268,7 @@ impl Children {
             },
         )?;
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        self.spawn(
+        let pid = self.spawn(
             "gw-node",
             &dir.join(format!("node-{name}.log")),
             Command::new(bin("gw-node")?)
@@ -272,7 +280,7 @@ impl Children {
                 .arg(dir.join(format!("node-{name}")))
                 .args(extra),
         )?;
-        Ok(admin)
+        Ok((admin, pid))
     }
 
     /// Starts a one-member store with its API on `addr` (Raft on a free port beside it), its data and
@@ -283,7 +291,7 @@ impl Children {
         kube: Option<&str>,
         dir: &Path,
         pki: &Pki,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u32> {
         let ip = addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
         let peer = format!("{ip}:{}", free_port());
         let tls = pki.issue_for("member-1", &Identity::Member(1), &[ip])?;
@@ -296,7 +304,6 @@ impl Children {
         if let Some(k) = kube {
             cmd.args(["--kube-listen", k]);
         }
-        self.spawn("gw-api-server", &dir.join("store.log"), &mut cmd)?;
-        Ok(())
+        self.spawn("gw-api-server", &dir.join("store.log"), &mut cmd)
     }
 }

@@ -100,7 +100,7 @@ pub async fn run(wan_spec: &str, port: u16, dir: &Path) -> Result<()> {
             name,
         );
         let bind = format!("127.64.0.{}", i + 1);
-        let admin = children.spawn_node(
+        let (admin, _) = children.spawn_node(
             &cluster.servers(),
             ("gw-demo", &format!("node-{name}")),
             &bind,

@@ -28,7 +28,7 @@ use decide::{Decision, Inputs, Known, decide, identity, replacement};
 use gw_client::{Client, Error, clock};
 use gw_model::ObjectKey;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token};
-use gw_model::affinity::{self, SessionEntry};
+use gw_model::affinity::{self, SessionEntry, TOUCHES_PER_CALL};
 use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
@@ -40,9 +40,6 @@ use tokio::sync::watch;
 
 /// How often activity is sent to the store.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// Sessions per store call when activity is sent: one Raft entry each, of a few hundred KiB (an entry
-/// must replicate within a heartbeat, see `gw_client::MAX_APPLY_BYTES`).
-const TOUCHES_PER_CALL: usize = 2_000;
 /// The affinity view is followed only while its watch has had a bookmark this recently (one comes
 /// every 500 ms, each sent only once the member has confirmed it is current). Past it, a session's
 /// entry is read from the store (linearizably) before the session is followed.
@@ -236,6 +233,12 @@ impl Sessions {
             counter.inc();
         }
         Selection::Chosen(c)
+    }
+
+    /// How many entries this node's copy of the affinity table holds, and the revision it is at.
+    pub fn view_size(&self) -> (usize, u64) {
+        let view = self.view.borrow();
+        (view.objects.len(), view.revision)
     }
 
     /// The affinity view's staleness: ms since its watch last had a bookmark (`None`: never).

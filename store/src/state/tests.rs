@@ -381,15 +381,28 @@ fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
     at(&mut s, 1_000, touch.clone()).unwrap();
     assert!(s.sessions_to_sweep(3_000, 10).is_empty());
     assert_eq!(s.sessions_to_sweep(3_001, 10), vec![k.clone()]);
-    // Activity moves the deadline.
+    // Activity moves the deadline. It is recorded beside the entry: no new revision, no event for
+    // watchers; but it is committed state, in the hash and in snapshots.
+    let (revision, hash) = (s.revision(), s.hash());
+    let events = s.events_after(0).unwrap().len();
     at(&mut s, 2_500, touch).unwrap();
     assert!(s.sessions_to_sweep(3_001, 10).is_empty());
+    assert_eq!(s.sessions_to_sweep(4_501, 10), vec![k.clone()]);
+    assert_eq!(s.revision(), revision);
+    assert_eq!(s.events_after(0).unwrap().len(), events);
+    assert_ne!(s.hash(), hash);
+    let mut restored = State::new(100);
+    restored.install_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(restored.hash(), s.hash());
+    assert!(restored.sessions_to_sweep(3_001, 10).is_empty());
     // Expired: next due when purgeable; purged: gone.
     let expire = Op::SessionExpire {
         key: k.clone(),
         evict: false,
     };
     at(&mut s, 4_501, expire.clone()).unwrap();
+    assert_eq!(s.revision(), revision + 1);
+    assert_eq!(s.get(&k).unwrap()["status"]["lastActiveMs"], 2_500);
     let purge_at = 1_000 + window + affinity::CLOCK_SKEW_MS;
     assert!(s.sessions_to_sweep(purge_at - 1, 10).is_empty());
     let mut restored = State::new(100);

@@ -1,0 +1,307 @@
+//! `gwadm bench sessions`: the replicated affinity table at scale. A one-member store and one gateway
+//! node following the table; the table is filled with `--sessions` entries the way nodes record
+//! returning sessions (Touch calls of 2 000), then config applies are timed with the store idle and
+//! with `--touches-per-second` of session activity in the background (the rate spread over batches
+//! every 250 ms from two callers, sent in calls of `TOUCHES_PER_CALL`, as two nodes send theirs),
+//! alternating, `--rounds` times.
+//! Reports the memory and disk each session costs the member and the node, the rate the table was
+//! filled at, and apply latency with and without the activity.
+
+use super::{percentile, rss_mib, timed};
+use crate::error::{Error, Result};
+use gw_client::{Client, Dialer};
+use gw_model::affinity::TOUCHES_PER_CALL;
+use gw_proto as pb;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionsArgs {
+    /// Session entries to put in the table.
+    #[arg(long, default_value_t = 100_000)]
+    pub sessions: usize,
+    /// Session activity in the background of the loaded rounds (touches of existing entries).
+    #[arg(long, default_value_t = 10_000)]
+    pub touches_per_second: usize,
+    /// Config applies timed in each round.
+    #[arg(long, default_value_t = 200)]
+    pub applies: usize,
+    /// Rounds of (idle, loaded).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
+/// Sessions per Touch call while the table is filled.
+const PER_CALL: usize = 2_000;
+/// How often each background caller sends its batch (a node's batch interval).
+const BATCH_EVERY: Duration = Duration::from_millis(250);
+const CALLERS: usize = 2;
+const NAMESPACE: &str = "bench";
+
+/// Session `i` as a node reports it: a route rule's scope, an endpoint's identity, an hour's idle
+/// timeout, issued now.
+fn session(i: usize, issued_ms: u64) -> pb::Session {
+    pb::Session {
+        namespace: NAMESPACE.into(),
+        id: format!("s{i:07x}"),
+        scope: "HTTPRoute/bench/app/rules/0".into(),
+        backend: format!("bench/b{}:80|b{0}|127.0.0.1:{}", i % 4, 18370 + i % 4),
+        issued_ms,
+        idle_timeout_ms: Some(3_600_000),
+        absolute_timeout_ms: None,
+    }
+}
+
+/// Bytes under `dir`, recursively.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The node's `/status` field `field`.
+async fn node_status(admin: std::net::SocketAddr, field: &str) -> Option<serde_json::Value> {
+    let page = gw_testkit::procs::admin_get(&admin.to_string(), "/status")
+        .await
+        .ok()?;
+    let body = page.split_once("\r\n\r\n")?.1;
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get(field)
+        .cloned()
+}
+
+/// Waits until the node's copy of the affinity table holds `n` entries; how long that took.
+async fn node_follows(admin: std::net::SocketAddr, n: usize, limit: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let have = node_status(admin, "affinityEntries")
+            .await
+            .and_then(|v| v.as_u64());
+        if have == Some(n as u64) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return Err(Error::Usage(format!(
+                "the node follows {have:?} of {n} session entries after {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Background activity: `CALLERS` tasks, each sending `per_second / CALLERS / 4` touches of existing
+/// sessions every `BATCH_EVERY`, until `stop`. Counts the touches acknowledged.
+fn activity(
+    client: &Client,
+    sessions: usize,
+    per_second: usize,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let per_batch = per_second * BATCH_EVERY.as_millis() as usize / 1000 / CALLERS;
+    (0..CALLERS)
+        .map(|caller| {
+            let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(BATCH_EVERY / CALLERS as u32 * caller as u32).await;
+                let mut tick = tokio::time::interval(BATCH_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut next = caller * sessions / CALLERS;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let issued = gw_client::clock::now_ms();
+                    let batch: Vec<pb::Session> = (0..per_batch)
+                        .map(|k| session((next + k) % sessions, issued))
+                        .collect();
+                    next = (next + per_batch) % sessions;
+                    for chunk in batch.chunks(TOUCHES_PER_CALL) {
+                        if client.touch(chunk.to_vec()).await.is_ok() {
+                            done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn apply_doc(i: usize) -> pb::Document {
+    pb::Document {
+        json: super::configmap("sessions-bench", &format!("{i}")),
+        source: "bench".into(),
+        index: 1,
+    }
+}
+
+pub async fn table(a: SessionsArgs) -> Result<()> {
+    use gw_testkit::procs::{Children, free_port};
+    if a.sessions == 0 {
+        return Err(Error::Usage("--sessions must be at least 1".into()));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("gw-sessions-")
+        .tempdir()
+        .map_err(anyhow::Error::from)?;
+    let store = format!("127.0.0.1:{}", free_port());
+    let mut children = Children::default();
+    let pki = gw_testkit::pki::Pki::create(&dir.path().join("pki"))?;
+    let store_pid = children.spawn_store(&store, None, dir.path(), &pki)?;
+    let (admin, node_pid) = children.spawn_node(
+        &store,
+        ("sessions", "n1"),
+        "127.0.0.2",
+        (dir.path(), &pki),
+        &[],
+    )?;
+    let client = Client::new(
+        std::slice::from_ref(&store),
+        Duration::from_secs(30),
+        &Dialer::new(pki.admin_security()),
+    )?;
+    client.apply(vec![apply_doc(0)], false).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node_status(admin, "storeConnected").await != Some(json!(true)) {
+        if Instant::now() > deadline {
+            return Err(Error::Usage(format!(
+                "the node did not reach the store (logs in {})",
+                dir.path().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let store_dir = dir.path().join("store");
+    let node_dir = dir.path().join("node-n1");
+    let before = (
+        rss_mib(store_pid),
+        rss_mib(node_pid),
+        disk_bytes(&store_dir),
+        disk_bytes(&node_dir),
+    );
+
+    // Fill the table: two calls in flight, as two nodes would send.
+    let t0 = Instant::now();
+    let ids: Vec<usize> = (0..a.sessions).collect();
+    for pair in ids.chunks(PER_CALL * CALLERS) {
+        let issued = gw_client::clock::now_ms();
+        let calls = pair.chunks(PER_CALL).map(|chunk| {
+            let sessions = chunk.iter().map(|&i| session(i, issued)).collect();
+            client.touch(sessions)
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+    }
+    let fill_s = t0.elapsed().as_secs_f64();
+    let follow = node_follows(admin, a.sessions, Duration::from_secs(600)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (
+        rss_mib(store_pid),
+        rss_mib(node_pid),
+        disk_bytes(&store_dir),
+        disk_bytes(&node_dir),
+    );
+    let n = a.sessions as f64;
+    let mib_each = |b: Option<f64>, a: Option<f64>| match (b, a) {
+        (Some(b), Some(a)) => format!("{:.0}", (a - b) * 1_048_576.0 / n),
+        _ => "-".into(),
+    };
+    println!(
+        "# {} sessions: filled in {fill_s:.1} s ({:.0} sessions/s), followed by the node {:.1} s later",
+        a.sessions,
+        n / fill_s,
+        follow.as_secs_f64()
+    );
+    println!("| | member | node |");
+    println!("|---|---:|---:|");
+    println!(
+        "| RSS bytes per session | {} | {} |",
+        mib_each(before.0, after.0),
+        mib_each(before.1, after.1)
+    );
+    println!(
+        "| disk bytes per session | {:.0} | {:.0} |",
+        after.2.saturating_sub(before.2) as f64 / n,
+        after.3.saturating_sub(before.3) as f64 / n
+    );
+    println!(
+        "| RSS MiB with the table | {:.0} | {:.0} |",
+        after.0.unwrap_or(f64::NAN),
+        after.1.unwrap_or(f64::NAN)
+    );
+
+    // Applies, idle and with activity in the background, alternating.
+    println!();
+    println!(
+        "# config applies ({} a round), idle vs with {} touches/s of existing sessions",
+        a.applies, a.touches_per_second
+    );
+    println!(
+        "| round | idle p50 ms | idle p99 | loaded p50 | loaded p99 | touches/s done | p99 loaded/idle |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut next = 1;
+    for round in 1..=a.rounds {
+        let mut apply_round = || {
+            let start = next;
+            next += a.applies;
+            let client = client.clone();
+            async move {
+                let client = &client;
+                timed(a.applies, Duration::ZERO, |i| async move {
+                    client
+                        .apply(vec![apply_doc(start + i)], false)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+                })
+                .await
+            }
+        };
+        let idle = apply_round().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let tasks = activity(&client, a.sessions, a.touches_per_second, &stop, &done);
+        // Let the activity reach its pace before timing.
+        tokio::time::sleep(BATCH_EVERY * 4).await;
+        let (counted_from, t1) = (done.load(Ordering::Relaxed), Instant::now());
+        let loaded = apply_round().await?;
+        let rate =
+            (done.load(Ordering::Relaxed) - counted_from) as f64 / t1.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let (i50, i99) = (percentile(&idle, 50.0), percentile(&idle, 99.0));
+        let (l50, l99) = (percentile(&loaded, 50.0), percentile(&loaded, 99.0));
+        println!(
+            "| {round} | {i50:.2} | {i99:.2} | {l50:.2} | {l99:.2} | {rate:.0} | {:.2} |",
+            l99 / i99
+        );
+        rows.push(
+            json!({"round": round, "idle_p50_ms": i50, "idle_p99_ms": i99,
+            "loaded_p50_ms": l50, "loaded_p99_ms": l99, "touches_per_s": rate}),
+        );
+    }
+    println!(
+        "JSON: {}",
+        json!({"bench": "sessions", "sessions": a.sessions, "fill_s": fill_s,
+            "follow_s": follow.as_secs_f64(),
+            "member_rss_mib": [before.0, after.0], "node_rss_mib": [before.1, after.1],
+            "member_disk_bytes": [before.2, after.2], "node_disk_bytes": [before.3, after.3],
+            "rounds": rows})
+    );
+    Ok(())
+}
