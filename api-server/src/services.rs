@@ -1016,19 +1016,34 @@ fn session_spec(s: &pb::Session) -> Result<(ObjectKey, SessionSpec), ApiError> {
 
 impl AffinityService {
     async fn local_touch(&self, req: &pb::TouchRequest) -> Result<pb::WriteResponse, ApiError> {
-        let mut ops = Vec::new();
+        let mut touches = Vec::new();
         let mut seen = BTreeSet::new();
         for s in &req.sessions {
             let (key, spec) = session_spec(s)?;
             // One operation per session per transaction: a batch may name a session twice.
             if seen.insert(key.clone()) {
-                ops.push(Op::SessionTouch {
-                    key,
-                    spec,
-                    uid: uuid::Uuid::new_v4().to_string(),
-                });
+                touches.push((key, spec));
             }
         }
+        // A session with an entry already (nearly every touch) is proposed by its key alone: a third
+        // of the log's bytes. Should the entry be gone by the time it applies (purged, past its
+        // window), a full touch would not have made it again either.
+        let ops = self.node.store.read(|a| {
+            touches
+                .into_iter()
+                .map(|(key, spec)| {
+                    if a.state.get(&key).is_some() {
+                        Op::SessionActive { key }
+                    } else {
+                        Op::SessionTouch {
+                            key,
+                            spec,
+                            uid: uuid::Uuid::new_v4().to_string(),
+                        }
+                    }
+                })
+                .collect()
+        });
         let outcome = self
             .node
             .propose(Txn {

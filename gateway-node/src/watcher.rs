@@ -6,6 +6,7 @@
 //! (static stability).
 
 use crate::snapshot::Snapshot;
+use futures::FutureExt;
 use gw_client::{Client, kind_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
@@ -361,9 +362,32 @@ pub async fn run(
             }
         };
         health.connected.store(true, Ordering::Relaxed);
+        // A state reached is published once no further message is already waiting (or once it has
+        // waited `COALESCE_MS`): a burst of revisions (a table filling up, a resume) is applied first
+        // and published once, since each publish copies the whole map (at a million session
+        // entries, a fifth of a second each).
+        let mut unpublished = false;
+        let mut unpublished_at = 0;
         loop {
-            // A stream that stays silent longer than a few bookmark intervals is dead (e.g. a partition).
-            let msg = match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            let next = if unpublished {
+                let waited = (started.elapsed().as_millis() as u64).saturating_sub(unpublished_at);
+                match stream.message().now_or_never() {
+                    Some(r) if waited < COALESCE_MS => Ok(r),
+                    ready => {
+                        unpublished = false;
+                        publish_state(&m, &health, &publish);
+                        match ready {
+                            Some(r) => Ok(r),
+                            None => continue,
+                        }
+                    }
+                }
+            } else {
+                // A stream that stays silent longer than a few bookmark intervals is dead (e.g. a
+                // partition).
+                tokio::time::timeout(Duration::from_secs(5), stream.message()).await
+            };
+            let msg = match next {
                 Ok(Ok(Some(msg))) => msg,
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
             };
@@ -371,6 +395,10 @@ pub async fn run(
             health.last_contact_ms.store(now, Ordering::Relaxed);
             let Some(body) = msg.body else { continue };
             if matches!(body, pb::watch_response::Body::Bookmark(_)) {
+                // A bookmark vouches for what is served: what came before it is published first.
+                if std::mem::take(&mut unpublished) {
+                    publish_state(&m, &health, &publish);
+                }
                 health.last_bookmark_ms.store(now, Ordering::Relaxed);
             }
             if torn && let pb::watch_response::Body::Events(ev) = &body {
@@ -378,20 +406,24 @@ pub async fn run(
             }
             match m.feed(body) {
                 Step::Nothing => {}
-                Step::Publish => {
-                    // Before `seen` moves past it: see `NodeState::current_through`.
-                    health
-                        .published
-                        .store(m.snapshot.revision, Ordering::SeqCst);
-                    let _ = publish.send(Arc::new(m.snapshot.clone()));
+                Step::Publish if !unpublished => {
+                    unpublished = true;
+                    unpublished_at = now;
                 }
+                Step::Publish => {}
                 Step::Resync => {
                     tracing::warn!("watch stream out of order; resynchronising");
+                    if std::mem::take(&mut unpublished) {
+                        publish_state(&m, &health, &publish);
+                    }
                     m.snapshot.revision = 0;
                     break;
                 }
             }
-            health.seen.store(m.seen, Ordering::SeqCst);
+            // `seen` counts only what is published (see `NodeState::current_through`).
+            if !unpublished {
+                health.seen.store(m.seen, Ordering::SeqCst);
+            }
             // The locality prober wants the watch elsewhere: resume there (from what is held).
             if let Some(p) = health.preferred()
                 && health.watching() != Some(p)
@@ -400,10 +432,26 @@ pub async fn run(
                 break;
             }
         }
+        if unpublished {
+            publish_state(&m, &health, &publish);
+        }
         WatchHealth::set_member(&health.watching, None);
         health.connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How long a state reached may wait for the messages already behind it before it is published.
+const COALESCE_MS: u64 = 20;
+
+/// Publishes the state the watch has reached, then counts the revisions it has seen.
+fn publish_state(m: &WatchMachine, health: &WatchHealth, publish: &watch::Sender<Arc<Snapshot>>) {
+    // Before `seen` moves past it: see `NodeState::current_through`.
+    health
+        .published
+        .store(m.snapshot.revision, Ordering::SeqCst);
+    let _ = publish.send(Arc::new(m.snapshot.clone()));
+    health.seen.store(m.seen, Ordering::SeqCst);
 }
 
 /// Persists every published state (coalescing bursts) under `dir`. After each save it rests 4 times as

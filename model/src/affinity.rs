@@ -27,7 +27,7 @@ pub const CLOCK_SKEW_MS: u64 = 5_000;
 /// its own to sync) and apply quickly, so config writes interleave with session activity. With 2 000
 /// per call, applies took 12–17 ms at p99 under 10 000 touches/s; with 200, 2–5 ms
 /// (`gwadm bench sessions`, bench/results/sessions-20261201.md).
-pub const TOUCHES_PER_CALL: usize = 200;
+pub const TOUCHES_PER_CALL: usize = 100;
 
 /// The binding a session token carries, and its timeouts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

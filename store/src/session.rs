@@ -32,9 +32,89 @@ pub fn entry(obj: &Value, active: Option<u64>) -> Option<SessionEntry> {
     Some(e)
 }
 
-/// Plans `op` (a session operation) against the stored entry `old`, whose latest activity beside it
-/// is `active`, at committed time `now`.
-pub fn plan(op: &Op, old: Option<&Value>, active: Option<u64>, now: u64, new_rev: u64) -> Planned {
+/// What the state keeps of each session entry beside its object: enough to decide activity, and
+/// when the sweeper must look at the entry, without reading the object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    /// The entry's spec without scope and backend: its issue time and timeouts.
+    timing: SessionSpec,
+    /// The entry's status without failovers, its latest activity included.
+    status: SessionStatus,
+}
+
+impl Tracked {
+    pub fn of(e: &SessionEntry) -> Tracked {
+        Tracked {
+            timing: SessionSpec {
+                scope: String::new(),
+                backend: String::new(),
+                issued_ms: e.spec.issued_ms,
+                idle_timeout_ms: e.spec.idle_timeout_ms,
+                absolute_timeout_ms: e.spec.absolute_timeout_ms,
+            },
+            status: SessionStatus {
+                created_ms: e.status.created_ms,
+                last_active_ms: e.status.last_active_ms,
+                expired_ms: e.status.expired_ms,
+                failovers: Vec::new(),
+            },
+        }
+    }
+
+    pub fn last_active_ms(&self) -> u64 {
+        self.status.last_active_ms
+    }
+
+    /// Records activity at `at`.
+    pub fn active(&mut self, at: u64) {
+        self.status.last_active_ms = at;
+    }
+
+    /// When the sweeper next has something to do with the entry.
+    pub fn sweep_at(&self) -> u64 {
+        self.status.sweep_at(&self.timing)
+    }
+
+    /// What activity at `now` does: `None` when the entry is due, which writes its expiry.
+    fn touched(&self, now: u64) -> Option<Planned> {
+        if self.status.expired_ms.is_some() {
+            return Some(Planned::Nothing(Action::Skipped));
+        }
+        if self.status.due(&self.timing, now) {
+            return None;
+        }
+        Some(if self.status.last_active_ms >= now {
+            Planned::Nothing(Action::Unchanged)
+        } else {
+            Planned::Active(now)
+        })
+    }
+}
+
+/// Plans `op` (a session operation) against the stored entry `old`, as the state tracks it
+/// (`tracked`, its latest activity included), at committed time `now`.
+pub fn plan(
+    op: &Op,
+    old: Option<&Value>,
+    tracked: Option<&Tracked>,
+    now: u64,
+    new_rev: u64,
+) -> Planned {
+    let active = tracked.map(Tracked::last_active_ms);
+    if matches!(op, Op::SessionTouch { .. } | Op::SessionActive { .. }) {
+        // Activity is decided on what is tracked; only an expiry reads the object.
+        let read;
+        let tracked = match tracked {
+            Some(t) => Some(t),
+            None => {
+                read = old.and_then(|o| entry(o, None)).map(|e| Tracked::of(&e));
+                read.as_ref()
+            }
+        };
+        if let Some(planned) = tracked.and_then(|t| t.touched(now)) {
+            return planned;
+        }
+    }
     let entry = old.and_then(|o| entry(o, active));
     match (op, entry) {
         (Op::SessionTouch { key, spec, uid }, None) => create(
@@ -45,18 +125,11 @@ pub fn plan(op: &Op, old: Option<&Value>, active: Option<u64>, now: u64, new_rev
             now,
             new_rev,
         ),
-        (Op::SessionTouch { .. }, Some(mut e)) => {
-            if e.expired() {
-                return Planned::Nothing(Action::Skipped);
-            }
-            if e.status.due(&e.spec, now) {
-                e.status.expired_ms = Some(now);
-                return update(old, &e, false, new_rev);
-            }
-            if e.status.last_active_ms >= now {
-                return Planned::Nothing(Action::Unchanged);
-            }
-            Planned::Active(now)
+        (Op::SessionActive { .. }, None) => Planned::Nothing(Action::NotFound),
+        // Due: `Tracked::touched` decided every other case.
+        (Op::SessionTouch { .. } | Op::SessionActive { .. }, Some(mut e)) => {
+            e.status.expired_ms = Some(now);
+            update(old, &e, false, new_rev)
         }
         (
             Op::SessionFailover {
@@ -185,9 +258,16 @@ mod tests {
         }
     }
 
-    /// Planned with no activity recorded beside the entry.
+    /// Planned with nothing tracked beside the entry (read from the object).
     fn at(op: &Op, old: Option<&Value>, now: u64, new_rev: u64) -> Planned {
         plan(op, old, None, now, new_rev)
+    }
+
+    /// The entry in `obj` as tracked, last active at `active`.
+    fn tracked(obj: &Value, active: u64) -> Tracked {
+        let mut t = Tracked::of(&SessionEntry::from_object(obj).unwrap());
+        t.active(active);
+        t
     }
 
     fn put(p: Planned) -> Value {
@@ -212,19 +292,38 @@ mod tests {
             at(&touch("zzz", 1_000), Some(&v), 2_000, 6),
             Planned::Active(2_000)
         );
+        let t = tracked(&v, 2_000);
         assert_eq!(
-            plan(&touch("a", 1_000), Some(&v), Some(2_000), 2_000, 7),
+            plan(&touch("a", 1_000), Some(&v), Some(&t), 2_000, 7),
             Planned::Nothing(Action::Unchanged)
         );
-        // The activity beside it keeps it live past the idle timeout counted from its creation ...
+        // The activity beside it keeps it live past the idle timeout counted from its creation, and
+        // decides without the object ...
         assert_eq!(
-            plan(&touch("a", 1_000), Some(&v), Some(2_000), 3_500, 7),
+            plan(&touch("a", 1_000), None, Some(&t), 3_500, 7),
             Planned::Active(3_500)
         );
+        let active = Op::SessionActive {
+            key: key("d", "s1"),
+        };
+        assert_eq!(
+            plan(&active, None, Some(&t), 3_500, 7),
+            Planned::Active(3_500)
+        );
+        assert_eq!(
+            at(&active, None, 3_500, 7),
+            Planned::Nothing(Action::NotFound)
+        );
         // ... and an entry written for another reason carries it; a touch never rebinds.
-        let moved = put(plan(&failover("a", "b"), Some(&v), Some(3_500), 3_600, 7));
+        let moved = put(plan(
+            &failover("a", "b"),
+            Some(&v),
+            Some(&tracked(&v, 3_500)),
+            3_600,
+            7,
+        ));
         assert_eq!(moved["status"]["lastActiveMs"], 3_600);
-        let late = put(plan(&touch("b", 1_000), Some(&v), Some(2_000), 4_001, 8));
+        let late = put(plan(&touch("b", 1_000), Some(&v), Some(&t), 4_001, 8));
         assert_eq!(late["status"]["lastActiveMs"], 2_000);
         assert_eq!(late["status"]["expiredMs"], 4_001);
         assert_eq!(backend(&late), "a");

@@ -60,10 +60,12 @@ pub struct State {
     /// Session affinity entries by when the sweeper next has to look at them (derived from the
     /// objects: maintained as they change, rebuilt from a snapshot).
     session_sweeps: BTreeSet<(u64, ObjectKey)>,
-    session_sweep_at: HashMap<ObjectKey, u64>,
+    /// What is tracked of each session entry (see `session::Tracked`), derived likewise.
+    session_tracked: HashMap<ObjectKey, session::Tracked>,
     /// The latest activity of session entries, where later than the entry records (see
     /// `crate::session`): committed state, in snapshots and the state hash, never in the watch.
-    session_activity: BTreeMap<ObjectKey, u64>,
+    /// (Keys shared, so that a snapshot's image takes them by reference under the state's lock.)
+    session_activity: BTreeMap<Arc<ObjectKey>, u64>,
 }
 
 /// What one operation changes.
@@ -83,7 +85,7 @@ struct SnapshotBody {
     objects: Vec<Arc<Value>>,
     history: Vec<Arc<RevisionEvents>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    session_activity: Vec<(ObjectKey, u64)>,
+    session_activity: Vec<(Arc<ObjectKey>, u64)>,
 }
 
 /// Reads `metadata.resourceVersion` of a stored object.
@@ -148,7 +150,7 @@ impl State {
             compact_revision: 0,
             history_limit: history_limit.max(1),
             session_sweeps: BTreeSet::new(),
-            session_sweep_at: HashMap::new(),
+            session_tracked: HashMap::new(),
             session_activity: BTreeMap::new(),
         }
     }
@@ -168,16 +170,30 @@ impl State {
         if key.group != GW_GROUP || key.kind != affinity::KIND {
             return;
         }
-        if let Some(old) = self.session_sweep_at.remove(key) {
-            self.session_sweeps.remove(&(old, key.clone()));
+        if let Some(old) = self.session_tracked.remove(key) {
+            self.session_sweeps.remove(&(old.sweep_at(), key.clone()));
         }
         let active = self.session_activity.get(key).copied();
-        let at = obj
-            .and_then(|o| session::entry(o, active))
-            .map(|e| e.status.sweep_at(&e.spec));
-        if let Some(at) = at {
-            self.session_sweep_at.insert(key.clone(), at);
-            self.session_sweeps.insert((at, key.clone()));
+        if let Some(e) = obj.and_then(|o| session::entry(o, active)) {
+            let tracked = session::Tracked::of(&e);
+            self.session_sweeps
+                .insert((tracked.sweep_at(), key.clone()));
+            self.session_tracked.insert(key.clone(), tracked);
+        }
+    }
+
+    /// Records a session's activity at `at`, beside its entry.
+    fn session_active(&mut self, key: ObjectKey, at: u64) {
+        if let Some(t) = self.session_tracked.get_mut(&key) {
+            self.session_sweeps.remove(&(t.sweep_at(), key.clone()));
+            t.active(at);
+            self.session_sweeps.insert((t.sweep_at(), key.clone()));
+        }
+        match self.session_activity.get_mut(&key) {
+            Some(last) => *last = at,
+            None => {
+                self.session_activity.insert(Arc::new(key), at);
+            }
         }
     }
 
@@ -372,9 +388,7 @@ impl State {
             results.push(result);
         }
         for (key, at) in activity {
-            self.session_activity.insert(key.clone(), at);
-            let obj = self.objects.get(&key).cloned();
-            self.index_session(&key, obj.as_deref());
+            self.session_active(key, at);
         }
         if events.is_empty() {
             return (
@@ -482,7 +496,10 @@ impl State {
     /// The result of one operation and what it changes, without changing the state.
     fn plan(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Change>) {
         let (result, event) = match op {
-            Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
+            Op::SessionTouch { .. }
+            | Op::SessionActive { .. }
+            | Op::SessionFailover { .. }
+            | Op::SessionExpire { .. } => {
                 return self.plan_session(op, new_rev);
             }
             _ => self.plan_object(op, new_rev),
@@ -495,9 +512,9 @@ impl State {
         let key = op.key();
         let stored = self.objects.get(key);
         let old = stored.map(|o| &**o);
-        let active = self.session_activity.get(key).copied();
         let rv = old.map(resource_version).unwrap_or(0);
-        match session::plan(op, old, active, self.time_ms, new_rev) {
+        let tracked = self.session_tracked.get(key);
+        match session::plan(op, old, tracked, self.time_ms, new_rev) {
             session::Planned::Put(action, obj) => (
                 result(key, action, new_rev),
                 Some(Change::Event(put(key, obj, stored))),
@@ -652,7 +669,10 @@ impl State {
                     Some(put(key, obj, Some(old))),
                 )
             }
-            Op::SessionTouch { .. } | Op::SessionFailover { .. } | Op::SessionExpire { .. } => {
+            Op::SessionTouch { .. }
+            | Op::SessionActive { .. }
+            | Op::SessionFailover { .. }
+            | Op::SessionExpire { .. } => {
                 unreachable!("session operations are planned by plan_session")
             }
         }
@@ -697,7 +717,7 @@ impl State {
         self.revision = body.revision;
         self.time_ms = body.time_ms;
         self.session_sweeps.clear();
-        self.session_sweep_at.clear();
+        self.session_tracked.clear();
         self.session_activity = body.session_activity.into_iter().collect();
         for (k, o) in &objects {
             self.index_session(k, Some(o));

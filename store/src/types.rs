@@ -122,6 +122,10 @@ pub enum Op {
         spec: SessionSpec,
         uid: String,
     },
+    /// Session affinity: records activity on a session that has an entry (a touch the leader found
+    /// recorded already: no spec to carry). Nothing when the entry is gone. Never fails the
+    /// transaction.
+    SessionActive { key: ObjectKey },
     /// First-writer-wins failover: the session moves to `spec.backend` only if it is still bound to
     /// `from` (or has no entry yet). Whoever comes second finds it moved and follows.
     SessionFailover {
@@ -142,6 +146,7 @@ impl Op {
             | Op::Delete { key, .. }
             | Op::Status { key, .. }
             | Op::SessionTouch { key, .. }
+            | Op::SessionActive { key }
             | Op::SessionFailover { key, .. }
             | Op::SessionExpire { key, .. } => key,
         }

@@ -1,9 +1,9 @@
 //! `gwadm bench sessions`: the replicated affinity table at scale. A one-member store and one gateway
 //! node following the table; the table is filled with `--sessions` entries the way nodes record
-//! returning sessions (Touch calls of 2 000), then config applies are timed with the store idle and
-//! with `--touches-per-second` of session activity in the background (the rate spread over batches
-//! every 250 ms from two callers, sent in calls of `TOUCHES_PER_CALL`, as two nodes send theirs),
-//! alternating, `--rounds` times.
+//! returning sessions (Touch calls of 2 000), then config applies are timed, `--rounds` rounds with
+//! the store idle, then as many with `--touches-per-second` of session activity in the background
+//! (the rate spread over batches every 250 ms from two callers, sent in calls of `TOUCHES_PER_CALL`,
+//! as two nodes send theirs).
 //! Reports the memory and disk each session costs the member and the node, the rate the table was
 //! filled at, and apply latency with and without the activity.
 
@@ -28,8 +28,8 @@ pub struct SessionsArgs {
     /// Config applies timed in each round.
     #[arg(long, default_value_t = 200)]
     pub applies: usize,
-    /// Rounds of (idle, loaded).
-    #[arg(long, default_value_t = 2)]
+    /// Rounds of applies idle, and as many loaded.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
 }
 
@@ -241,60 +241,78 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
         after.1.unwrap_or(f64::NAN)
     );
 
-    // Applies, idle and with activity in the background, alternating.
-    println!();
-    println!(
-        "# config applies ({} a round), idle vs with {} touches/s of existing sessions",
-        a.applies, a.touches_per_second
-    );
-    println!(
-        "| round | idle p50 ms | idle p99 | loaded p50 | loaded p99 | touches/s done | p99 loaded/idle |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let mut rows = Vec::new();
+    // Applies: every idle round first (before any activity: what it leaves behind, snapshots of a
+    // longer log, would count against the idle rounds), then with activity in the background.
     let mut next = 1;
-    for round in 1..=a.rounds {
-        let mut apply_round = || {
-            let start = next;
-            next += a.applies;
-            let client = client.clone();
-            async move {
-                let client = &client;
-                timed(a.applies, Duration::ZERO, |i| async move {
-                    client
-                        .apply(vec![apply_doc(start + i)], false)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| tonic::Status::unavailable(e.to_string()))
-                })
-                .await
-            }
-        };
-        let idle = apply_round().await?;
+    let mut apply_round = || {
+        let start = next;
+        next += a.applies;
+        let client = client.clone();
+        async move {
+            let client = &client;
+            timed(a.applies, Duration::ZERO, |i| async move {
+                client
+                    .apply(vec![apply_doc(start + i)], false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))
+            })
+            .await
+        }
+    };
+    let mut idle = Vec::new();
+    for _ in 0..a.rounds {
+        idle.push(apply_round().await?);
+    }
+    let mut loaded = Vec::new();
+    for _ in 0..a.rounds {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let tasks = activity(&client, a.sessions, a.touches_per_second, &stop, &done);
         // Let the activity reach its pace before timing.
         tokio::time::sleep(BATCH_EVERY * 4).await;
         let (counted_from, t1) = (done.load(Ordering::Relaxed), Instant::now());
-        let loaded = apply_round().await?;
+        let times = apply_round().await?;
         let rate =
             (done.load(Ordering::Relaxed) - counted_from) as f64 / t1.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
         }
-        let (i50, i99) = (percentile(&idle, 50.0), percentile(&idle, 99.0));
-        let (l50, l99) = (percentile(&loaded, 50.0), percentile(&loaded, 99.0));
+        loaded.push((times, rate));
+    }
+    println!();
+    println!(
+        "# config applies ({} a round): {} rounds idle, then {} with {} touches/s of existing sessions",
+        a.applies, a.rounds, a.rounds, a.touches_per_second
+    );
+    println!("| round | idle p50 ms | idle p99 | loaded p50 | loaded p99 | touches/s done |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (round, (idle, (loaded, rate))) in idle.iter().zip(&loaded).enumerate() {
+        let (i50, i99) = (percentile(idle, 50.0), percentile(idle, 99.0));
+        let (l50, l99) = (percentile(loaded, 50.0), percentile(loaded, 99.0));
         println!(
-            "| {round} | {i50:.2} | {i99:.2} | {l50:.2} | {l99:.2} | {rate:.0} | {:.2} |",
-            l99 / i99
+            "| {} | {i50:.2} | {i99:.2} | {l50:.2} | {l99:.2} | {rate:.0} |",
+            round + 1
         );
         rows.push(
-            json!({"round": round, "idle_p50_ms": i50, "idle_p99_ms": i99,
+            json!({"round": round + 1, "idle_p50_ms": i50, "idle_p99_ms": i99,
             "loaded_p50_ms": l50, "loaded_p99_ms": l99, "touches_per_s": rate}),
         );
     }
+    let med = |field: &str| {
+        super::median(
+            rows.iter()
+                .filter_map(|r| r[field].as_f64())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (idle99, loaded99) = (med("idle_p99_ms"), med("loaded_p99_ms"));
+    println!(
+        "medians over the rounds: idle p99 {idle99:.2} ms, loaded p99 {loaded99:.2} ms: {:.2}×",
+        loaded99 / idle99
+    );
     println!(
         "JSON: {}",
         json!({"bench": "sessions", "sessions": a.sessions, "fill_s": fill_s,

@@ -395,14 +395,30 @@ fn the_session_sweep_index_follows_the_entries_and_survives_a_snapshot() {
     restored.install_snapshot(&s.to_snapshot()).unwrap();
     assert_eq!(restored.hash(), s.hash());
     assert!(restored.sessions_to_sweep(3_001, 10).is_empty());
+    // Activity by key alone (the leader found the entry recorded): the same, and nothing for a
+    // session without an entry.
+    let active = |name: &str| Op::SessionActive {
+        key: affinity::key("d", name),
+    };
+    at(&mut restored, 2_600, active("s1")).unwrap();
+    assert_ne!(restored.hash(), s.hash());
+    assert_eq!(restored.sessions_to_sweep(4_601, 10), vec![k.clone()]);
+    assert!(restored.sessions_to_sweep(4_600, 10).is_empty());
+    at(&mut s, 2_600, active("s1")).unwrap();
+    assert_eq!(restored.hash(), s.hash());
+    let missing = at(&mut s, 2_600, active("none")).unwrap();
+    assert_eq!(missing.results[0].action, Action::NotFound);
+    assert_eq!(restored.hash(), s.hash());
     // Expired: next due when purgeable; purged: gone.
     let expire = Op::SessionExpire {
         key: k.clone(),
         evict: false,
     };
     at(&mut s, 4_501, expire.clone()).unwrap();
+    assert!(s.get(&k).unwrap()["status"].get("expiredMs").is_none());
+    at(&mut s, 4_601, expire.clone()).unwrap();
     assert_eq!(s.revision(), revision + 1);
-    assert_eq!(s.get(&k).unwrap()["status"]["lastActiveMs"], 2_500);
+    assert_eq!(s.get(&k).unwrap()["status"]["lastActiveMs"], 2_600);
     let purge_at = 1_000 + window + affinity::CLOCK_SKEW_MS;
     assert!(s.sessions_to_sweep(purge_at - 1, 10).is_empty());
     let mut restored = State::new(100);
