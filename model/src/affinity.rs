@@ -22,11 +22,12 @@ pub const MAX_SESSION_MS: u64 = 24 * 3_600_000;
 /// decides a token's age by its own clock.
 pub const CLOCK_SKEW_MS: u64 = 5_000;
 
-/// Sessions per Touch call a gateway node sends: each call is one Raft entry, and entries this small
-/// (tens of KiB) stay in the log instead of sled's blob files (entries over 128 KiB, each a file of
-/// its own to sync) and apply quickly, so config writes interleave with session activity. With 2 000
-/// per call, applies took 12–17 ms at p99 under 10 000 touches/s; with 200, 2–5 ms
-/// (`gwadm bench sessions`, bench/results/sessions-20261201.md).
+/// Sessions per Touch call a gateway node sends: each call is one Raft entry, which a config write
+/// arriving meanwhile waits behind (its sync, its apply). Small entries keep that wait short: under
+/// 10 000 touches/s, config applies' p99 was 12–17 ms with 2 000 per call (entries went to sled's
+/// blob files), 5–6 ms with 1 000, about 3 ms with 200 and about 2 ms with 100 or 50
+/// (`gwadm bench sessions`, bench/results/sessions-20261201.md); 100 costs a node one call per
+/// 100 sessions active in a batch.
 pub const TOUCHES_PER_CALL: usize = 100;
 
 /// The binding a session token carries, and its timeouts.
