@@ -49,6 +49,10 @@ pub struct StoreBenchArgs {
     pub watch_events: usize,
     #[arg(long, default_value_t = 10)]
     pub watch_interval_ms: u64,
+    /// Watchers of the watch workload, on the one member (a hundred streams to a connection); its
+    /// latencies are every watcher's, from each put's acknowledgement to the event's arrival.
+    #[arg(long, default_value_t = 1)]
+    pub watchers: usize,
     /// Wait until the 1-minute load average is below this before each run (0: do not wait).
     #[arg(long, default_value_t = 0.6)]
     pub load_gate: f64,
@@ -222,47 +226,53 @@ async fn closed_loop(
 /// minus put acknowledged (can be negative).
 async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunResult> {
     let mut writer = connect(dialer, &a.endpoint).await?;
-    let mut watcher = connect(dialer, &a.endpoint).await?;
-    let ns = format!("bench-watch-{run}");
+    let ns = format!("bench-watch-{}-{run}", std::process::id());
     let load = load1();
-    let req = pb::WatchRequest {
-        after_revision: None,
-        kinds: vec![kind_ref("", "ConfigMap")],
-        namespace: ns.clone(),
-        bookmark_interval_ms: 0,
-        show_secret_values: false,
-    };
-    let mut stream = watcher
-        .watch(req)
-        .await
-        .map_err(gw_client::Error::from)?
-        .into_inner();
-    // The first message (the snapshot) proves the watch is established.
-    stream.message().await.map_err(gw_client::Error::from)?;
     let n = a.watch_events;
-    let recv = tokio::spawn(async move {
-        let mut got = std::collections::HashMap::new();
-        while got.len() < n {
-            match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
-                Ok(Ok(Some(m))) => {
-                    let at = Instant::now();
-                    if let Some(pb::watch_response::Body::Events(ev)) = m.body {
-                        for e in ev.events {
-                            if let Some(seq) = e.target.and_then(|t| {
-                                t.name
-                                    .strip_prefix("w")
-                                    .and_then(|s| s.parse::<usize>().ok())
-                            }) {
-                                got.entry(seq).or_insert(at);
+    let mut receivers = Vec::with_capacity(a.watchers);
+    let mut conn = connect(dialer, &a.endpoint).await?;
+    for w in 0..a.watchers.max(1) {
+        if w > 0 && w % 100 == 0 {
+            conn = connect(dialer, &a.endpoint).await?;
+        }
+        let req = pb::WatchRequest {
+            after_revision: None,
+            kinds: vec![kind_ref("", "ConfigMap")],
+            namespace: ns.clone(),
+            bookmark_interval_ms: 0,
+            show_secret_values: false,
+        };
+        let mut stream = conn
+            .watch(req)
+            .await
+            .map_err(gw_client::Error::from)?
+            .into_inner();
+        // The first message (the snapshot) proves the watch is established.
+        stream.message().await.map_err(gw_client::Error::from)?;
+        receivers.push(tokio::spawn(async move {
+            let mut got = std::collections::HashMap::new();
+            while got.len() < n {
+                match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                    Ok(Ok(Some(m))) => {
+                        let at = Instant::now();
+                        if let Some(pb::watch_response::Body::Events(ev)) = m.body {
+                            for e in ev.events {
+                                if let Some(seq) = e.target.and_then(|t| {
+                                    t.name
+                                        .strip_prefix("w")
+                                        .and_then(|s| s.parse::<usize>().ok())
+                                }) {
+                                    got.entry(seq).or_insert(at);
+                                }
                             }
                         }
                     }
+                    _ => break,
                 }
-                _ => break,
             }
-        }
-        got
-    });
+            got
+        }));
+    }
     let mut ack = Vec::with_capacity(n);
     let started = Instant::now();
     let mut next = started;
@@ -284,26 +294,37 @@ async fn watch_run(a: &StoreBenchArgs, dialer: &Dialer, run: u64) -> Result<RunR
             .map_err(gw_client::Error::from)?;
         ack.push(Instant::now());
     }
-    let got = recv.await.map_err(|e| Error::Usage(e.to_string()))?;
+    let mut received = Vec::with_capacity(receivers.len());
+    for r in receivers {
+        received.push(r.await.map_err(|e| Error::Usage(e.to_string()))?);
+    }
     // Events per second delivered: from the first put sent to the last event received (the puts are
-    // paced, so this is the pace when every event arrives).
-    let last = got.values().max().copied().unwrap_or(started);
+    // paced, so this is the pace when every event arrives), over every watcher.
+    let last = received
+        .iter()
+        .flat_map(|got| got.values())
+        .max()
+        .copied()
+        .unwrap_or(started);
     let elapsed_s = last.saturating_duration_since(started).as_secs_f64();
-    let mut lat_us: Vec<f64> = (0..n)
-        .filter_map(|s| {
-            got.get(&s).map(|r| {
-                if *r >= ack[s] {
-                    (*r - ack[s]).as_secs_f64() * 1e6
-                } else {
-                    -((ack[s] - *r).as_secs_f64() * 1e6)
-                }
+    let mut lat_us: Vec<f64> = received
+        .iter()
+        .flat_map(|got| {
+            (0..n).filter_map(|s| {
+                got.get(&s).map(|r| {
+                    if *r >= ack[s] {
+                        (*r - ack[s]).as_secs_f64() * 1e6
+                    } else {
+                        -((ack[s] - *r).as_secs_f64() * 1e6)
+                    }
+                })
             })
         })
         .collect();
     lat_us.sort_by(|a, b| a.total_cmp(b));
     Ok(RunResult {
         ops: lat_us.len() as u64,
-        errors: (n - lat_us.len()) as u64,
+        errors: (n * received.len() - lat_us.len()) as u64,
         elapsed_s,
         lat_us,
         load1: load,
