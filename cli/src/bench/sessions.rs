@@ -10,7 +10,7 @@
 use super::{percentile, rss_mib, timed};
 use crate::error::{Error, Result};
 use gw_client::{Client, Dialer};
-use gw_model::affinity::TOUCHES_PER_CALL;
+use gw_model::affinity::{BATCH_INTERVAL, TOUCHES_PER_CALL};
 use gw_proto as pb;
 use serde_json::json;
 use std::sync::Arc;
@@ -35,8 +35,6 @@ pub struct SessionsArgs {
 
 /// Sessions per Touch call while the table is filled.
 const PER_CALL: usize = 2_000;
-/// How often each background caller sends its batch (a node's batch interval).
-const BATCH_EVERY: Duration = Duration::from_millis(250);
 const CALLERS: usize = 2;
 const NAMESPACE: &str = "bench";
 
@@ -101,7 +99,7 @@ async fn node_follows(admin: std::net::SocketAddr, n: usize, limit: Duration) ->
 }
 
 /// Background activity: `CALLERS` tasks, each sending `per_second / CALLERS / 4` touches of existing
-/// sessions every `BATCH_EVERY`, until `stop`. Counts the touches acknowledged.
+/// sessions every `BATCH_INTERVAL`, until `stop`. Counts the touches acknowledged.
 fn activity(
     client: &Client,
     sessions: usize,
@@ -109,13 +107,13 @@ fn activity(
     stop: &Arc<AtomicBool>,
     done: &Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let per_batch = per_second * BATCH_EVERY.as_millis() as usize / 1000 / CALLERS;
+    let per_batch = per_second * BATCH_INTERVAL.as_millis() as usize / 1000 / CALLERS;
     (0..CALLERS)
         .map(|caller| {
             let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
             tokio::spawn(async move {
-                tokio::time::sleep(BATCH_EVERY / CALLERS as u32 * caller as u32).await;
-                let mut tick = tokio::time::interval(BATCH_EVERY);
+                tokio::time::sleep(BATCH_INTERVAL / CALLERS as u32 * caller as u32).await;
+                let mut tick = tokio::time::interval(BATCH_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut next = caller * sessions / CALLERS;
                 while !stop.load(Ordering::Relaxed) {
@@ -183,12 +181,15 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let store_dir = dir.path().join("store");
     let node_dir = dir.path().join("node-n1");
-    let before = (
-        rss_mib(store_pid),
-        rss_mib(node_pid),
-        disk_bytes(&store_dir),
-        disk_bytes(&node_dir),
-    );
+    let measure = || {
+        (
+            rss_mib(store_pid),
+            rss_mib(node_pid),
+            disk_bytes(&store_dir),
+            disk_bytes(&node_dir),
+        )
+    };
+    let before = measure();
 
     // Fill the table: two calls in flight, as two nodes would send.
     let t0 = Instant::now();
@@ -206,12 +207,7 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     let fill_s = t0.elapsed().as_secs_f64();
     let follow = node_follows(admin, a.sessions, Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = (
-        rss_mib(store_pid),
-        rss_mib(node_pid),
-        disk_bytes(&store_dir),
-        disk_bytes(&node_dir),
-    );
+    let after = measure();
     let n = a.sessions as f64;
     let mib_each = |b: Option<f64>, a: Option<f64>| match (b, a) {
         (Some(b), Some(a)) => format!("{:.0}", (a - b) * 1_048_576.0 / n),
@@ -270,7 +266,7 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
         let done = Arc::new(AtomicU64::new(0));
         let tasks = activity(&client, a.sessions, a.touches_per_second, &stop, &done);
         // Let the activity reach its pace before timing.
-        tokio::time::sleep(BATCH_EVERY * 4).await;
+        tokio::time::sleep(BATCH_INTERVAL * 4).await;
         let (counted_from, t1) = (done.load(Ordering::Relaxed), Instant::now());
         let times = apply_round().await?;
         let rate =
@@ -288,10 +284,12 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     );
     println!("| round | idle p50 ms | idle p99 | loaded p50 | loaded p99 | touches/s done |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let mut rows = Vec::new();
+    let (mut rows, mut idle99s, mut loaded99s) = (Vec::new(), Vec::new(), Vec::new());
     for (round, (idle, (loaded, rate))) in idle.iter().zip(&loaded).enumerate() {
         let (i50, i99) = (percentile(idle, 50.0), percentile(idle, 99.0));
         let (l50, l99) = (percentile(loaded, 50.0), percentile(loaded, 99.0));
+        idle99s.push(i99);
+        loaded99s.push(l99);
         println!(
             "| {} | {i50:.2} | {i99:.2} | {l50:.2} | {l99:.2} | {rate:.0} |",
             round + 1
@@ -301,14 +299,7 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
             "loaded_p50_ms": l50, "loaded_p99_ms": l99, "touches_per_s": rate}),
         );
     }
-    let med = |field: &str| {
-        super::median(
-            rows.iter()
-                .filter_map(|r| r[field].as_f64())
-                .collect::<Vec<_>>(),
-        )
-    };
-    let (idle99, loaded99) = (med("idle_p99_ms"), med("loaded_p99_ms"));
+    let (idle99, loaded99) = (super::median(idle99s), super::median(loaded99s));
     println!(
         "medians over the rounds: idle p99 {idle99:.2} ms, loaded p99 {loaded99:.2} ms: {:.2}×",
         loaded99 / idle99

@@ -28,7 +28,7 @@ use decide::{Decision, Inputs, Known, decide, identity, replacement};
 use gw_client::{Client, Error, clock};
 use gw_model::ObjectKey;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token};
-use gw_model::affinity::{self, SessionEntry, TOUCHES_PER_CALL};
+use gw_model::affinity::{self, BATCH_INTERVAL, SessionEntry, TOUCHES_PER_CALL};
 use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
@@ -38,8 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How often activity is sent to the store.
-pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// The affinity view is followed only while its watch has had a bookmark this recently (one comes
 /// every 500 ms, each sent only once the member has confirmed it is current). Past it, a session's
 /// entry is read from the store (linearizably) before the session is followed.
