@@ -1032,7 +1032,7 @@ impl AffinityService {
             touches
                 .into_iter()
                 .map(|(key, spec)| {
-                    if a.state.get(&key).is_some() {
+                    if a.state.has_session(&key) {
                         Op::SessionActive { key }
                     } else {
                         Op::SessionTouch {

@@ -897,3 +897,58 @@ async fn a_member_exports_raft_rpc_and_storage_metrics() {
     );
     has("gw_store_watchers", 0.0);
 }
+
+/// Session activity sent at once through a follower and the leader is gathered on the leader: every
+/// call is answered once its sessions have committed, with the results of its own sessions only
+/// (a session named by two calls is in both answers), and every session has its entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_session_activity_is_committed_and_answered_per_call() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let leader = c.wait_for_leader(ELECTION).await.unwrap();
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let client = |member: u64| {
+        gw_client::Client::new(
+            &[c.addr(member).to_string()],
+            Duration::from_secs(10),
+            &gw_client::Dialer::new(c.pki().admin_security()),
+        )
+        .unwrap()
+    };
+    let session = |i: usize| gw_proto::Session {
+        namespace: "shop".into(),
+        id: format!("s{i}"),
+        scope: "HTTPRoute/shop/store/rules/0".into(),
+        backend: "shop/store:80|a|127.0.0.1:1".into(),
+        issued_ms: gw_client::clock::now_ms(),
+        idle_timeout_ms: Some(60_000),
+        absolute_timeout_ms: None,
+    };
+    let calls: Vec<(u64, std::ops::Range<usize>)> = vec![
+        (follower, 0..300),
+        (leader, 250..400),
+        (follower, 400..401),
+        (leader, 401..1400),
+    ];
+    let answers = futures::future::join_all(calls.iter().map(|(member, ids)| {
+        let client = client(*member);
+        let sessions = ids.clone().map(session).collect();
+        async move { client.touch(sessions).await }
+    }))
+    .await;
+    for ((_, ids), answer) in calls.iter().zip(answers) {
+        let answer = answer.unwrap();
+        let mut named: Vec<String> = answer
+            .results
+            .iter()
+            .map(|r| r.target.as_ref().unwrap().name.clone())
+            .collect();
+        named.sort();
+        let mut mine: Vec<String> = ids.clone().map(|i| format!("s{i}")).collect();
+        mine.sort();
+        assert_eq!(named, mine, "the answer names this call's sessions");
+        assert!(answer.revision > 0);
+    }
+    let json = ok(c.gwadm(c.addr(follower), &["affinity", "ls", "-o", "json"]));
+    let entries: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(entries.len(), 1400);
+}

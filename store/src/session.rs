@@ -8,6 +8,7 @@
 //! `status.lastActiveMs` is the activity as of its last write (creation, failover, expiry); expiry is
 //! decided on the latest activity, and an entry written for any other reason carries it.
 
+use crate::state::resource_version;
 use crate::types::{Action, Op};
 use gw_model::affinity::{FailoverRecord, SessionEntry, SessionSpec, SessionStatus};
 use gw_model::meta::rfc3339;
@@ -40,11 +41,18 @@ pub struct Tracked {
     timing: SessionSpec,
     /// The entry's status without failovers, its latest activity included.
     status: SessionStatus,
+    /// The entry object's resourceVersion.
+    resource_version: u64,
+    /// The latest activity the entry object records (`status.last_active_ms` may be later: activity
+    /// recorded beside it since).
+    recorded_active_ms: u64,
 }
 
 impl Tracked {
-    pub fn of(e: &SessionEntry) -> Tracked {
+    pub fn of(e: &SessionEntry, resource_version: u64) -> Tracked {
         Tracked {
+            resource_version,
+            recorded_active_ms: e.status.last_active_ms,
             timing: SessionSpec {
                 scope: String::new(),
                 backend: String::new(),
@@ -61,6 +69,10 @@ impl Tracked {
         }
     }
 
+    pub fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
     pub fn last_active_ms(&self) -> u64 {
         self.status.last_active_ms
     }
@@ -68,6 +80,11 @@ impl Tracked {
     /// Records activity at `at`.
     pub fn active(&mut self, at: u64) {
         self.status.last_active_ms = at;
+    }
+
+    /// The latest activity, if later than the entry object records: committed state kept beside it.
+    pub fn unrecorded_activity(&self) -> Option<u64> {
+        (self.status.last_active_ms > self.recorded_active_ms).then_some(self.status.last_active_ms)
     }
 
     /// When the sweeper next has something to do with the entry.
@@ -91,6 +108,16 @@ impl Tracked {
     }
 }
 
+/// What `op` does if it is activity (a touch) on an entry tracked as `tracked`, decided on the record
+/// alone; `None` for any other operation, or when the entry is due (the touch writes its expiry,
+/// which `plan` makes from the object).
+pub fn activity(op: &Op, tracked: &Tracked, now: u64) -> Option<Planned> {
+    match op {
+        Op::SessionTouch { .. } | Op::SessionActive { .. } => tracked.touched(now),
+        _ => None,
+    }
+}
+
 /// Plans `op` (a session operation) against the stored entry `old`, as the state tracks it
 /// (`tracked`, its latest activity included), at committed time `now`.
 pub fn plan(
@@ -101,19 +128,18 @@ pub fn plan(
     new_rev: u64,
 ) -> Planned {
     let active = tracked.map(Tracked::last_active_ms);
-    if matches!(op, Op::SessionTouch { .. } | Op::SessionActive { .. }) {
-        // Activity is decided on what is tracked; only an expiry reads the object.
-        let read;
-        let tracked = match tracked {
-            Some(t) => Some(t),
-            None => {
-                read = old.and_then(|o| entry(o, None)).map(|e| Tracked::of(&e));
-                read.as_ref()
-            }
-        };
-        if let Some(planned) = tracked.and_then(|t| t.touched(now)) {
-            return planned;
+    // Activity is decided on what is tracked (read from the object if it is not); only an expiry
+    // reads the object.
+    let read;
+    let record = match tracked {
+        Some(t) => Some(t),
+        None => {
+            read = old.and_then(|o| entry(o, None).map(|e| Tracked::of(&e, resource_version(o))));
+            read.as_ref()
         }
+    };
+    if let Some(planned) = record.and_then(|t| activity(op, t, now)) {
+        return planned;
     }
     let entry = old.and_then(|o| entry(o, active));
     match (op, entry) {
@@ -265,7 +291,7 @@ mod tests {
 
     /// The entry in `obj` as tracked, last active at `active`.
     fn tracked(obj: &Value, active: u64) -> Tracked {
-        let mut t = Tracked::of(&SessionEntry::from_object(obj).unwrap());
+        let mut t = Tracked::of(&SessionEntry::from_object(obj).unwrap(), 1);
         t.active(active);
         t
     }

@@ -10,7 +10,7 @@ use gw_model::kinds::default_status;
 use gw_model::meta::rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,15 +57,30 @@ pub struct State {
     history: VecDeque<Arc<RevisionEvents>>,
     compact_revision: u64,
     history_limit: usize,
-    /// Session affinity entries by when the sweeper next has to look at them (derived from the
-    /// objects: maintained as they change, rebuilt from a snapshot).
-    session_sweeps: BTreeSet<(u64, ObjectKey)>,
-    /// What is tracked of each session entry (see `session::Tracked`), derived likewise.
-    session_tracked: HashMap<ObjectKey, session::Tracked>,
-    /// The latest activity of session entries, where later than the entry records (see
-    /// `crate::session`): committed state, in snapshots and the state hash, never in the watch.
-    /// (Keys shared, so that a snapshot's image takes them by reference under the state's lock.)
-    session_activity: BTreeMap<Arc<ObjectKey>, u64>,
+    /// What is tracked of each session entry (see `session::Tracked`), derived from the objects
+    /// (maintained as they change, rebuilt from a snapshot), and its latest activity: where that is
+    /// later than the entry records, it is committed state (`crate::session`), in snapshots and the
+    /// state hash, never in the watch. Hashed, not ordered: every touch looks its key up, and
+    /// comparing keys (four strings, three the same for every entry) is an ordered map's cost.
+    session_tracked: HashMap<Arc<ObjectKey>, Indexed>,
+    /// Session entries by when the sweeper next has to look at them, each under its own slot
+    /// number among entries due at the same time (compared faster than keys).
+    session_sweeps: BTreeMap<(u64, u64), Arc<ObjectKey>>,
+    /// The slot the next indexed session entry takes.
+    next_slot: u64,
+}
+
+/// A session entry's record and its place in the sweep index.
+#[derive(Debug, Clone)]
+struct Indexed {
+    tracked: session::Tracked,
+    slot: u64,
+}
+
+impl Indexed {
+    fn sweep(&self) -> (u64, u64) {
+        (self.tracked.sweep_at(), self.slot)
+    }
 }
 
 /// What one operation changes.
@@ -149,9 +164,9 @@ impl State {
             history: VecDeque::new(),
             compact_revision: 0,
             history_limit: history_limit.max(1),
-            session_sweeps: BTreeSet::new(),
             session_tracked: HashMap::new(),
-            session_activity: BTreeMap::new(),
+            session_sweeps: BTreeMap::new(),
+            next_slot: 0,
         }
     }
 
@@ -159,42 +174,58 @@ impl State {
     pub fn sessions_to_sweep(&self, now: u64, limit: usize) -> Vec<ObjectKey> {
         self.session_sweeps
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|((at, _), _)| *at <= now)
             .take(limit)
-            .map(|(_, k)| k.clone())
+            .map(|(_, k)| (**k).clone())
             .collect()
     }
 
-    /// Keeps the sweep index in step with a session entry (`None`: deleted).
+    /// Keeps the session records and the sweep index in step with a session entry (`None`:
+    /// deleted). A written entry carries its latest activity.
     fn index_session(&mut self, key: &ObjectKey, obj: Option<&Value>) {
         if key.group != GW_GROUP || key.kind != affinity::KIND {
             return;
         }
-        if let Some(old) = self.session_tracked.remove(key) {
-            self.session_sweeps.remove(&(old.sweep_at(), key.clone()));
-        }
-        let active = self.session_activity.get(key).copied();
-        if let Some(e) = obj.and_then(|o| session::entry(o, active)) {
-            let tracked = session::Tracked::of(&e);
-            self.session_sweeps
-                .insert((tracked.sweep_at(), key.clone()));
-            self.session_tracked.insert(key.clone(), tracked);
+        let shared = match self.session_tracked.remove_entry(key) {
+            Some((shared, old)) => {
+                self.session_sweeps.remove(&old.sweep());
+                shared
+            }
+            None => Arc::new(key.clone()),
+        };
+        if let Some(obj) = obj
+            && let Some(e) = session::entry(obj, None)
+        {
+            let indexed = Indexed {
+                tracked: session::Tracked::of(&e, resource_version(obj)),
+                slot: self.next_slot,
+            };
+            self.next_slot += 1;
+            self.session_sweeps.insert(indexed.sweep(), shared.clone());
+            self.session_tracked.insert(shared, indexed);
         }
     }
 
     /// Records a session's activity at `at`, beside its entry.
-    fn session_active(&mut self, key: ObjectKey, at: u64) {
-        if let Some(t) = self.session_tracked.get_mut(&key) {
-            self.session_sweeps.remove(&(t.sweep_at(), key.clone()));
-            t.active(at);
-            self.session_sweeps.insert((t.sweep_at(), key.clone()));
+    fn session_active(&mut self, key: &ObjectKey, at: u64) {
+        if let Some(i) = self.session_tracked.get_mut(key)
+            && let Some(shared) = self.session_sweeps.remove(&i.sweep())
+        {
+            i.tracked.active(at);
+            self.session_sweeps.insert(i.sweep(), shared);
         }
-        match self.session_activity.get_mut(&key) {
-            Some(last) => *last = at,
-            None => {
-                self.session_activity.insert(Arc::new(key), at);
-            }
-        }
+    }
+
+    /// Whether the affinity table has an entry under `key` (a hashed lookup).
+    pub fn has_session(&self, key: &ObjectKey) -> bool {
+        self.session_tracked.contains_key(key)
+    }
+
+    /// The sessions' activity recorded beside their entries.
+    fn session_activity(&self) -> impl Iterator<Item = (&Arc<ObjectKey>, u64)> {
+        self.session_tracked
+            .iter()
+            .filter_map(|(k, i)| i.tracked.unrecorded_activity().map(|at| (k, at)))
     }
 
     pub fn revision(&self) -> u64 {
@@ -358,7 +389,9 @@ impl State {
             feed(format!("{}/{}/{}/{}", k.group, k.kind, k.namespace, k.name).as_bytes());
             feed(v.to_string().as_bytes());
         }
-        for (k, at) in &self.session_activity {
+        let mut activity: Vec<_> = self.session_activity().collect();
+        activity.sort_unstable();
+        for (k, at) in activity {
             feed(format!("{}/{}/{}", k.namespace, k.name, at).as_bytes());
         }
         h
@@ -382,7 +415,7 @@ impl State {
             let (result, change) = self.plan(op, new_rev);
             match change {
                 Some(Change::Event(e)) => events.push(e),
-                Some(Change::Activity(at)) => activity.push((result.key.clone(), at)),
+                Some(Change::Activity(at)) => activity.push((op.key(), at)),
                 None => {}
             }
             results.push(result);
@@ -400,8 +433,6 @@ impl State {
             );
         }
         for e in &events {
-            // A written entry carries its latest activity (or is gone).
-            self.session_activity.remove(&e.key);
             match e.kind {
                 EventKind::Put => {
                     self.objects.insert(e.key.clone(), e.object.clone());
@@ -459,13 +490,23 @@ impl State {
             if !seen.insert(key) {
                 return Err(TxnError::Duplicate { key: key.clone() });
             }
-            let current = self.objects.get(key).map(|o| resource_version(o));
             let expected = match op {
                 Op::Put { expected_rv, .. }
                 | Op::Delete { expected_rv, .. }
                 | Op::Status { expected_rv, .. } => *expected_rv,
                 _ => None,
             };
+            let must_exist = matches!(
+                op,
+                Op::Delete {
+                    ignore_missing: false,
+                    ..
+                }
+            );
+            if expected.is_none() && !must_exist {
+                continue;
+            }
+            let current = self.objects.get(key).map(|o| resource_version(o));
             // Expected resourceVersion 0 means "must not exist yet" (create-only).
             if let Some(exp) = expected {
                 let holds = if exp == 0 {
@@ -481,12 +522,7 @@ impl State {
                     });
                 }
             }
-            if let Op::Delete {
-                ignore_missing: false,
-                ..
-            } = op
-                && current.is_none()
-            {
+            if must_exist && current.is_none() {
                 return Err(TxnError::NotFound { key: key.clone() });
             }
         }
@@ -510,11 +546,21 @@ impl State {
     /// `plan` of a session operation.
     fn plan_session(&self, op: &Op, new_rev: u64) -> (OpResult, Option<Change>) {
         let key = op.key();
-        let stored = self.objects.get(key);
-        let old = stored.map(|o| &**o);
-        let rv = old.map(resource_version).unwrap_or(0);
-        let tracked = self.session_tracked.get(key);
-        match session::plan(op, old, tracked, self.time_ms, new_rev) {
+        let tracked = self.session_tracked.get(key).map(|i| &i.tracked);
+        // Activity on a tracked entry is decided on its record: the object is not looked up.
+        let decided = tracked.and_then(|t| {
+            session::activity(op, t, self.time_ms).map(|p| (p, t.resource_version(), None))
+        });
+        let (planned, rv, stored) = decided.unwrap_or_else(|| {
+            let stored = self.objects.get(key);
+            let old = stored.map(|o| &**o);
+            (
+                session::plan(op, old, tracked, self.time_ms, new_rev),
+                old.map(resource_version).unwrap_or(0),
+                stored,
+            )
+        });
+        match planned {
             session::Planned::Put(action, obj) => (
                 result(key, action, new_rev),
                 Some(Change::Event(put(key, obj, stored))),
@@ -693,9 +739,8 @@ impl State {
             objects: self.objects.values().cloned().collect(),
             history: self.history.iter().cloned().collect(),
             session_activity: self
-                .session_activity
-                .iter()
-                .map(|(k, at)| (k.clone(), *at))
+                .session_activity()
+                .map(|(k, at)| (k.clone(), at))
                 .collect(),
         })
     }
@@ -718,9 +763,11 @@ impl State {
         self.time_ms = body.time_ms;
         self.session_sweeps.clear();
         self.session_tracked.clear();
-        self.session_activity = body.session_activity.into_iter().collect();
         for (k, o) in &objects {
             self.index_session(k, Some(o));
+        }
+        for (k, at) in &body.session_activity {
+            self.session_active(k, *at);
         }
         self.objects = objects;
         self.history = body.history.into();
