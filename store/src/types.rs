@@ -83,7 +83,168 @@ pub struct Txn {
     /// The proposer's wall clock (ms since the epoch). The committed time is the maximum seen so far,
     /// so it never goes backwards.
     pub time_ms: u64,
+    #[serde(with = "compact_ops")]
     pub ops: Vec<Op>,
+}
+
+/// How a transaction's operations are written to the log and sent to followers: each as itself,
+/// except that a run of `SessionActive` of affinity entries in one namespace (a node's activity
+/// call: up to `gw_model::affinity::TOUCHES_PER_CALL` of them) is written as one `SessionsActive`
+/// item naming the namespace once and the sessions by id: about 12 bytes a session instead of 110,
+/// so that session activity (10 000 touches/s is 1.1 MB/s of log the other way) costs a ninth of
+/// the bytes to encode, sync, replicate and decode. Reading gives back the same operations in the
+/// same order; logs written before this form are read as they are.
+mod compact_ops {
+    use super::Op;
+    use gw_model::ObjectKey;
+    use gw_model::affinity;
+    use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    const RUN: &str = "SessionsActive";
+
+    #[derive(Serialize, Deserialize)]
+    struct Run<S> {
+        namespace: S,
+        ids: Vec<S>,
+    }
+
+    /// The affinity entry `op` records activity on, if it is a `SessionActive` of one.
+    fn session(op: &Op) -> Option<&ObjectKey> {
+        match op {
+            Op::SessionActive { key }
+                if key.group == gw_model::kinds::GW_GROUP && key.kind == affinity::KIND =>
+            {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
+        /// The compact item (its name is `RUN`).
+        #[derive(Serialize)]
+        enum Written<'a> {
+            SessionsActive(Run<&'a str>),
+        }
+        let mut seq = s.serialize_seq(None)?;
+        let mut rest = ops;
+        while let Some(first) = rest.first() {
+            match session(first) {
+                Some(key) => {
+                    let n = rest
+                        .iter()
+                        .take_while(|op| session(op).is_some_and(|k| k.namespace == key.namespace))
+                        .count();
+                    let ids = rest[..n]
+                        .iter()
+                        .filter_map(session)
+                        .map(|k| k.name.as_str())
+                        .collect();
+                    seq.serialize_element(&Written::SessionsActive(Run {
+                        namespace: key.namespace.as_str(),
+                        ids,
+                    }))?;
+                    rest = &rest[n..];
+                }
+                None => {
+                    seq.serialize_element(first)?;
+                    rest = &rest[1..];
+                }
+            }
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Op>, D::Error> {
+        d.deserialize_seq(Ops)
+    }
+
+    struct Ops;
+
+    impl<'de> Visitor<'de> for Ops {
+        type Value = Vec<Op>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of operations")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Op>, A::Error> {
+            let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while seq.next_element_seed(Item(&mut ops))?.is_some() {}
+            Ok(ops)
+        }
+    }
+
+    /// One item of the list, appended to the operations.
+    struct Item<'a>(&'a mut Vec<Op>);
+
+    impl<'de> DeserializeSeed<'de> for Item<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Item<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an operation")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Some(tag) = map.next_key::<String>()? else {
+                return Err(de::Error::custom("an operation without its name"));
+            };
+            if tag == RUN {
+                let run: Run<String> = map.next_value()?;
+                self.0.extend(run.ids.iter().map(|id| Op::SessionActive {
+                    key: affinity::key(&run.namespace, id),
+                }));
+            } else {
+                // Any other operation is read as itself, its name already taken from the map.
+                let tagged = Tagged {
+                    tag: Some(tag),
+                    map,
+                };
+                self.0
+                    .push(Op::deserialize(de::value::MapAccessDeserializer::new(
+                        tagged,
+                    ))?);
+            }
+            Ok(())
+        }
+    }
+
+    /// A map whose first key was read already: gives it back first.
+    struct Tagged<A> {
+        tag: Option<String>,
+        map: A,
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for Tagged<A> {
+        type Error = A::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            match self.tag.take() {
+                Some(tag) => seed.deserialize(tag.into_deserializer()).map(Some),
+                None => self.map.next_key_seed(seed),
+            }
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
+            self.map.next_value_seed(seed)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,4 +382,93 @@ pub enum TxnError {
     /// The same object appears twice in one transaction.
     #[error("{key} appears more than once in the transaction")]
     Duplicate { key: ObjectKey },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_model::affinity;
+    use serde_json::json;
+
+    fn active(namespace: &str, id: &str) -> Op {
+        Op::SessionActive {
+            key: affinity::key(namespace, id),
+        }
+    }
+
+    #[test]
+    fn session_activity_is_written_compactly_and_read_back_as_the_same_operations() {
+        let spec = SessionSpec {
+            scope: "HTTPRoute/a/r/rules/0".into(),
+            backend: "a/svc:80|p|127.0.0.1:1".into(),
+            issued_ms: 5,
+            idle_timeout_ms: Some(1_000),
+            absolute_timeout_ms: None,
+        };
+        let txn = Txn {
+            time_ms: 7,
+            ops: vec![
+                Op::Put {
+                    key: ObjectKey::new("", "ConfigMap", "a", "cm"),
+                    object: json!({"data": {"k": "v"}}),
+                    expected_rv: None,
+                    uid: "u0".into(),
+                },
+                active("a", "s1"),
+                active("a", "s2"),
+                active("b", "s3"),
+                Op::SessionTouch {
+                    key: affinity::key("a", "s4"),
+                    spec,
+                    uid: "u".into(),
+                },
+                active("a", "s5"),
+                // Not an affinity entry: written as itself.
+                Op::SessionActive {
+                    key: ObjectKey::new("", "ConfigMap", "a", "s6"),
+                },
+            ],
+        };
+        let text = serde_json::to_string(&txn).unwrap();
+        assert_eq!(text.matches("SessionsActive").count(), 3, "{text}");
+        assert_eq!(text.matches("\"SessionActive\"").count(), 1, "{text}");
+        assert_eq!(serde_json::from_str::<Txn>(&text).unwrap(), txn);
+
+        // As logs written before the compact form hold them.
+        let old = json!({"time_ms": 7, "ops": [
+            {"SessionActive": {"key": {"group": "gw.dev", "kind": "SessionAffinity",
+                "namespace": "a", "name": "s1"}}},
+            {"Delete": {"key": {"group": "", "kind": "ConfigMap", "namespace": "a", "name": "cm"},
+                "expected_rv": null, "ignore_missing": true}}
+        ]});
+        let read: Txn = serde_json::from_value(old).unwrap();
+        assert_eq!(read.ops[0], active("a", "s1"));
+        assert!(matches!(
+            read.ops[1],
+            Op::Delete {
+                ignore_missing: true,
+                ..
+            }
+        ));
+
+        // A few bytes a session.
+        let many = Txn {
+            time_ms: 7,
+            ops: (0..2_500)
+                .map(|i| active("shop", &format!("s{i:07x}")))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&many).unwrap().len();
+        assert!(bytes < 2_500 * 12, "{bytes} bytes");
+        assert_eq!(
+            serde_json::from_slice::<Txn>(&serde_json::to_vec(&many).unwrap()).unwrap(),
+            many
+        );
+
+        let bad = serde_json::from_value::<Txn>(json!({"time_ms": 1, "ops": [{}]})).unwrap_err();
+        assert!(
+            bad.to_string().contains("an operation without its name"),
+            "{bad}"
+        );
+    }
 }
