@@ -31,6 +31,12 @@ pub struct SessionsArgs {
     /// Rounds of applies idle, and as many loaded.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Send the loaded rounds' activity to a second one-member store on this machine (filled with
+    /// the same sessions) instead: the config path then shares the machine (cores, disk) with the
+    /// activity but not its log, its state or its process — what it would see with the affinity
+    /// table in a Raft group of its own.
+    #[arg(long)]
+    pub activity_elsewhere: bool,
 }
 
 /// Sessions per Touch call while the table is filled.
@@ -99,39 +105,69 @@ async fn node_follows(admin: std::net::SocketAddr, n: usize, limit: Duration) ->
 }
 
 /// Background activity: `CALLERS` tasks, each sending `per_second / CALLERS / 4` touches of existing
-/// sessions every `BATCH_INTERVAL`, until `stop`. Counts the touches acknowledged.
+/// sessions every `BATCH_INTERVAL` to `server`, until `stop`. Counts the touches acknowledged. They
+/// run on a thread and a runtime of their own, as nodes are processes of their own: sharing the
+/// timing client's runtime, a batch being built and sent held up the applies' replies (tasks are
+/// not preempted).
 fn activity(
-    client: &Client,
+    server: String,
+    dialer: Dialer,
     sessions: usize,
     per_second: usize,
     stop: &Arc<AtomicBool>,
     done: &Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> std::thread::JoinHandle<Result<()>> {
     let per_batch = per_second * BATCH_INTERVAL.as_millis() as usize / 1000 / CALLERS;
-    (0..CALLERS)
-        .map(|caller| {
-            let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(BATCH_INTERVAL / CALLERS as u32 * caller as u32).await;
-                let mut tick = tokio::time::interval(BATCH_INTERVAL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut next = caller * sessions / CALLERS;
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let issued = gw_client::clock::now_ms();
-                    let batch: Vec<pb::Session> = (0..per_batch)
-                        .map(|k| session((next + k) % sessions, issued))
-                        .collect();
-                    next = (next + per_batch) % sessions;
-                    for chunk in batch.chunks(TOUCHES_PER_CALL) {
-                        if client.touch(chunk.to_vec()).await.is_ok() {
-                            done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    let (stop, done) = (stop.clone(), done.clone());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)?;
+        rt.block_on(async move {
+            let client = Client::new(&[server], Duration::from_secs(30), &dialer)?;
+            let callers = (0..CALLERS).map(|caller| {
+                let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
+                async move {
+                    tokio::time::sleep(BATCH_INTERVAL / CALLERS as u32 * caller as u32).await;
+                    let mut tick = tokio::time::interval(BATCH_INTERVAL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut next = caller * sessions / CALLERS;
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        let issued = gw_client::clock::now_ms();
+                        let batch: Vec<pb::Session> = (0..per_batch)
+                            .map(|k| session((next + k) % sessions, issued))
+                            .collect();
+                        next = (next + per_batch) % sessions;
+                        for chunk in batch.chunks(TOUCHES_PER_CALL) {
+                            if client.touch(chunk.to_vec()).await.is_ok() {
+                                done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
-            })
+            });
+            futures::future::join_all(callers).await;
+            Ok(())
         })
-        .collect()
+    })
+}
+
+/// Fills the table with sessions `0..n`: two calls in flight, as two nodes would send.
+async fn fill(client: &Client, n: usize) -> Result<()> {
+    let ids: Vec<usize> = (0..n).collect();
+    for pair in ids.chunks(PER_CALL * CALLERS) {
+        let issued = gw_client::clock::now_ms();
+        let calls = pair.chunks(PER_CALL).map(|chunk| {
+            let sessions = chunk.iter().map(|&i| session(i, issued)).collect();
+            client.touch(sessions)
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+    }
+    Ok(())
 }
 
 fn apply_doc(i: usize) -> pb::Document {
@@ -191,19 +227,8 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     };
     let before = measure();
 
-    // Fill the table: two calls in flight, as two nodes would send.
     let t0 = Instant::now();
-    let ids: Vec<usize> = (0..a.sessions).collect();
-    for pair in ids.chunks(PER_CALL * CALLERS) {
-        let issued = gw_client::clock::now_ms();
-        let calls = pair.chunks(PER_CALL).map(|chunk| {
-            let sessions = chunk.iter().map(|&i| session(i, issued)).collect();
-            client.touch(sessions)
-        });
-        for r in futures::future::join_all(calls).await {
-            r?;
-        }
-    }
+    fill(&client, a.sessions).await?;
     let fill_s = t0.elapsed().as_secs_f64();
     let follow = node_follows(admin, a.sessions, Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -260,11 +285,33 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     for _ in 0..a.rounds {
         idle.push(apply_round().await?);
     }
+    let activity_server = if a.activity_elsewhere {
+        let other = format!("127.0.0.1:{}", free_port());
+        let other_dir = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&other_dir).map_err(anyhow::Error::from)?;
+        children.spawn_store(&other, None, &other_dir, &pki)?;
+        let c = Client::new(
+            std::slice::from_ref(&other),
+            Duration::from_secs(30),
+            &Dialer::new(pki.admin_security()),
+        )?;
+        fill(&c, a.sessions).await?;
+        other
+    } else {
+        store.clone()
+    };
     let mut loaded = Vec::new();
     for _ in 0..a.rounds {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let tasks = activity(&client, a.sessions, a.touches_per_second, &stop, &done);
+        let generator = activity(
+            activity_server.clone(),
+            Dialer::new(pki.admin_security()),
+            a.sessions,
+            a.touches_per_second,
+            &stop,
+            &done,
+        );
         // Let the activity reach its pace before timing.
         tokio::time::sleep(BATCH_INTERVAL * 4).await;
         let (counted_from, t1) = (done.load(Ordering::Relaxed), Instant::now());
@@ -272,15 +319,24 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
         let rate =
             (done.load(Ordering::Relaxed) - counted_from) as f64 / t1.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
+        tokio::task::spawn_blocking(move || generator.join())
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|_| anyhow::anyhow!("the activity generator panicked"))??;
         loaded.push((times, rate));
     }
     println!();
     println!(
-        "# config applies ({} a round): {} rounds idle, then {} with {} touches/s of existing sessions",
-        a.applies, a.rounds, a.rounds, a.touches_per_second
+        "# config applies ({} a round): {} rounds idle, then {} with {} touches/s of existing sessions{}",
+        a.applies,
+        a.rounds,
+        a.rounds,
+        a.touches_per_second,
+        if a.activity_elsewhere {
+            " sent to a second store on this machine"
+        } else {
+            ""
+        }
     );
     println!("| round | idle p50 ms | idle p99 | loaded p50 | loaded p99 | touches/s done |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -307,6 +363,7 @@ pub async fn table(a: SessionsArgs) -> Result<()> {
     println!(
         "JSON: {}",
         json!({"bench": "sessions", "sessions": a.sessions, "fill_s": fill_s,
+            "activity_elsewhere": a.activity_elsewhere,
             "follow_s": follow.as_secs_f64(),
             "member_rss_mib": [before.0, after.0], "node_rss_mib": [before.1, after.1],
             "member_disk_bytes": [before.2, after.2], "node_disk_bytes": [before.3, after.3],
