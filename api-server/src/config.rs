@@ -85,7 +85,8 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 60_000)]
     pub snapshot_timeout_ms: u64,
 
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one, once the log since it also
+    /// holds a quarter of its bytes (`snapshots`).
     #[arg(long, default_value_t = 5000)]
     pub snapshot_logs: u64,
 
@@ -233,7 +234,8 @@ impl ServerConfig {
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
             install_snapshot_timeout: self.snapshot_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            // `crate::snapshots` triggers them.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.keep_logs,
             // Bounded AppendEntries payloads: each call (and its sync) has one heartbeat to finish.
             max_payload_entries: 64,

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod services;
+pub mod snapshots;
 pub mod sweeper;
 pub mod watch;
 
@@ -318,6 +319,7 @@ impl Server {
             }
         }
         tasks.push(tokio::spawn(crate::sweeper::run(node.clone())));
+        tasks.push(tokio::spawn(crate::snapshots::run(node.clone())));
         Ok(Server {
             node,
             local_addr,

@@ -952,3 +952,73 @@ async fn concurrent_session_activity_is_committed_and_answered_per_call() {
     let entries: Vec<Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(entries.len(), 1400);
 }
+
+/// Member 1's snapshot index, once it is past `index`.
+async fn snapshot_after(c: &Cluster, index: u64) -> u64 {
+    let deadline = std::time::Instant::now() + ELECTION;
+    loop {
+        let now = c.member_status(1).await.unwrap().snapshot_index;
+        if now > index {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Snapshots wait for the log since the last one to hold a quarter of its bytes, not only for
+/// `--snapshot-logs` entries: after a snapshot of a large state, many small writes do not make
+/// another; as many large ones do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_state_is_snapshotted_again_only_once_the_log_has_grown_by_a_quarter_of_it() {
+    let opts = ClusterOptions {
+        extra_args: ["--snapshot-logs", "5"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let c = Cluster::start(1, opts).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let big = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '{}'}}\n",
+            "x".repeat(200_000)
+        )
+    };
+    // Five large objects: the entries make the first snapshot due (there is none to grow from).
+    for i in 0..5 {
+        ok(c.gwadm(
+            c.addr(1),
+            &[
+                "apply",
+                "-f",
+                &write(&c.dir, "big.yaml", &big(&format!("big-{i}"))),
+            ],
+        ));
+    }
+    snapshot_after(&c, 0).await;
+    // One that covers them all (the rule's first snapshot may have come before the last ones).
+    ok(c.gwadm(c.addr(1), &["cluster", "compact-log"]));
+    let first = c.member_status(1).await.unwrap().snapshot_index;
+    // Twenty small writes: four times the entries, a sliver of the snapshot's bytes.
+    apply_config_maps(&c, c.addr(1), 20);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.member_status(1).await.unwrap().snapshot_index,
+        first,
+        "small writes alone made a snapshot"
+    );
+    // A quarter of the state's bytes again (its history holds each object twice): due.
+    for i in 5..10 {
+        ok(c.gwadm(
+            c.addr(1),
+            &[
+                "apply",
+                "-f",
+                &write(&c.dir, "big.yaml", &big(&format!("big-{i}"))),
+            ],
+        ));
+    }
+    snapshot_after(&c, first).await;
+}

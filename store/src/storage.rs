@@ -42,6 +42,7 @@ use std::fs::File;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::broadcast;
@@ -110,6 +111,25 @@ struct Durable {
     synced_blobs: Mutex<HashSet<OsString>>,
     no_sync: bool,
     metrics: StorageMetrics,
+    /// Log growth against the last snapshot (`StoreHandle::log_growth`).
+    growth: LogGrowth,
+}
+
+/// Bytes appended to the log since this member started, as of the last snapshot built or installed,
+/// and that snapshot's size.
+#[derive(Default)]
+struct LogGrowth {
+    appended: AtomicU64,
+    appended_at_snapshot: AtomicU64,
+    snapshot_bytes: AtomicU64,
+}
+
+impl LogGrowth {
+    /// A snapshot of `bytes` taken when the log had `appended` bytes.
+    fn snapshot(&self, appended: u64, bytes: usize) {
+        self.appended_at_snapshot.store(appended, Ordering::Relaxed);
+        self.snapshot_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 impl Durable {
@@ -198,6 +218,7 @@ pub fn open(
         synced_blobs: Mutex::default(),
         no_sync: options.unsafe_no_sync,
         metrics: StorageMetrics::default(),
+        growth: LogGrowth::default(),
     });
     let log = LogStore::new(&db, durable.clone())?;
     let shared = Arc::new(Shared::load(
@@ -388,10 +409,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
         for e in entries {
-            batch.insert(&index_key(e.log_id.index), encode(&e));
+            let value = encode(&e);
+            bytes += value.len() as u64;
+            batch.insert(&index_key(e.log_id.index), value);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        self.durable
+            .growth
+            .appended
+            .fetch_add(bytes, Ordering::Relaxed);
         self.flusher
             .send(callback)
             .map_err(|_| write_err(io::Error::other("log flusher stopped")))
@@ -477,6 +505,7 @@ impl Shared {
         let mut membership = StoredMembership::default();
         if let Some((meta, data)) = current_snapshot(&snapshot, &snapshots)? {
             state.install_snapshot(&data).map_err(read_err)?;
+            durable.growth.snapshot(0, data.len());
             last_applied = meta.last_log_id;
             membership = meta.last_membership;
         }
@@ -578,6 +607,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Durable first: once installed, the log before the snapshot may be gone.
             store_snapshot(&shared, &meta, &data)?;
             shared.durable.metrics.snapshot_bytes.set(data.len() as i64);
+            let growth = &shared.durable.growth;
+            growth.snapshot(growth.appended.load(Ordering::Relaxed), data.len());
             // Decoded before taking the state: readers and the API keep being served meanwhile.
             let image = SnapshotImage::decode(&data).map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(
@@ -706,12 +737,15 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StorageError>
     *seq += 1;
     // Taken under the lock (cheap: shared objects), encoded after it, so that applying
     // entries does not wait for the encoding.
-    let (image, last_applied, membership) = {
+    let (image, last_applied, membership, appended) = {
         let a = shared.read();
         (
             a.state.snapshot_image(),
             a.last_applied,
             a.membership.clone(),
+            // Every entry applied so far was appended before (a slight undercount of what the
+            // snapshot covers: entries appended but not yet applied count as after it).
+            shared.durable.growth.appended.load(Ordering::Relaxed),
         )
     };
     let data = image.encode();
@@ -729,6 +763,7 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StorageError>
     m.snapshot_build_seconds
         .observe(start.elapsed().as_secs_f64());
     m.snapshot_bytes.set(data.len() as i64);
+    shared.durable.growth.snapshot(appended, data.len());
     Ok(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(data)),
@@ -749,6 +784,17 @@ impl StoreHandle {
     /// Runs `f` on the applied state; `f` sees one whole revision.
     pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
         f(&self.shared.read())
+    }
+
+    /// The bytes appended to the log since the last snapshot (built or installed; since this member
+    /// started, if it started from one), and that snapshot's size (0 without one).
+    pub fn log_growth(&self) -> (u64, u64) {
+        let g = &self.shared.durable.growth;
+        let appended = g.appended.load(Ordering::Relaxed);
+        (
+            appended.saturating_sub(g.appended_at_snapshot.load(Ordering::Relaxed)),
+            g.snapshot_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// The storage's own measurements.
