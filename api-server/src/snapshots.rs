@@ -2,10 +2,11 @@
 //! snapshot's whole encoding per so many entries however large the state is: with a million session
 //! entries (a snapshot of ~840 MB of JSON) and a few hundred small entries a second (config writes,
 //! session activity), that was one multi-second encoding every minute or so, and the writes around
-//! each one waited longer (bench/results/sessions-20261201.md). Here a snapshot is due once there are
-//! `--snapshot-logs` entries since the last one *and* the log since it holds at least a quarter of
-//! its bytes: encoding costs at most four bytes per byte written to the log, and a restart replays at
-//! most a quarter of a snapshot's bytes (or `--snapshot-logs` entries) after loading it.
+//! each one waited longer (bench/results/sessions-activity-20261201.md). Here a snapshot is due once
+//! there are `--snapshot-logs` entries since the last one *and* the log since it holds at least a
+//! quarter of its bytes: encoding costs at most four bytes per byte written to the log, and a
+//! restart replays about a quarter of a snapshot's bytes after loading it (up to twice that after
+//! restarts: the log written before this member started is not counted).
 
 use crate::node::Node;
 use std::sync::Arc;
