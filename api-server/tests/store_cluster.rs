@@ -980,23 +980,21 @@ async fn a_large_state_is_snapshotted_again_only_once_the_log_has_grown_by_a_qua
     };
     let c = Cluster::start(1, opts).unwrap();
     c.wait_for_leader(ELECTION).await.unwrap();
-    let big = |name: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '{}'}}\n",
-            "x".repeat(200_000)
-        )
+    // ConfigMaps `big-{i}` of 200 kB each, one apply each.
+    let apply_big = |ids: std::ops::Range<usize>| {
+        for i in ids {
+            let doc = format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big-{i}}}\ndata: {{v: '{}'}}\n",
+                "x".repeat(200_000)
+            );
+            ok(c.gwadm(
+                c.addr(1),
+                &["apply", "-f", &write(&c.dir, "big.yaml", &doc)],
+            ));
+        }
     };
     // Five large objects: the entries make the first snapshot due (there is none to grow from).
-    for i in 0..5 {
-        ok(c.gwadm(
-            c.addr(1),
-            &[
-                "apply",
-                "-f",
-                &write(&c.dir, "big.yaml", &big(&format!("big-{i}"))),
-            ],
-        ));
-    }
+    apply_big(0..5);
     snapshot_after(&c, 0).await;
     // One that covers them all (the rule's first snapshot may have come before the last ones).
     ok(c.gwadm(c.addr(1), &["cluster", "compact-log"]));
@@ -1010,15 +1008,6 @@ async fn a_large_state_is_snapshotted_again_only_once_the_log_has_grown_by_a_qua
         "small writes alone made a snapshot"
     );
     // A quarter of the state's bytes again (its history holds each object twice): due.
-    for i in 5..10 {
-        ok(c.gwadm(
-            c.addr(1),
-            &[
-                "apply",
-                "-f",
-                &write(&c.dir, "big.yaml", &big(&format!("big-{i}"))),
-            ],
-        ));
-    }
+    apply_big(5..10);
     snapshot_after(&c, first).await;
 }
