@@ -743,8 +743,8 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StorageError>
             a.state.snapshot_image(),
             a.last_applied,
             a.membership.clone(),
-            // Every entry applied so far was appended before (a slight undercount of what the
-            // snapshot covers: entries appended but not yet applied count as after it).
+            // Every entry applied so far was appended before; entries appended but not yet
+            // applied count as covered too (the log since is slightly undercounted).
             shared.durable.growth.appended.load(Ordering::Relaxed),
         )
     };
