@@ -177,13 +177,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         dir: Some(args.out.join("cluster")),
         ip_prefix: Some(ip_prefix.clone()),
         // The reference watch at the end reads the whole run's history.
-        // With the catchup nemesis in a short run, snapshots every 100 entries and no log kept
-        // behind them: more snapshots built, sent and installed under the faults. Otherwise every
+        // With the catchup nemesis in a short run, snapshots at least 100 entries apart and no log
+        // kept behind them: more snapshots built, sent and installed under the faults. Otherwise
         // 1000: each snapshot carries the whole history kept, and writing it (then syncing it with
         // the next vote or append) every 100 entries of the affinity workload left elections unable
         // to finish, and in runs of minutes (history of 100k+ revisions) kept the machine busy
-        // encoding snapshots (see the README). The catchup fault itself does not wait for the
-        // policy: it asks the leader to compact its log.
+        // encoding snapshots (see the README). Members also wait for their log to grow by a quarter
+        // of the last snapshot, which holds the whole history: snapshots come further apart as a
+        // run goes on. The catchup fault itself does not wait for the policy: it asks the leader to
+        // compact its log.
         extra_args: [
             "--history-revisions",
             "1000000",
