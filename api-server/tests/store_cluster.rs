@@ -71,16 +71,25 @@ spec:
   ports: [{name: http, port: 80}]
 ";
 
-/// The leader's status once it has purged its log behind a snapshot (or the election timeout passed).
-async fn purged_status(c: &Cluster, leader: u64) -> gw_proto::MemberStatus {
+/// Member `id`'s status once `done` holds of it (or the election timeout passed).
+async fn status_once(
+    c: &Cluster,
+    id: u64,
+    done: impl Fn(&gw_proto::MemberStatus) -> bool,
+) -> gw_proto::MemberStatus {
     let deadline = std::time::Instant::now() + ELECTION;
     loop {
-        let ls = c.member_status(leader).await.unwrap();
-        if ls.purged_index > 5 || std::time::Instant::now() > deadline {
-            return ls;
+        let s = c.member_status(id).await.unwrap();
+        if done(&s) || std::time::Instant::now() > deadline {
+            return s;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The leader's status once it has purged its log behind a snapshot (or the election timeout passed).
+async fn purged_status(c: &Cluster, leader: u64) -> gw_proto::MemberStatus {
+    status_once(c, leader, |s| s.purged_index > 5).await
 }
 
 /// Writes ConfigMaps `cm-0` .. `cm-{n-1}` through `servers`, one apply each.
@@ -955,18 +964,11 @@ async fn concurrent_session_activity_is_committed_and_answered_per_call() {
 
 /// Member 1's snapshot index, once it is past `index`.
 async fn snapshot_after(c: &Cluster, index: u64) -> u64 {
-    let deadline = std::time::Instant::now() + ELECTION;
-    loop {
-        let now = c.member_status(1).await.unwrap().snapshot_index;
-        if now > index {
-            return now;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no snapshot after {index}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let now = status_once(c, 1, |s| s.snapshot_index > index)
+        .await
+        .snapshot_index;
+    assert!(now > index, "no snapshot after {index}");
+    now
 }
 
 /// Snapshots wait for the log since the last one to hold a quarter of its bytes, not only for

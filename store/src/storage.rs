@@ -133,6 +133,13 @@ impl LogGrowth {
 }
 
 impl Durable {
+    /// A snapshot of `bytes` built or installed when the log had `appended` bytes: its size in the
+    /// metrics, and the mark the log's growth is counted from.
+    fn snapshot_taken(&self, appended: u64, bytes: usize) {
+        self.metrics.snapshot_bytes.set(bytes as i64);
+        self.growth.snapshot(appended, bytes);
+    }
+
     #[allow(clippy::disallowed_methods)] // runtime: the sync's latency, for the metrics
     fn sync(&self) -> io::Result<()> {
         if self.no_sync {
@@ -606,9 +613,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .unwrap_or_else(|e| e.into_inner());
             // Durable first: once installed, the log before the snapshot may be gone.
             store_snapshot(&shared, &meta, &data)?;
-            shared.durable.metrics.snapshot_bytes.set(data.len() as i64);
-            let growth = &shared.durable.growth;
-            growth.snapshot(growth.appended.load(Ordering::Relaxed), data.len());
+            let durable = &shared.durable;
+            durable.snapshot_taken(durable.growth.appended.load(Ordering::Relaxed), data.len());
             // Decoded before taking the state: readers and the API keep being served meanwhile.
             let image = SnapshotImage::decode(&data).map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(
@@ -762,8 +768,7 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StorageError>
     let m = &shared.durable.metrics;
     m.snapshot_build_seconds
         .observe(start.elapsed().as_secs_f64());
-    m.snapshot_bytes.set(data.len() as i64);
-    shared.durable.growth.snapshot(appended, data.len());
+    shared.durable.snapshot_taken(appended, data.len());
     Ok(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(data)),
