@@ -14,7 +14,7 @@ use gw_model::kinds::{self, GATEWAY_GROUP, KindInfo};
 use gw_model::{Document, DocumentError, ObjectKey, admit};
 use gw_proto as pb;
 use gw_store::state::resource_version;
-use gw_store::types::{LogId, Member, NodeId, Op, Txn, TxnOutcome};
+use gw_store::types::{LogId, Member, NodeId, Op, Txn, TxnError, TxnOutcome};
 use openraft::ChangeMembers;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -217,43 +217,58 @@ impl ConfigService {
     }
 
     /// Admits and stores documents. A kube sync agent's documents get its cluster as their origin.
+    ///
+    /// A kind with transition rules is checked against the stored version and the write pinned to
+    /// it; when that version changes before the write commits (a status update, say), the check is
+    /// made again against the new one, as kube-apiserver retries an update whose precondition it
+    /// set itself. A resourceVersion the caller gave is never retried.
     async fn local_apply(
         &self,
         who: &Identity,
         req: &pb::ApplyRequest,
     ) -> Result<pb::WriteResponse, ApiError> {
+        const ATTEMPTS: usize = 5;
         if req.documents.is_empty() {
             return Err(ApiError::BadRequest("no documents to apply".into()));
         }
+        let documents = req
+            .documents
+            .iter()
+            .map(|d| apply_document(who, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut attempt = 1;
+        loop {
+            let (ops, pinned) = self.apply_ops(&documents)?;
+            match self
+                .commit(
+                    Txn {
+                        time_ms: now_ms(),
+                        ops,
+                    },
+                    req.dry_run,
+                )
+                .await
+            {
+                Err(ApiError::Txn(TxnError::Conflict { key, .. }))
+                    if attempt < ATTEMPTS && pinned.contains(&key) =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The puts of admitted documents, and the keys whose expected resourceVersion was pinned here
+    /// to the stored version the transition rules were checked against.
+    fn apply_ops(&self, documents: &[Document]) -> Result<(Vec<Op>, Vec<ObjectKey>), ApiError> {
         let mut ops = Vec::new();
+        let mut pinned = Vec::new();
         let mut invalid = Vec::new();
-        for d in &req.documents {
-            let doc = match serde_json::from_str::<Value>(&d.json) {
-                Ok(mut value) => {
-                    if let Identity::KubeSync { cluster } = who
-                        && value["metadata"].is_object()
-                    {
-                        value["metadata"]["labels"][ORIGIN_LABEL] = json!(cluster);
-                    }
-                    Document {
-                        source: d.source.clone(),
-                        index: d.index as usize,
-                        line: 0,
-                        value,
-                    }
-                }
-                Err(e) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "{}: document {}: not JSON: {e}",
-                        d.source, d.index
-                    )));
-                }
-            };
-            match admit(&doc) {
+        for doc in documents {
+            match admit(doc) {
                 Ok(a) => {
                     let mut expected_rv = a.expected_resource_version;
-                    // Transition rules: checked against the stored version, and the write pinned
-                    // to it (a version written meanwhile is a conflict, never an unchecked change).
                     if has_transition_rules(&a.key.kind)
                         && let Some(old) = self.node.store.read(|s| s.state.get(&a.key).cloned())
                     {
@@ -269,7 +284,10 @@ impl ConfigService {
                             });
                             continue;
                         }
-                        expected_rv.get_or_insert(resource_version(&old));
+                        if expected_rv.is_none() {
+                            expected_rv = Some(resource_version(&old));
+                            pinned.push(a.key.clone());
+                        }
                     }
                     ops.push(Op::Put {
                         key: a.key,
@@ -281,17 +299,11 @@ impl ConfigService {
                 Err(e) => invalid.push(*e),
             }
         }
-        if !invalid.is_empty() {
-            return Err(ApiError::Invalid(invalid));
+        if invalid.is_empty() {
+            Ok((ops, pinned))
+        } else {
+            Err(ApiError::Invalid(invalid))
         }
-        self.commit(
-            Txn {
-                time_ms: now_ms(),
-                ops,
-            },
-            req.dry_run,
-        )
-        .await
     }
 
     async fn local_delete(&self, req: &pb::DeleteRequest) -> Result<pb::WriteResponse, ApiError> {
@@ -369,6 +381,24 @@ impl ConfigService {
         }
         Ok(serializable)
     }
+}
+
+/// A document of an apply request, parsed; a kube sync agent's gets its cluster as its origin.
+fn apply_document(who: &Identity, d: &pb::Document) -> Result<Document, ApiError> {
+    let mut value = serde_json::from_str::<Value>(&d.json).map_err(|e| {
+        ApiError::BadRequest(format!("{}: document {}: not JSON: {e}", d.source, d.index))
+    })?;
+    if let Identity::KubeSync { cluster } = who
+        && value["metadata"].is_object()
+    {
+        value["metadata"]["labels"][ORIGIN_LABEL] = json!(cluster);
+    }
+    Ok(Document {
+        source: d.source.clone(),
+        index: d.index as usize,
+        line: 0,
+        value,
+    })
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;

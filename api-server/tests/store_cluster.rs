@@ -1013,3 +1013,77 @@ async fn a_large_state_is_snapshotted_again_only_once_the_log_has_grown_by_a_qua
     apply_big(5..10);
     snapshot_after(&c, first).await;
 }
+
+/// A GatewayClass's transition rules are checked against its stored version and the write pinned to
+/// it: status updates written meanwhile (a gateway node's, every few milliseconds here) make the
+/// member check again, not refuse the apply; a resourceVersion the caller gave still conflicts.
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_checked_by_transition_rules_do_not_conflict_with_status_updates() {
+    let c = Cluster::start(1, ClusterOptions::default()).unwrap();
+    c.wait_for_leader(ELECTION).await.unwrap();
+    let client = gw_client::Client::new(
+        &[c.addr(1).to_string()],
+        Duration::from_secs(10),
+        &gw_client::Dialer::new(c.pki().admin_security()),
+    )
+    .unwrap();
+    let class = |annotation: &str, rv: Option<u64>| {
+        let mut metadata = serde_json::json!({"name": "gw", "annotations": {"n": annotation}});
+        if let Some(rv) = rv {
+            metadata["resourceVersion"] = rv.to_string().into();
+        }
+        let class = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": metadata,
+            "spec": {"controllerName": "gw.dev/gateway-node"},
+        });
+        vec![gw_proto::Document {
+            json: class.to_string(),
+            source: "class".into(),
+            index: 1,
+        }]
+    };
+    let first = client.apply(class("0", None), false).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let update = gw_proto::StatusUpdate {
+                    target: Some(gw_proto::ObjectRef {
+                        group: "gateway.networking.k8s.io".into(),
+                        kind: "GatewayClass".into(),
+                        namespace: String::new(),
+                        name: "gw".into(),
+                    }),
+                    status_json: format!("{{\"conditions\": [], \"n\": {n}}}"),
+                    ..Default::default()
+                };
+                client.update_status(vec![update]).await.unwrap();
+            }
+            n
+        })
+    };
+    for i in 1..=30 {
+        client
+            .apply(class(&i.to_string(), None), false)
+            .await
+            .unwrap_or_else(|e| panic!("apply {i}: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let updates = writer.await.unwrap();
+    assert!(updates > 30, "status updates ran alongside: {updates}");
+    let stale = client
+        .apply(class("stale", Some(first.revision)), false)
+        .await
+        .unwrap_err();
+    assert!(
+        stale
+            .to_string()
+            .contains("conflict: GatewayClass gw: expected resourceVersion"),
+        "{stale}"
+    );
+}
