@@ -383,7 +383,8 @@ async fn idle_sessions_expire_by_committed_time() {
 }
 
 /// A backend that stops answering (its process is killed) is replaced like a removed one: the node
-/// that sees the failure proposes a replacement, and both nodes follow the committed one.
+/// that sees the failure proposes a replacement, and both nodes follow the committed one and update
+/// the client's token to name it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_backend_fails_over_once() {
     let mut env = setup(&rule("/c", "{sessionName: gw-sess}", [1, 1, 1, 1]), true).await;
@@ -410,6 +411,19 @@ async fn a_failing_backend_fails_over_once() {
         "one replacement for both nodes: {answers:?}"
     );
     assert!(!answers.contains(&backend), "{answers:?}");
+    // The old token is answered with one naming the replacement, for the same session; that one
+    // needs no update.
+    let moved = with_cookie(&env, 1, "/c", &c).await;
+    let updated = cookie(&moved);
+    let session =
+        |c: &str| gw_model::affinity::token::session_of(c.trim_start_matches("gw-sess=")).unwrap();
+    assert_eq!(session(&updated), session(&c));
+    assert_ne!(updated, c);
+    for on in 0..2 {
+        let r = with_cookie(&env, on, "/c", &updated).await;
+        assert_eq!(pod(&r), pod(&moved));
+        assert!(r.header("set-cookie").is_none(), "node {on}: {r:?}");
+    }
     drop(env.nodes);
 }
 

@@ -411,7 +411,12 @@ impl Fleet {
             let (kind, value, error) = match result {
                 Ok(r) if r.status == 200 => {
                     let issued = r.set_cookie();
-                    let new = issued.as_deref().and_then(session_of);
+                    // A token naming the same session is that session's, updated after a
+                    // failover; only another session is a new one.
+                    let new = issued
+                        .as_deref()
+                        .and_then(session_of)
+                        .filter(|s| Some(s) != session.as_ref());
                     if let Some(t) = issued {
                         if let Some(old) = &token {
                             live.retain(|l| l != old);

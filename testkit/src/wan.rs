@@ -202,15 +202,31 @@ impl Wan {
         region: &str,
         target: SocketAddr,
     ) -> std::io::Result<Ingress> {
+        self.ingress_from(listen, None, region, target)
+    }
+
+    /// An ingress as `ingress`, for clients of region `from` whatever their address (`None`: told
+    /// apart by their address): for a process that cannot choose the address it connects from (a
+    /// third-party server dialling its peers), each region is given an address of its own to dial.
+    pub fn ingress_from(
+        &self,
+        listen: SocketAddr,
+        from: Option<&str>,
+        region: &str,
+        target: SocketAddr,
+    ) -> std::io::Result<Ingress> {
         let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
-        let (wan, region) = (self.clone(), region.to_string());
+        let (wan, region, fixed) = (self.clone(), region.to_string(), from.map(str::to_string));
         let task = tokio::spawn(async move {
             let mut seed = u64::from(addr.port());
             while let Ok((client, peer)) = listener.accept().await {
-                let from = wan.region_of(peer.ip()).unwrap_or_else(|| region.clone());
+                let from = fixed
+                    .clone()
+                    .or_else(|| wan.region_of(peer.ip()))
+                    .unwrap_or_else(|| region.clone());
                 let mut cuts = wan.cuts.subscribe();
                 if Wan::is_cut(&cuts.borrow(), &from, &region) {
                     continue; // dropped: the regions cannot reach each other
@@ -388,5 +404,30 @@ mod tests {
         w.write_all(b"z").await.unwrap();
         r.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"z");
+    }
+
+    #[tokio::test]
+    async fn an_ingress_for_one_region_delays_every_client_as_from_that_region() {
+        let wan = Wan::new(Matrix::parse("a:b=30ms").unwrap());
+        let in_b: IpAddr = "127.88.1.2".parse().unwrap();
+        wan.place(in_b, "b");
+        let ingress = wan
+            .ingress_from(
+                "127.0.0.1:0".parse().unwrap(),
+                Some("a"),
+                "b",
+                echo_server().await,
+            )
+            .unwrap();
+        let started = Instant::now();
+        let mut s = connect_from(in_b, ingress.addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        s.read_exact(&mut buf).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "a client of b's address, as from a: {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -51,7 +51,8 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Chosen {
     pub entry: usize,
     pub endpoint: usize,
-    /// The token header of a new session, to add to the response.
+    /// The token header to add to the response: a new session's, or an updated one for a session
+    /// that moved to another backend.
     pub issue: Option<(HeaderName, HeaderValue)>,
     /// The session the request belongs to.
     pub token: Token,
@@ -193,11 +194,26 @@ impl Sessions {
                 (Decision::Follow { entry, endpoint }, Some(t), _) => {
                     // Without an entry, this touch creates it.
                     self.touch(cfg, t, known == Known::Entry(None));
+                    // A session moved by a failover: the client's token is brought up to date (same
+                    // session, same issue time), so that a node that finds no entry for it (expired
+                    // early by a committed clock ahead of its own, or not yet in its view) binds it
+                    // where it was last, not where it began.
+                    let followed = identity(backends, entry, endpoint);
+                    let (token, issue) = if followed == t.backend {
+                        (t.clone(), None)
+                    } else {
+                        let moved = Token {
+                            backend: followed,
+                            ..t.clone()
+                        };
+                        let issue = cfg.issue(&keys.issue(&moved, rng::nonce()), https);
+                        (moved, issue)
+                    };
                     return self.chosen(Chosen {
                         entry,
                         endpoint,
-                        issue: None,
-                        token: t.clone(),
+                        issue,
+                        token,
                         decision: asked,
                     });
                 }
