@@ -281,6 +281,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         started,
         false,
     ));
+    let health = Arc::new(WatchHealth::default());
     let sessions = Arc::new(Sessions::new(
         (affinity_rx, affinity_health, started),
         &client,
@@ -288,6 +289,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         SessionOptions {
             creations_per_second: cfg.session_creations_per_second,
             local_failover: cfg.unsafe_local_failover,
+            probes: health.clone(),
         },
     ));
     tokio::spawn(sessions.clone().run_batches());
@@ -298,7 +300,6 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         proxy = proxy.with_access_log(Arc::new(log));
     }
     let proxy = Arc::new(proxy);
-    let health = Arc::new(WatchHealth::default());
     let endpoint_health = Arc::new(Health::default());
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {

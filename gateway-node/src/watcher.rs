@@ -201,6 +201,9 @@ pub struct WatchHealth {
     pub watching: AtomicU64,
     /// The member the locality prober wants the stream on (same encoding); 0: no preference.
     pub preferred: AtomicU64,
+    /// The longest round trip (ms) to a member that answered the prober's last round; 0: none yet
+    /// (or no prober: the node has no `--region`).
+    pub slowest_probe_ms: AtomicU64,
 }
 
 impl WatchHealth {
@@ -258,7 +261,7 @@ pub fn choose(region: &str, probes: &[Probe], current: Option<usize>) -> Option<
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records which one
-/// the watch should be on (`choose`); the watch moves there.
+/// the watch should be on (`choose`); the watch moves there, and the node's calls start there.
 #[allow(clippy::disallowed_methods)] // runtime: times the probes
 pub async fn follow_locality(client: Client, region: String, health: Arc<WatchHealth>) {
     loop {
@@ -273,8 +276,20 @@ pub async fn follow_locality(client: Client, region: String, health: Arc<WatchHe
             }
         }))
         .await;
+        let slowest = probes.iter().flatten().map(|(_, rtt)| *rtt).max();
+        if let Some(rtt) = slowest {
+            health
+                .slowest_probe_ms
+                .store(rtt.as_millis() as u64, Ordering::Relaxed);
+        }
         let pick = choose(&region, &probes, health.watching());
         WatchHealth::set_member(&health.preferred, pick);
+        // The node's other calls (session failovers and reads on a request's path, activity,
+        // status) start at the same member: another one, found by a call that failed over or by
+        // the affinity watch, may be a region away.
+        if let Some(p) = pick {
+            client.prefer(p);
+        }
         tokio::time::sleep(PROBE_EVERY).await;
     }
 }

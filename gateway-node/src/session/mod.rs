@@ -43,7 +43,10 @@ use tokio::sync::watch;
 /// entry is read from the store (linearizably) before the session is followed.
 const FRESH_MS: u64 = 1_000;
 /// Each store call on a request's path gives a member this long before trying the next (a paused
-/// member accepts connections and never answers).
+/// member accepts connections and never answers), plus four times the longest round trip to a
+/// member the locality prober measured (`--region`): across a WAN a write from a far region (to its
+/// member, on to the leader, committed on a quorum) takes several round trips, and cutting it short
+/// would only send it again elsewhere.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Where a request goes: `backends.entries[entry]`, that upstream's endpoint `endpoint`.
@@ -77,8 +80,10 @@ pub struct Sessions {
     started: Instant,
     /// Activity (and new sessions) not yet sent to the store.
     pending: Mutex<HashMap<ObjectKey, pb::Session>>,
-    /// The store, for calls on a request's path (each member gets `CALL_TIMEOUT`).
+    /// The store, for calls on a request's path (each member gets `call_timeout`).
     client: Client,
+    /// The config watch's health: the round trips its locality prober measures.
+    probes: Arc<WatchHealth>,
     /// New entries this node may propose in one second, and how many it has this second.
     creations: Mutex<Creations>,
     metrics: Arc<Metrics>,
@@ -101,6 +106,8 @@ pub struct SessionOptions {
     pub creations_per_second: u64,
     /// The null control (see `NodeConfig::unsafe_local_failover`).
     pub local_failover: bool,
+    /// The config watch's health, whose locality prober measures the round trips to the members.
+    pub probes: Arc<WatchHealth>,
 }
 
 impl Sessions {
@@ -117,7 +124,8 @@ impl Sessions {
             view_health,
             started,
             pending: Mutex::new(HashMap::new()),
-            client: client.with_call_timeout(CALL_TIMEOUT),
+            client: client.clone(),
+            probes: options.probes,
             creations: Mutex::new(Creations {
                 per_second: options.creations_per_second,
                 second: 0,
@@ -285,6 +293,13 @@ impl Sessions {
         });
     }
 
+    /// The store client for one call, each member given `times` the call timeout.
+    fn call_client(&self, times: u32) -> Client {
+        let slowest = self.probes.slowest_probe_ms.load(Ordering::Relaxed);
+        self.client
+            .with_call_timeout((CALL_TIMEOUT + Duration::from_millis(4 * slowest)) * times)
+    }
+
     fn in_view(&self, key: &ObjectKey) -> Option<SessionEntry> {
         self.view
             .borrow()
@@ -300,7 +315,7 @@ impl Sessions {
     /// A session's entry, read linearizably from the store (`None`: it has none).
     async fn read_entry(&self, key: &ObjectKey) -> Result<Option<SessionEntry>, Error> {
         Ok(self
-            .client
+            .call_client(1)
             .get_object(key)
             .await?
             .and_then(|o| SessionEntry::from_object(&o)))
@@ -341,7 +356,7 @@ impl Sessions {
         let mut session = session_message(cfg, t);
         session.backend = to.to_string();
         let resp = self
-            .client
+            .call_client(1)
             .failover(pb::FailoverRequest {
                 session: Some(session),
                 from_backend: from.to_string(),
@@ -357,7 +372,6 @@ impl Sessions {
 
     /// Sends the recorded activity in batches, forever. A batch that fails is merged back.
     pub async fn run_batches(self: Arc<Self>) {
-        let client = self.client.with_call_timeout(CALL_TIMEOUT * 4);
         let mut tick = tokio::time::interval(BATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -367,7 +381,7 @@ impl Sessions {
             let batch: Vec<(ObjectKey, pb::Session)> = batch.into_iter().collect();
             for chunk in batch.chunks(TOUCHES_PER_CALL) {
                 let sessions = chunk.iter().map(|(_, s)| s.clone()).collect();
-                if let Err(e) = client.touch(sessions).await {
+                if let Err(e) = self.call_client(4).touch(sessions).await {
                     tracing::warn!(error = %e, sessions = chunk.len(), "session activity not recorded; will retry");
                     let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                     for (k, s) in chunk {
