@@ -5,6 +5,8 @@
 
 #![allow(clippy::disallowed_methods)] // a benchmark: it times what it measures
 
+pub mod etcd_wan;
+pub mod failover;
 pub mod sessions;
 
 use crate::error::{Error, Result};
@@ -957,20 +959,70 @@ pub struct RegionsArgs {
     /// Also a non-voting learner per region (a regional read replica), and reads from it.
     #[arg(long)]
     pub learners: bool,
+    /// Session failovers to time (the proposing node's region taken in turn).
+    #[arg(long, default_value_t = 15)]
+    pub failovers: usize,
+    /// Then, with gw stopped, etcd over the same WAN (one member per region; `etcd` on PATH, root):
+    /// its applies acknowledged, timed the same way.
+    #[arg(long)]
+    pub etcd: bool,
+}
+
+/// The floor of an apply acknowledged by a leader in `leader`: the round trip to the nearest
+/// majority of one member per region (the leader and the nearest `majority - 1` others).
+fn apply_floor_ms(matrix: &gw_testkit::wan::Matrix, regions: &[String], leader: &str) -> f64 {
+    let mut to_others: Vec<Duration> = regions
+        .iter()
+        .filter(|r| *r != leader)
+        .map(|r| matrix.delay(leader, r))
+        .collect();
+    to_others.sort();
+    let majority = regions.len() / 2 + 1;
+    2.0 * to_others[majority - 2].as_secs_f64() * 1e3
+}
+
+/// The `etcd: apply acknowledged` row of `gwadm bench regions --etcd`: etcd over the same WAN, puts
+/// of the same size as gw's applies, from the leader's region, timed like gw's.
+async fn etcd_applies(
+    wan: &gw_testkit::wan::Wan,
+    regions: &[String],
+    run: u32,
+    ops: usize,
+    pause: Duration,
+) -> Result<(String, String, Vec<f64>, Option<f64>)> {
+    let etcd = etcd_wan::start(wan, regions, run).await?;
+    let leader = etcd.leader(Duration::from_secs(60)).await?;
+    let addr = etcd.clients[leader];
+    let v = value(100, 0);
+    etcd_wan::put(addr, "regions-warm-up", &v).await?;
+    let times = timed(ops, pause, |i| {
+        let (name, v) = (format!("regions-{}", i % 16), v.clone());
+        async move { etcd_wan::put(addr, &name, &v).await }
+    })
+    .await?;
+    let region = regions[leader].clone();
+    let floor = apply_floor_ms(&wan.matrix, regions, &region);
+    Ok((
+        "etcd: apply acknowledged".into(),
+        region,
+        times,
+        Some(floor),
+    ))
 }
 
 /// Sorted milliseconds of `n` runs of `op`, `pause` apart.
-async fn timed<F, Fut>(n: usize, pause: Duration, mut op: F) -> Result<Vec<f64>>
+async fn timed<F, Fut, E>(n: usize, pause: Duration, mut op: F) -> Result<Vec<f64>>
 where
     F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         let t0 = Instant::now();
         op(i)
             .await
-            .map_err(|e| Error::Usage(format!("operation {i}: {}", e.message())))?;
+            .map_err(|e| Error::Usage(format!("operation {i}: {e}")))?;
         v.push(t0.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(pause).await;
     }
@@ -1035,16 +1087,7 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
         }
     }
     let leader_region = regions[leader as usize - 1].clone();
-    let mut to_others: Vec<Duration> = regions
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u64 + 1 != leader)
-        .map(|(_, r)| matrix.delay(&leader_region, r))
-        .collect();
-    to_others.sort();
-    // The leader and the nearest `majority - 1` others.
-    let majority = regions.len() / 2 + 1;
-    let floor_ms = 2.0 * to_others[majority - 2].as_secs_f64() * 1e3;
+    let floor_ms = apply_floor_ms(&matrix, &regions, &leader_region);
     let (mut clients, mut learner_clients) = (Vec::new(), Vec::new());
     for (i, region) in regions.iter().enumerate() {
         let ip: std::net::IpAddr = format!("127.65.{run}.{}", i + 1)
@@ -1138,6 +1181,35 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
             Some(floor),
         ));
     }
+    let sticky = failover::Sticky::start(run).await?;
+    let mut generation = a.ops;
+    let (committed, followed) = failover::failovers(
+        leader_client,
+        &nodes,
+        &sticky,
+        &parent,
+        a.failovers,
+        &mut generation,
+    )
+    .await?;
+    for (region, v) in regions.iter().zip(committed) {
+        // The proposing node's call reaches the leader, which commits on its nearest majority.
+        let floor = 2.0 * matrix.delay(region, &leader_region).as_secs_f64() * 1e3 + floor_ms;
+        rows.push((
+            "session failover committed (the proposing node's request)".into(),
+            region.clone(),
+            v,
+            Some(floor),
+        ));
+    }
+    for (region, v) in regions.iter().zip(followed) {
+        rows.push((
+            "session failover → served by the node (after another region's)".into(),
+            region.clone(),
+            v,
+            None,
+        ));
+    }
     put(leader_client, "regions", "warm-up")
         .await
         .map_err(|e| Error::Usage(format!("the first apply: {}", e.message())))?;
@@ -1179,6 +1251,11 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
                 rows.push((format!("{kind} ({role})"), region.clone(), reads, None));
             }
         }
+    }
+    drop(children);
+    drop(cluster);
+    if a.etcd {
+        rows.push(etcd_applies(&wan, &regions, run, a.ops, pause).await?);
     }
     println!(
         "WAN (one-way): {}; leader in {leader_region}; floor of an apply: {floor_ms:.1} ms",
