@@ -49,6 +49,8 @@ pub struct Client {
     inner: Arc<Inner>,
     /// Deadline of each attempt of a call on one member (`None`: none).
     call_timeout: Option<Duration>,
+    /// The member each call tries first (`None`: the last one that answered).
+    first: Option<usize>,
 }
 
 struct Inner {
@@ -85,6 +87,7 @@ impl Client {
                 retry_for,
             }),
             call_timeout: None,
+            first: None,
         })
     }
 
@@ -92,8 +95,17 @@ impl Client {
     /// connections and never answers) before trying the next.
     pub fn with_call_timeout(&self, timeout: Duration) -> Client {
         Client {
-            inner: self.inner.clone(),
             call_timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// The same client whose calls try member `first` (an index into `servers`) first, whichever
+    /// member answered last (`None`: that one, as usual).
+    pub fn trying_first(&self, first: Option<usize>) -> Client {
+        Client {
+            first: first.filter(|i| *i < self.inner.servers.len()),
+            ..self.clone()
         }
     }
 
@@ -138,7 +150,9 @@ impl Client {
     /// The member tried first, then the others in order.
     fn order(&self) -> Vec<usize> {
         let n = self.inner.servers.len();
-        let start = self.inner.current.load(Ordering::Relaxed);
+        let start = self
+            .first
+            .unwrap_or_else(|| self.inner.current.load(Ordering::Relaxed));
         (0..n).map(|i| (start + i) % n).collect()
     }
 
@@ -465,5 +479,28 @@ impl Client {
 
     pub fn servers(&self) -> &[String] {
         &self.inner.servers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_trying_a_member_first_keeps_to_it_whichever_answered_last() {
+        let servers: Vec<String> = (1..=3).map(|p| format!("127.0.0.1:{p}")).collect();
+        let c = Client::new(&servers, Duration::ZERO, &Dialer::new(Security::Insecure)).unwrap();
+        c.prefer(1);
+        assert_eq!(c.order(), [1, 2, 0]);
+        let pinned = c.trying_first(Some(2));
+        assert_eq!(pinned.order(), [2, 0, 1]);
+        c.prefer(0);
+        assert_eq!(
+            pinned.order(),
+            [2, 0, 1],
+            "the shared member moved, not this one"
+        );
+        assert_eq!(c.trying_first(None).order(), [0, 1, 2]);
+        assert_eq!(c.trying_first(Some(7)).order(), [0, 1, 2], "no such member");
     }
 }

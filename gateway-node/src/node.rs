@@ -283,7 +283,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     let health = Arc::new(WatchHealth::default());
     let sessions = Arc::new(Sessions::new(
-        (affinity_rx, affinity_health, started),
+        (affinity_rx, affinity_health.clone(), started),
         &client,
         metrics.clone(),
         SessionOptions {
@@ -334,12 +334,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         cfg.unsafe_torn_revisions,
     ));
     tokio::spawn(watcher::persist(cfg.data_dir.clone(), snap_rx.clone()));
-    // With a region, the watch follows the nearest member: of its own region first.
+    // With a region, the watches follow the nearest member: of its own region first.
     if !cfg.region.is_empty() {
         tokio::spawn(watcher::follow_locality(
             client.clone(),
             cfg.region.clone(),
-            health,
+            [health, affinity_health],
         ));
     }
     tokio::spawn(sessions.follow_keys(client.clone(), snap_rx.clone()));

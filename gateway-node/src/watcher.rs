@@ -260,10 +260,11 @@ pub fn choose(region: &str, probes: &[Probe], current: Option<usize>) -> Option<
 /// How often the members are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records which one
-/// the watch should be on (`choose`); the watch moves there, and the node's calls start there.
+/// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records, for each
+/// watch (the config's first, then the affinity table's), which member it should be on (`choose`);
+/// the watches move there, and the node's calls start where the config watch is.
 #[allow(clippy::disallowed_methods)] // runtime: times the probes
-pub async fn follow_locality(client: Client, region: String, health: Arc<WatchHealth>) {
+pub async fn follow_locality(client: Client, region: String, watches: [Arc<WatchHealth>; 2]) {
     loop {
         let probes: Vec<Probe> = futures::future::join_all((0..client.servers().len()).map(|i| {
             let client = client.clone();
@@ -277,17 +278,20 @@ pub async fn follow_locality(client: Client, region: String, health: Arc<WatchHe
         }))
         .await;
         let slowest = probes.iter().flatten().map(|(_, rtt)| *rtt).max();
-        if let Some(rtt) = slowest {
-            health
-                .slowest_probe_ms
-                .store(rtt.as_millis() as u64, Ordering::Relaxed);
-        }
-        let pick = choose(&region, &probes, health.watching());
-        WatchHealth::set_member(&health.preferred, pick);
-        // The node's other calls (session failovers and reads on a request's path, activity,
-        // status) start at the same member: another one, found by a call that failed over or by
-        // the affinity watch, may be a region away.
-        if let Some(p) = pick {
+        let picks = watches.clone().map(|health| {
+            if let Some(rtt) = slowest {
+                health
+                    .slowest_probe_ms
+                    .store(rtt.as_millis() as u64, Ordering::Relaxed);
+            }
+            let pick = choose(&region, &probes, health.watching());
+            WatchHealth::set_member(&health.preferred, pick);
+            pick
+        });
+        // The node's other calls (status, leases) start at the config watch's member too: the
+        // one a call that failed over left them on may be a region away. (Calls on a request's
+        // path name it themselves: `Sessions::call_client`.)
+        if let Some(p) = picks[0] {
             client.prefer(p);
         }
         tokio::time::sleep(PROBE_EVERY).await;

@@ -293,10 +293,13 @@ impl Sessions {
         });
     }
 
-    /// The store client for one call, each member given `times` the call timeout.
+    /// The store client for one call: the member the locality prober picked first (a call that
+    /// failed over may have left the shared client on a member a region away), each member given
+    /// `times` the call timeout.
     fn call_client(&self, times: u32) -> Client {
         let slowest = self.probes.slowest_probe_ms.load(Ordering::Relaxed);
         self.client
+            .trying_first(self.probes.preferred())
             .with_call_timeout((CALL_TIMEOUT + Duration::from_millis(4 * slowest)) * times)
     }
 
