@@ -128,18 +128,27 @@ pub fn origin(o: &Value) -> &str {
 }
 
 /// The kube sync agents' reports (`KubeSyncReport` objects): CLUSTER, REGION, LAST CONTACT (how long
-/// ago), CONFLICTS (how many), then each conflict on its own line.
+/// ago), WATCHING (the store member its status watch is on), CONFLICTS (how many), then each conflict
+/// on its own line.
 pub fn clusters(reports: &[Value]) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     let mut out = format!(
-        "{:<20} {:<14} {:<14} {}\n",
-        "CLUSTER", "REGION", "LAST CONTACT", "CONFLICTS"
+        "{:<20} {:<14} {:<14} {:<22} {}\n",
+        "CLUSTER", "REGION", "LAST CONTACT", "WATCHING", "CONFLICTS"
     );
     for (cluster, r) in reports.iter().filter_map(KubeSyncReport::from_object) {
         out.push_str(&format!(
-            "{:<20} {:<14} {:<14} {}\n",
+            "{:<20} {:<14} {:<14} {:<22} {}\n",
             cluster,
-            if r.region.is_empty() { "-" } else { &r.region },
+            dash(&r.region),
             ago(r.last_contact_ms),
+            dash(&r.watching),
             r.conflicts.len()
         ));
         for c in r.conflicts {

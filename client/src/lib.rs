@@ -8,6 +8,7 @@ pub mod connect;
 mod convert;
 mod error;
 pub mod kubeconfig;
+pub mod locality;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod tls;

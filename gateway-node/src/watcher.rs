@@ -7,7 +7,7 @@
 
 use crate::snapshot::Snapshot;
 use futures::FutureExt;
-use gw_client::{Client, kind_ref};
+use gw_client::{Client, kind_ref, locality};
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use serde::{Deserialize, Serialize};
@@ -229,54 +229,13 @@ impl WatchHealth {
     }
 }
 
-/// One probe of a member: its region and the round trip of the probe; `None` when it did not answer.
-pub type Probe = Option<(String, Duration)>;
-
-/// The member to watch from, given probes of every member: the nearest of the node's own region when
-/// one answers, else the nearest other. The current member stays unless it stopped answering, a member
-/// of the node's region answers while it is not one, or (both outside the region) another answers in
-/// less than 80 % of its round trip — no flapping between members of about the same distance.
-pub fn choose(region: &str, probes: &[Probe], current: Option<usize>) -> Option<usize> {
-    let answered = |i: usize| {
-        probes
-            .get(i)
-            .cloned()
-            .flatten()
-            .map(|(r, rtt)| (i, r == region, rtt))
-    };
-    let nearest = |own: bool| {
-        (0..probes.len())
-            .filter_map(answered)
-            .filter(|(_, o, _)| *o == own)
-            .min_by_key(|(_, _, rtt)| *rtt)
-    };
-    let best = nearest(true).or_else(|| nearest(false))?;
-    match current.and_then(answered) {
-        Some((c, own, rtt)) if own == best.1 && (own || best.2 * 5 >= rtt * 4) => Some(c),
-        _ => Some(best.0),
-    }
-}
-
-/// How often the members are probed.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
-
 /// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records, for each
-/// watch (the config's first, then the affinity table's), which member it should be on (`choose`);
+/// watch (the config's first, then the affinity table's), which member it should be on
+/// (`locality::choose`);
 /// the watches move there, and the node's calls start where the config watch is.
-#[allow(clippy::disallowed_methods)] // runtime: times the probes
 pub async fn follow_locality(client: Client, region: String, watches: [Arc<WatchHealth>; 2]) {
     loop {
-        let probes: Vec<Probe> = futures::future::join_all((0..client.servers().len()).map(|i| {
-            let client = client.clone();
-            async move {
-                let t0 = Instant::now();
-                match tokio::time::timeout(PROBE_EVERY, client.member_status_at(i)).await {
-                    Ok(Ok(s)) => Some((s.region, t0.elapsed())),
-                    _ => None,
-                }
-            }
-        }))
-        .await;
+        let probes = locality::probe(&client).await;
         let slowest = probes.iter().flatten().map(|(_, rtt)| *rtt).max();
         let picks = watches.clone().map(|health| {
             if let Some(rtt) = slowest {
@@ -284,7 +243,7 @@ pub async fn follow_locality(client: Client, region: String, watches: [Arc<Watch
                     .slowest_probe_ms
                     .store(rtt.as_millis() as u64, Ordering::Relaxed);
             }
-            let pick = choose(&region, &probes, health.watching());
+            let pick = locality::choose(&region, &probes, health.watching());
             WatchHealth::set_member(&health.preferred, pick);
             pick
         });
@@ -294,7 +253,7 @@ pub async fn follow_locality(client: Client, region: String, watches: [Arc<Watch
         if let Some(p) = picks[0] {
             client.prefer(p);
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(locality::PROBE_EVERY).await;
     }
 }
 
@@ -564,40 +523,6 @@ mod tests {
         assert_eq!(m.feed(chunk(9, &["z"], true)), Step::Publish);
         let names: Vec<&str> = m.snapshot.objects.keys().map(|k| k.name.as_str()).collect();
         assert_eq!(names, vec!["z"], "a resync replaces, it does not merge");
-    }
-
-    #[test]
-    fn the_watch_prefers_its_region_then_the_nearest_without_flapping() {
-        let ms = Duration::from_millis;
-        let p = |r: &str, t: u64| Some((r.to_string(), ms(t)));
-        // us-east 80 ms, eu-west (ours) 5 ms, ap-south 150 ms.
-        let all = vec![p("us-east", 80), p("eu-west", 5), p("ap-south", 150)];
-        assert_eq!(choose("eu-west", &all, None), Some(1));
-        assert_eq!(
-            choose("eu-west", &all, Some(0)),
-            Some(1),
-            "back to its region"
-        );
-        // Its region's member gone: the nearest other, and it stays there.
-        let down = vec![p("us-east", 80), None, p("ap-south", 150)];
-        assert_eq!(choose("eu-west", &down, Some(1)), Some(0));
-        assert_eq!(
-            choose("eu-west", &down, Some(2)),
-            Some(0),
-            "80 ms is well under 150"
-        );
-        let close = vec![p("us-east", 80), None, p("ap-south", 95)];
-        assert_eq!(
-            choose("eu-west", &close, Some(2)),
-            Some(2),
-            "not much nearer: no move"
-        );
-        // Two of its own region: stays on the one it has.
-        let two = vec![p("eu-west", 9), p("eu-west", 5)];
-        assert_eq!(choose("eu-west", &two, Some(0)), Some(0));
-        assert_eq!(choose("eu-west", &[None, None], Some(0)), None);
-        // A node of a region without members: the nearest.
-        assert_eq!(choose("sa-east", &all, None), Some(1));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 mod support;
 
-use gw_testkit::cluster::{Cluster, ClusterOptions, WanLayout};
+use gw_testkit::cluster::{Cluster, ClusterOptions};
 use gw_testkit::wan::{Matrix, THREE_REGIONS, Wan};
 use std::time::Duration;
 use support::*;
@@ -29,16 +29,11 @@ async fn a_node_watches_its_regions_member_and_the_nearest_other_while_that_one_
     let matrix = Matrix::parse(THREE_REGIONS).unwrap();
     let wan = Wan::new(matrix);
     let run = std::process::id() % 250;
-    let opts = ClusterOptions {
-        ip_prefix: Some(format!("127.67.{run}.")),
-        wan: Some(WanLayout {
-            wan: wan.clone(),
-            regions: ["us-east", "eu-west", "ap-south"]
-                .map(String::from)
-                .to_vec(),
-        }),
-        ..Default::default()
-    };
+    let opts = ClusterOptions::in_regions(
+        format!("127.67.{run}."),
+        &wan,
+        &["us-east", "eu-west", "ap-south"],
+    );
     let mut cluster = Cluster::start(3, opts).unwrap();
     cluster
         .wait_for_leader(Duration::from_secs(60))

@@ -20,7 +20,7 @@ mod referenced;
 
 use anyhow::Context;
 use futures::StreamExt;
-use gw_client::{Client, Error, kind_ref, object_ref};
+use gw_client::{Client, Error, kind_ref, locality, object_ref};
 use gw_model::ObjectKey;
 use gw_model::kinds::{
     self, GATEWAY_GROUP, KindInfo, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL,
@@ -35,6 +35,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,9 +80,14 @@ pub struct Args {
     /// Store members (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
     pub store: Vec<String>,
-    /// The cluster's region (shown by `gwadm clusters`).
+    /// The cluster's region (shown by `gwadm clusters`). With a region, the agent talks to a store
+    /// member of its region, else to the nearest by round trip, and moves back when its region's
+    /// returns.
     #[arg(long, default_value = "")]
     pub region: String,
+    /// The address the agent's connections to the store leave from (default: the system's choice).
+    #[arg(long)]
+    pub store_source_address: Option<std::net::IpAddr>,
     /// Carry only these namespaces (comma-separated; default: every one). Cluster-scoped kinds
     /// (GatewayClass) are carried whatever the namespaces; Namespaces only those listed.
     #[arg(long, value_delimiter = ',')]
@@ -109,6 +115,10 @@ struct Agent {
     /// The Secrets and ConfigMaps carried objects reference, and what wakes their reconciliation.
     referenced: Mutex<referenced::Referenced>,
     wake: tokio::sync::Notify,
+    /// The member (1 + its index in `--store`; 0: none) the status watch is on, and the one the
+    /// locality prober wants it on (`--region`).
+    watching: AtomicUsize,
+    preferred: AtomicUsize,
 }
 
 fn info(group: &str, kind: &str) -> &'static KindInfo {
@@ -129,7 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = Client::new(
         &args.store,
         Duration::from_secs(10),
-        &gw_client::Dialer::new(security),
+        &gw_client::Dialer::new(security).source(args.store_source_address),
     )?;
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -155,6 +165,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         keep_stale: args.unsafe_keep_stale,
         referenced: Mutex::default(),
         wake: tokio::sync::Notify::new(),
+        watching: AtomicUsize::new(0),
+        preferred: AtomicUsize::new(0),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (group, kind) in CARRIED {
@@ -166,6 +178,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tasks.spawn(referenced::watch(agent.clone(), info("", kind)));
     }
     tasks.spawn(referenced::reconcile(agent.clone()));
+    if !agent.region.is_empty() {
+        tasks.spawn(follow_locality(agent.clone()));
+    }
     while let Some(r) = tasks.join_next().await {
         r.context("a task of the agent panicked")?;
     }
@@ -390,13 +405,21 @@ impl Agent {
             .collect()
     }
 
-    /// Writes the agent's report in the store (`gwadm clusters`): when it last wrote, and what was
-    /// refused. Whether it was written.
-    async fn report(&self, conflicts: &[String]) -> bool {
+    /// The member the status watch is on (`--store`'s `HOST:PORT`; "" none).
+    fn watching(&self) -> String {
+        member(&self.watching)
+            .and_then(|i| self.store.servers().get(i).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Writes the agent's report in the store (`gwadm clusters`): when it last wrote, what was
+    /// refused, the member it watches. Whether it was written.
+    async fn report(&self, conflicts: &[String], watching: &str) -> bool {
         let doc = KubeSyncReport {
             region: self.region.clone(),
             last_contact_ms: gw_client::clock::now_ms(),
             conflicts: conflicts.to_vec(),
+            watching: watching.to_string(),
         }
         .to_object(&self.cluster);
         let doc = pb::Document {
@@ -458,7 +481,7 @@ impl Agent {
 /// Tries the refused objects again every `RETRY`, and writes the report when its conflicts changed
 /// or the heartbeat is due, for ever.
 async fn retry_and_report(agent: Arc<Agent>) {
-    let mut written: Option<Vec<String>> = None;
+    let mut written: Option<(Vec<String>, String)> = None;
     let mut since = 0;
     loop {
         tokio::time::sleep(RETRY).await;
@@ -473,11 +496,11 @@ async fn retry_and_report(agent: Arc<Agent>) {
             agent.put(info, &obj).await;
         }
         since += 1;
-        let conflicts = agent.conflicts();
-        if (written.as_ref() != Some(&conflicts) || since >= HEARTBEAT_RETRIES)
-            && agent.report(&conflicts).await
+        let now = (agent.conflicts(), agent.watching());
+        if (written.as_ref() != Some(&now) || since >= HEARTBEAT_RETRIES)
+            && agent.report(&now.0, &now.1).await
         {
-            written = Some(conflicts);
+            written = Some(now);
             since = 0;
         }
     }
@@ -642,11 +665,18 @@ async fn status(agent: Arc<Agent>) {
             after_revision: after,
             kinds: kinds.clone(),
             namespace: String::new(),
-            bookmark_interval_ms: 0,
+            // Bookmarks wake the loop up to move to a nearer member.
+            bookmark_interval_ms: 1000,
             show_secret_values: false,
         };
-        let mut stream = match agent.store.watch(req).await {
-            Ok(s) => s,
+        if let Some(p) = member(&agent.preferred) {
+            agent.store.prefer(p);
+        }
+        let mut stream = match agent.store.watch_on(req).await {
+            Ok((s, on)) => {
+                set_member(&agent.watching, Some(on));
+                s
+            }
             Err(e) => {
                 tracing::info!(error = %e, "store watch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -679,8 +709,39 @@ async fn status(agent: Arc<Agent>) {
                 Some(pb::watch_response::Body::Bookmark(b)) => after = Some(b.revision),
                 None => {}
             }
+            // The locality prober wants the watch elsewhere: resume there.
+            if let Some(p) = member(&agent.preferred)
+                && member(&agent.watching) != Some(p)
+            {
+                tracing::info!(member = %agent.store.servers()[p], "moving the store watch to a nearer member");
+                break;
+            }
         }
+        set_member(&agent.watching, None);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A member kept as 1 + its index (0: none).
+fn member(v: &AtomicUsize) -> Option<usize> {
+    v.load(Ordering::Relaxed).checked_sub(1)
+}
+
+fn set_member(v: &AtomicUsize, m: Option<usize>) {
+    v.store(m.map_or(0, |i| i + 1), Ordering::Relaxed);
+}
+
+/// With `--region`: probes every store member every `locality::PROBE_EVERY` and keeps the agent's
+/// calls and its status watch on the one `locality::choose` picks (its region's, else the nearest).
+async fn follow_locality(agent: Arc<Agent>) {
+    loop {
+        let probes = locality::probe(&agent.store).await;
+        let pick = locality::choose(&agent.region, &probes, member(&agent.watching));
+        set_member(&agent.preferred, pick);
+        if let Some(p) = pick {
+            agent.store.prefer(p);
+        }
+        tokio::time::sleep(locality::PROBE_EVERY).await;
     }
 }
 

@@ -127,6 +127,17 @@ spec:
 }
 
 fn spawn_agent(children: &mut Children, store: &Cluster, cluster: &str, kubeconfig: &Path) {
+    spawn_agent_with(children, store, cluster, kubeconfig, &[]);
+}
+
+/// An agent of `cluster` for every member of `store`, with `extra` flags.
+fn spawn_agent_with(
+    children: &mut Children,
+    store: &Cluster,
+    cluster: &str,
+    kubeconfig: &Path,
+    extra: &[&str],
+) {
     let tls = store
         .pki()
         .issue(
@@ -144,10 +155,11 @@ fn spawn_agent(children: &mut Children, store: &Cluster, cluster: &str, kubeconf
             "gw-kube-sync",
             &log,
             Command::new(bin("gw-kube-sync").unwrap())
-                .args(["--cluster", cluster, "--store", store.addr(1)])
+                .args(["--cluster", cluster, "--store", &store.servers()])
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
-                .args(TlsArgs::of(&tls).to_args()),
+                .args(TlsArgs::of(&tls).to_args())
+                .args(extra),
         )
         .unwrap();
 }
@@ -605,4 +617,67 @@ async fn a_410_is_recovered_by_relisting_without_spurious_deletes() {
         let want = if host == "shop.example" { 404 } else { 200 };
         assert_eq!(status_of(port, host).await, want, "{host}");
     }
+}
+
+/// With `--region`, an agent watches the store member of its region (its report says which: `gwadm
+/// clusters`), the nearest other while that one is down, and its own again once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_in_a_region_watches_its_regions_member_and_the_nearest_other_while_it_is_down() {
+    use gw_testkit::wan::{Matrix, THREE_REGIONS, Wan};
+    let wan = Wan::new(Matrix::parse(THREE_REGIONS).unwrap());
+    let run = std::process::id() % 250;
+    let mut store = Cluster::start(
+        3,
+        ClusterOptions::in_regions(
+            format!("127.68.{run}."),
+            &wan,
+            &["us-east", "eu-west", "ap-south"],
+        ),
+    )
+    .unwrap();
+    store
+        .wait_for_leader(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let kube = Cluster::start_kube(1, &[]).await.unwrap();
+    // The agent reaches the store from its own address, in eu-west.
+    let ip = format!("127.68.{run}.20");
+    wan.place(ip.parse().unwrap(), "eu-west");
+    let mut agents = Children::default();
+    spawn_agent_with(
+        &mut agents,
+        &store,
+        "c",
+        &kube.kubeconfig(1).unwrap(),
+        &["--region", "eu-west", "--store-source-address", &ip],
+    );
+    let client = gw_client::Client::new(
+        &[store.servers()],
+        Duration::from_secs(30),
+        &gw_client::Dialer::new(store.pki().admin_security()),
+    )
+    .unwrap();
+    let watches = |member: String| {
+        let client = client.clone();
+        async move {
+            until(&format!("the agent watches {member}"), || async {
+                let report = client
+                    .get_object(&gw_model::registry::report_key("c"))
+                    .await
+                    .ok()
+                    .flatten();
+                report
+                    .and_then(|o| gw_model::registry::KubeSyncReport::from_object(&o))
+                    .is_some_and(|(_, r)| r.watching == member)
+            })
+            .await
+        }
+    };
+    let (us_east, eu_west) = (store.addr(1).to_string(), store.addr(2).to_string());
+    watches(eu_west.clone()).await;
+    // Its region's member down: the nearest other (us-east, 40 ms away; ap-south is 75 ms).
+    store.kill(2);
+    watches(us_east).await;
+    store.spawn(2).unwrap();
+    watches(eu_west).await;
 }

@@ -132,8 +132,8 @@ impl StatusWriterLease {
     }
 }
 
-/// What a kube sync agent last said: its region, when (its clock, ms), and what the store refused of
-/// its cluster's objects (`KIND ns/name: why`).
+/// What a kube sync agent last said: its region, when (its clock, ms), what the store refused of its
+/// cluster's objects (`KIND ns/name: why`), and the store member its status watch is on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeSyncReport {
@@ -142,6 +142,9 @@ pub struct KubeSyncReport {
     pub last_contact_ms: u64,
     #[serde(default)]
     pub conflicts: Vec<String>,
+    /// `HOST:PORT` as the agent's `--store` names it; "" when its watch is on none.
+    #[serde(default)]
+    pub watching: String,
 }
 
 impl KubeSyncReport {

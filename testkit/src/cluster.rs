@@ -89,6 +89,20 @@ pub struct WanLayout {
     pub regions: Vec<String>,
 }
 
+impl ClusterOptions {
+    /// Member N at `<ip_prefix>N` in `regions[N-1]` of `wan`.
+    pub fn in_regions(ip_prefix: String, wan: &Wan, regions: &[&str]) -> ClusterOptions {
+        ClusterOptions {
+            ip_prefix: Some(ip_prefix),
+            wan: Some(WanLayout {
+                wan: wan.clone(),
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 impl WanLayout {
     /// Places a member at `host` in `region`, its API and Raft transport (`targets`) behind ingresses
     /// of that region (kept in `ingresses`): the addresses to advertise.
