@@ -137,3 +137,65 @@ async fn hostile_requests_are_normalized_or_refused() {
         started.elapsed()
     );
 }
+
+/// A backend that closes each connection as soon as it has answered, without saying so (no
+/// `Connection: close`): the node pools the connection, and the next request finds it closed. A
+/// request that had not been written to it yet is sent again on a new connection, so every request
+/// is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_closed_by_the_backend_is_replaced() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"pod":"closer"}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let store = store();
+    let s = reach(&store);
+    let port = free_port();
+    apply(
+        &s,
+        &store.dir,
+        &format!(
+            "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: web}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: closer, port: 8080}}]\n",
+            service("closer", "web", backend, None),
+        ),
+    );
+    let _n = NodeProc::start_with(&s, "127.0.0.2", "gw", &store.dir, "a", &[]);
+    let addr: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    eventually("the node serves the route", || async {
+        who(addr, "a.example", "/").await == "closer"
+    })
+    .await;
+    // Sixteen clients at once: connections come back to the pool while others close.
+    let failed: Vec<(usize, u16, String)> =
+        futures::future::join_all((0..16).map(|c| async move {
+            let mut failed = Vec::new();
+            for i in 0..100 {
+                let r = get(addr, "a.example", "/", &[]).await.unwrap();
+                if r.status != 200 {
+                    failed.push((c * 100 + i, r.status, r.body.clone()));
+                }
+            }
+            failed
+        }))
+        .await
+        .concat();
+    assert!(failed.is_empty(), "requests not answered: {failed:?}");
+}

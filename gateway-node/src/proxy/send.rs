@@ -21,7 +21,8 @@ pub const MIRROR_BODY_LIMIT: usize = 1 << 20;
 /// Sends `req` (not yet addressed to an endpoint: `path_and_query` and `authority` are where it goes)
 /// to endpoint `first` of `upstream`. An endpoint that refuses the connection is ejected, and with
 /// `retry` the request — not sent yet — goes to another endpoint the upstream picks instead (at most
-/// `CONNECT_ATTEMPTS` in all). The endpoint that answered, and its answer.
+/// `CONNECT_ATTEMPTS` in all). A kept-alive connection found closed before the request went out is
+/// replaced once by a new one. The endpoint that answered, and its answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     upstreams: &Upstreams,
@@ -33,22 +34,40 @@ pub async fn send(
     timeouts: Timeouts,
 ) -> Result<(usize, Response<Body>), ProxyError> {
     let exchange = async {
-        let (endpoint, conn) = connect_any(
-            upstream,
-            first,
-            retry,
-            |e| matches!(e, UpstreamError::Connect(..)),
-            |addr| upstreams.connect(upstream, addr),
-        )
-        .await?;
-        let req = address(
-            req,
-            path_and_query,
-            authority,
-            upstream.endpoint(endpoint).1,
-            upstream.protocol,
-        );
-        upstreams.send_on(conn, req).await.map(|r| (endpoint, r))
+        let (mut req, mut first, mut again) = (req, first, true);
+        let mut copy = retry_copy(&req);
+        loop {
+            let (endpoint, conn) = connect_any(
+                upstream,
+                first,
+                retry,
+                |e| matches!(e, UpstreamError::Connect(..)),
+                |addr| upstreams.connect(upstream, addr),
+            )
+            .await?;
+            let addressed = address(
+                req,
+                path_and_query,
+                authority,
+                upstream.endpoint(endpoint).1,
+                upstream.protocol,
+            );
+            // A kept-alive connection that was closed under the request: once more, on a new
+            // connection (the endpoint's idle ones dropped), and past it to another endpoint if that
+            // one is refused too — when nothing reached the backend, or when the request is safe to
+            // send twice (idempotent, without a body), as RFC 9110 §9.2.2 allows.
+            let again_with = match upstreams.send_on(conn, addressed).await {
+                Err(UpstreamError::Unsent(back)) if again => *back.0,
+                Err(UpstreamError::Closed(e)) if again => match copy.take() {
+                    Some(c) => c,
+                    None => return Err(UpstreamError::Closed(e)),
+                },
+                r => return r.map(|r| (endpoint, r)),
+            };
+            again = false;
+            upstreams.forget_idle(upstream.endpoint(endpoint).0);
+            (req, first) = (again_with, endpoint);
+        }
     };
     let deadline = timeouts.request.into_iter().chain(timeouts.backend).min();
     let result = match deadline {
@@ -64,10 +83,33 @@ pub async fn send(
         let kind = match e {
             UpstreamError::Connect(..) => ErrorKind::UpstreamConnect,
             UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
-            UpstreamError::Http(_) => ErrorKind::UpstreamProtocol,
+            UpstreamError::Http(_) | UpstreamError::Unsent(_) | UpstreamError::Closed(_) => {
+                ErrorKind::UpstreamProtocol
+            }
         };
         ProxyError::new(kind, e.to_string())
     })
+}
+
+/// A copy of `req` to send again should its kept-alive connection close under it: only for an
+/// idempotent request without a body, and not an upgrade (`None` otherwise).
+fn retry_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let bodyless = hyper::body::Body::is_end_stream(req.body())
+        || hyper::body::Body::size_hint(req.body()).exact() == Some(0);
+    if !idempotent || !bodyless || req.headers().contains_key(http::header::UPGRADE) {
+        return None;
+    }
+    let mut copy = Request::new(Body::full(Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Endpoints tried for one request whose connections are refused.

@@ -29,6 +29,23 @@ pub enum UpstreamError {
     Tls(String),
     #[error("{0}")]
     Http(String),
+    /// A kept-alive connection taken from the pool turned out closed before the request was written
+    /// to it (the backend went away, or closed it as idle): the request, untouched, to send again.
+    #[error("the kept-alive connection to the backend was closed before the request was sent")]
+    Unsent(Unsent),
+    /// A kept-alive connection taken from the pool closed (or was reset) after the request was
+    /// written and before an answer came: the backend may or may not have seen it.
+    #[error("the kept-alive connection to the backend closed before it answered: {0}")]
+    Closed(String),
+}
+
+/// A request given back unsent.
+pub struct Unsent(pub Box<Request<Body>>);
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unsent({} {})", self.0.method(), self.0.uri())
+    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,9 +159,10 @@ fn tls_of(upstream: &Upstream) -> Result<Option<&TlsTarget>, UpstreamError> {
     }
 }
 
-/// A connection to an endpoint, ready for one request.
+/// A connection to an endpoint, ready for one request; an HTTP/1.1 one says whether it came from
+/// the pool.
 pub enum Connection {
-    Http1(PoolKey, http1::SendRequest<Body>),
+    Http1(PoolKey, http1::SendRequest<Body>, bool),
     H2(PoolKey, http2::SendRequest<Body>),
 }
 
@@ -159,8 +177,8 @@ impl Upstreams {
         let key = (endpoint, tls.map(|t| t.pool_key.clone()));
         Ok(match upstream.protocol {
             UpstreamProtocol::Http1 => {
-                let sender = self.http1_sender(&key, tls).await?;
-                Connection::Http1(key, sender)
+                let (sender, pooled) = self.http1_sender(&key, tls).await?;
+                Connection::Http1(key, sender, pooled)
             }
             UpstreamProtocol::H2c => {
                 let sender = self.h2_sender(&key, tls).await?;
@@ -176,7 +194,9 @@ impl Upstreams {
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         match conn {
-            Connection::Http1(key, sender) => self.send_http1(key, sender, req).await,
+            Connection::Http1(key, sender, pooled) => {
+                self.send_http1(key, sender, pooled, req).await
+            }
             Connection::H2(key, sender) => self
                 .send_h2(key, sender, req)
                 .await
@@ -195,12 +215,12 @@ impl Upstreams {
         self.send_on(conn, req).await
     }
 
-    /// A ready pooled connection, or a new one.
+    /// A ready pooled connection (`true`), or a new one.
     async fn http1_sender(
         &self,
         key: &PoolKey,
         tls: Option<&TlsTarget>,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    ) -> Result<(http1::SendRequest<Body>, bool), UpstreamError> {
         loop {
             let pooled = self
                 .idle
@@ -211,7 +231,7 @@ impl Upstreams {
             match pooled {
                 Some(mut s) => {
                     if s.ready().await.is_ok() {
-                        return Ok(s);
+                        return Ok((s, true));
                     }
                 }
                 None => break,
@@ -219,21 +239,38 @@ impl Upstreams {
         }
         // Boxed: dialling (the TLS handshake above all) makes a future of kilobytes, which every
         // request's future would otherwise carry, and copy, though most of them find a pooled connection.
-        Box::pin(new_http1(key.0, tls)).await
+        Box::pin(new_http1(key.0, tls)).await.map(|s| (s, false))
     }
 
-    /// HTTP/1.1; the connection returns to the pool when the response body is complete.
+    /// Drops the idle connections to `endpoint` (one was found closed: the others may be too).
+    pub fn forget_idle(&self, endpoint: SocketAddr) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(e, _), _| *e != endpoint);
+    }
+
+    /// HTTP/1.1; the connection returns to the pool when the response body is complete. A pooled
+    /// connection found closed before the request was written gives it back (`Unsent`).
     async fn send_http1(
         &self,
         key: PoolKey,
         mut sender: http1::SendRequest<Body>,
+        pooled: bool,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *req.version_mut() = Version::HTTP_11;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Http(format!("{e}")))?;
+        let resp = sender.try_send_request(req).await.map_err(|mut e| {
+            match e.take_message().filter(|_| pooled) {
+                Some(req) => UpstreamError::Unsent(Unsent(Box::new(req))),
+                // No answer came (send_request ends with the head of one): the connection closed
+                // or was reset under the request, not a malformed answer or a bad request.
+                None if pooled && !e.error().is_parse() && !e.error().is_user() => {
+                    UpstreamError::Closed(e.error().to_string())
+                }
+                None => UpstreamError::Http(format!("{}", e.error())),
+            }
+        })?;
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp.map(Body::Incoming));
         }
