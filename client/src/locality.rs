@@ -4,15 +4,32 @@
 //! the same distance.
 
 use crate::Client;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// A member (an index into a client's servers), or none, shared between tasks: the one a watch is
+/// on, the one a prober prefers.
+#[derive(Debug, Default)]
+pub struct MemberCell(AtomicUsize);
+
+impl MemberCell {
+    pub fn get(&self) -> Option<usize> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    pub fn set(&self, member: Option<usize>) {
+        self.0.store(member.map_or(0, |i| i + 1), Ordering::Relaxed);
+    }
+}
 
 /// One probe of a member: its region and the round trip of the probe; `None` when it did not answer.
 pub type Probe = Option<(String, Duration)>;
 
 /// The member to talk to (watch from), given probes of every member: the nearest of the client's own
-/// region when one answers, else the nearest other. The current member stays unless it stopped answering, a member
-/// of the node's region answers while it is not one, or (both outside the region) another answers in
-/// less than 80 % of its round trip — no flapping between members of about the same distance.
+/// region when one answers, else the nearest other. The current member stays unless it stopped
+/// answering, a member of the client's region answers while it is not one, or (both outside the
+/// region) another answers in less than 80 % of its round trip — no flapping between members of
+/// about the same distance.
 pub fn choose(region: &str, probes: &[Probe], current: Option<usize>) -> Option<usize> {
     let answered = |i: usize| {
         probes

@@ -7,7 +7,8 @@
 
 use crate::snapshot::Snapshot;
 use futures::FutureExt;
-use gw_client::{Client, kind_ref, locality};
+use gw_client::locality::{self, MemberCell};
+use gw_client::{Client, kind_ref};
 use gw_model::ObjectKey;
 use gw_proto as pb;
 use serde::{Deserialize, Serialize};
@@ -197,54 +198,42 @@ pub struct WatchHealth {
     /// member has confirmed that the watcher has everything committed until then; 0: never.
     pub last_bookmark_ms: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
-    /// The member the stream is on, as 1 + its index in the node's `--store` list; 0: none.
-    pub watching: AtomicU64,
-    /// The member the locality prober wants the stream on (same encoding); 0: no preference.
-    pub preferred: AtomicU64,
-    /// The longest round trip (ms) to a member that answered the prober's last round; 0: none yet
-    /// (or no prober: the node has no `--region`).
+    /// The member (index into the node's `--store` list) the stream is on.
+    pub watching: MemberCell,
+    /// The member the locality prober wants the stream on.
+    pub preferred: MemberCell,
+    /// The longest round trip (ms) to a member that answered the prober's last round (kept on the
+    /// config watch's health); 0: none yet, or no prober (the node has no `--region`).
     pub slowest_probe_ms: AtomicU64,
 }
 
 impl WatchHealth {
-    fn member(v: &AtomicU64) -> Option<usize> {
-        match v.load(Ordering::Relaxed) {
-            0 => None,
-            n => usize::try_from(n - 1).ok(),
-        }
-    }
-
-    fn set_member(v: &AtomicU64, member: Option<usize>) {
-        v.store(member.map_or(0, |i| i as u64 + 1), Ordering::Relaxed);
-    }
-
     /// The member (index into `--store`) the watch stream is on.
     pub fn watching(&self) -> Option<usize> {
-        Self::member(&self.watching)
+        self.watching.get()
     }
 
     /// The member the locality prober prefers.
     pub fn preferred(&self) -> Option<usize> {
-        Self::member(&self.preferred)
+        self.preferred.get()
     }
 }
 
-/// Probes every member (its own status, asked of it alone) every `PROBE_EVERY` and records, for each
-/// watch (the config's first, then the affinity table's), which member it should be on
-/// (`locality::choose`);
-/// the watches move there, and the node's calls start where the config watch is.
+/// Probes every member (its own status, asked of it alone) every `locality::PROBE_EVERY` and records,
+/// for each watch (the config's first, then the affinity table's), which member it should be on
+/// (`locality::choose`): the watches move there, and the node's calls start where the config watch
+/// is. The config watch's health also keeps the longest round trip measured.
 pub async fn follow_locality(client: Client, region: String, watches: [Arc<WatchHealth>; 2]) {
     loop {
         let probes = locality::probe(&client).await;
-        let slowest = probes.iter().flatten().map(|(_, rtt)| *rtt).max();
+        if let Some(rtt) = probes.iter().flatten().map(|(_, rtt)| *rtt).max() {
+            watches[0]
+                .slowest_probe_ms
+                .store(rtt.as_millis() as u64, Ordering::Relaxed);
+        }
         let picks = watches.clone().map(|health| {
-            if let Some(rtt) = slowest {
-                health
-                    .slowest_probe_ms
-                    .store(rtt.as_millis() as u64, Ordering::Relaxed);
-            }
             let pick = locality::choose(&region, &probes, health.watching());
-            WatchHealth::set_member(&health.preferred, pick);
+            health.preferred.set(pick);
             pick
         });
         // The node's other calls (status, leases) start at the config watch's member too: the
@@ -323,16 +312,16 @@ pub async fn run(
         }
         let mut stream = match client.watch_on(req).await {
             Ok((s, on)) => {
-                WatchHealth::set_member(&health.watching, Some(on));
+                health.watching.set(Some(on));
                 // The preferred member did not take the watch (gone since it was probed): no
                 // preference until the next probe, rather than leaving this stream for it again.
                 if health.preferred().is_some_and(|p| p != on) {
-                    WatchHealth::set_member(&health.preferred, None);
+                    health.preferred.set(None);
                 }
                 s
             }
             Err(e) => {
-                WatchHealth::set_member(&health.watching, None);
+                health.watching.set(None);
                 health.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, revision = m.snapshot.revision, "store unreachable; serving the last committed state");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -413,7 +402,7 @@ pub async fn run(
         if unpublished {
             publish_state(&m, &health, &publish);
         }
-        WatchHealth::set_member(&health.watching, None);
+        health.watching.set(None);
         health.connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -20,7 +20,8 @@ mod referenced;
 
 use anyhow::Context;
 use futures::StreamExt;
-use gw_client::{Client, Error, kind_ref, locality, object_ref};
+use gw_client::locality::{self, MemberCell};
+use gw_client::{Client, Error, kind_ref, object_ref};
 use gw_model::ObjectKey;
 use gw_model::kinds::{
     self, GATEWAY_GROUP, KindInfo, MCS_GROUP, MCS_SERVICE_NAME_LABEL, ORIGIN_LABEL,
@@ -35,7 +36,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,10 +115,10 @@ struct Agent {
     /// The Secrets and ConfigMaps carried objects reference, and what wakes their reconciliation.
     referenced: Mutex<referenced::Referenced>,
     wake: tokio::sync::Notify,
-    /// The member (1 + its index in `--store`; 0: none) the status watch is on, and the one the
-    /// locality prober wants it on (`--region`).
-    watching: AtomicUsize,
-    preferred: AtomicUsize,
+    /// The member (index into `--store`) the status watch is on, and the one the locality prober
+    /// wants it on (`--region`).
+    watching: MemberCell,
+    preferred: MemberCell,
 }
 
 fn info(group: &str, kind: &str) -> &'static KindInfo {
@@ -165,8 +165,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         keep_stale: args.unsafe_keep_stale,
         referenced: Mutex::default(),
         wake: tokio::sync::Notify::new(),
-        watching: AtomicUsize::new(0),
-        preferred: AtomicUsize::new(0),
+        watching: MemberCell::default(),
+        preferred: MemberCell::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (group, kind) in CARRIED {
@@ -407,7 +407,8 @@ impl Agent {
 
     /// The member the status watch is on (`--store`'s `HOST:PORT`; "" none).
     fn watching(&self) -> String {
-        member(&self.watching)
+        self.watching
+            .get()
             .and_then(|i| self.store.servers().get(i).cloned())
             .unwrap_or_default()
     }
@@ -669,12 +670,12 @@ async fn status(agent: Arc<Agent>) {
             bookmark_interval_ms: 1000,
             show_secret_values: false,
         };
-        if let Some(p) = member(&agent.preferred) {
+        if let Some(p) = agent.preferred.get() {
             agent.store.prefer(p);
         }
         let mut stream = match agent.store.watch_on(req).await {
             Ok((s, on)) => {
-                set_member(&agent.watching, Some(on));
+                agent.watching.set(Some(on));
                 s
             }
             Err(e) => {
@@ -710,25 +711,16 @@ async fn status(agent: Arc<Agent>) {
                 None => {}
             }
             // The locality prober wants the watch elsewhere: resume there.
-            if let Some(p) = member(&agent.preferred)
-                && member(&agent.watching) != Some(p)
+            if let Some(p) = agent.preferred.get()
+                && agent.watching.get() != Some(p)
             {
                 tracing::info!(member = %agent.store.servers()[p], "moving the store watch to a nearer member");
                 break;
             }
         }
-        set_member(&agent.watching, None);
+        agent.watching.set(None);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A member kept as 1 + its index (0: none).
-fn member(v: &AtomicUsize) -> Option<usize> {
-    v.load(Ordering::Relaxed).checked_sub(1)
-}
-
-fn set_member(v: &AtomicUsize, m: Option<usize>) {
-    v.store(m.map_or(0, |i| i + 1), Ordering::Relaxed);
 }
 
 /// With `--region`: probes every store member every `locality::PROBE_EVERY` and keeps the agent's
@@ -736,8 +728,8 @@ fn set_member(v: &AtomicUsize, m: Option<usize>) {
 async fn follow_locality(agent: Arc<Agent>) {
     loop {
         let probes = locality::probe(&agent.store).await;
-        let pick = locality::choose(&agent.region, &probes, member(&agent.watching));
-        set_member(&agent.preferred, pick);
+        let pick = locality::choose(&agent.region, &probes, agent.watching.get());
+        agent.preferred.set(pick);
         if let Some(p) = pick {
             agent.store.prefer(p);
         }

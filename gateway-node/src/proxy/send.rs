@@ -21,8 +21,9 @@ pub const MIRROR_BODY_LIMIT: usize = 1 << 20;
 /// Sends `req` (not yet addressed to an endpoint: `path_and_query` and `authority` are where it goes)
 /// to endpoint `first` of `upstream`. An endpoint that refuses the connection is ejected, and with
 /// `retry` the request — not sent yet — goes to another endpoint the upstream picks instead (at most
-/// `CONNECT_ATTEMPTS` in all). A kept-alive connection found closed before the request went out is
-/// replaced once by a new one. The endpoint that answered, and its answer.
+/// `CONNECT_ATTEMPTS` in all). A kept-alive connection that closes under the request is replaced once
+/// by a new one when nothing reached the backend or the request can be sent twice (`retry_copy`).
+/// The endpoint that answered, and its answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     upstreams: &Upstreams,

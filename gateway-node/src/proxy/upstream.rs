@@ -251,7 +251,8 @@ impl Upstreams {
     }
 
     /// HTTP/1.1; the connection returns to the pool when the response body is complete. A pooled
-    /// connection found closed before the request was written gives it back (`Unsent`).
+    /// connection found closed before the request was written gives it back (`Unsent`); one that
+    /// closed after, before any answer, is `Closed`.
     async fn send_http1(
         &self,
         key: PoolKey,
