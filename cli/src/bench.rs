@@ -959,7 +959,7 @@ pub struct RegionsArgs {
     /// Also a non-voting learner per region (a regional read replica), and reads from it.
     #[arg(long)]
     pub learners: bool,
-    /// Session failovers to time (the proposing node's region taken in turn).
+    /// Session failovers to time (the proposing node's region taken in turn; 0: none).
     #[arg(long, default_value_t = 15)]
     pub failovers: usize,
     /// Then, with gw stopped, etcd over the same WAN (one member per region; `etcd` on PATH, root):
@@ -1181,18 +1181,24 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
             Some(floor),
         ));
     }
-    let sticky = failover::Sticky::start(run).await?;
-    let mut generation = a.ops;
-    let (committed, followed) = failover::failovers(
-        leader_client,
-        &nodes,
-        &sticky,
-        &parent,
-        a.failovers,
-        &mut generation,
-    )
-    .await?;
-    for (region, v) in regions.iter().zip(committed) {
+    let (committed, followed) = if a.failovers > 0 {
+        let sticky = failover::Sticky::start(run).await?;
+        let mut generation = a.ops;
+        failover::failovers(
+            leader_client,
+            &nodes,
+            &sticky,
+            &parent,
+            a.failovers,
+            &mut generation,
+        )
+        .await?
+    } else {
+        Default::default()
+    };
+    // (A region whose node proposed no failover, or followed none, has no row.)
+    let timed_in = |v: Vec<Vec<f64>>| regions.iter().zip(v).filter(|(_, v)| !v.is_empty());
+    for (region, v) in timed_in(committed) {
         // The proposing node's call reaches the leader, which commits on its nearest majority.
         let floor = 2.0 * matrix.delay(region, &leader_region).as_secs_f64() * 1e3 + floor_ms;
         rows.push((
@@ -1202,7 +1208,7 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
             Some(floor),
         ));
     }
-    for (region, v) in regions.iter().zip(followed) {
+    for (region, v) in timed_in(followed) {
         rows.push((
             "session failover → served by the node (after another region's)".into(),
             region.clone(),
