@@ -571,21 +571,34 @@ const MESH_SERVICE_IP: &str = "127.98.0.10";
 
 /// The `x-generation` response header a node answers with, if it answers.
 async fn generation_served(addr: std::net::SocketAddr) -> Option<u64> {
+    let request = "GET / HTTP/1.1\r\nHost: prop.example\r\nConnection: close\r\n\r\n";
+    let (head, _) = http_exchange(addr, request).await.ok()?;
+    header(&head, "x-generation")?.parse().ok()
+}
+
+/// One HTTP/1.1 exchange on a new connection (`request` whole, with `Connection: close`): the
+/// answer's head and body, read until the server closes.
+async fn http_exchange(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> std::io::Result<(String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: prop.example\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
-    s.read_to_end(&mut buf).await.ok()?;
+    s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
-    let head = text.split("\r\n\r\n").next()?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+    Ok((head.to_string(), body.to_string()))
+}
+
+/// The value of header `name` in a response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("x-generation")
-            .then(|| v.trim().parse().ok())
-            .flatten()
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 

@@ -15,7 +15,6 @@ use gw_testkit::wan::{Ingress, Wan};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running etcd cluster, one member per region; stopped when dropped.
 pub struct EtcdWan {
@@ -155,26 +154,15 @@ pub async fn put(addr: SocketAddr, key: &str, value: &str) -> Result<()> {
 async fn call(addr: SocketAddr, path: &str, body: &Value) -> Result<Value> {
     let fail = |what: String| Error::Usage(format!("etcd at {addr}{path}: {what}"));
     let body = body.to_string();
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(request.as_bytes())
+    let (head, payload) = super::http_exchange(addr, &request)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, payload) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| fail(format!("no HTTP answer: {text:?}")))?;
     if !head.starts_with("HTTP/1.1 200") {
         return Err(fail(format!("{head}: {payload}")));
     }
-    serde_json::from_str(payload).map_err(|e| fail(format!("{e}: {payload:?}")))
+    serde_json::from_str(&payload).map_err(|e| fail(format!("{e}: {payload:?}")))
 }

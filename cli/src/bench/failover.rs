@@ -6,14 +6,13 @@
 //! until it serves the session from the committed replacement (following the table, or asking the
 //! store). The backend is then put back.
 
-use super::{apply, bench_document, generation_route, served_by};
+use super::{apply, bench_document, generation_route, header, http_exchange, served_by};
 use crate::error::{Error, Result};
 use gw_proto as pb;
 use gw_proto::config_client::ConfigClient;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 const HOST: &str = "sticky.example";
@@ -124,27 +123,14 @@ impl Change<'_> {
 /// A request to the sticky route on the node at `addr`: the pod that answered and the session
 /// cookie set, if any (`None`: no 200 answer).
 async fn sticky_get(addr: SocketAddr, cookie: Option<&str>) -> Option<(String, Option<String>)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
-    s.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{cookie}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{cookie}Connection: close\r\n\r\n");
+    let (head, body) = http_exchange(addr, &request).await.ok()?;
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    let set = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("set-cookie")
-            .then(|| v.trim().split(';').next().unwrap_or("").to_string())
-    });
-    let pod = serde_json::from_str::<Value>(body).ok()?["pod"]
+    let set = header(&head, "set-cookie").map(|v| v.split(';').next().unwrap_or("").to_string());
+    let pod = serde_json::from_str::<Value>(&body).ok()?["pod"]
         .as_str()?
         .to_string();
     Some((pod, set))
