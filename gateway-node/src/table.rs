@@ -486,6 +486,14 @@ pub struct Filters {
     pub invalid: Option<String>,
 }
 
+impl Filters {
+    /// Whether these (a backendRef's) leave the request itself as it is: a request prepared for one
+    /// backend whose filters do can go to another whose filters do too.
+    pub fn keep_requests(&self) -> bool {
+        self.request_headers.is_empty() && self.rewrite.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     Http1,

@@ -21,7 +21,7 @@ mod upstream;
 use crate::access_log::{self, AccessLog, LogOnEnd, Record};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rng;
-use crate::session::{Selection, Sessions};
+use crate::session::{Chosen, Selection, Sessions};
 use crate::table::RoutingTable;
 use arc_swap::ArcSwap;
 pub use body::Body;
@@ -198,6 +198,18 @@ impl Proxy {
         e.response(grpc)
     }
 
+    /// Counts a backend's failure to serve a request of `action`.
+    fn upstream_failed(
+        &self,
+        action: &crate::table::RuleAction,
+        target: &choose::Target<'_>,
+        kind: ErrorKind,
+    ) {
+        if let Some(label) = kind.upstream_label() {
+            log::upstream_error(&self.metrics, &action.route.id, &target.upstream.id, label);
+        }
+    }
+
     async fn forward(
         &self,
         conn: &ConnInfo,
@@ -229,29 +241,21 @@ impl Proxy {
             }
             _ => Selection::Fallback,
         };
-        let session = match selection {
+        let mut session = match selection {
             Selection::Chosen(c) => Some(c),
             Selection::Unavailable(why) => {
                 return Err(ProxyError::new(ErrorKind::SessionUnavailable, why));
             }
             Selection::Fallback => None,
         };
-        let target = choose::choose(
+        let mut target = choose::choose(
             backends,
             session.as_ref().map(|c| (c.entry, c.endpoint)),
             &mut rng::draw,
             gw_client::clock::now_ms(),
         )?;
         let protocol = target.upstream.protocol;
-        if let Some(r) = record {
-            r.backend = Some(target.upstream.id.clone());
-            // The endpoint tried first; the one that answered replaces it.
-            r.endpoint = Some(target.upstream.endpoint(target.endpoint).0.to_string());
-            if let Some(c) = &session {
-                r.session = Some(access_log::session_hash(&c.token.session));
-                r.affinity = Some(c.decision);
-            }
-        }
+        note_target(record, &target, session.as_ref());
 
         let upgrade = prepare::wants_upgrade(req.headers())
             && protocol == crate::table::UpstreamProtocol::Http1;
@@ -285,8 +289,9 @@ impl Proxy {
             );
             full(bytes)
         };
-        // A session's request stays on its backend: a refused connection fails it over instead.
-        let sent = send::send(
+        // A session's request stays on its backend: a refused connection fails the session over
+        // (or starts it anew elsewhere) and the request, none of it sent, goes there.
+        let mut sent = send::send(
             &self.upstreams,
             &target.upstream,
             target.endpoint,
@@ -296,6 +301,43 @@ impl Proxy {
             action.timeouts,
         )
         .await;
+        let moved = match (&mut sent, &action.session, &self.sessions, &session) {
+            (Err((e, unsent)), Some(cfg), Some(sessions), Some(c))
+                if e.kind == ErrorKind::UpstreamConnect =>
+            {
+                let unsent = unsent.take();
+                match sessions.reselect(cfg, c, backends, conn.https).await {
+                    Selection::Chosen(n) => unsent.map(|req| (req, n)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((req, moved)) = moved {
+            let next = choose::choose(
+                backends,
+                Some((moved.entry, moved.endpoint)),
+                &mut rng::draw,
+                gw_client::clock::now_ms(),
+            )?;
+            let prepared_fits = std::ptr::eq(next.backend, target.backend)
+                || (next.backend.filters.keep_requests() && target.backend.filters.keep_requests());
+            if prepared_fits && next.upstream.protocol == protocol {
+                self.upstream_failed(action, &target, ErrorKind::UpstreamConnect);
+                sent = send::send(
+                    &self.upstreams,
+                    &next.upstream,
+                    next.endpoint,
+                    false,
+                    req,
+                    (&p.path_and_query, &p.authority),
+                    action.timeouts,
+                )
+                .await;
+                (target, session) = (next, Some(moved));
+                note_target(record, &target, session.as_ref());
+            }
+        }
         let mut resp = match sent {
             Ok((endpoint, r)) => {
                 if let Some(rec) = record.as_mut().filter(|_| endpoint != target.endpoint) {
@@ -309,21 +351,8 @@ impl Proxy {
                     "the request body is malformed",
                 ));
             }
-            Err(e) => {
-                if e.kind == ErrorKind::UpstreamConnect
-                    && let (Some(cfg), Some(sessions), Some(c)) =
-                        (&action.session, &self.sessions, &session)
-                {
-                    sessions.backend_failed(cfg, c, backends);
-                }
-                if let Some(label) = e.kind.upstream_label() {
-                    log::upstream_error(
-                        &self.metrics,
-                        &action.route.id,
-                        &target.upstream.id,
-                        label,
-                    );
-                }
+            Err((e, _)) => {
+                self.upstream_failed(action, &target, e.kind);
                 let message = match e.kind {
                     ErrorKind::UpstreamTimeout => e.message,
                     _ => format!("backend {}: {}", target.upstream.id, e.message),
@@ -354,6 +383,19 @@ impl Proxy {
             session.and_then(|c| c.issue),
         );
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Where the request goes, in its access log record: the endpoint tried first (the one that answered
+/// replaces it), and the session's decision.
+fn note_target(record: &mut Option<Record>, target: &choose::Target<'_>, session: Option<&Chosen>) {
+    if let Some(r) = record {
+        r.backend = Some(target.upstream.id.clone());
+        r.endpoint = Some(target.upstream.endpoint(target.endpoint).0.to_string());
+        if let Some(c) = session {
+            r.session = Some(access_log::session_hash(&c.token.session));
+            r.affinity = Some(c.decision);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Phase 4, send: the exchange with the backend within the rule's timeouts (the shorter of the request
-//! and backend-request timeouts), another endpoint when one refuses the connection, and the copies to
-//! mirrors, whose answers are ignored.
+//! and backend-request timeouts), another endpoint when one refuses the connection (or, for a
+//! session's request, the request back to its caller), and the copies to mirrors, whose answers are
+//! ignored.
 
 use super::error::{ErrorKind, ProxyError};
 use super::prepare::address;
@@ -23,7 +24,8 @@ pub const MIRROR_BODY_LIMIT: usize = 1 << 20;
 /// `retry` the request — not sent yet — goes to another endpoint the upstream picks instead (at most
 /// `CONNECT_ATTEMPTS` in all). A kept-alive connection that closes under the request is replaced once
 /// by a new one when nothing reached the backend or the request can be sent twice (`retry_copy`).
-/// The endpoint that answered, and its answer.
+/// The endpoint that answered, and its answer; or the failure, with the request when it was refused
+/// before any of it was sent (it can go elsewhere).
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     upstreams: &Upstreams,
@@ -33,19 +35,23 @@ pub async fn send(
     req: Request<Body>,
     (path_and_query, authority): (&PathAndQuery, &Authority),
     timeouts: Timeouts,
-) -> Result<(usize, Response<Body>), ProxyError> {
+) -> Result<(usize, Response<Body>), (ProxyError, Option<Request<Body>>)> {
     let exchange = async {
         let (mut req, mut first, mut again) = (req, first, true);
         let mut copy = retry_copy(&req);
         loop {
-            let (endpoint, conn) = connect_any(
+            let connected = connect_any(
                 upstream,
                 first,
                 retry,
                 |e| matches!(e, UpstreamError::Connect(..)),
                 |addr| upstreams.connect(upstream, addr),
             )
-            .await?;
+            .await;
+            let (endpoint, conn) = match connected {
+                Ok(c) => c,
+                Err(e) => return Err((e, Some(req))),
+            };
             let addressed = address(
                 req,
                 path_and_query,
@@ -61,9 +67,9 @@ pub async fn send(
                 Err(UpstreamError::Unsent(back)) if again => *back.0,
                 Err(UpstreamError::Closed(e)) if again => match copy.take() {
                     Some(c) => c,
-                    None => return Err(UpstreamError::Closed(e)),
+                    None => return Err((UpstreamError::Closed(e), None)),
                 },
-                r => return r.map(|r| (endpoint, r)),
+                r => return r.map(|r| (endpoint, r)).map_err(|e| (e, None)),
             };
             again = false;
             upstreams.forget_idle(upstream.endpoint(endpoint).0);
@@ -73,14 +79,15 @@ pub async fn send(
     let deadline = timeouts.request.into_iter().chain(timeouts.backend).min();
     let result = match deadline {
         Some(d) => tokio::time::timeout(d, exchange).await.map_err(|_| {
-            ProxyError::new(
+            let e = ProxyError::new(
                 ErrorKind::UpstreamTimeout,
                 "the backend did not answer in time",
-            )
+            );
+            (e, None)
         })?,
         None => exchange.await,
     };
-    result.map_err(|e| {
+    result.map_err(|(e, unsent)| {
         let kind = match e {
             UpstreamError::Connect(..) => ErrorKind::UpstreamConnect,
             UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
@@ -88,7 +95,7 @@ pub async fn send(
                 ErrorKind::UpstreamProtocol
             }
         };
-        ProxyError::new(kind, e.to_string())
+        (ProxyError::new(kind, e.to_string()), unsent)
     })
 }
 

@@ -11,7 +11,9 @@
 //! - a token whose session has no entry yet binds on its own while it is inside its window (younger
 //!   than its idle and absolute timeouts): the store creates its entry when it comes back, and refuses
 //!   to past that window;
-//! - an expired or unknown session starts a new session.
+//! - an expired or unknown session starts a new session;
+//! - a backend that refuses a request's connection is gone for that request: its session fails over
+//!   (or, where no failover can be committed, starts anew elsewhere) before the request is sent again.
 
 use crate::table::{BackendEntry, BackendTarget, Backends, SessionConfig};
 use gw_model::affinity::token::Token;
@@ -44,6 +46,9 @@ pub struct Inputs<'a> {
     /// The null control of the fault-injection suite: follow this node's own replacement instead of
     /// proposing a failover.
     pub local_failover: bool,
+    /// The backend (identity) that has just refused this very request's connection (empty: none):
+    /// gone, as far as this request is concerned.
+    pub refused: &'a str,
 }
 
 /// Where a request with session persistence goes.
@@ -73,7 +78,9 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
         match bound_backend(i, t) {
             Bound::Ask(d) => return d,
             Bound::To(backend) => {
-                if let Some((entry, endpoint)) = find(i.backends, &backend) {
+                if backend != i.refused
+                    && let Some((entry, endpoint)) = find(i.backends, &backend)
+                {
                     return Decision::Follow { entry, endpoint };
                 }
                 let Some((entry, endpoint)) = fresh(i.backends, &backend, i.now_ms, draw) else {
@@ -99,7 +106,7 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
             Bound::Nothing => {}
         }
     }
-    let Some((entry, endpoint)) = fresh(i.backends, "", i.now_ms, draw) else {
+    let Some((entry, endpoint)) = fresh(i.backends, i.refused, i.now_ms, draw) else {
         return Decision::Fallback;
     };
     Decision::New {
@@ -143,17 +150,6 @@ fn bound_backend(i: &Inputs<'_>, t: &Token) -> Bound {
             }
         }
     }
-}
-
-/// A replacement for a session whose backend `failed` refused the request: the rule's weighted
-/// choice among the others (`None`: there is none).
-pub fn replacement(
-    backends: &Backends,
-    failed: &str,
-    now_ms: u64,
-    draw: &mut impl FnMut() -> u64,
-) -> Option<String> {
-    fresh(backends, failed, now_ms, draw).map(|(e, p)| identity(backends, e, p))
 }
 
 /// The entry and endpoint of the backend with this identity, whatever its weight.

@@ -24,7 +24,7 @@ use crate::snapshot::Snapshot;
 use crate::table::{Backends, SessionConfig};
 use crate::watcher::WatchHealth;
 use arc_swap::ArcSwapOption;
-use decide::{Decision, Inputs, Known, decide, identity, replacement};
+use decide::{Decision, Inputs, Known, decide, identity};
 use gw_client::{Client, Error, clock};
 use gw_model::ObjectKey;
 use gw_model::affinity::token::{KEYS_NAMESPACE, KEYS_SECRET, Keys, Token};
@@ -156,6 +156,40 @@ impl Sessions {
             .token(headers)
             .and_then(|t| keys.verify(t))
             .filter(|t| t.scope == cfg.scope);
+        self.decide_for(cfg, token, backends, https, (&keys, ""))
+            .await
+    }
+
+    /// The choice `refused` made refused the request's connection (nothing was sent): where the
+    /// request goes instead. A session that was bound fails over now (first writer wins; where no
+    /// failover can be committed, it starts anew elsewhere), so that this request and the session's
+    /// next ones, on any node, go where the cluster agrees; a session that was new starts on another
+    /// backend.
+    pub async fn reselect(
+        &self,
+        cfg: &SessionConfig,
+        refused: &Chosen,
+        backends: &Backends,
+        https: bool,
+    ) -> Selection {
+        let Some(keys) = self.keys.load_full() else {
+            return Selection::Fallback;
+        };
+        let token = (refused.decision != "new").then(|| refused.token.clone());
+        let failed = identity(backends, refused.entry, refused.endpoint);
+        self.decide_for(cfg, token, backends, https, (&keys, &failed))
+            .await
+    }
+
+    /// `select` for a verified token (if any), avoiding the backend `refused` (empty: none).
+    async fn decide_for(
+        &self,
+        cfg: &SessionConfig,
+        token: Option<Token>,
+        backends: &Backends,
+        https: bool,
+        (keys, refused): (&Keys, &str),
+    ) -> Selection {
         let key = token
             .as_ref()
             .map(|t| affinity::key(&cfg.namespace, &t.session));
@@ -175,6 +209,7 @@ impl Sessions {
                 backends,
                 now_ms: clock::now_ms(),
                 local_failover: self.local_failover,
+                refused,
             };
             match (decide(&inputs, &mut rng::draw), &token, &key) {
                 (Decision::Confirm, _, Some(key)) => {
@@ -268,29 +303,6 @@ impl Sessions {
         let contact = self.view_health.last_bookmark_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         (contact > 0).then(|| now.saturating_sub(contact))
-    }
-
-    /// The session's backend refused the connection: propose a replacement (first writer wins), so
-    /// that the session's next request, on any node, goes where the cluster agrees.
-    pub fn backend_failed(
-        self: &Arc<Self>,
-        cfg: &Arc<SessionConfig>,
-        chosen: &Chosen,
-        backends: &Backends,
-    ) {
-        if self.local_failover {
-            return;
-        }
-        let from = identity(backends, chosen.entry, chosen.endpoint);
-        let Some(to) = replacement(backends, &from, clock::now_ms(), &mut rng::draw) else {
-            return;
-        };
-        let (me, cfg, t) = (self.clone(), cfg.clone(), chosen.token.clone());
-        tokio::spawn(async move {
-            if let Err(e) = me.failover(&cfg, &t, &from, &to).await {
-                tracing::warn!(error = %e, scope = %cfg.scope, "session failover not committed");
-            }
-        });
     }
 
     /// The store client for one call: the member the locality prober picked first (a call that

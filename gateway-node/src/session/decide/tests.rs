@@ -94,6 +94,8 @@ struct Case {
     idle_timeout_ms: Option<u64>,
     absolute_timeout_ms: Option<u64>,
     local_failover: bool,
+    /// The backend that refused this request's connection ("": none).
+    refused: String,
     backends: Vec<(u64, usize)>,
     want: Decision,
 }
@@ -106,6 +108,7 @@ fn case(name: &'static str, token: Option<Token>, known: Known, want: Decision) 
         idle_timeout_ms: None,
         absolute_timeout_ms: None,
         local_failover: false,
+        refused: String::new(),
         backends: vec![(1, 2), (0, 1)],
         want,
     }
@@ -270,6 +273,60 @@ fn every_decision() {
                 Decision::Fallback,
             )
         },
+        Case {
+            refused: id(0, 1),
+            ..case(
+                "the bound backend refused this request: propose a replacement",
+                fresh_token(),
+                Known::Entry(Some(entry(&id(0, 1), false, scope))),
+                Decision::ProposeFailover {
+                    from: id(0, 1),
+                    to: id(0, 0),
+                },
+            )
+        },
+        Case {
+            refused: id(0, 1),
+            ..case(
+                "a token without an entry yet whose backend refused: propose a replacement",
+                fresh_token(),
+                Known::Entry(None),
+                Decision::ProposeFailover {
+                    from: id(0, 1),
+                    to: id(0, 0),
+                },
+            )
+        },
+        Case {
+            refused: id(0, 0),
+            backends: vec![(1, 1), (1, 1)],
+            ..case(
+                "a new session whose backend refused: a new session on another",
+                None,
+                Known::Entry(None),
+                new_session(1, 0),
+            )
+        },
+        Case {
+            refused: id(0, 0),
+            backends: vec![(1, 1), (1, 1)],
+            ..case(
+                "refused, and no failover could be committed (a region cut off): anew elsewhere",
+                Some(token(&id(0, 0), NOW - 1_000)),
+                Known::FailoverFailed,
+                new_session(1, 0),
+            )
+        },
+        Case {
+            refused: id(0, 0),
+            backends: vec![(1, 1)],
+            ..case(
+                "a lone backend that refused has no replacement: route as without persistence",
+                Some(token(&id(0, 0), NOW - 1_000)),
+                Known::Entry(Some(entry(&id(0, 0), false, scope))),
+                Decision::Fallback,
+            )
+        },
     ];
     for c in cases {
         let cfg = config(c.idle_timeout_ms, c.absolute_timeout_ms);
@@ -281,17 +338,10 @@ fn every_decision() {
             backends: &b,
             now_ms: NOW,
             local_failover: c.local_failover,
+            refused: &c.refused,
         };
         assert_eq!(decide(&inputs, &mut draws(&[0])), c.want, "{}", c.name);
     }
-}
-
-#[test]
-fn a_lone_failed_backend_has_no_replacement() {
-    assert_eq!(
-        replacement(&backends(&[(1, 1)]), &id(0, 0), NOW, &mut draws(&[0])),
-        None
-    );
 }
 
 #[test]
@@ -303,10 +353,7 @@ fn new_sessions_go_only_to_weighted_backends_with_ready_endpoints() {
     // A failed backend is not its own replacement.
     let two = backends(&[(1, 1), (1, 1)]);
     for d in [0, u64::MAX] {
-        assert_eq!(
-            replacement(&two, &id(0, 0), NOW, &mut draws(&[d])),
-            Some(id(1, 0))
-        );
+        assert_eq!(fresh(&two, &id(0, 0), NOW, &mut draws(&[d])), Some((1, 0)));
     }
     // Within a backend, the draw chooses the endpoint.
     let one = backends(&[(1, 3)]);
