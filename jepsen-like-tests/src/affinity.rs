@@ -1,12 +1,16 @@
 //! The affinity workload: session persistence across gateway nodes, under faults.
 //!
-//! Two `gw-node` processes serve one route with Cookie session persistence over four echo backends
+//! Two `gw-node` processes (over a WAN, one per region, placed in it) serve one route with Cookie
+//! session persistence over four echo backends
 //! (`gwadm echo-server` processes). Clients open sessions through random gateway nodes and keep using
 //! them (and now and then an old one) through random nodes, while the store's nemeses run and the
 //! workload's own churn removes backends from their EndpointSlice (and restores them), kills backend
 //! processes (and restarts them) and restarts gateway nodes. Every request records which backend served
 //! it, on which session, and the wall-clock times, comparable with the committed times in the
-//! replicated affinity table that the checker reads after healing.
+//! replicated affinity table that the checker reads after healing — and which version of the route
+//! served it: the route is rewritten every second, and every version must reach every node once
+//! the faults in its way are over (`config_served`); over a WAN, the nodes of a region cut off keep
+//! answering meanwhile (`static_stability`).
 
 use crate::checker::{Validity, Verdict};
 use crate::history::{Kind, NEMESIS, Op, Recorder};
@@ -15,7 +19,7 @@ use anyhow::Context;
 use gw_model::affinity::SessionEntry;
 use gw_model::affinity::token::session_of;
 use gw_proto as pb;
-use gw_testkit::cluster::Cluster;
+use gw_testkit::cluster::{Cluster, WanLayout};
 use gw_testkit::procs::{bin, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -31,6 +35,10 @@ pub const PROCESSES: i64 = 200_000;
 const BACKENDS: usize = 4;
 const GATEWAYS: usize = 2;
 const COOKIE: &str = "gw-jepsen";
+/// The history's name for a new version of the route (`Fleet::reconfigure`).
+const ROUTE_CHANGE: &str = "route-change";
+/// The response header naming the version of the route that served a request (`route`).
+const CONFIG_HEADER: &str = "x-jepsen-config";
 /// Sessions a client keeps using; older ones are retired and only used now and then.
 const LIVE_SESSIONS: usize = 4;
 const IDLE_TIMEOUT_S: u64 = 4;
@@ -102,13 +110,14 @@ impl Drop for Proc {
 }
 
 /// Starts a gateway node of `class` named `name`, serving on `addr`'s IP, with its own certificate
-/// from the cluster's CA, its data and log under `dir`.
+/// from the cluster's CA, its data and log under `dir`; in `region` unless it is empty.
 pub(crate) fn gateway(
     cluster: &Cluster,
     dir: &Path,
     class: &str,
     name: &str,
     addr: SocketAddr,
+    region: &str,
     env: &[(String, String)],
 ) -> anyhow::Result<Proc> {
     let tls = cluster.pki().issue(
@@ -133,6 +142,9 @@ pub(crate) fn gateway(
         "--data-dir".into(),
         dir.join(name).display().to_string(),
     ]);
+    if !region.is_empty() {
+        args.extend(["--region".into(), region.into()]);
+    }
     let mut p = Proc::new(
         bin("gw-node")?,
         args,
@@ -204,6 +216,8 @@ pub struct Fleet {
     backends: Mutex<Vec<Proc>>,
     /// Where each gateway node serves the route.
     pub addrs: Vec<SocketAddr>,
+    /// Each gateway node's region of the WAN (empty without one).
+    pub regions: Vec<String>,
     pub backend_addrs: Vec<SocketAddr>,
     dir: PathBuf,
     store: String,
@@ -226,12 +240,28 @@ fn slice(i: usize, addr: Option<SocketAddr>) -> String {
     )
 }
 
+/// The workload's route, over every backend; each answer carries the route's version `config`
+/// (header `CONFIG_HEADER`), so that a request shows which config the node served it from.
+fn route(config: u64) -> String {
+    let refs: Vec<String> = (0..BACKENDS)
+        .map(|i| format!("{{name: b{i}, port: 80}}"))
+        .collect();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: jepsen}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - sessionPersistence: {{sessionName: {COOKIE}, idleTimeout: {IDLE_TIMEOUT_S}s}}\n    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: {CONFIG_HEADER}, value: '{config}'}}]}}}}]\n    backendRefs: [{}]\n",
+        refs.join(", ")
+    )
+}
+
 impl Fleet {
-    /// Starts the backends and gateway nodes and applies the config; `ip_prefix` as the store's.
+    /// Starts the backends and gateway nodes and applies the config; `ip_prefix` as the store's. Over
+    /// a WAN, a gateway node in each of its regions (at least two nodes), each placed in its region
+    /// (`--region`, and its address in the WAN: its watch, reads and writes cross the WAN's links,
+    /// and a region partition cuts it off); the backends stay local to every node.
     pub async fn start(
         cluster: &Cluster,
         dir: &Path,
         ip_prefix: &str,
+        wan: Option<&WanLayout>,
         gateway_env: Vec<(String, String)>,
         rec: Recorder,
     ) -> anyhow::Result<Fleet> {
@@ -245,7 +275,6 @@ impl Fleet {
         let mut yaml = format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: jepsen}}\nspec: {{controllerName: gw.dev/gateway-node}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: jepsen}}\nspec:\n  gatewayClassName: jepsen\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
         );
-        let mut refs = Vec::new();
         for i in 0..BACKENDS {
             let addr: SocketAddr = format!("{ip_prefix}{}:{}", 80 + i, free_port()).parse()?;
             backends.push(echo(&dir, &format!("b{i}"), "jepsen", addr)?);
@@ -254,18 +283,30 @@ impl Fleet {
                 "---\napiVersion: v1\nkind: Service\nmetadata: {{name: b{i}, namespace: jepsen}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
             ));
             yaml.push_str(&slice(i, Some(addr)));
-            refs.push(format!("{{name: b{i}, port: 80}}"));
         }
-        yaml.push_str(&format!(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: jepsen}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - sessionPersistence: {{sessionName: {COOKIE}, idleTimeout: {IDLE_TIMEOUT_S}s}}\n    backendRefs: [{}]\n",
-            refs.join(", ")
-        ));
+        yaml.push_str(&route(0));
+        let names: Vec<String> =
+            wan.map_or(vec![], |w| w.wan.matrix.regions().into_iter().collect());
+        let addrs: Vec<SocketAddr> = (0..GATEWAYS.max(names.len()))
+            .map(|g| format!("{ip_prefix}{}:{port}", 100 + g).parse())
+            .collect::<Result<_, _>>()?;
+        let regions = match wan {
+            Some(w) => addrs
+                .iter()
+                .enumerate()
+                .map(|(g, a)| {
+                    let region = names[g % names.len()].clone();
+                    w.wan.place(a.ip(), &region);
+                    region
+                })
+                .collect(),
+            None => vec![String::new(); addrs.len()],
+        };
         let fleet = Fleet {
             gateways: Mutex::new(Vec::new()),
             backends: Mutex::new(backends),
-            addrs: (0..GATEWAYS)
-                .map(|g| format!("{ip_prefix}{}:{port}", 100 + g).parse())
-                .collect::<Result<_, _>>()?,
+            addrs,
+            regions,
             backend_addrs,
             dir: dir.clone(),
             store,
@@ -280,6 +321,7 @@ impl Fleet {
                 "jepsen",
                 &format!("gateway-{g}"),
                 *addr,
+                &fleet.regions[g],
                 &gateway_env,
             )?;
             fleet.lock_gateways().push(p);
@@ -306,7 +348,9 @@ impl Fleet {
 
     /// The gateway nodes' names.
     pub fn names(&self) -> Vec<String> {
-        (0..GATEWAYS).map(|g| format!("gateway-{g}")).collect()
+        (0..self.addrs.len())
+            .map(|g| format!("gateway-{g}"))
+            .collect()
     }
 
     fn lock_gateways(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
@@ -335,7 +379,7 @@ impl Fleet {
                 1 => ("backend-kill", format!("b{i}")),
                 _ => (
                     "gateway-restart",
-                    format!("gateway-{}", rng.below(GATEWAYS as u64)),
+                    format!("gateway-{}", rng.below(self.addrs.len() as u64)),
                 ),
             };
             turn += 1;
@@ -380,13 +424,39 @@ impl Fleet {
         }
     }
 
+    /// Writes a new version of the route (`route`: versions 1, 2, ...) every `every` until `until`,
+    /// each recorded as a `route-change` whose end is when the apply was acknowledged (or failed: its
+    /// version may then be committed or not).
+    pub async fn reconfigure(&self, every: Duration, until: Instant) {
+        let mut version = 0;
+        while Instant::now() + every < until {
+            tokio::time::sleep(every).await;
+            version += 1;
+            self.rec.record(crate::history::Recorder::event(
+                NEMESIS,
+                Kind::Invoke,
+                ROUTE_CHANGE,
+                None,
+                json!({"version": version}),
+            ));
+            let applied = self.apply(&route(version)).await.is_ok();
+            self.rec.record(crate::history::Recorder::event(
+                NEMESIS,
+                Kind::Ok,
+                ROUTE_CHANGE,
+                None,
+                json!({"version": version, "took_effect": applied}),
+            ));
+        }
+    }
+
     /// One client: opens sessions through random gateway nodes and uses them.
     pub async fn client(&self, process: i64, seed: u64, until: Instant) {
         let mut rng = Rng::new(seed);
         let mut live: Vec<String> = Vec::new();
         let mut retired: Vec<String> = Vec::new();
         while Instant::now() < until {
-            let g = rng.below(GATEWAYS as u64) as usize;
+            let g = rng.below(self.addrs.len() as u64) as usize;
             let roll = rng.below(20);
             let token = if live.is_empty() || roll < 3 {
                 None
@@ -426,8 +496,9 @@ impl Fleet {
                             retired.push(live.remove(0));
                         }
                     }
+                    let config = r.header(CONFIG_HEADER).and_then(|v| v.parse::<u64>().ok());
                     let v = json!({"gateway": g, "backend": r.pod, "new_session": new,
-                        "invoked_wall_ms": invoked, "done_wall_ms": done});
+                        "config": config, "invoked_wall_ms": invoked, "done_wall_ms": done});
                     (Kind::Ok, v, None)
                 }
                 // A status is an answer: the request was not served by a backend.
@@ -798,5 +869,376 @@ pub fn check(ops: &[Op], entries: &[SessionEntry], seen: &Seen, allowance_ms: u6
             "anomalies": anomalies.iter().take(20).collect::<Vec<_>>(),
             "anomaly_count": anomalies.len(),
         }),
+    }
+}
+
+/// How long a restarted gateway node gets to serve again (from its persisted snapshot) before its
+/// requests count.
+const RESTART_GRACE_MS: f64 = 3_000.0;
+
+/// One fault (or route change) of the history, from its start event to its end event.
+struct Span {
+    f: String,
+    /// The values of its start and end events.
+    begun: Value,
+    ended: Value,
+    /// Ms into the run.
+    start: f64,
+    end: f64,
+}
+
+impl Span {
+    fn overlaps(&self, from: f64, to: f64) -> bool {
+        from < self.end && to > self.start
+    }
+
+    /// Whether this span's start event names `name` (the workload's churn: `["gateway-0"]`).
+    fn names(&self, name: &str) -> bool {
+        self.begun
+            .as_array()
+            .is_some_and(|t| t.iter().any(|n| n.as_str() == Some(name)))
+    }
+}
+
+/// Every span of the history's nemesis process (the store's faults, the workload's churn and route
+/// changes), each fault's start paired with the next end of the same fault (each kind runs one at a
+/// time), in order of their end.
+fn spans(events: &[crate::history::Event]) -> Vec<Span> {
+    let mut open: BTreeMap<&str, (Value, f64)> = BTreeMap::new();
+    let mut spans = Vec::new();
+    for e in events.iter().filter(|e| e.process == NEMESIS) {
+        if e.kind == Kind::Invoke {
+            open.insert(&e.f, (e.value.clone(), e.time_ms));
+        } else if let Some((begun, start)) = open.remove(e.f.as_str()) {
+            spans.push(Span {
+                f: e.f.clone(),
+                begun,
+                ended: e.value.clone(),
+                start,
+                end: e.time_ms,
+            });
+        }
+    }
+    spans
+}
+
+/// **Static stability** across a region partition: while a region is cut off from the others
+/// (`partition-region`), the gateway nodes placed in it (`regions[g]`) keep answering every request
+/// from their last committed config — even when restarted during the cut (from the snapshot they
+/// persist). Counted: the requests to a cut-off node begun and completed within the cut, except
+/// while that node was being restarted by the workload (and for `RESTART_GRACE_MS` after).
+/// Sessions are not held to their bindings here (DESIGN.md: a node that cannot confirm a binding
+/// within 1 s of its last confirmation starts a new session); the details count how many were
+/// followed and how many renewed, and `check` holds the followed ones to the committed table.
+pub fn static_stability(
+    events: &[crate::history::Event],
+    ops: &[Op],
+    regions: &[String],
+) -> Verdict {
+    let all = spans(events);
+    let cuts: Vec<&Span> = all.iter().filter(|s| s.f == "partition-region").collect();
+    let restarting = |g: usize, from: f64, to: f64| {
+        all.iter().any(|s| {
+            s.f == "gateway-restart"
+                && s.names(&format!("gateway-{g}"))
+                && s.overlaps(from - RESTART_GRACE_MS, to)
+        })
+    };
+    let (mut answered, mut followed, mut renewed) = (0, 0, 0);
+    let mut cut_nodes = 0;
+    let mut unanswered = Vec::new();
+    for cut in &cuts {
+        let (start, end) = (&cut.start, &cut.end);
+        let region = cut.begun["region"].as_str().unwrap_or_default();
+        let nodes: Vec<usize> = (0..regions.len())
+            .filter(|g| regions[*g] == region)
+            .collect();
+        cut_nodes += nodes.len();
+        for op in ops.iter().filter(|o| o.invoke.f == "session") {
+            let Some(c) = &op.complete else { continue };
+            let Some(g) = op.invoke.node.map(|n| n as usize) else {
+                continue;
+            };
+            if !nodes.contains(&g)
+                || op.invoke.time_ms < *start
+                || c.time_ms > *end
+                || restarting(g, op.invoke.time_ms, c.time_ms)
+            {
+                continue;
+            }
+            if c.kind == Kind::Ok {
+                answered += 1;
+                if op.invoke.key.is_some() {
+                    if c.value["new_session"].is_string() {
+                        renewed += 1;
+                    } else {
+                        followed += 1;
+                    }
+                }
+            } else {
+                unanswered.push(
+                    json!({"region": region, "gateway": g, "history_index": c.index,
+                    "outcome": c.kind, "error": c.error, "ms_into_cut": c.time_ms - start}),
+                );
+            }
+        }
+    }
+    Verdict {
+        valid: if !unanswered.is_empty() {
+            Validity::False
+        } else if answered == 0 {
+            Validity::Unknown
+        } else {
+            Validity::True
+        },
+        ops: answered + unanswered.len(),
+        details: json!({
+            "cuts": cuts.len(),
+            "cut_off_nodes": cut_nodes,
+            "answered": answered,
+            "sessions_followed": followed,
+            "sessions_renewed": renewed,
+            "unanswered": unanswered.iter().take(20).collect::<Vec<_>>(),
+            "unanswered_count": unanswered.len(),
+        }),
+    }
+}
+
+/// **New config reaches every node once it can**: each version of the route (`Fleet::reconfigure`)
+/// acknowledged at `t` is served by every node for requests begun once that node has had
+/// `allowance_ms` with nothing in its way since `t` — in its way: any fault of the store (a region
+/// partition only for the nodes of the region cut off), and a restart of the node (and
+/// `RESTART_GRACE_MS` after). So a node of a region cut off while a version was written serves it
+/// within `allowance_ms` of the healing. The details give how long each version took to be first
+/// seen served by each node that was asked after it.
+pub fn config_served(
+    events: &[crate::history::Event],
+    ops: &[Op],
+    regions: &[String],
+    allowance_ms: u64,
+) -> Verdict {
+    let all = spans(events);
+    let allowance = allowance_ms as f64;
+    let blocked = |g: usize, s: &Span| match s.f.as_str() {
+        ROUTE_CHANGE | "backend-remove" | "backend-kill" => None,
+        "gateway-restart" if s.names(&format!("gateway-{g}")) => {
+            Some((s.start, s.end + RESTART_GRACE_MS))
+        }
+        "gateway-restart" => None,
+        "partition-region" if s.begun["region"].as_str() != Some(regions[g].as_str()) => None,
+        _ => Some((s.start, s.end)),
+    };
+    // When node `g` is due to serve a version acknowledged at `t`: after `allowance` clear of every
+    // span in its way.
+    let due = |g: usize, t: f64| {
+        let mut ways: Vec<(f64, f64)> = all.iter().filter_map(|s| blocked(g, s)).collect();
+        ways.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut clear = t;
+        for (start, end) in ways {
+            if start < clear + allowance && end > clear {
+                clear = end;
+            }
+        }
+        clear + allowance
+    };
+    let versions: Vec<(u64, f64)> = all
+        .iter()
+        .filter(|s| s.f == ROUTE_CHANGE && s.ended["took_effect"] == json!(true))
+        .filter_map(|s| Some((s.begun["version"].as_u64()?, s.end)))
+        .collect();
+    // When each node is due to serve each version.
+    let dues: Vec<Vec<f64>> = (0..regions.len())
+        .map(|g| versions.iter().map(|(_, t)| due(g, *t)).collect())
+        .collect();
+    let mut checked = 0;
+    let mut stale = Vec::new();
+    // (version, node) → ms from when the node was clear to take the version (acknowledged, and
+    // nothing in its way) to its first request served with it (0: served before).
+    let mut caught_up: BTreeMap<(u64, usize), f64> = BTreeMap::new();
+    let mut after_a_cut = 0;
+    for op in ops.iter().filter(|o| o.invoke.f == "session") {
+        let Some(c) = op.complete.as_ref().filter(|c| c.kind == Kind::Ok) else {
+            continue;
+        };
+        let Some(g) = op
+            .invoke
+            .node
+            .map(|n| n as usize)
+            .filter(|g| *g < regions.len())
+        else {
+            continue;
+        };
+        let served = c.value["config"].as_u64().unwrap_or(0);
+        for (i, (v, t)) in versions.iter().enumerate() {
+            if *v <= served && *t <= c.time_ms {
+                let clear = dues[g][i] - allowance;
+                caught_up
+                    .entry((*v, g))
+                    .or_insert((c.time_ms - clear).max(0.0));
+            }
+        }
+        let Some((expected, t)) = versions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| dues[g][*i] <= op.invoke.time_ms)
+            .map(|(_, vt)| vt)
+            .max_by_key(|(v, _)| *v)
+        else {
+            continue;
+        };
+        checked += 1;
+        let cut_meanwhile = all.iter().any(|s| {
+            s.f == "partition-region"
+                && s.begun["region"].as_str() == Some(regions[g].as_str())
+                && s.overlaps(*t, op.invoke.time_ms)
+        });
+        if cut_meanwhile {
+            after_a_cut += 1;
+        }
+        if served < *expected {
+            stale.push(
+                json!({"gateway": g, "history_index": c.index, "served": served,
+                "expected": expected, "ms_since_acknowledged": op.invoke.time_ms - t,
+                "cut_off_meanwhile": cut_meanwhile}),
+            );
+        }
+    }
+    let lags: Vec<f64> = caught_up.values().copied().collect();
+    Verdict {
+        valid: if !stale.is_empty() {
+            Validity::False
+        } else if checked == 0 {
+            Validity::Unknown
+        } else {
+            Validity::True
+        },
+        ops: checked,
+        details: json!({
+            "versions_acknowledged": versions.len(),
+            "allowance_ms": allowance_ms,
+            "checked_after_own_region_cut": after_a_cut,
+            "caught_up_ms_max": lags.iter().copied().fold(0.0, f64::max),
+            "stale": stale.iter().take(20).collect::<Vec<_>>(),
+            "stale_count": stale.len(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Event, pair};
+
+    /// A history written event by event, each at the time given (ms into the run).
+    #[derive(Default)]
+    struct H(Vec<Event>);
+
+    impl H {
+        fn at(
+            &mut self,
+            time_ms: f64,
+            process: i64,
+            kind: Kind,
+            f: &str,
+            value: Value,
+        ) -> &mut Event {
+            let mut e = Recorder::event(process, kind, f, None, value);
+            (e.index, e.time_ms) = (self.0.len(), time_ms);
+            self.0.push(e);
+            self.0.last_mut().unwrap()
+        }
+        fn fault(&mut self, f: &str, (start, end): (f64, f64), begun: Value, ended: Value) {
+            self.at(start, NEMESIS, Kind::Invoke, f, begun);
+            self.at(end, NEMESIS, Kind::Ok, f, ended);
+        }
+        fn route(&mut self, version: u64, (start, end): (f64, f64)) {
+            let v = json!({"version": version});
+            self.fault(
+                ROUTE_CHANGE,
+                (start, end),
+                v,
+                json!({"version": version, "took_effect": true}),
+            );
+        }
+        fn cut(&mut self, region: &str, span: (f64, f64)) {
+            let v = json!({"region": region, "members": [1]});
+            self.fault("partition-region", span, v.clone(), v);
+        }
+        /// A request to gateway `g` from `start` to `end`: served (with the route's version `config`),
+        /// or answered `error`.
+        fn request(&mut self, g: u64, (start, end): (f64, f64), answer: Result<u64, &str>) {
+            let p = PROCESSES + self.0.len() as i64;
+            self.at(start, p, Kind::Invoke, "session", json!({"gateway": g}))
+                .node = Some(g);
+            let (kind, value, error) = match answer {
+                Ok(config) => (
+                    Kind::Ok,
+                    json!({"gateway": g, "backend": "b0", "config": config}),
+                    None,
+                ),
+                Err(e) => (Kind::Fail, json!({"gateway": g}), Some(e.to_string())),
+            };
+            let e = self.at(end, p, kind, "session", value);
+            (e.node, e.error) = (Some(g), error);
+        }
+    }
+
+    fn regions() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn a_version_must_reach_each_node_once_it_has_been_clear_for_the_allowance() {
+        let mut h = H::default();
+        h.route(1, (1_000.0, 1_100.0));
+        h.cut("b", (1_050.0, 5_000.0));
+        // Node 0 (region a) is due at 2100; node 1 (cut off) at 6000, after the healing.
+        h.request(0, (2_200.0, 2_210.0), Ok(1));
+        h.request(0, (2_000.0, 2_010.0), Ok(0));
+        h.request(1, (4_000.0, 4_010.0), Ok(0));
+        h.request(1, (6_100.0, 6_110.0), Ok(1));
+        let v = config_served(&h.0, &pair(&h.0), &regions(), 1_000);
+        assert_eq!(v.valid, Validity::True, "{}", v.details);
+        assert_eq!(
+            (v.ops, v.details["checked_after_own_region_cut"].clone()),
+            (2, json!(1))
+        );
+        // Stale answers: node 0 after its due time; node 1 after the healing and its allowance.
+        h.request(0, (2_300.0, 2_310.0), Ok(0));
+        h.request(1, (6_200.0, 6_210.0), Ok(0));
+        let v = config_served(&h.0, &pair(&h.0), &regions(), 1_000);
+        assert_eq!(v.valid, Validity::False);
+        let stale: Vec<(Value, Value)> = v.details["stale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["gateway"].clone(), s["cut_off_meanwhile"].clone()))
+            .collect();
+        assert_eq!(stale, [(json!(0), json!(false)), (json!(1), json!(true))]);
+    }
+
+    #[test]
+    fn a_cut_off_node_must_answer_except_while_it_restarts() {
+        let mut h = H::default();
+        h.cut("b", (1_000.0, 5_000.0));
+        let target = json!(["gateway-1"]);
+        h.fault(
+            "gateway-restart",
+            (2_000.0, 2_500.0),
+            target.clone(),
+            json!({"nodes": target}),
+        );
+        h.request(1, (1_200.0, 1_210.0), Ok(0));
+        // Node 0 is not in the region cut off; node 1 is restarting until 2500 (+3 s).
+        h.request(0, (1_500.0, 1_510.0), Err("502"));
+        h.request(1, (2_600.0, 2_610.0), Err("Connection refused"));
+        let v = static_stability(&h.0, &pair(&h.0), &regions());
+        assert_eq!(v.valid, Validity::True, "{}", v.details);
+        assert_eq!(v.details["answered"], json!(1));
+        h.request(1, (1_500.0, 1_510.0), Err("502"));
+        let v = static_stability(&h.0, &pair(&h.0), &regions());
+        assert_eq!(v.valid, Validity::False);
+        assert_eq!(v.details["unanswered_count"], json!(1));
+        assert_eq!(v.details["unanswered"][0]["error"], json!("502"));
     }
 }

@@ -133,6 +133,7 @@ impl Routing {
                 CLASS,
                 &node_name(g),
                 *addr,
+                "",
                 gateway_env,
             )?);
         }

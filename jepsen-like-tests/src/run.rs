@@ -79,6 +79,16 @@ pub struct RunArgs {
     /// the view current (else it reads the entry from the store): 1 s plus delivery.
     #[arg(long, default_value_t = 1500)]
     pub affinity_allowance_ms: u64,
+    /// Affinity workload: the route is rewritten this often (ms), each version to be served by every
+    /// node once it has had `--config-allowance-ms` clear of faults since it was acknowledged.
+    #[arg(long, default_value_t = 1000)]
+    pub reconfigure_ms: u64,
+    /// See `--reconfigure-ms`: a node's catch-up after a fault (a watch reconnecting, a member
+    /// catching up after a partition) and the delivery of the version — over a WAN, a follower a
+    /// region away learns of a commit up to a heartbeat and a round trip late (seen: up to 2 s in a
+    /// debug build, with no fault at all).
+    #[arg(long, default_value_t = 3000)]
+    pub config_allowance_ms: u64,
 }
 
 fn combine(verdicts: &[(&str, &Verdict)]) -> Validity {
@@ -240,6 +250,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
                 &cluster,
                 &args.out,
                 &ip_prefix,
+                wan.as_ref(),
                 gateway_env.clone(),
                 rec.clone(),
             )
@@ -381,8 +392,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             Duration::from_secs(args.hold),
         );
         let seed = args.seed * 11 + 5;
+        let g = f.clone();
         tasks.push(tokio::spawn(
             async move { f.churn(schedule, seed, until).await },
+        ));
+        let every = Duration::from_millis(args.reconfigure_ms);
+        tasks.push(tokio::spawn(
+            async move { g.reconfigure(every, until).await },
         ));
     }
     if let Some(r) = &routing {
@@ -641,6 +657,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     if let Some(v) = &affinity_verdict {
         verdicts.push(("affinity", v));
+    }
+    let fleet_verdicts = fleet.as_ref().map(|f| {
+        let stable = faults
+            .contains(&Fault::PartitionRegion)
+            .then(|| affinity::static_stability(&events, &ops, &f.regions));
+        let served = affinity::config_served(&events, &ops, &f.regions, args.config_allowance_ms);
+        (stable, served)
+    });
+    if let Some((stable, served)) = &fleet_verdicts {
+        if let Some(v) = stable {
+            verdicts.push(("static-stability", v));
+        }
+        verdicts.push(("config-served", served));
     }
     if let Some(v) = &kube_sync_verdict {
         verdicts.push(("kube-sync", v));
