@@ -48,6 +48,7 @@ pub struct Metrics {
     pub table_swaps: Counter,
     pub session_creations: Counter,
     pub session_creations_deferred: Counter,
+    pub session_store_calls_skipped: Counter,
     pub sessions: Family<DecisionLabels, Counter>,
     pub affinity_staleness: Gauge<f64, AtomicU64>,
     pub compile_seconds: Histogram,
@@ -67,6 +68,7 @@ impl Default for Metrics {
         let table_swaps = Counter::default();
         let session_creations = Counter::default();
         let session_creations_deferred = Counter::default();
+        let session_store_calls_skipped = Counter::default();
         let sessions = Family::<DecisionLabels, Counter>::default();
         let affinity_staleness = Gauge::<f64, AtomicU64>::default();
         let compile_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
@@ -112,6 +114,11 @@ impl Default for Metrics {
             session_creations_deferred.clone(),
         );
         registry.register(
+            "session_store_calls_skipped",
+            "Session reads and failovers not tried on a request's path because the store was out of reach less than a second before (the request starts a new session at once)",
+            session_store_calls_skipped.clone(),
+        );
+        registry.register(
             "sessions",
             "Requests of persistent sessions, by decision: new, followed (the node's view of the table), confirmed (followed after reading the store), failed-over",
             sessions.clone(),
@@ -141,6 +148,7 @@ impl Default for Metrics {
             table_swaps,
             session_creations,
             session_creations_deferred,
+            session_store_calls_skipped,
             sessions,
             affinity_staleness,
             compile_seconds,

@@ -922,11 +922,22 @@ fn spans(events: &[crate::history::Event]) -> Vec<Span> {
     spans
 }
 
+/// p50, p99 and the largest of `v` (sorted in place).
+fn percentiles(v: &mut [f64]) -> Value {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    json!({"p50": at(0.5), "p99": at(0.99), "max": v.last()})
+}
+
 /// **Static stability** across a region partition: while a region is cut off from the others
 /// (`partition-region`), the gateway nodes placed in it (`regions[g]`) keep answering every request
 /// from their last committed config — even when restarted during the cut (from the snapshot they
-/// persist). Counted: the requests to a cut-off node begun and completed within the cut, except
-/// while that node was being restarted by the workload (and for `RESTART_GRACE_MS` after).
+/// persist). Counted: the requests to a cut-off node begun within the cut, except while that node
+/// was being restarted by the workload (and for `RESTART_GRACE_MS` after); the details give how
+/// long the answered ones took.
 /// Sessions are not held to their bindings here (DESIGN.md: a node that cannot confirm a binding
 /// within 1 s of its last confirmation starts a new session); the details count how many were
 /// followed and how many renewed, and `check` holds the followed ones to the committed table.
@@ -945,6 +956,8 @@ pub fn static_stability(
         })
     };
     let (mut answered, mut followed, mut renewed) = (0, 0, 0);
+    // How long each answered request took (ms).
+    let mut took: Vec<f64> = Vec::new();
     let mut cut_nodes = 0;
     let mut unanswered = Vec::new();
     for cut in &cuts {
@@ -961,13 +974,14 @@ pub fn static_stability(
             };
             if !nodes.contains(&g)
                 || op.invoke.time_ms < *start
-                || c.time_ms > *end
+                || op.invoke.time_ms > *end
                 || restarting(g, op.invoke.time_ms, c.time_ms)
             {
                 continue;
             }
             if c.kind == Kind::Ok {
                 answered += 1;
+                took.push(c.time_ms - op.invoke.time_ms);
                 if op.invoke.key.is_some() {
                     if c.value["new_session"].is_string() {
                         renewed += 1;
@@ -998,6 +1012,7 @@ pub fn static_stability(
             "answered": answered,
             "sessions_followed": followed,
             "sessions_renewed": renewed,
+            "answer_ms": percentiles(&mut took),
             "unanswered": unanswered.iter().take(20).collect::<Vec<_>>(),
             "unanswered_count": unanswered.len(),
         }),
@@ -1071,10 +1086,12 @@ pub fn config_served(
         let served = c.value["config"].as_u64().unwrap_or(0);
         for (i, (v, t)) in versions.iter().enumerate() {
             if *v <= served && *t <= c.time_ms {
-                let clear = dues[g][i] - allowance;
+                // The earliest answer with it (ops are in order of invocation, not completion).
+                let lag = (c.time_ms - (dues[g][i] - allowance)).max(0.0);
                 caught_up
                     .entry((*v, g))
-                    .or_insert((c.time_ms - clear).max(0.0));
+                    .and_modify(|l| *l = l.min(lag))
+                    .or_insert(lag);
             }
         }
         let Some((expected, t)) = versions

@@ -33,7 +33,7 @@ use gw_proto as pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -48,6 +48,11 @@ const FRESH_MS: u64 = 1_000;
 /// member, on to the leader, committed on a quorum) takes several round trips, and cutting it short
 /// would only send it again elsewhere.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a store call on a request's path found no member able to answer (a region cut off, no
+/// quorum), the calls of the next requests are not made until the affinity watch has a bookmark
+/// again, or this long has passed: those requests start new sessions at once rather than each waiting
+/// out the members' timeouts (over a WAN, seconds).
+const UNREACHABLE_MS: u64 = 5_000;
 
 /// Where a request goes: `backends.entries[entry]`, that upstream's endpoint `endpoint`.
 #[derive(Debug)]
@@ -91,6 +96,9 @@ pub struct Sessions {
     decisions: [(&'static str, Counter); 4],
     /// The null control (see `NodeConfig::unsafe_local_failover`).
     local_failover: bool,
+    /// When (ms since `started`, plus 1) a store call on a request's path last found no member able
+    /// to answer; 0: the last one did not (`on_path`).
+    store_out_of_reach_at: AtomicU64,
 }
 
 /// How many session entries may be created, per node and second.
@@ -137,6 +145,7 @@ impl Sessions {
             }),
             metrics,
             local_failover: options.local_failover,
+            store_out_of_reach_at: AtomicU64::new(0),
         }
     }
 
@@ -214,22 +223,26 @@ impl Sessions {
             match (decide(&inputs, &mut rng::draw), &token, &key) {
                 (Decision::Confirm, _, Some(key)) => {
                     asked = "confirmed";
-                    known = match self.read_entry(key).await {
+                    known = match self.on_path(self.read_entry(key)).await {
                         Ok(e) => Known::Entry(e),
                         Err(e) => {
-                            tracing::warn!(error = %e, "session binding cannot be confirmed; starting a new session");
+                            if let Some(e) = e {
+                                tracing::warn!(error = %e, "session binding cannot be confirmed; starting a new session");
+                            }
                             Known::Unreachable
                         }
                     }
                 }
                 (Decision::ProposeFailover { from, to }, Some(t), _) => {
                     asked = "failed-over";
-                    known = match self.failover(cfg, t, &from, &to).await {
+                    known = match self.on_path(self.failover(cfg, t, &from, &to)).await {
                         Ok(e) => Known::FailedOver(e),
                         Err(e) => {
                             // No failover can be committed from here: rather than serve this session
                             // from a backend no other node would follow, start a new one.
-                            tracing::warn!(error = %e, scope = %cfg.scope, "session failover not committed");
+                            if let Some(e) = e {
+                                tracing::warn!(error = %e, scope = %cfg.scope, "session failover not committed");
+                            }
                             Known::FailoverFailed
                         }
                     }
@@ -325,6 +338,35 @@ impl Sessions {
 
     fn view_fresh(&self) -> bool {
         self.view_age_ms().is_some_and(|age| age <= FRESH_MS)
+    }
+
+    /// A store call on a request's path (`call`), unless one found no member able to answer since the
+    /// affinity watch's last bookmark (less than `UNREACHABLE_MS` ago): then it is not made
+    /// (`Err(None)`), and its request goes on at once as if it had failed, instead of waiting out
+    /// every member's timeout again. A bookmark (the store reachable and current again) or
+    /// `UNREACHABLE_MS` ends that.
+    async fn on_path<T>(
+        &self,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Option<Error>> {
+        // Ms since `started`, from 1 (0: no call has failed).
+        let now = || self.started.elapsed().as_millis() as u64 + 1;
+        let failed = self.store_out_of_reach_at.load(Ordering::Relaxed);
+        if failed != 0
+            && now() < failed + UNREACHABLE_MS
+            && self.view_health.last_bookmark_ms.load(Ordering::Relaxed) < failed
+        {
+            self.metrics.session_store_calls_skipped.inc();
+            return Err(None);
+        }
+        let result = call.await;
+        let out_of_reach = matches!(
+            result,
+            Err(Error::Unavailable { .. } | Error::NoLeader { .. } | Error::OutcomeUnknown { .. })
+        );
+        self.store_out_of_reach_at
+            .store(if out_of_reach { now() } else { 0 }, Ordering::Relaxed);
+        result.map_err(Some)
     }
 
     /// A session's entry, read linearizably from the store (`None`: it has none).
