@@ -324,6 +324,14 @@ impl Proxy {
                 || (next.backend.filters.keep_requests() && target.backend.filters.keep_requests());
             if prepared_fits && next.upstream.protocol == protocol {
                 self.upstream_failed(action, &target, ErrorKind::UpstreamConnect);
+                // The request's own timeout counts from its arrival; the backend's, per attempt.
+                let timeouts = crate::table::Timeouts {
+                    request: action
+                        .timeouts
+                        .request
+                        .map(|d| d.saturating_sub(start.elapsed())),
+                    ..action.timeouts
+                };
                 sent = send::send(
                     &self.upstreams,
                     &next.upstream,
@@ -331,7 +339,7 @@ impl Proxy {
                     false,
                     req,
                     (&p.path_and_query, &p.authority),
-                    action.timeouts,
+                    timeouts,
                 )
                 .await;
                 (target, session) = (next, Some(moved));
