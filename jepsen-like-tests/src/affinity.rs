@@ -1020,12 +1020,13 @@ pub fn static_stability(
 }
 
 /// **New config reaches every node once it can**: each version of the route (`Fleet::reconfigure`)
-/// acknowledged at `t` is served by every node for requests begun once that node has had
-/// `allowance_ms` with nothing in its way since `t` — in its way: any fault of the store (a region
+/// acknowledged at `t` is served by every node for requests begun `allowance_ms` after a moment
+/// (after `t`) when the store is seen committing — a version acknowledged then — and that node has
+/// nothing in its way for `allowance_ms` from there. In its way: any fault of the store (a region
 /// partition only for the nodes of the region cut off), and a restart of the node (and
 /// `RESTART_GRACE_MS` after). So a node of a region cut off while a version was written serves it
-/// within `allowance_ms` of the healing. The details give how long each version took to be first
-/// seen served by each node that was asked after it.
+/// within `allowance_ms` of the healing, once the store commits. The details give, for each version
+/// and node, how long after that moment it was first served there.
 pub fn config_served(
     events: &[crate::history::Event],
     ops: &[Op],
@@ -1043,9 +1044,8 @@ pub fn config_served(
         "partition-region" if s.begun["region"].as_str() != Some(regions[g].as_str()) => None,
         _ => Some((s.start, s.end)),
     };
-    // When node `g` is due to serve a version acknowledged at `t`: after `allowance` clear of every
-    // span in its way.
-    let due = |g: usize, t: f64| {
+    // The first time from `t` on when node `g` has `allowance` clear of every span in its way.
+    let clear = |g: usize, t: f64| {
         let mut ways: Vec<(f64, f64)> = all.iter().filter_map(|s| blocked(g, s)).collect();
         ways.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut clear = t;
@@ -1054,15 +1054,29 @@ pub fn config_served(
                 clear = end;
             }
         }
-        clear + allowance
+        clear
     };
     let versions: Vec<(u64, f64)> = all
         .iter()
         .filter(|s| s.f == ROUTE_CHANGE && s.ended["took_effect"] == json!(true))
         .filter_map(|s| Some((s.begun["version"].as_u64()?, s.end)))
         .collect();
+    // When node `g` is due to serve a version acknowledged at `t`: `allowance` after a moment, once
+    // it is clear, when the store is seen committing (a version acknowledged: after faults a store
+    // may be without a leader for a while, and then delivers nothing) with `allowance` clear from
+    // there. `None`: never during the run.
+    let due = |g: usize, t: f64| {
+        let mut from = clear(g, t);
+        loop {
+            let committing = versions.iter().map(|(_, a)| *a).find(|a| *a >= from)?;
+            from = clear(g, committing);
+            if from <= committing {
+                return Some(committing + allowance);
+            }
+        }
+    };
     // When each node is due to serve each version.
-    let dues: Vec<Vec<f64>> = (0..regions.len())
+    let dues: Vec<Vec<Option<f64>>> = (0..regions.len())
         .map(|g| versions.iter().map(|(_, t)| due(g, *t)).collect())
         .collect();
     let mut checked = 0;
@@ -1085,9 +1099,12 @@ pub fn config_served(
         };
         let served = c.value["config"].as_u64().unwrap_or(0);
         for (i, (v, t)) in versions.iter().enumerate() {
-            if *v <= served && *t <= c.time_ms {
+            if let Some(due) = dues[g][i]
+                && *v <= served
+                && *t <= c.time_ms
+            {
                 // The earliest answer with it (ops are in order of invocation, not completion).
-                let lag = (c.time_ms - (dues[g][i] - allowance)).max(0.0);
+                let lag = (c.time_ms - (due - allowance)).max(0.0);
                 caught_up
                     .entry((*v, g))
                     .and_modify(|l| *l = l.min(lag))
@@ -1097,17 +1114,21 @@ pub fn config_served(
         let Some((expected, t)) = versions
             .iter()
             .enumerate()
-            .filter(|(i, _)| dues[g][*i] <= op.invoke.time_ms)
+            .filter(|(i, _)| dues[g][*i].is_some_and(|d| d <= op.invoke.time_ms))
             .map(|(_, vt)| vt)
             .max_by_key(|(v, _)| *v)
         else {
             continue;
         };
         checked += 1;
-        let cut_meanwhile = all.iter().any(|s| {
-            s.f == "partition-region"
-                && s.begun["region"].as_str() == Some(regions[g].as_str())
-                && s.overlaps(*t, op.invoke.time_ms)
+        // Whether a version this request must show was written while the node's region was cut off.
+        let cut_meanwhile = versions.iter().any(|(v, at)| {
+            v <= expected
+                && all.iter().any(|s| {
+                    s.f == "partition-region"
+                        && s.begun["region"].as_str() == Some(regions[g].as_str())
+                        && s.overlaps(*at, *at)
+                })
         });
         if cut_meanwhile {
             after_a_cut += 1;
@@ -1133,7 +1154,7 @@ pub fn config_served(
         details: json!({
             "versions_acknowledged": versions.len(),
             "allowance_ms": allowance_ms,
-            "checked_after_own_region_cut": after_a_cut,
+            "checked_written_while_cut_off": after_a_cut,
             "caught_up_ms_max": lags.iter().copied().fold(0.0, f64::max),
             "stale": stale.iter().take(20).collect::<Vec<_>>(),
             "stale_count": stale.len(),
@@ -1209,20 +1230,24 @@ mod tests {
         let mut h = H::default();
         h.route(1, (1_000.0, 1_100.0));
         h.cut("b", (1_050.0, 5_000.0));
-        // Node 0 (region a) is due at 2100; node 1 (cut off) at 6000, after the healing.
+        // Node 0 (region a) is due at 2100. Node 1 (cut off) only after the healing and a commit
+        // seen after it (version 2, at 5500): at 6500.
         h.request(0, (2_200.0, 2_210.0), Ok(1));
         h.request(0, (2_000.0, 2_010.0), Ok(0));
         h.request(1, (4_000.0, 4_010.0), Ok(0));
-        h.request(1, (6_100.0, 6_110.0), Ok(1));
+        h.request(1, (6_100.0, 6_110.0), Ok(0));
+        h.route(2, (5_400.0, 5_500.0));
+        h.request(1, (6_600.0, 6_610.0), Ok(2));
         let v = config_served(&h.0, &pair(&h.0), &regions(), 1_000);
         assert_eq!(v.valid, Validity::True, "{}", v.details);
         assert_eq!(
-            (v.ops, v.details["checked_after_own_region_cut"].clone()),
+            (v.ops, v.details["checked_written_while_cut_off"].clone()),
             (2, json!(1))
         );
-        // Stale answers: node 0 after its due time; node 1 after the healing and its allowance.
+        // Stale answers: node 0 after its due time; node 1 after the healing, the commit and its
+        // allowance.
         h.request(0, (2_300.0, 2_310.0), Ok(0));
-        h.request(1, (6_200.0, 6_210.0), Ok(0));
+        h.request(1, (6_700.0, 6_710.0), Ok(1));
         let v = config_served(&h.0, &pair(&h.0), &regions(), 1_000);
         assert_eq!(v.valid, Validity::False);
         let stale: Vec<(Value, Value)> = v.details["stale"]
