@@ -5,7 +5,7 @@
 //! persists the state it serves, so that a node restarted while the store is unreachable serves it
 //! (static stability).
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Stored};
 use futures::FutureExt;
 use gw_client::locality::{self, MemberCell};
 use gw_client::{Client, kind_ref};
@@ -43,16 +43,16 @@ pub enum Step {
 }
 
 /// The pure part of the watch client: feeds stream messages into the object map.
-pub struct WatchMachine {
+pub struct WatchMachine<T = Value> {
     pub state: WatchState,
-    pub snapshot: Snapshot,
-    pending: BTreeMap<ObjectKey, Arc<Value>>,
+    pub snapshot: Snapshot<T>,
+    pending: BTreeMap<ObjectKey, Arc<T>>,
     /// Highest revision the store reported (events or bookmarks).
     pub seen: u64,
 }
 
-impl WatchMachine {
-    pub fn new(initial: Snapshot) -> WatchMachine {
+impl<T: Stored> WatchMachine<T> {
+    pub fn new(initial: Snapshot<T>) -> WatchMachine<T> {
         let seen = initial.revision;
         WatchMachine {
             state: WatchState::Empty,
@@ -86,7 +86,10 @@ impl WatchMachine {
                 }
                 for o in &chunk.objects_json {
                     if let Ok(v) = serde_json::from_str::<Value>(o) {
-                        self.pending.insert(ObjectKey::of_stored(&v), Arc::new(v));
+                        let key = ObjectKey::of_stored(&v);
+                        if let Some(t) = T::from_json(v) {
+                            self.pending.insert(key, Arc::new(t));
+                        }
                     }
                 }
                 self.seen = self.seen.max(chunk.revision);
@@ -121,11 +124,14 @@ impl WatchMachine {
                 for e in ev.events {
                     let Some(r) = e.target else { continue };
                     let key = ObjectKey::new(&r.group, &r.kind, &r.namespace, &r.name);
-                    if e.r#type == pb::EventType::Delete as i32 {
-                        self.snapshot.objects.remove(&key);
-                    } else if let Ok(v) = serde_json::from_str::<Value>(&e.object_json) {
-                        self.snapshot.objects.insert(key, Arc::new(v));
-                    }
+                    let kept = (e.r#type != pb::EventType::Delete as i32)
+                        .then(|| serde_json::from_str::<Value>(&e.object_json).ok())
+                        .flatten()
+                        .and_then(T::from_json);
+                    match kept {
+                        Some(t) => self.snapshot.objects.insert(key, Arc::new(t)),
+                        None => self.snapshot.objects.remove(&key),
+                    };
                 }
                 self.snapshot.revision = ev.revision;
                 self.state = WatchState::Streaming {
@@ -264,10 +270,10 @@ pub fn kinds(affinity: bool) -> Vec<pb::ObjectRef> {
 /// The null control `torn`: before a revision of several events is published whole, each of its
 /// prefixes is published on its own under the revision's number, 50 ms apart — a node that serves
 /// half of a multi-object apply.
-async fn publish_torn(
-    m: &WatchMachine,
+async fn publish_torn<T: Stored>(
+    m: &WatchMachine<T>,
     ev: &pb::RevisionEvents,
-    publish: &watch::Sender<Arc<Snapshot>>,
+    publish: &watch::Sender<Arc<Snapshot<T>>>,
 ) {
     let WatchState::Streaming { revision } = m.state else {
         return;
@@ -288,11 +294,11 @@ async fn publish_torn(
 
 /// Follows the store: publishes every committed state reached (`torn`: the null control, see
 /// `publish_torn`).
-pub async fn run(
+pub async fn run<T: Stored>(
     client: Client,
-    initial: Snapshot,
+    initial: Snapshot<T>,
     kinds: Vec<pb::ObjectRef>,
-    publish: watch::Sender<Arc<Snapshot>>,
+    publish: watch::Sender<Arc<Snapshot<T>>>,
     health: Arc<WatchHealth>,
     started: Instant,
     torn: bool,
@@ -412,7 +418,11 @@ pub async fn run(
 const COALESCE_MS: u64 = 20;
 
 /// Publishes the state the watch has reached, then counts the revisions it has seen.
-fn publish_state(m: &WatchMachine, health: &WatchHealth, publish: &watch::Sender<Arc<Snapshot>>) {
+fn publish_state<T: Stored>(
+    m: &WatchMachine<T>,
+    health: &WatchHealth,
+    publish: &watch::Sender<Arc<Snapshot<T>>>,
+) {
     // Before `seen` moves past it: see `NodeState::current_through`.
     health
         .published
@@ -486,7 +496,7 @@ mod tests {
 
     #[test]
     fn snapshot_then_streaming_then_resync() {
-        let mut m = WatchMachine::new(Snapshot::default());
+        let mut m: WatchMachine = WatchMachine::new(Snapshot::default());
         assert_eq!(m.resume_from(), None);
         assert_eq!(m.feed(chunk(5, &["a", "b"], false)), Step::Nothing);
         assert_eq!(m.state, WatchState::Snapshot { revision: 5 });
@@ -515,15 +525,76 @@ mod tests {
     }
 
     #[test]
+    fn the_affinity_view_keeps_only_session_entries() {
+        use gw_model::affinity::{SessionEntry, SessionSpec, SessionStatus};
+        let entry = |id: &str, backend: &str| SessionEntry {
+            namespace: "d".into(),
+            id: id.into(),
+            spec: SessionSpec {
+                scope: "HTTPRoute/d/r/rules/0".into(),
+                backend: backend.into(),
+                issued_ms: 1_000,
+                idle_timeout_ms: None,
+                absolute_timeout_ms: None,
+            },
+            status: SessionStatus::new(1_000),
+        };
+        let event = |revision, e: &SessionEntry, kind: pb::EventType| {
+            let key = e.key();
+            Body::Events(pb::RevisionEvents {
+                revision,
+                events: vec![pb::Event {
+                    r#type: kind as i32,
+                    target: Some(pb::ObjectRef {
+                        group: key.group,
+                        kind: key.kind,
+                        namespace: key.namespace,
+                        name: key.name,
+                    }),
+                    object_json: e.to_object().to_string(),
+                    created: false,
+                }],
+            })
+        };
+        let mut m: WatchMachine<SessionEntry> = WatchMachine::new(Snapshot::default());
+        let first = entry("s1", "b0");
+        let snapshot = Body::Snapshot(pb::SnapshotChunk {
+            revision: 5,
+            objects_json: vec![first.to_object().to_string(), obj("not-a-session", 5)],
+            done: true,
+            compacted: false,
+            compact_revision: 0,
+        });
+        assert_eq!(m.feed(snapshot), Step::Publish);
+        let held: Vec<&SessionEntry> = m.snapshot.objects.values().map(|e| &**e).collect();
+        assert_eq!(
+            held,
+            [&first],
+            "only what parses as a session entry is kept"
+        );
+        let moved = entry("s1", "b1");
+        assert_eq!(m.feed(event(6, &moved, pb::EventType::Put)), Step::Publish);
+        assert_eq!(
+            m.snapshot.objects.get(&moved.key()).map(|e| &**e),
+            Some(&moved)
+        );
+        assert_eq!(
+            m.feed(event(7, &moved, pb::EventType::Delete)),
+            Step::Publish
+        );
+        assert!(m.snapshot.objects.is_empty());
+    }
+
+    #[test]
     fn events_before_any_snapshot_force_a_resync() {
-        let mut m = WatchMachine::new(Snapshot::default());
+        let mut m: WatchMachine = WatchMachine::new(Snapshot::default());
         assert_eq!(m.feed(put(3, "x")), Step::Resync);
     }
 
     #[test]
     fn persisted_snapshot_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = WatchMachine::new(Snapshot::default());
+        let mut m: WatchMachine = WatchMachine::new(Snapshot::default());
         m.feed(chunk(7, &["a", "b"], true));
         save(dir.path(), &m.snapshot).unwrap();
         assert_eq!(load(dir.path()).unwrap(), m.snapshot);

@@ -998,13 +998,7 @@ pub fn static_stability(
         }
     }
     Verdict {
-        valid: if !unanswered.is_empty() {
-            Validity::False
-        } else if answered == 0 {
-            Validity::Unknown
-        } else {
-            Validity::True
-        },
+        valid: Validity::of(unanswered.len(), answered),
         ops: answered + unanswered.len(),
         details: json!({
             "cuts": cuts.len(),
@@ -1143,13 +1137,7 @@ pub fn config_served(
     }
     let lags: Vec<f64> = caught_up.values().copied().collect();
     Verdict {
-        valid: if !stale.is_empty() {
-            Validity::False
-        } else if checked == 0 {
-            Validity::Unknown
-        } else {
-            Validity::True
-        },
+        valid: Validity::of(stale.len(), checked),
         ops: checked,
         details: json!({
             "versions_acknowledged": versions.len(),

@@ -14,6 +14,17 @@ pub enum Validity {
     Unknown,
 }
 
+impl Validity {
+    /// False when anything was found wrong, else unknown when nothing could be checked, else true.
+    pub fn of(anomalies: usize, checked: usize) -> Validity {
+        match (anomalies, checked) {
+            (0, 0) => Validity::Unknown,
+            (0, _) => Validity::True,
+            _ => Validity::False,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub valid: Validity,

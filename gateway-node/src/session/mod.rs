@@ -80,7 +80,7 @@ pub enum Selection {
 pub struct Sessions {
     keys: ArcSwapOption<Keys>,
     /// The replicated affinity table, as this node has it, and how recently its watch spoke.
-    view: watch::Receiver<Arc<Snapshot>>,
+    view: watch::Receiver<Arc<Snapshot<SessionEntry>>>,
     view_health: Arc<WatchHealth>,
     started: Instant,
     /// Activity (and new sessions) not yet sent to the store.
@@ -120,7 +120,11 @@ pub struct SessionOptions {
 
 impl Sessions {
     pub fn new(
-        view: (watch::Receiver<Arc<Snapshot>>, Arc<WatchHealth>, Instant),
+        view: (
+            watch::Receiver<Arc<Snapshot<SessionEntry>>>,
+            Arc<WatchHealth>,
+            Instant,
+        ),
         client: &Client,
         metrics: Arc<Metrics>,
         options: SessionOptions,
@@ -158,15 +162,12 @@ impl Sessions {
         backends: &Backends,
         https: bool,
     ) -> Selection {
-        let Some(keys) = self.keys.load_full() else {
-            return Selection::Fallback;
+        let token = |keys: &Keys| {
+            cfg.token(headers)
+                .and_then(|t| keys.verify(t))
+                .filter(|t| t.scope == cfg.scope)
         };
-        let token = cfg
-            .token(headers)
-            .and_then(|t| keys.verify(t))
-            .filter(|t| t.scope == cfg.scope);
-        self.decide_for(cfg, token, backends, https, (&keys, ""))
-            .await
+        self.decide_for(cfg, token, backends, https, "").await
     }
 
     /// The choice `refused` made refused the request's connection (nothing was sent): where the
@@ -181,24 +182,26 @@ impl Sessions {
         backends: &Backends,
         https: bool,
     ) -> Selection {
-        let Some(keys) = self.keys.load_full() else {
-            return Selection::Fallback;
-        };
         let token = (refused.decision != "new").then(|| refused.token.clone());
         let failed = identity(backends, refused.entry, refused.endpoint);
-        self.decide_for(cfg, token, backends, https, (&keys, &failed))
+        self.decide_for(cfg, |_| token, backends, https, &failed)
             .await
     }
 
-    /// `select` for a verified token (if any), avoiding the backend `refused` (empty: none).
+    /// `select` for the request's verified token (if any, from `token`), avoiding the backend
+    /// `refused` (empty: none).
     async fn decide_for(
         &self,
         cfg: &SessionConfig,
-        token: Option<Token>,
+        token: impl FnOnce(&Keys) -> Option<Token>,
         backends: &Backends,
         https: bool,
-        (keys, refused): (&Keys, &str),
+        refused: &str,
     ) -> Selection {
+        let Some(keys) = self.keys.load_full() else {
+            return Selection::Fallback;
+        };
+        let token = token(&keys);
         let key = token
             .as_ref()
             .map(|t| affinity::key(&cfg.namespace, &t.session));
@@ -333,7 +336,7 @@ impl Sessions {
             .borrow()
             .objects
             .get(key)
-            .and_then(|o| SessionEntry::from_object(o))
+            .map(|e| SessionEntry::clone(e))
     }
 
     fn view_fresh(&self) -> bool {
