@@ -115,7 +115,7 @@ impl Default for Metrics {
         );
         registry.register(
             "session_store_calls_skipped",
-            "Session reads and failovers not tried on a request's path because the store was out of reach less than a second before (the request starts a new session at once)",
+            "Session reads and failovers not tried on a request's path because one found the store out of reach since the affinity watch's last bookmark, less than 5 s before (the request starts a new session at once)",
             session_store_calls_skipped.clone(),
         );
         registry.register(
