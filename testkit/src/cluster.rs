@@ -488,17 +488,19 @@ impl Cluster {
             .map_err(|e| format!("member {id}: {e}"))
     }
 
-    /// Waits until some running member reports itself leader, and returns its id.
+    /// Waits until a running member leads in the newest term any running member reports, and returns
+    /// its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            for m in &self.members {
-                if m.child.is_some()
-                    && let Some(s) = self.member_status(m.id).await
-                    && s.role == "leader"
-                {
-                    return Ok(m.id);
+            let mut statuses = Vec::new();
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                if let Some(s) = self.member_status(m.id).await {
+                    statuses.push(s);
                 }
+            }
+            if let Some(l) = current_leader(&statuses) {
+                return Ok(l);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -541,6 +543,18 @@ impl Cluster {
     }
 }
 
+/// The member that leads, from the answering members' own reports: one that says it leads in a term
+/// no answering member has gone past. (A leader deposed while its messages were late still says it
+/// leads, in the older term, until it hears of the newer one; the member that started the newer
+/// election already reports that term.)
+fn current_leader(statuses: &[pb::MemberStatus]) -> Option<u64> {
+    let newest = statuses.iter().map(|s| s.term).max()?;
+    statuses
+        .iter()
+        .find(|s| s.role == "leader" && s.term == newest)
+        .map(|s| s.id)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &mut self.members {
@@ -552,5 +566,36 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: u64, role: &str, term: u64) -> pb::MemberStatus {
+        pb::MemberStatus {
+            id,
+            role: role.into(),
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_leader_in_an_older_term_than_another_member_is_not_the_leader() {
+        let deposed = [
+            status(1, "leader", 1),
+            status(2, "candidate", 2),
+            status(3, "follower", 1),
+        ];
+        assert_eq!(current_leader(&deposed), None);
+        let elected = [
+            status(1, "leader", 1),
+            status(2, "leader", 2),
+            status(3, "follower", 2),
+        ];
+        assert_eq!(current_leader(&elected), Some(2));
+        assert_eq!(current_leader(&[]), None);
     }
 }
