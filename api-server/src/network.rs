@@ -1,16 +1,18 @@
 //! The Raft transport over tonic: openraft's `RaftNetwork` on the client side (JSON-encoded openraft
 //! messages in a `RaftPayload`) and a cache of one mutual-TLS HTTP/2 channel per peer, shared with request
-//! forwarding.
+//! forwarding. A commit notice (an AppendEntries that only moves the commit index over a log the
+//! member has confirmed) is sent without holding the replication stream for its answer.
 
 use gw_client::{Dialer, Expect, MAX_APPLY_BYTES, MAX_MESSAGE_BYTES, Security};
 use gw_proto::RaftPayload;
 use gw_proto::raft_client::RaftClient;
-use gw_store::types::{Member, NodeId, TypeConfig};
+use gw_store::types::{LogId, Member, NodeId, TypeConfig, Vote};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -18,6 +20,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -78,14 +81,63 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
         PeerConnection {
-            target,
-            addr: node.raft_addr().to_string(),
-            channels: self.channels.clone(),
+            peer: Peer {
+                target,
+                addr: node.raft_addr().to_string(),
+                channels: self.channels.clone(),
+            },
+            seen: Seen::default(),
         }
     }
 }
 
+/// A connection to one member. openraft keeps one per replication stream (and makes a new one for
+/// each leadership check), and waits for each call's answer before the next call on it.
 pub struct PeerConnection {
+    peer: Peer,
+    seen: Seen,
+}
+
+/// What one connection has sent a member and heard back.
+#[derive(Default)]
+struct Seen {
+    /// The last AppendEntries the member answered with success on this connection: the vote it
+    /// carried and the log id the member's log then matched up to.
+    confirmed: Option<(Vote, Option<LogId>)>,
+    /// The highest commit index sent on this connection.
+    told_commit: Option<LogId>,
+}
+
+impl Seen {
+    /// Whether `rpc` carries nothing but a newer commit index, on top of the log this connection has
+    /// seen the member confirm, under the same vote. (A leadership check is never one: openraft makes
+    /// a new connection for each, which has confirmed nothing.) Records what it tells.
+    fn commit_notice(&mut self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        let notice = rpc.entries.is_empty()
+            && rpc.leader_commit > self.told_commit
+            && self.confirmed.as_ref() == Some(&(rpc.vote, rpc.prev_log_id));
+        self.told_commit = self.told_commit.max(rpc.leader_commit);
+        notice
+    }
+
+    /// Records the member's answer to `rpc`.
+    fn answered(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        answer: Option<&AppendEntriesResponse<NodeId>>,
+    ) {
+        let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        self.confirmed = match answer {
+            Some(AppendEntriesResponse::Success) => Some((rpc.vote, last)),
+            Some(AppendEntriesResponse::PartialSuccess(matching)) => Some((rpc.vote, *matching)),
+            _ => None,
+        };
+    }
+}
+
+/// Where a member's Raft transport is, and how to reach it.
+#[derive(Clone)]
+struct Peer {
     target: NodeId,
     addr: String,
     channels: Channels,
@@ -103,10 +155,10 @@ enum Rpc {
     InstallSnapshot,
 }
 
-impl PeerConnection {
+impl Peer {
     /// Sends one openraft request and decodes the remote `Result<Resp, RaftError<E>>`.
     async fn call<Req, Resp, E>(
-        &mut self,
+        &self,
         rpc: Rpc,
         req: &Req,
         entries: u64,
@@ -162,7 +214,30 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
-        self.call(Rpc::AppendEntries, &rpc, entries, &option).await
+        if self.seen.commit_notice(&rpc) {
+            // It only tells the member a new commit index, at a point of its log it has already
+            // confirmed to this leader, so the answer can teach the leader nothing it needs: no log
+            // position changes, and a higher vote will answer the next call. openraft 0.9 waits for
+            // it all the same before sending the next entries, which made applies sent back to back
+            // cost two round trips to the quorum (an entry, then its commit notice) instead of one.
+            // So it goes in the background, and the leader is answered at once.
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let answer: Result<AppendEntriesResponse<NodeId>, _> = peer
+                    .call::<_, _, Infallible>(Rpc::AppendEntries, &rpc, 0, &option)
+                    .await;
+                if let Err(e) = answer {
+                    tracing::debug!(target = peer.target, error = %e, "a commit notice failed");
+                }
+            });
+            return Ok(AppendEntriesResponse::Success);
+        }
+        let answer = self
+            .peer
+            .call(Rpc::AppendEntries, &rpc, entries, &option)
+            .await;
+        self.seen.answered(&rpc, answer.as_ref().ok());
+        answer
     }
 
     async fn install_snapshot(
@@ -173,7 +248,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::InstallSnapshot, &rpc, 0, &option).await
+        self.seen.confirmed = None;
+        self.peer.call(Rpc::InstallSnapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -181,6 +257,64 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, 0, &option).await
+        self.peer.call(Rpc::Vote, &rpc, 0, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(2, 1), index)
+    }
+
+    fn append(
+        vote: Vote,
+        prev: u64,
+        entries: &[u64],
+        commit: u64,
+    ) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote,
+            prev_log_id: Some(log_id(prev)),
+            entries: entries
+                .iter()
+                .map(|i| Entry {
+                    log_id: log_id(*i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(log_id(commit)),
+        }
+    }
+
+    #[test]
+    fn only_a_newer_commit_on_a_confirmed_log_under_the_same_vote_is_a_commit_notice() {
+        let vote = Vote::new_committed(2, 1);
+        let mut seen = Seen::default();
+        // A new connection (a leadership check) has confirmed nothing.
+        assert!(!seen.commit_notice(&append(vote, 4, &[], 4)));
+        let entries = append(vote, 4, &[5, 6], 4);
+        assert!(!seen.commit_notice(&entries));
+        seen.answered(&entries, Some(&AppendEntriesResponse::Success));
+        // The commit of 6, told at 6: a notice; told again (a heartbeat): a real call.
+        assert!(seen.commit_notice(&append(vote, 6, &[], 6)));
+        assert!(!seen.commit_notice(&append(vote, 6, &[], 6)));
+        // Not at the confirmed point, or under another vote.
+        assert!(!seen.commit_notice(&append(vote, 5, &[], 7)));
+        assert!(!seen.commit_notice(&append(Vote::new_committed(3, 1), 6, &[], 8)));
+        // A refusal (or no answer) forgets what was confirmed.
+        let next = append(vote, 6, &[7], 6);
+        seen.answered(&next, Some(&AppendEntriesResponse::Conflict));
+        assert!(!seen.commit_notice(&append(vote, 7, &[], 9)));
+        seen.answered(
+            &next,
+            Some(&AppendEntriesResponse::PartialSuccess(Some(log_id(7)))),
+        );
+        assert!(seen.commit_notice(&append(vote, 7, &[], 10)));
+        seen.answered(&next, None);
+        assert!(!seen.commit_notice(&append(vote, 7, &[], 11)));
     }
 }
