@@ -350,7 +350,7 @@ async fn apply(
     r: &ResourcePath,
     obj: &Value,
     n: &str,
-) -> Result<(), Failure> {
+) -> Result<u64, Failure> {
     api.config
         .apply(call.request(pb::ApplyRequest {
             documents: vec![pb::Document {
@@ -361,20 +361,53 @@ async fn apply(
             dry_run: dry_run(call),
         }))
         .await
-        .map(|_| ())
+        .map(|w| w.into_inner().revision)
         .map_err(|s| status_error(s, r.info, n))
 }
 
-/// The object as the caller sees it after a write (a dry run: as it would have been written).
+/// How long the object as written is read from this member before it is read through the leader.
+const WRITTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The object as the caller sees it after a write committed at `revision` (a dry run: as it would
+/// have been written). Read from this member once it has applied the write, not through the leader:
+/// leadership may have moved since the commit, and a write that was done must not be answered with
+/// a 503, which clients (kube-rs, client-go) take as "not done" and send again.
 async fn written(
     api: &KubeApi,
     call: &Call,
     r: &ResourcePath,
     n: &str,
     would_be: Value,
+    revision: u64,
 ) -> Result<Value, Failure> {
     if dry_run(call) {
         return Ok(would_be);
+    }
+    let target = Some(object_ref(r, n));
+    let options = pb::ReadOptions {
+        serializable: true,
+        ..read_options(call, r)
+    };
+    let applied_here = async {
+        loop {
+            let local = api
+                .config
+                .get(call.request(pb::GetRequest {
+                    target: target.clone(),
+                    options: Some(options.clone()),
+                }))
+                .await
+                .map(tonic::Response::into_inner);
+            match local {
+                Ok(got) if got.revision >= revision => return got.object_json,
+                // Not applied here yet (not found: not yet created here, or deleted since; the
+                // read through the leader below tells).
+                _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    };
+    if let Ok(json) = tokio::time::timeout(WRITTEN_WAIT, applied_here).await {
+        return parse_json(&json);
     }
     let at = ResourcePath {
         name: Some(n.to_string()),
@@ -428,8 +461,11 @@ async fn create(
     let mut doc = body;
     doc["metadata"]["resourceVersion"] = json!("0");
     track_update(call, r, &Value::Null, &mut doc);
-    apply(api, call, r, &doc, &n).await?;
-    Ok((StatusCode::CREATED, written(api, call, r, &n, doc).await?))
+    let revision = apply(api, call, r, &doc, &n).await?;
+    Ok((
+        StatusCode::CREATED,
+        written(api, call, r, &n, doc, revision).await?,
+    ))
 }
 
 /// The stored object, read linearizably by the member itself (Secret values included: the result
@@ -492,7 +528,12 @@ async fn update(
         match result {
             Err(f) if pinned == 0 && f.body["reason"] == "Conflict" => continue,
             Err(f) => return Err(f),
-            Ok(()) => return Ok((StatusCode::OK, written(api, call, r, &n, doc).await?)),
+            Ok(revision) => {
+                return Ok((
+                    StatusCode::OK,
+                    written(api, call, r, &n, doc, revision).await?,
+                ));
+            }
         }
     }
     Err(conflict(r, &n))
@@ -566,12 +607,12 @@ async fn update_status(
     n: &str,
     status: &Value,
     expected: u64,
-) -> Result<(), Failure> {
+) -> Result<u64, Failure> {
     if !status.is_object() {
         return Err(Failure::bad_request("the body has no status object"));
     }
     if dry_run(call) {
-        return Ok(());
+        return Ok(0);
     }
     api.config
         .update_status(call.request(pb::UpdateStatusRequest {
@@ -584,7 +625,7 @@ async fn update_status(
             }],
         }))
         .await
-        .map(|_| ())
+        .map(|w| w.into_inner().revision)
         .map_err(|s| status_error(s, r.info, n))
 }
 
@@ -654,7 +695,12 @@ async fn patch(
         match result {
             Err(f) if pinned == rv && f.body["reason"] == "Conflict" => continue,
             Err(f) => return Err(f),
-            Ok(()) => return Ok((StatusCode::OK, written(api, call, r, &n, out).await?)),
+            Ok(revision) => {
+                return Ok((
+                    StatusCode::OK,
+                    written(api, call, r, &n, out, revision).await?,
+                ));
+            }
         }
     }
     Err(conflict(r, &n))
@@ -714,13 +760,13 @@ async fn server_side_apply(
                 continue;
             }
             Err(f) => return Err(f),
-            Ok(()) => {
+            Ok(revision) => {
                 let code = if existing.is_some() {
                     StatusCode::OK
                 } else {
                     StatusCode::CREATED
                 };
-                return Ok((code, written(api, call, r, &n, out).await?));
+                return Ok((code, written(api, call, r, &n, out, revision).await?));
             }
         }
     }
