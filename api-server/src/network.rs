@@ -12,7 +12,6 @@ use openraft::error::{
     RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -20,7 +19,6 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;

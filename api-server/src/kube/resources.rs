@@ -371,7 +371,7 @@ const WRITTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The object as the caller sees it after a write committed at `revision` (a dry run: as it would
 /// have been written). Read from this member once it has applied the write, not through the leader:
 /// leadership may have moved since the commit, and a write that was done must not be answered with
-/// a 503, which clients (kube-rs, client-go) take as "not done" and send again.
+/// a 503, which clients such as kube-rs take as "not done" and send again.
 async fn written(
     api: &KubeApi,
     call: &Call,
