@@ -2,6 +2,7 @@
 //! deterministic state (objects, revisions, watch history), and its sled-backed, durable log and
 //! state machine storage.
 
+mod logfile;
 pub mod session;
 pub mod state;
 pub mod storage;

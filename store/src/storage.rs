@@ -1,13 +1,13 @@
-//! Durable storage of a store member: the Raft log, the vote and the current snapshot's record in one
-//! sled database under the member's data directory, the snapshot itself in a file of its own beside
-//! it (`snapshots/`).
+//! Durable storage of a store member, under its data directory: the Raft log's entries in segment
+//! files of their own (`log/`, see `logfile.rs`); the vote, the purge point and the current snapshot's
+//! record in a sled database (`sled/`); the snapshot itself in a file of its own (`snapshots/`).
 //!
-//! Durability (DESIGN.md, "Writes are durable before they are acknowledged"): sled makes writes durable
-//! only on `flush`, and its flush uses `sync_file_range`, which survives a process crash but does not
-//! force the device cache; so every durability point here is `flush` followed by `fdatasync` of the
-//! database file. Log appends are group-committed by one flusher thread: appends arriving while a sync is
-//! running share the next one, and their callbacks are completed in order. Votes are synced before
-//! `save_vote` returns. The state machine lives in memory; on restart it is rebuilt from the last
+//! Durability (DESIGN.md, "Writes are durable before they are acknowledged"): log appends are
+//! group-committed by one flusher thread, which `fdatasync`s the segment files written: appends
+//! arriving while a sync is running share the next one, and their callbacks are completed in order.
+//! sled makes writes durable only on `flush`, and its flush uses `sync_file_range`, which survives a
+//! process crash but does not force the device cache; so every durability point of what lives in sled
+//! is `flush` followed by `fdatasync` of the database file. Votes are synced before `save_vote` returns. The state machine lives in memory; on restart it is rebuilt from the last
 //! snapshot (synced before the log is purged behind it) and the log after it.
 //!
 //! Snapshots are not sled values: sled keeps a large value in a blob file and, when the value is
@@ -21,6 +21,7 @@
 // too rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+use crate::logfile::LogFiles;
 use crate::state::{RevisionEvents, SnapshotImage, State};
 use crate::types::{
     Command, Entry, LogId, Member, NodeId, Response, SnapshotMeta, StorageError, StoredMembership,
@@ -78,7 +79,7 @@ impl Default for StorageOptions {
 /// What the storage measures about itself (a member exports them on its `/metrics`).
 #[derive(Clone)]
 pub struct StorageMetrics {
-    /// Each durability point (sled flush and fdatasync).
+    /// Each durability point (the log's fdatasync; sled flush and fdatasync for the rest).
     pub sync_seconds: Histogram,
     /// Log appends one sync made durable (group commit).
     pub sync_batch: Histogram,
@@ -140,15 +141,28 @@ impl Durable {
         self.growth.snapshot(appended, bytes);
     }
 
-    #[allow(clippy::disallowed_methods)] // runtime: the sync's latency, for the metrics
+    /// Makes what was written to sled durable.
     fn sync(&self) -> io::Result<()> {
+        self.timed(|| {
+            self.db.flush().map_err(io::Error::other)?;
+            self.sync_new_blobs()?;
+            self.file.sync_data()
+        })
+    }
+
+    /// Makes what was written to these log segments durable, in order.
+    fn sync_log(&self, files: &[Arc<File>]) -> io::Result<()> {
+        self.timed(|| files.iter().try_for_each(|f| f.sync_data()))
+    }
+
+    /// Runs a durability point (skipped by the null control), timed for the metrics.
+    #[allow(clippy::disallowed_methods)] // runtime: the sync's latency, for the metrics
+    fn timed(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         if self.no_sync {
             return Ok(());
         }
         let start = std::time::Instant::now();
-        self.db.flush().map_err(io::Error::other)?;
-        self.sync_new_blobs()?;
-        self.file.sync_data()?;
+        sync()?;
         self.metrics
             .sync_seconds
             .observe(start.elapsed().as_secs_f64());
@@ -227,7 +241,7 @@ pub fn open(
         metrics: StorageMetrics::default(),
         growth: LogGrowth::default(),
     });
-    let log = LogStore::new(&db, durable.clone())?;
+    let log = LogStore::new(&db, &dir.join("log"), durable.clone())?;
     let shared = Arc::new(Shared::load(
         &db,
         dir.join("snapshots"),
@@ -251,20 +265,25 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 
+/// An append waiting for its sync: the segment file written (none for an empty append) and
+/// openraft's callback.
+type Flush = (Option<Arc<File>>, LogFlushed<TypeConfig>);
+
 /// The Raft log and vote.
 #[derive(Clone)]
 pub struct LogStore {
-    log: sled::Tree,
+    files: Arc<Mutex<LogFiles>>,
     raft: sled::Tree,
     durable: Arc<Durable>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::Sender<Flush>,
 }
 
 impl LogStore {
-    fn new(db: &sled::Db, durable: Arc<Durable>) -> Result<Self, StorageError> {
-        let log = db.open_tree("log").map_err(read_err)?;
+    fn new(db: &sled::Db, dir: &Path, durable: Arc<Durable>) -> Result<Self, StorageError> {
         let raft = db.open_tree("raft").map_err(read_err)?;
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let purged = purged(&raft)?;
+        let files = migrate_sled_log(db, dir, purged, &durable)?;
+        let (tx, rx) = mpsc::channel::<Flush>();
         let d = durable.clone();
         std::thread::Builder::new()
             .name("gw-log-flusher".into())
@@ -273,9 +292,15 @@ impl LogStore {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let res = d.sync();
+                    let mut files: Vec<Arc<File>> = Vec::new();
+                    for f in batch.iter().filter_map(|(f, _)| f.as_ref()) {
+                        if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
+                            files.push(f.clone());
+                        }
+                    }
+                    let res = d.sync_log(&files);
                     d.metrics.sync_batch.observe(batch.len() as f64);
-                    for cb in batch {
+                    for (_, cb) in batch {
                         cb.log_io_completed(
                             res.as_ref()
                                 .map(|_| ())
@@ -286,24 +311,57 @@ impl LogStore {
             })
             .map_err(write_err)?;
         Ok(LogStore {
-            log,
+            files: Arc::new(Mutex::new(files)),
             raft,
             durable,
             flusher: tx,
         })
     }
 
-    fn purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.raft
-            .get(KEY_PURGED)
-            .map_err(read_err)?
-            .map(|b| decode(&b))
-            .transpose()
+    fn files(&self) -> std::sync::MutexGuard<'_, LogFiles> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-fn index_key(i: u64) -> [u8; 8] {
-    i.to_be_bytes()
+fn purged(raft: &sled::Tree) -> Result<Option<LogId>, StorageError> {
+    raft.get(KEY_PURGED)
+        .map_err(read_err)?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+/// Opens the log's segment files. Earlier versions kept the log's entries in sled (tree `log`): if any
+/// are there, they are copied into a fresh log and synced, and only then removed from sled; a crash
+/// in between leaves them in sled, and the copy is made again.
+fn migrate_sled_log(
+    db: &sled::Db,
+    dir: &Path,
+    purged: Option<LogId>,
+    durable: &Durable,
+) -> Result<LogFiles, StorageError> {
+    let legacy = db.open_tree("log").map_err(read_err)?;
+    if legacy.is_empty() {
+        return LogFiles::open(dir, purged).map_err(read_err);
+    }
+    let mut entries = Vec::new();
+    for item in legacy.iter() {
+        let entry: Entry = decode(&item.map_err(read_err)?.1)?;
+        if purged.is_none_or(|p| entry.log_id.index > p.index) {
+            entries.push(entry);
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(write_err)?;
+    }
+    let mut files = LogFiles::open(dir, purged).map_err(write_err)?;
+    let count = entries.len();
+    if let Some((file, _)) = files.append(entries, encode).map_err(write_err)? {
+        file.sync_data().map_err(write_err)?;
+    }
+    legacy.clear().map_err(write_err)?;
+    durable.sync().map_err(write_err)?;
+    tracing::info!(entries = count, dir = %dir.display(), "moved the Raft log out of sled into segment files");
+    Ok(files)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -316,16 +374,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in self.log.range(index_key(start)..) {
-            let (k, v) = item.map_err(read_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte log keys"));
-            if !range.contains(&idx) {
-                break;
-            }
-            out.push(decode(&v)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(i) => i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.files()
+            .read(start, end, |b| {
+                serde_json::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            })
+            .map_err(read_err)
     }
 }
 
@@ -333,22 +391,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let purged = self.purged()?;
-        // Entries at or before the purge point may be left over from a crash during a purge.
-        let after = purged.map_or(0, |p| p.index + 1);
-        let last = match self
-            .log
-            .range(index_key(after)..)
-            .next_back()
-            .transpose()
-            .map_err(read_err)?
-        {
-            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
-            None => purged,
-        };
+        let purged = purged(&self.raft)?;
         Ok(LogState {
             last_purged_log_id: purged,
-            last_log_id: last,
+            last_log_id: self.files().last().or(purged),
         })
     }
 
@@ -415,34 +461,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        for e in entries {
-            let value = encode(&e);
-            bytes += value.len() as u64;
-            batch.insert(&index_key(e.log_id.index), value);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        self.durable
-            .growth
-            .appended
-            .fetch_add(bytes, Ordering::Relaxed);
+        let written = self.files().append(entries, encode).map_err(write_err)?;
+        let file = written.map(|(file, bytes)| {
+            self.durable
+                .growth
+                .appended
+                .fetch_add(bytes, Ordering::Relaxed);
+            file
+        });
         self.flusher
-            .send(callback)
+            .send((file, callback))
             .map_err(|_| write_err(io::Error::other("log flusher stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            batch.remove(item.map_err(read_err)?.0);
-        }
-        self.log.apply_batch(batch).map_err(write_err)
+        self.files().truncate(log_id.index).map_err(write_err)
     }
 
-    /// The purge point is made durable before the entries go: sled may delete the blob of a removed
-    /// (large) entry before the removal is durable, and after a crash no entry at or before a durable
-    /// purge point is read again.
+    /// The purge point is made durable before the entries go: after a crash, no entry at or before a
+    /// durable purge point is read again.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.raft
             .insert(KEY_PURGED, encode(&log_id))
@@ -452,11 +489,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(write_err)?
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            batch.remove(item.map_err(read_err)?.0);
-        }
-        self.log.apply_batch(batch).map_err(write_err)
+        self.files()
+            .purge(log_id.index)
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))
     }
 }
 
@@ -896,7 +931,42 @@ mod tests {
         assert_eq!(current.snapshot.into_inner(), second.snapshot.into_inner());
     }
 
-    /// openraft's own storage conformance suite, run against the sled store.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_segment_files_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let legacy = db.open_tree("log").unwrap();
+            for i in 0..5u64 {
+                let e = Entry {
+                    log_id: openraft::testing::log_id(1, 1, i),
+                    payload: EntryPayload::Blank,
+                };
+                legacy.insert(i.to_be_bytes(), encode(&e)).unwrap();
+            }
+            let purged = openraft::testing::log_id(1, 1, 1);
+            db.open_tree("raft")
+                .unwrap()
+                .insert(KEY_PURGED, encode(&purged))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let (mut log, sm, _) = open(dir.path(), StorageOptions::default()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+        let indexes: Vec<u64> = log
+            .try_get_log_entries(0..10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, [2, 3, 4]);
+        let db = &sm.shared.durable.db;
+        assert!(db.open_tree("log").unwrap().is_empty(), "sled's copy goes");
+    }
+
+    /// openraft's own storage conformance suite, run against this store.
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).unwrap();
