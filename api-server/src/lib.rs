@@ -206,6 +206,7 @@ impl Server {
         .await
         .context("starting raft")?;
         let proposer = crate::node::Proposer::start(raft.clone());
+        let read_index = crate::node::ReadIndexRounds::new(raft.clone());
         let metrics = Arc::new(Metrics::new(&store.metrics()));
         let node = Arc::new(Node {
             id: config.id,
@@ -216,6 +217,7 @@ impl Server {
             auth: Auth::new(security.clone(), metrics.clone()),
             config: config.clone(),
             proposer,
+            read_index,
             metrics: metrics.clone(),
         });
         let (shutdown, stopped) = signal::channel(false);

@@ -9,8 +9,9 @@ use crate::network::Channels;
 use gw_client::{Client, Identity};
 use gw_proto as pb;
 use gw_store::storage::StoreHandle;
-use gw_store::types::{Command, Member, NodeId, Raft, Response, Txn, TxnOutcome};
+use gw_store::types::{Command, LogId, Member, NodeId, Raft, Response, Txn, TxnOutcome};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -38,7 +39,91 @@ pub struct Node {
     pub auth: Auth,
     pub config: ServerConfig,
     pub proposer: Proposer,
+    pub read_index: ReadIndexRounds,
     pub metrics: Arc<Metrics>,
+}
+
+/// What a read index round gives the reads that share it: the log id they must see applied, or why
+/// leadership could not be confirmed.
+type ReadIndex = Result<Option<LogId>, String>;
+
+/// The leader's read indexes (Raft §8: confirm leadership with a quorum, then read at the commit
+/// index), one round of heartbeats for every read waiting when the round starts. A read always joins
+/// a round that starts after it arrived, so the quorum it is confirmed by was contacted after it began;
+/// the reads arriving meanwhile wait for the next round. With 64 reads in flight, that is one round
+/// of heartbeats per batch instead of one per read.
+#[derive(Clone)]
+pub struct ReadIndexRounds {
+    /// One round: confirm leadership, give the read index.
+    round: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ReadIndex> + Send>> + Send + Sync>,
+    /// The reads waiting for the next round; `None` while no round is running.
+    waiting: Arc<std::sync::Mutex<Option<Vec<oneshot::Sender<ReadIndex>>>>>,
+}
+
+impl ReadIndexRounds {
+    pub fn new(raft: Raft) -> Self {
+        Self::with_round(move || {
+            let raft = raft.clone();
+            Box::pin(async move {
+                raft.get_read_log_id()
+                    .await
+                    .map(|(read, _)| read)
+                    .map_err(|e| e.to_string())
+            })
+        })
+    }
+
+    fn with_round(
+        round: impl Fn() -> Pin<Box<dyn Future<Output = ReadIndex> + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        ReadIndexRounds {
+            round: Arc::new(round),
+            waiting: Arc::default(),
+        }
+    }
+
+    /// The log id a read that arrives now must see applied, confirmed by a round that starts after now.
+    pub async fn read_log_id(&self) -> ReadIndex {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            match waiting.as_mut() {
+                Some(next) => {
+                    next.push(tx);
+                    false
+                }
+                None => {
+                    *waiting = Some(vec![tx]);
+                    true
+                }
+            }
+        };
+        if start {
+            let rounds = self.clone();
+            tokio::spawn(async move { rounds.run().await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the read index round stopped".into()))
+    }
+
+    /// Runs rounds until no read is waiting.
+    async fn run(&self) {
+        loop {
+            let batch = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                let next = std::mem::take(waiting.as_mut().expect("running rounds"));
+                if next.is_empty() {
+                    *waiting = None;
+                    return;
+                }
+                next
+            };
+            let index = (self.round)().await;
+            for read in batch {
+                let _ = read.send(index.clone());
+            }
+        }
+    }
 }
 
 /// Transactions waiting to be proposed, each with where its result goes.
@@ -262,12 +347,12 @@ impl Node {
         }
         let (leader, member) = self.leader().await?;
         if leader == self.id {
-            return self
-                .raft
-                .ensure_linearizable()
+            let index = self
+                .read_index
+                .read_log_id()
                 .await
-                .map(|_| ())
-                .map_err(|e| ApiError::Unavailable(format!("read index: {e}")));
+                .map_err(|e| ApiError::Unavailable(format!("read index: {e}")))?;
+            return self.applied(index.map_or(0, |l| l.index)).await;
         }
         let channel = self
             .channels
@@ -284,6 +369,11 @@ impl Node {
             })?
             .into_inner()
             .index;
+        self.applied(index).await
+    }
+
+    /// Waits until this member has applied the entry at `index`.
+    async fn applied(&self, index: u64) -> Result<(), ApiError> {
         self.raft
             .wait(Some(READ_INDEX_WAIT))
             .applied_index_at_least(Some(index), "read index")
@@ -324,5 +414,64 @@ impl Node {
             compact_revision: compact,
             state_hash: format!("{hash:016x}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Yields until `started` reaches `n`.
+    async fn rounds_reach(started: &AtomicU64, n: u64) {
+        while started.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_reads_share_one_round_and_a_read_arriving_during_a_round_waits_for_the_next() {
+        let started = Arc::new(AtomicU64::new(0));
+        // Each round gives its own number as the read index, once the test lets it end.
+        let gate = Arc::new(Semaphore::new(0));
+        let rounds = {
+            let (started, gate) = (started.clone(), gate.clone());
+            ReadIndexRounds::with_round(move || {
+                let n = started.fetch_add(1, Ordering::SeqCst) + 1;
+                let gate = gate.clone();
+                Box::pin(async move {
+                    gate.acquire().await.expect("open").forget();
+                    Ok(Some(openraft::testing::log_id(1, 1, n)))
+                })
+            })
+        };
+        let read = |r: &ReadIndexRounds| {
+            let r = r.clone();
+            tokio::spawn(async move { r.read_log_id().await.map(|l| l.map(|l| l.index)) })
+        };
+        let first = read(&rounds);
+        rounds_reach(&started, 1).await;
+        let during: Vec<_> = (0..3).map(|_| read(&rounds)).collect();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one round at a time");
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), Ok(Some(1)));
+        rounds_reach(&started, 2).await;
+        gate.add_permits(1);
+        for r in during {
+            assert_eq!(
+                r.await.unwrap(),
+                Ok(Some(2)),
+                "the round after the one running"
+            );
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 2, "three reads, one round");
+        // Idle again: the next read starts a round of its own.
+        let last = read(&rounds);
+        rounds_reach(&started, 3).await;
+        gate.add_permits(1);
+        assert_eq!(last.await.unwrap(), Ok(Some(3)));
     }
 }

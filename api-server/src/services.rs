@@ -905,10 +905,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.node.auth.check(&request, Action::ReadIndex)?;
-        let (read_log_id, _) = self
+        let read_log_id = self
             .node
-            .raft
-            .get_read_log_id()
+            .read_index
+            .read_log_id()
             .await
             .map_err(|e| Status::unavailable(format!("not able to serve a read index: {e}")))?;
         Ok(Response::new(pb::ReadIndexResponse {
