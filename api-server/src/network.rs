@@ -1,7 +1,8 @@
 //! The Raft transport over tonic: openraft's `RaftNetwork` on the client side (JSON-encoded openraft
 //! messages in a `RaftPayload`) and a cache of one mutual-TLS HTTP/2 channel per peer, shared with request
 //! forwarding. A commit notice (an AppendEntries that only moves the commit index over a log the
-//! member has confirmed) is sent without holding the replication stream for its answer.
+//! member has confirmed) is sent without holding the replication stream for its answer, and only if
+//! no other AppendEntries has carried its commit index within [`NOTICE_DELAY`].
 
 use gw_client::{Dialer, Expect, MAX_APPLY_BYTES, MAX_MESSAGE_BYTES, Security};
 use gw_proto::RaftPayload;
@@ -85,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                 channels: self.channels.clone(),
             },
             seen: Seen::default(),
+            notices: Arc::default(),
         }
     }
 }
@@ -94,6 +96,48 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConnection {
     peer: Peer,
     seen: Seen,
+    notices: Arc<Mutex<Notices>>,
+}
+
+/// How long a commit notice waits for the next AppendEntries to carry its commit index instead. When
+/// writes come one after another, the next one's entries follow the commit within a fraction of a
+/// millisecond and tell the member the same thing: waiting spares a call (and its wake-ups on both
+/// sides) per write. A member learns a commit at most this much later when nothing follows.
+const NOTICE_DELAY: Duration = Duration::from_millis(1);
+
+/// The commit notices of one connection: at most one waiting (the newest), at most one on the way.
+#[derive(Default)]
+struct Notices {
+    /// The newest notice neither sent nor carried by a later call.
+    pending: Option<(AppendEntriesRequest<TypeConfig>, RPCOption)>,
+    /// Whether a task is sending them.
+    sending: bool,
+}
+
+impl Notices {
+    /// Queues `rpc`, replacing an older notice; true if a sender task must be started.
+    fn queue(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> bool {
+        self.pending = Some((rpc, option));
+        !std::mem::replace(&mut self.sending, true)
+    }
+
+    /// A call telling the member `commit` is being sent: a waiting notice of no newer commit goes.
+    fn carried(&mut self, commit: Option<LogId>) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|(n, _)| n.leader_commit <= commit)
+        {
+            self.pending = None;
+        }
+    }
+
+    /// The notice to send next; `None` (and the sender stops) if there is none.
+    fn next(&mut self) -> Option<(AppendEntriesRequest<TypeConfig>, RPCOption)> {
+        let next = self.pending.take();
+        self.sending = next.is_some();
+        next
+    }
 }
 
 /// What one connection has sent a member and heard back.
@@ -131,6 +175,10 @@ impl Seen {
             _ => None,
         };
     }
+}
+
+fn lock(notices: &Mutex<Notices>) -> std::sync::MutexGuard<'_, Notices> {
+    notices.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where a member's Raft transport is, and how to reach it.
@@ -219,17 +267,27 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // it all the same before sending the next entries, which made applies sent back to back
             // cost two round trips to the quorum (an entry, then its commit notice) instead of one.
             // So it goes in the background, and the leader is answered at once.
-            let peer = self.peer.clone();
-            tokio::spawn(async move {
-                let answer: Result<AppendEntriesResponse<NodeId>, _> = peer
-                    .call::<_, _, Infallible>(Rpc::AppendEntries, &rpc, 0, &option)
-                    .await;
-                if let Err(e) = answer {
-                    tracing::debug!(target = peer.target, error = %e, "a commit notice failed");
-                }
-            });
+            let start = lock(&self.notices).queue(rpc, option);
+            if start {
+                let (peer, notices) = (self.peer.clone(), self.notices.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(NOTICE_DELAY).await;
+                        let Some((rpc, option)) = lock(&notices).next() else {
+                            return;
+                        };
+                        let answer: Result<AppendEntriesResponse<NodeId>, _> = peer
+                            .call::<_, _, Infallible>(Rpc::AppendEntries, &rpc, 0, &option)
+                            .await;
+                        if let Err(e) = answer {
+                            tracing::debug!(target = peer.target, error = %e, "a commit notice failed");
+                        }
+                    }
+                });
+            }
             return Ok(AppendEntriesResponse::Success);
         }
+        lock(&self.notices).carried(rpc.leader_commit);
         let answer = self
             .peer
             .call(Rpc::AppendEntries, &rpc, entries, &option)
@@ -314,5 +372,38 @@ mod tests {
         assert!(seen.commit_notice(&append(vote, 7, &[], 10)));
         seen.answered(&next, None);
         assert!(!seen.commit_notice(&append(vote, 7, &[], 11)));
+    }
+
+    #[test]
+    fn a_waiting_commit_notice_is_replaced_by_a_newer_one_and_dropped_once_a_call_carries_its_commit()
+     {
+        let vote = Vote::new_committed(2, 1);
+        let option = || RPCOption::new(Duration::from_secs(1));
+        let mut notices = Notices::default();
+        assert!(
+            notices.queue(append(vote, 6, &[], 5), option()),
+            "starts a sender"
+        );
+        assert!(
+            !notices.queue(append(vote, 6, &[], 6), option()),
+            "one sender"
+        );
+        // A call telling an older commit leaves it; one telling its commit carries it.
+        notices.carried(Some(log_id(5)));
+        assert!(notices.pending.is_some());
+        notices.carried(Some(log_id(6)));
+        assert!(
+            notices.next().is_none(),
+            "nothing left to send: the sender stops"
+        );
+        assert!(
+            notices.queue(append(vote, 7, &[], 7), option()),
+            "a new sender"
+        );
+        let (sent, _) = notices.next().expect("the newest notice");
+        assert_eq!(sent.leader_commit, Some(log_id(7)));
+        assert!(notices.sending, "until it finds nothing left");
+        assert!(notices.next().is_none());
+        assert!(!notices.sending);
     }
 }
