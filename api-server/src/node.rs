@@ -49,15 +49,27 @@ type ReadIndex = Result<Option<LogId>, String>;
 
 /// The leader's read indexes (Raft §8: confirm leadership with a quorum, then read at the commit
 /// index), one round of heartbeats for every read waiting when the round starts. A read always joins
-/// a round that starts after it arrived, so the quorum it is confirmed by was contacted after it began;
-/// the reads arriving meanwhile wait for the next round. With 64 reads in flight, that is one round
-/// of heartbeats per batch instead of one per read.
+/// a round that starts after it arrived, so the quorum it is confirmed by was contacted after it began.
+/// Up to [`ROUNDS_IN_FLIGHT`] rounds run at once: a read arriving while fewer run starts one at once
+/// (with one at a time, a read arriving mid-round waited for that round and then its own: two round
+/// trips over a WAN instead of one); otherwise it waits for the next round to start. With 64 reads in
+/// flight, that is one round of heartbeats per batch instead of one per read.
 #[derive(Clone)]
 pub struct ReadIndexRounds {
     /// One round: confirm leadership, give the read index.
     round: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ReadIndex> + Send>> + Send + Sync>,
-    /// The reads waiting for the next round; `None` while no round is running.
-    waiting: Arc<std::sync::Mutex<Option<Vec<oneshot::Sender<ReadIndex>>>>>,
+    rounds: Arc<std::sync::Mutex<Rounds>>,
+}
+
+/// Leadership confirmations running at once, at most.
+const ROUNDS_IN_FLIGHT: usize = 4;
+
+#[derive(Default)]
+struct Rounds {
+    /// The reads waiting for the next round to start.
+    waiting: Vec<oneshot::Sender<ReadIndex>>,
+    /// Rounds running.
+    running: usize,
 }
 
 impl ReadIndexRounds {
@@ -78,7 +90,7 @@ impl ReadIndexRounds {
     ) -> Self {
         ReadIndexRounds {
             round: Arc::new(round),
-            waiting: Arc::default(),
+            rounds: Arc::default(),
         }
     }
 
@@ -86,17 +98,11 @@ impl ReadIndexRounds {
     pub async fn read_log_id(&self) -> ReadIndex {
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            match waiting.as_mut() {
-                Some(next) => {
-                    next.push(tx);
-                    false
-                }
-                None => {
-                    *waiting = Some(vec![tx]);
-                    true
-                }
-            }
+            let mut rounds = self.lock();
+            rounds.waiting.push(tx);
+            let start = rounds.running < ROUNDS_IN_FLIGHT;
+            rounds.running += usize::from(start);
+            start
         };
         if start {
             let rounds = self.clone();
@@ -106,17 +112,20 @@ impl ReadIndexRounds {
             .unwrap_or_else(|_| Err("the read index round stopped".into()))
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rounds> {
+        self.rounds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs rounds until no read is waiting.
     async fn run(&self) {
         loop {
             let batch = {
-                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                let next = std::mem::take(waiting.as_mut().expect("running rounds"));
-                if next.is_empty() {
-                    *waiting = None;
+                let mut rounds = self.lock();
+                if rounds.waiting.is_empty() {
+                    rounds.running -= 1;
                     return;
                 }
-                next
+                std::mem::take(&mut rounds.waiting)
             };
             let index = (self.round)().await;
             for read in batch {
@@ -430,9 +439,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_reads_share_one_round_and_a_read_arriving_during_a_round_waits_for_the_next() {
+    async fn reads_share_rounds_a_few_run_at_once_and_a_read_never_joins_a_round_already_running() {
         let started = Arc::new(AtomicU64::new(0));
-        // Each round gives its own number as the read index, once the test lets it end.
+        // Each round gives its own number as the read index, once the test lets it end (rounds end
+        // in the order they started: the semaphore is fair).
         let gate = Arc::new(Semaphore::new(0));
         let rounds = {
             let (started, gate) = (started.clone(), gate.clone());
@@ -449,29 +459,49 @@ mod tests {
             let r = r.clone();
             tokio::spawn(async move { r.read_log_id().await.map(|l| l.map(|l| l.index)) })
         };
-        let first = read(&rounds);
-        rounds_reach(&started, 1).await;
-        let during: Vec<_> = (0..3).map(|_| read(&rounds)).collect();
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // Each read finding fewer than ROUNDS_IN_FLIGHT rounds running starts one at once.
+        let k = ROUNDS_IN_FLIGHT as u64;
+        let mut alone = Vec::new();
+        for n in 1..=k {
+            alone.push(read(&rounds));
+            rounds_reach(&started, n).await;
         }
-        assert_eq!(started.load(Ordering::SeqCst), 1, "one round at a time");
+        // All running: the next reads wait for a round to start, and share it.
+        let waiting: Vec<_> = (0..3).map(|_| read(&rounds)).collect();
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), k, "{k} rounds at most");
         gate.add_permits(1);
-        assert_eq!(first.await.unwrap(), Ok(Some(1)));
-        rounds_reach(&started, 2).await;
+        let mut alone = alone.into_iter();
+        assert_eq!(alone.next().unwrap().await.unwrap(), Ok(Some(1)));
+        // Round 1's end starts the next round, for the waiting reads.
+        rounds_reach(&started, k + 1).await;
+        gate.add_permits(ROUNDS_IN_FLIGHT - 1);
+        for (n, r) in (2..).zip(alone) {
+            assert_eq!(r.await.unwrap(), Ok(Some(n)));
+        }
         gate.add_permits(1);
-        for r in during {
+        for r in waiting {
             assert_eq!(
                 r.await.unwrap(),
-                Ok(Some(2)),
-                "the round after the one running"
+                Ok(Some(k + 1)),
+                "not a round already running when the read came"
             );
         }
-        assert_eq!(started.load(Ordering::SeqCst), 2, "three reads, one round");
+        settle().await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            k + 1,
+            "three reads, one round"
+        );
         // Idle again: the next read starts a round of its own.
         let last = read(&rounds);
-        rounds_reach(&started, 3).await;
+        rounds_reach(&started, k + 2).await;
         gate.add_permits(1);
-        assert_eq!(last.await.unwrap(), Ok(Some(3)));
+        assert_eq!(last.await.unwrap(), Ok(Some(k + 2)));
     }
 }
