@@ -400,6 +400,14 @@ mod tests {
         file.sync_data().unwrap();
     }
 
+    /// Puts into `dir` a segment of its own holding entries `indexes` (term 1), as a crash can leave.
+    fn stray_segment(dir: &Path, indexes: std::ops::Range<u64>) {
+        let scratch = dir.join("scratch");
+        let first = indexes.start;
+        append(&mut LogFiles::open(&scratch, None).unwrap(), 1, indexes);
+        std::fs::rename(segment_path(&scratch, first), segment_path(dir, first)).unwrap();
+    }
+
     /// (term, index) of every entry the log holds.
     fn held(log: &LogFiles) -> Vec<(u64, u64)> {
         log.read(0, u64::MAX, decode)
@@ -499,13 +507,7 @@ mod tests {
         append(&mut log, 1, 0..3);
         drop(log);
         // Left by a crash: a segment starting past a gap.
-        let mut other = LogFiles::open(&dir.path().join("other"), None).unwrap();
-        append(&mut other, 1, 7..9);
-        std::fs::rename(
-            segment_path(&dir.path().join("other"), 7),
-            segment_path(dir.path(), 7),
-        )
-        .unwrap();
+        stray_segment(dir.path(), 7..9);
         let log = LogFiles::open(dir.path(), None).unwrap();
         assert_eq!(held(&log), [(1, 0), (1, 1), (1, 2)]);
         assert!(!segment_path(dir.path(), 7).exists());
@@ -520,13 +522,7 @@ mod tests {
         append(&mut log, 1, 3..5);
         drop(log);
         std::fs::remove_file(segment_path(dir.path(), 3)).unwrap();
-        let mut gap = LogFiles::open(&dir.path().join("gap"), None).unwrap();
-        append(&mut gap, 1, 6..8);
-        std::fs::rename(
-            segment_path(&dir.path().join("gap"), 6),
-            segment_path(dir.path(), 6),
-        )
-        .unwrap();
+        stray_segment(dir.path(), 6..8);
         let purged = Some(openraft::testing::log_id(1, 1, 2));
         let err = LogFiles::open(dir.path(), purged).err().unwrap();
         assert!(
