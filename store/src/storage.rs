@@ -7,8 +7,9 @@
 //! arriving while a sync is running share the next one, and their callbacks are completed in order.
 //! sled makes writes durable only on `flush`, and its flush uses `sync_file_range`, which survives a
 //! process crash but does not force the device cache; so every durability point of what lives in sled
-//! is `flush` followed by `fdatasync` of the database file. Votes are synced before `save_vote` returns. The state machine lives in memory; on restart it is rebuilt from the last
-//! snapshot (synced before the log is purged behind it) and the log after it.
+//! is `flush` followed by `fdatasync` of the database file. Votes are synced before `save_vote`
+//! returns. The state machine lives in memory; on restart it is rebuilt from the last snapshot (synced
+//! before the log is purged behind it) and the log after it.
 //!
 //! Snapshots are not sled values: sled keeps a large value in a blob file and, when the value is
 //! replaced, deletes the old blob as soon as nothing in memory refers to it — before the record of
