@@ -207,7 +207,6 @@ impl LogFiles {
     pub(crate) fn append(
         &mut self,
         entries: impl IntoIterator<Item = Entry>,
-        encode: impl Fn(&Entry) -> Vec<u8>,
     ) -> io::Result<Option<(Arc<File>, u64)>> {
         let mut buf = Vec::new();
         let mut new = Vec::new();
@@ -223,7 +222,7 @@ impl LogFiles {
                     expected.unwrap_or_default().saturating_sub(1)
                 )));
             }
-            let payload = encode(&e);
+            let payload = serde_json::to_vec(&e).map_err(io::Error::other)?;
             new.push(Loc {
                 segment: 0,
                 offset: buf.len() as u64,
@@ -271,12 +270,7 @@ impl LogFiles {
     }
 
     /// The entries with indexes in `start..end` that the log holds, in order.
-    pub(crate) fn read(
-        &self,
-        start: u64,
-        end: u64,
-        decode: impl Fn(&[u8]) -> io::Result<Entry>,
-    ) -> io::Result<Vec<Entry>> {
+    pub(crate) fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         let Some(front) = self.entries.front().map(|l| l.log_id.index) else {
             return Ok(Vec::new());
         };
@@ -299,7 +293,11 @@ impl LogFiles {
                 .read_exact_at(&mut buf, base)?;
             for l in self.entries.range(i..j) {
                 let at = (l.offset - base) as usize + HEADER;
-                out.push(decode(&buf[at..at + l.len as usize])?);
+                let payload = &buf[at..at + l.len as usize];
+                out.push(
+                    serde_json::from_slice(payload)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+                );
             }
             i = j;
         }
@@ -384,17 +382,9 @@ mod tests {
         }
     }
 
-    fn encode(e: &Entry) -> Vec<u8> {
-        serde_json::to_vec(e).unwrap()
-    }
-
-    fn decode(b: &[u8]) -> io::Result<Entry> {
-        serde_json::from_slice(b).map_err(io::Error::other)
-    }
-
     fn append(log: &mut LogFiles, term: u64, indexes: std::ops::Range<u64>) {
         let (file, _) = log
-            .append(indexes.map(|i| entry(term, i)), encode)
+            .append(indexes.map(|i| entry(term, i)))
             .unwrap()
             .unwrap();
         file.sync_data().unwrap();
@@ -410,7 +400,7 @@ mod tests {
 
     /// (term, index) of every entry the log holds.
     fn held(log: &LogFiles) -> Vec<(u64, u64)> {
-        log.read(0, u64::MAX, decode)
+        log.read(0, u64::MAX)
             .unwrap()
             .iter()
             .map(|e| (e.log_id.leader_id.term, e.log_id.index))
@@ -473,7 +463,7 @@ mod tests {
         log.truncate(6).unwrap();
         append(&mut log, 2, 6..8);
         log.purge(2).unwrap();
-        assert_eq!(log.read(5, 7, decode).unwrap().len(), 2);
+        assert_eq!(log.read(5, 7).unwrap().len(), 2);
         let purged = Some(openraft::testing::log_id(1, 1, 2));
         let log = LogFiles::open(dir.path(), purged).unwrap();
         assert_eq!(held(&log), [(1, 3), (1, 4), (1, 5), (2, 6), (2, 7)]);
@@ -536,7 +526,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogFiles::open(dir.path(), None).unwrap();
         append(&mut log, 1, 0..3);
-        let err = log.append([entry(1, 5)], encode).err().unwrap();
+        let err = log.append([entry(1, 5)]).err().unwrap();
         assert!(err.to_string().contains("entry 5 after entry 2"), "{err}");
         assert_eq!(held(&log).len(), 3);
     }

@@ -356,7 +356,7 @@ fn migrate_sled_log(
     }
     let mut files = LogFiles::open(dir, purged).map_err(write_err)?;
     let count = entries.len();
-    if let Some((file, _)) = files.append(entries, encode).map_err(write_err)? {
+    if let Some((file, _)) = files.append(entries).map_err(write_err)? {
         file.sync_data().map_err(write_err)?;
     }
     legacy.clear().map_err(write_err)?;
@@ -380,11 +380,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        self.files()
-            .read(start, end, |b| {
-                serde_json::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            })
-            .map_err(read_err)
+        self.files().read(start, end).map_err(read_err)
     }
 }
 
@@ -462,7 +458,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let written = self.files().append(entries, encode).map_err(write_err)?;
+        let written = self.files().append(entries).map_err(write_err)?;
         let file = written.map(|(file, bytes)| {
             self.durable
                 .growth
