@@ -105,6 +105,7 @@ impl NodeState {
             "region": self.region,
             "zone": self.zone,
             "ejectedEndpoints": self.endpoint_health.ejected(gw_client::clock::now_ms()),
+            "downEndpoints": self.endpoint_health.down(),
             "revisionServed": served,
             "revisionSeen": seen,
             "currentThrough": current,

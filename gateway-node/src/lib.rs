@@ -6,12 +6,14 @@
 //! `table` (the
 //! compiled routing table, session persistence config included) → `compile` (pure: snapshot → table
 //! and statuses) → `watcher`, `session` (decision pure, runtime beside it), `status` → `proxy` (pure
-//! phases, runtime beside them) → `server`, `admin` → `registry` → `node` (the composition root).
+//! phases, runtime beside them) → `health_check`, `server`, `admin` → `registry` → `node` (the
+//! composition root).
 //! `tests/layers.rs` checks that no module imports one that imports it back.
 
 pub mod access_log;
 pub mod admin;
 pub mod compile;
+pub mod health_check;
 pub mod hostname;
 pub mod metrics;
 pub mod node;

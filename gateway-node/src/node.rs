@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, NodeState};
 use crate::compile::mesh::{MESH_CONTROLLER, MeshOptions};
 use crate::compile::{Addressing, CompileOptions, Memo, Statuses, compile_with};
+use crate::health_check;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry;
@@ -65,6 +66,18 @@ pub struct NodeConfig {
     /// firewall rules can tell this node's traffic apart.
     #[arg(long)]
     pub store_source_address: Option<IpAddr>,
+    /// Connections to backends (and their health checks) leave from this address (default: the
+    /// system's choice), e.g. so that firewall rules can tell this node's traffic apart.
+    #[arg(long)]
+    pub upstream_source_address: Option<IpAddr>,
+    /// Check every endpoint of the routing table with a TCP connection this often (milliseconds; 0:
+    /// no active health checks). An endpoint that does not accept one is left until one connects
+    /// again, and a session bound to it fails over (README "Health checks").
+    #[arg(long, default_value_t = 0)]
+    pub health_check_interval_ms: u64,
+    /// How long a health check's connection may take (milliseconds).
+    #[arg(long, default_value_t = 1_000)]
+    pub health_check_timeout_ms: u64,
     /// Give each Gateway its own IPv4 address from FIRST-LAST instead (e.g. 127.1.0.1-127.1.0.254).
     #[arg(long, value_parser = parse_pool)]
     pub address_pool: Option<(Ipv4Addr, Ipv4Addr)>,
@@ -167,6 +180,9 @@ impl NodeConfig {
         }
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
+        }
+        if self.health_check_interval_ms > 0 && self.health_check_timeout_ms == 0 {
+            return Err("--health-check-timeout-ms must be positive".into());
         }
         if self.max_connections == 0 || self.header_read_timeout == 0 || self.idle_timeout == 0 {
             return Err(
@@ -293,7 +309,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(sessions.clone().run_batches());
-    let mut proxy = Proxy::new(table.clone(), metrics.clone(), Some(sessions.clone()));
+    let mut proxy = Proxy::new(table.clone(), metrics.clone(), Some(sessions.clone()))
+        .with_upstream_source(cfg.upstream_source_address);
     if let Some(path) = &cfg.access_log {
         let log = AccessLog::open(path, cfg.access_log_sample, metrics.clone())
             .with_context(|| format!("opening the access log {path}"))?;
@@ -301,6 +318,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     let proxy = Arc::new(proxy);
     let endpoint_health = Arc::new(Health::default());
+    if cfg.health_check_interval_ms > 0 {
+        tokio::spawn(health_check::run(
+            endpoint_health.clone(),
+            health_check::Checks {
+                interval: Duration::from_millis(cfg.health_check_interval_ms),
+                timeout: Duration::from_millis(cfg.health_check_timeout_ms),
+                source: cfg.upstream_source_address,
+            },
+        ));
+    }
     let writer = Arc::new(AtomicBool::new(false));
     let state = Arc::new(NodeState {
         name: cfg.name(&security),

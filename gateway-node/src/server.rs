@@ -162,7 +162,14 @@ async fn serve(
     // current at accept time.
     let socket = proxy.table.load().sockets.get(&addr).cloned();
     if let Some(s) = socket.as_ref().filter(|s| s.l4) {
-        if let Err(e) = forward::forward(s.clone(), tcp, limits.header_read_timeout).await {
+        if let Err(e) = forward::forward(
+            s.clone(),
+            tcp,
+            limits.header_read_timeout,
+            proxy.upstream_source(),
+        )
+        .await
+        {
             tracing::debug!(%remote, error = %e, "connection not forwarded");
         }
         return;

@@ -6,7 +6,7 @@ mod locality;
 mod persistence;
 
 use locality::Tiers;
-pub use locality::{EndpointInfo, Health, Locality, Placement};
+pub use locality::{EndpointHealth, EndpointInfo, Health, Locality, Placement};
 pub use persistence::{Carrier, DEFAULT_NAME, SessionConfig};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -592,6 +592,11 @@ impl Upstream {
     /// Endpoint `i`'s address and authority.
     pub fn endpoint(&self, i: usize) -> (SocketAddr, &http::uri::Authority) {
         (self.endpoints[i], &self.authorities[i])
+    }
+
+    /// What the node observed of endpoint `i`.
+    pub fn health(&self, i: usize) -> &EndpointHealth {
+        self.tiers.health(i)
     }
 
     /// Endpoint `i` refused a connection at `now_ms` (it is ejected for a while).

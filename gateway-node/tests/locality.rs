@@ -198,3 +198,128 @@ async fn nearest_zone_first_then_region_then_elsewhere_and_sessions_stay() {
     assert!(zones.get("a").copied().unwrap_or(0) >= 50, "{zones:?}");
     assert_eq!(zones.get("b"), None, "{zones:?}");
 }
+
+/// Active health checks: zone a's endpoints stop answering node A at all (its packets to them dropped
+/// by iptables, as a partition does; a killed process would refuse at once, which passive health
+/// already catches). Within a check interval and timeout they are down: the first request after the
+/// cut is answered by zone b well before the 5 s connect timeout it would otherwise wait (the
+/// connection being attempted is given up), a session bound to zone a fails over to zone b, and `/status`
+/// lists the endpoints as down; once the packets flow again, zone a has its traffic back. Needs root
+/// and iptables.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_that_answer_nothing_are_found_down_by_the_health_check_and_sessions_fail_over() {
+    const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let store = store();
+    let s = reach(&store);
+    let port = free_port();
+    let mut yaml = format!(
+        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: web}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n"
+    );
+    // Zone a's endpoints on addresses of their own, which the firewall cuts.
+    let mut backends = Vec::new();
+    for (pod, ip) in [
+        ("a1", "127.0.9.1"),
+        ("a2", "127.0.9.2"),
+        ("b1", "127.0.0.1"),
+        ("b2", "127.0.0.1"),
+    ] {
+        let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
+        yaml.push_str(&slice(pod, "us-east", zone_of(pod), addr));
+        backends.push(EchoProc::start(pod, addr).await);
+    }
+    let report = KubeSyncReport {
+        region: "us-east".into(),
+        ..Default::default()
+    };
+    yaml.push_str(&format!("---\n{}\n", report.to_object("east")));
+    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: plain, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [plain]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
+    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: sticky, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [sticky]\n  rules: [{sessionPersistence: {sessionName: gw-sess}, backendRefs: [{name: web, port: 8080}]}]\n");
+    apply(&s, &store.dir, &yaml);
+    let node = NodeProc::start_with(
+        &s,
+        "127.0.0.2",
+        "gw",
+        &store.dir,
+        "a",
+        &[
+            "--region",
+            "us-east",
+            "--zone",
+            "a",
+            "--upstream-source-address",
+            "127.0.0.2",
+            "--health-check-interval-ms",
+            "200",
+            "--health-check-timeout-ms",
+            "300",
+        ],
+    );
+    let a: SocketAddr = format!("{}:{port}", node.bind).parse().unwrap();
+    eventually("the node serves the route and starts sessions", || async {
+        get(a, "sticky", "/", &[])
+            .await
+            .is_ok_and(|r| r.status == 200 && r.header("set-cookie").is_some())
+    })
+    .await;
+    let (zones, failed) = spread(a, "plain", 100).await;
+    println!("node A, every endpoint answering: {zones:?}, {failed} failed");
+    assert_eq!((zones.get("a"), failed), (Some(&100), 0), "{zones:?}");
+    let first = get(a, "sticky", "/", &[]).await.unwrap();
+    let bound = first.json()["pod"].as_str().unwrap().to_string();
+    assert_eq!(zone_of(&bound), "a", "{first:?}");
+    let cookie = first
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+
+    // Node A's packets to zone a are dropped.
+    let fw = gw_testkit::firewall::Firewall::new("gwhc").expect("iptables (needs root)");
+    for ip in ["127.0.9.1", "127.0.9.2"] {
+        fw.drop("127.0.0.2", ip).unwrap();
+    }
+    let cut = Instant::now();
+    let r = get(a, "plain", "/", &[]).await.unwrap();
+    let took = cut.elapsed();
+    println!(
+        "zone a cut off: first request answered by {} ({}) after {took:?}",
+        r.json()["pod"],
+        r.status
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(zone_of(r.json()["pod"].as_str().unwrap_or("?")), "b");
+    assert!(
+        took < CONNECT_TIMEOUT,
+        "the attempt was given up when the check found the endpoint down, not at the connect timeout"
+    );
+    let (zones, failed) = spread(a, "plain", 100).await;
+    println!("node A, zone a cut off: {zones:?}, {failed} failed");
+    assert_eq!((zones.get("b"), failed), (Some(&100), 0), "{zones:?}");
+    let status = get(node.admin, "admin", "/status", &[]).await.unwrap();
+    let down = status.json()["downEndpoints"].clone();
+    println!("/status downEndpoints: {down}");
+    assert_eq!(down.as_array().map(Vec::len), Some(2), "{down}");
+
+    // The session bound to zone a fails over to zone b, and stays there.
+    let sticky = |cookie: String| async move {
+        let r = get(a, "sticky", "/", &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["pod"].as_str().unwrap_or("?").to_string()
+    };
+    let moved = sticky(cookie.clone()).await;
+    println!("the session bound to {bound} is now on {moved}");
+    assert_eq!(zone_of(&moved), "b");
+    for _ in 0..10 {
+        assert_eq!(sticky(cookie.clone()).await, moved, "the failover holds");
+    }
+
+    // The packets flow again: zone a is up at the next check.
+    fw.heal().unwrap();
+    let back = eventually("zone a serves again", || async {
+        zone_of(&who(a, "plain", "/").await) == "a"
+    })
+    .await;
+    println!("healed: zone a served again after {back:?}");
+    let status = get(node.admin, "admin", "/status", &[]).await.unwrap();
+    assert_eq!(status.json()["downEndpoints"], serde_json::json!([]));
+}

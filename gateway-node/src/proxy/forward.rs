@@ -5,10 +5,12 @@
 
 use super::choose::choose;
 use super::send::connect_any;
+use super::upstream::dial;
 use crate::rng;
 use crate::table::{L4Mode, SocketTable};
 use gw_client::clock;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +20,6 @@ use tokio::net::TcpStream;
 
 /// The largest ClientHello read to find the server name.
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads the connection's first bytes until they hold a whole ClientHello; returns them (to be
 /// replayed) and its server name.
@@ -97,10 +98,12 @@ impl AsyncWrite for Replay {
 
 /// Forwards one connection accepted on a TLS or TCP socket; `handshake` bounds reading the
 /// ClientHello and the TLS handshake.
+/// Connections to the backend leave from `source` (when given).
 pub async fn forward(
     socket: Arc<SocketTable>,
     mut tcp: TcpStream,
     handshake: Duration,
+    source: Option<IpAddr>,
 ) -> io::Result<()> {
     let tls = socket
         .listeners
@@ -134,12 +137,12 @@ pub async fn forward(
             target.endpoint,
             true,
             |_: &io::Error| true,
-            |endpoint| async move {
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {endpoint}"))
-                    })?
+            |i| {
+                dial(
+                    source,
+                    target.upstream.endpoint(i).0,
+                    target.upstream.health(i),
+                )
             },
         )
         .await

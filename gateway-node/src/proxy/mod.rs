@@ -32,10 +32,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use route::Routed;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
-pub use upstream::{UpstreamError, Upstreams};
+pub use upstream::{UpstreamError, Upstreams, connect_from, dial};
 
 /// Bodies in both directions.
 pub type ProxyBody = Body;
@@ -111,6 +111,17 @@ impl Proxy {
             unmatched: std::sync::OnceLock::new(),
             access_log: None,
         }
+    }
+
+    /// Connections to backends leave from `source` (when given).
+    pub fn with_upstream_source(mut self, source: Option<IpAddr>) -> Proxy {
+        self.upstreams = Arc::new(Upstreams::from(source));
+        self
+    }
+
+    /// Where connections to backends leave from.
+    pub fn upstream_source(&self) -> Option<IpAddr> {
+        self.upstreams.source
     }
 
     /// Logs requests (a sampled share of them) to `log`.

@@ -13,7 +13,6 @@ use gw_client::clock;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, request};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Largest request body buffered to be copied to mirrors.
@@ -37,7 +36,7 @@ pub async fn send(
     timeouts: Timeouts,
 ) -> Result<(usize, Response<Body>), (ProxyError, Option<Request<Body>>)> {
     let exchange = async {
-        let (mut req, mut first, mut again) = (req, first, true);
+        let (mut req, mut first, mut again, mut downs) = (req, first, true, 0);
         let mut copy = retry_copy(&req);
         loop {
             let connected = connect_any(
@@ -45,7 +44,7 @@ pub async fn send(
                 first,
                 retry,
                 |e| matches!(e, UpstreamError::Connect(..)),
-                |addr| upstreams.connect(upstream, addr),
+                |i| upstreams.connect(upstream, i),
             )
             .await;
             let (endpoint, conn) = match connected {
@@ -59,15 +58,34 @@ pub async fn send(
                 upstream.endpoint(endpoint).1,
                 upstream.protocol,
             );
-            // A kept-alive connection that was closed under the request: once more, on a new
-            // connection (the endpoint's idle ones dropped), and past it to another endpoint if that
-            // one is refused too — when nothing reached the backend, or when the request is safe to
-            // send twice (idempotent, without a body), as RFC 9110 §9.2.2 allows.
-            let again_with = match upstreams.send_on(conn, addressed).await {
+            // An endpoint the health check finds down meanwhile will not answer: the exchange is given
+            // up.
+            let sent = tokio::select! {
+                r = upstreams.send_on(conn, addressed) => r,
+                () = upstream.health(endpoint).went_down() => {
+                    Err(UpstreamError::Down(upstream.endpoint(endpoint).0))
+                }
+            };
+            // Sent again: a request that a kept-alive connection, closed under it, gives back unsent
+            // — once more, on a new connection (the endpoint's idle ones dropped), and past it to
+            // another endpoint if that one is refused too. So is a request safe to send twice
+            // (idempotent, without a body, as RFC 9110 §9.2.2 allows) that may have reached the
+            // backend: once after such a closed connection, and to another endpoint when the health
+            // check found this one down (at most `CONNECT_ATTEMPTS` times).
+            let again_with = match sent {
                 Err(UpstreamError::Unsent(back)) if again => *back.0,
                 Err(UpstreamError::Closed(e)) if again => match copy.take() {
                     Some(c) => c,
                     None => return Err((UpstreamError::Closed(e), None)),
+                },
+                Err(UpstreamError::Down(at)) if downs < CONNECT_ATTEMPTS => match copy.take() {
+                    Some(c) => {
+                        downs += 1;
+                        copy = retry_copy(&c);
+                        (req, first) = (c, endpoint);
+                        continue;
+                    }
+                    None => return Err((UpstreamError::Down(at), None)),
                 },
                 r => return r.map(|r| (endpoint, r)).map_err(|e| (e, None)),
             };
@@ -89,7 +107,7 @@ pub async fn send(
     };
     result.map_err(|(e, unsent)| {
         let kind = match e {
-            UpstreamError::Connect(..) => ErrorKind::UpstreamConnect,
+            UpstreamError::Connect(..) | UpstreamError::Down(_) => ErrorKind::UpstreamConnect,
             UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
             UpstreamError::Http(_) | UpstreamError::Unsent(_) | UpstreamError::Closed(_) => {
                 ErrorKind::UpstreamProtocol
@@ -123,7 +141,7 @@ fn retry_copy(req: &Request<Body>) -> Option<Request<Body>> {
 /// Endpoints tried for one request whose connections are refused.
 pub const CONNECT_ATTEMPTS: usize = 3;
 
-/// A connection (`connect`) to endpoint `first` of `upstream`, or — when it refuses (`refused`) and
+/// A connection (`connect`, given an endpoint's index) to endpoint `first` of `upstream`, or — when it refuses (`refused`) and
 /// with `retry` — to another endpoint the upstream picks, at most `CONNECT_ATTEMPTS` in all. Endpoints
 /// that refuse are ejected. The endpoint connected to, and the connection.
 pub async fn connect_any<C, E, F>(
@@ -131,7 +149,7 @@ pub async fn connect_any<C, E, F>(
     first: usize,
     retry: bool,
     refused: impl Fn(&E) -> bool,
-    mut connect: impl FnMut(SocketAddr) -> F,
+    mut connect: impl FnMut(usize) -> F,
 ) -> Result<(usize, C), E>
 where
     F: Future<Output = Result<C, E>>,
@@ -139,7 +157,7 @@ where
     let mut endpoint = first;
     let mut attempts = 1;
     loop {
-        match connect(upstream.endpoint(endpoint).0).await {
+        match connect(endpoint).await {
             Ok(c) => {
                 upstream.connected(endpoint);
                 return Ok((endpoint, c));
@@ -187,12 +205,10 @@ pub fn mirror(
     authority: &Authority,
 ) {
     for m in mirrors {
-        let Some((ep, ep_authority)) = m
-            .pick_index(rng::draw(), clock::now_ms(), None)
-            .map(|i| m.endpoint(i))
-        else {
+        let Some(ep) = m.pick_index(rng::draw(), clock::now_ms(), None) else {
             continue;
         };
+        let ep_authority = m.endpoint(ep).1;
         let mut copy = Request::new(full(body.clone()));
         *copy.method_mut() = parts.method.clone();
         *copy.headers_mut() = parts.headers.clone();

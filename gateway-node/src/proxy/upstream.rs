@@ -5,18 +5,22 @@
 //! for the protocol), pooled apart from plaintext connections to the same endpoint. The request's URI
 //! authority is the backend's `:authority` for HTTP/2; for HTTP/1.1 the URI names the endpoint and the
 //! Host header carries the host.
+//!
+//! Connections leave from the node's upstream source address when it has one (`--upstream-source-address`),
+//! and an attempt to an endpoint the active health check finds down is given up at once.
 
 use super::body::{Body, Release};
-use crate::table::{TlsTarget, Upstream, UpstreamProtocol, UpstreamTls};
+use crate::table::{EndpointHealth, TlsTarget, Upstream, UpstreamProtocol, UpstreamTls};
 use http::{Request, Response, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Why a request to a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum UpstreamError {
     /// written and before an answer came: the backend may or may not have seen it.
     #[error("the kept-alive connection to the backend closed before it answered: {0}")]
     Closed(String),
+    /// The health check found the endpoint down while the request was on its way there.
+    #[error("{0} stopped answering: the health check found it down")]
+    Down(SocketAddr),
 }
 
 /// A request given back unsent.
@@ -48,7 +55,7 @@ impl std::fmt::Debug for Unsent {
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
@@ -59,23 +66,88 @@ pub type PoolKey = (SocketAddr, Option<Arc<str>>);
 pub struct Upstreams {
     idle: Arc<Mutex<HashMap<PoolKey, Vec<http1::SendRequest<Body>>>>>,
     h2: Mutex<HashMap<PoolKey, http2::SendRequest<Body>>>,
+    /// Where connections to endpoints leave from (`None`: the system's choice).
+    pub source: Option<IpAddr>,
 }
 
-async fn dial(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+impl From<Option<IpAddr>> for Upstreams {
+    /// No connections yet; new ones leave from `source`.
+    fn from(source: Option<IpAddr>) -> Upstreams {
+        Upstreams {
+            source,
+            ..Upstreams::default()
+        }
+    }
+}
+
+/// A TCP connection to `addr` from `source` (when given) within `timeout`.
+pub async fn connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    tokio::time::timeout(timeout, socket.connect(addr))
         .await
-        .map_err(|_| UpstreamError::Connect(endpoint, std::io::ErrorKind::TimedOut.into()))?
-        .map_err(|e| UpstreamError::Connect(endpoint, e))?;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))?
+}
+
+/// The refusal of a connection to an endpoint the health check found down.
+fn found_down(addr: SocketAddr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!("the health check found {addr} down"),
+    )
+}
+
+/// A connection to an endpoint for requests: from `source`, within the connect timeout, and refused at
+/// once when the health check finds the endpoint down (before or during the attempt), so that the
+/// request can go elsewhere rather than wait for an endpoint that does not answer.
+pub async fn dial(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    health: &EndpointHealth,
+) -> io::Result<TcpStream> {
+    if health.is_down() {
+        return Err(found_down(addr));
+    }
+    let tcp = tokio::select! {
+        tcp = connect_from(source, addr, CONNECT_TIMEOUT) => tcp?,
+        () = health.went_down() => return Err(found_down(addr)),
+    };
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
 
+/// An endpoint to dial for requests.
+#[derive(Clone, Copy)]
+struct Dial<'a> {
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    health: &'a EndpointHealth,
+}
+
+impl Dial<'_> {
+    async fn tcp(self) -> Result<TcpStream, UpstreamError> {
+        dial(self.source, self.addr, self.health)
+            .await
+            .map_err(|e| UpstreamError::Connect(self.addr, e))
+    }
+}
+
 /// A TLS connection to `endpoint` (the handshake within the connect timeout).
 async fn dial_tls(
-    endpoint: SocketAddr,
+    to: Dial<'_>,
     tls: &TlsTarget,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
-    let tcp = dial(endpoint).await?;
+    let (endpoint, tcp) = (to.addr, to.tcp().await?);
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -126,25 +198,25 @@ where
     Ok(sender)
 }
 
-/// A new HTTP/1.1 connection to `endpoint`, over TLS if `tls`.
+/// A new HTTP/1.1 connection to an endpoint, over TLS if `tls`.
 async fn new_http1(
-    endpoint: SocketAddr,
+    to: Dial<'_>,
     tls: Option<&TlsTarget>,
 ) -> Result<http1::SendRequest<Body>, UpstreamError> {
     match tls {
-        None => http1_over(dial(endpoint).await?, endpoint).await,
-        Some(t) => http1_over(dial_tls(endpoint, t).await?, endpoint).await,
+        None => http1_over(to.tcp().await?, to.addr).await,
+        Some(t) => http1_over(dial_tls(to, t).await?, to.addr).await,
     }
 }
 
-/// A new HTTP/2 connection to `endpoint`, over TLS if `tls`.
+/// A new HTTP/2 connection to an endpoint, over TLS if `tls`.
 async fn new_http2(
-    endpoint: SocketAddr,
+    to: Dial<'_>,
     tls: Option<&TlsTarget>,
 ) -> Result<http2::SendRequest<Body>, UpstreamError> {
     match tls {
-        None => http2_over(dial(endpoint).await?, endpoint).await,
-        Some(t) => http2_over(dial_tls(endpoint, t).await?, endpoint).await,
+        None => http2_over(to.tcp().await?, to.addr).await,
+        Some(t) => http2_over(dial_tls(to, t).await?, to.addr).await,
     }
 }
 
@@ -171,17 +243,26 @@ impl Upstreams {
     pub async fn connect(
         &self,
         upstream: &Upstream,
-        endpoint: SocketAddr,
+        endpoint: usize,
     ) -> Result<Connection, UpstreamError> {
         let tls = tls_of(upstream)?;
-        let key = (endpoint, tls.map(|t| t.pool_key.clone()));
+        let to = Dial {
+            source: self.source,
+            addr: upstream.endpoint(endpoint).0,
+            health: upstream.health(endpoint),
+        };
+        if to.health.is_down() {
+            // Not even a pooled connection: it would not answer.
+            return Err(UpstreamError::Connect(to.addr, found_down(to.addr)));
+        }
+        let key = (to.addr, tls.map(|t| t.pool_key.clone()));
         Ok(match upstream.protocol {
             UpstreamProtocol::Http1 => {
-                let (sender, pooled) = self.http1_sender(&key, tls).await?;
+                let (sender, pooled) = self.http1_sender(&key, to, tls).await?;
                 Connection::Http1(key, sender, pooled)
             }
             UpstreamProtocol::H2c => {
-                let sender = self.h2_sender(&key, tls).await?;
+                let sender = self.h2_sender(&key, to, tls).await?;
                 Connection::H2(key, sender)
             }
         })
@@ -208,7 +289,7 @@ impl Upstreams {
     pub async fn send(
         &self,
         upstream: &Upstream,
-        endpoint: SocketAddr,
+        endpoint: usize,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         let conn = self.connect(upstream, endpoint).await?;
@@ -219,6 +300,7 @@ impl Upstreams {
     async fn http1_sender(
         &self,
         key: &PoolKey,
+        to: Dial<'_>,
         tls: Option<&TlsTarget>,
     ) -> Result<(http1::SendRequest<Body>, bool), UpstreamError> {
         loop {
@@ -239,7 +321,7 @@ impl Upstreams {
         }
         // Boxed: dialling (the TLS handshake above all) makes a future of kilobytes, which every
         // request's future would otherwise carry, and copy, though most of them find a pooled connection.
-        Box::pin(new_http1(key.0, tls)).await.map(|s| (s, false))
+        Box::pin(new_http1(to, tls)).await.map(|s| (s, false))
     }
 
     /// Drops the idle connections to `endpoint` (one was found closed: the others may be too).
@@ -310,6 +392,7 @@ impl Upstreams {
     async fn h2_sender(
         &self,
         key: &PoolKey,
+        to: Dial<'_>,
         tls: Option<&TlsTarget>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         if let Some(s) = self
@@ -322,7 +405,7 @@ impl Upstreams {
             return Ok(s.clone());
         }
         // Boxed, as for HTTP/1.1.
-        let mut sender = Box::pin(new_http2(key.0, tls)).await?;
+        let mut sender = Box::pin(new_http2(to, tls)).await?;
         sender
             .ready()
             .await

@@ -1,7 +1,8 @@
 //! Where an upstream's requests go among its endpoints: to the nearest locality first — this node's
 //! zone (or the endpoints that topology hints give its zone), then its region, then anywhere — and away
 //! from endpoints that refused a connection (passive health: such an endpoint is ejected for a while,
-//! longer each time it fails again). Traffic spills to the next locality in proportion to the local
+//! longer each time it fails again) or that the active health check found down (`health_check.rs`:
+//! out until a check finds it up again). Traffic spills to the next locality in proportion to the local
 //! share that is unhealthy, as Envoy's priority levels do with their overprovisioning factor (1.4): a
 //! locality with at least 5 of 7 endpoints healthy keeps all of its traffic, and one with none keeps
 //! none. When every endpoint is ejected, all of them are tried again (rather than refusing every request).
@@ -10,8 +11,9 @@
 use super::uniform_below;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::Notify;
 
 /// Where a node or an endpoint is ("" where not known).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,14 +69,37 @@ pub struct EndpointHealth {
     ejected_until_ms: AtomicU64,
     /// Refused connections in a row.
     failures: AtomicU32,
+    /// The active health check's last verdict: down.
+    down: AtomicBool,
+    /// Woken when the health check finds the endpoint down.
+    went_down: Notify,
 }
 
 impl EndpointHealth {
-    /// Whether the endpoint is out of rotation at `now_ms` (an ejection reaching further than the
-    /// longest one is a clock that went back: it has ended).
+    /// Whether the endpoint is out of rotation at `now_ms`: the health check found it down, or it is
+    /// ejected (an ejection reaching further than the longest one is a clock that went back: it has
+    /// ended).
     pub fn ejected(&self, now_ms: u64) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        now_ms < until && until - now_ms <= EJECTION_MAX_MS
+        self.is_down() || (now_ms < until && until - now_ms <= EJECTION_MAX_MS)
+    }
+
+    /// Whether the active health check last found the endpoint down.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Returns once the health check finds the endpoint down (at once if it is).
+    pub async fn went_down(&self) {
+        loop {
+            let woken = self.went_down.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_down() {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 
@@ -86,6 +111,8 @@ pub struct Health {
     /// The end of the latest ejection: before it, some endpoint may be ejected; after it, none is (the
     /// fast path of every pick).
     any_until_ms: AtomicU64,
+    /// Endpoints the health check found down, as of its last round (or more: marked since).
+    down: AtomicUsize,
 }
 
 impl Health {
@@ -103,22 +130,54 @@ impl Health {
         h
     }
 
-    /// The endpoints ejected at `now_ms`, for `/status`.
+    /// The endpoints out of rotation at `now_ms` (ejected or down), for `/status`.
     pub fn ejected(&self, now_ms: u64) -> Vec<String> {
-        let m = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = m
-            .iter()
-            .filter(|(_, w)| w.upgrade().is_some_and(|h| h.ejected(now_ms)))
+        self.listed(|h| h.ejected(now_ms))
+    }
+
+    /// The endpoints the health check last found down, for `/status`.
+    pub fn down(&self) -> Vec<String> {
+        self.listed(EndpointHealth::is_down)
+    }
+
+    fn listed(&self, which: impl Fn(&EndpointHealth) -> bool) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .held()
+            .into_iter()
+            .filter(|(_, h)| which(h))
             .map(|(a, _)| a.to_string())
             .collect();
         v.sort();
         v
     }
 
-    /// Whether some endpoint may be ejected at `now_ms`.
+    /// Whether some endpoint may be ejected (or down) at `now_ms`.
     fn any_ejected(&self, now_ms: u64) -> bool {
         let until = self.any_until_ms.load(Ordering::Relaxed);
-        now_ms < until && until - now_ms <= EJECTION_MAX_MS
+        self.down.load(Ordering::Relaxed) > 0
+            || (now_ms < until && until - now_ms <= EJECTION_MAX_MS)
+    }
+
+    /// The endpoint addresses some upstream holds, with their entries.
+    pub fn held(&self) -> Vec<(SocketAddr, Arc<EndpointHealth>)> {
+        let m = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .filter_map(|(a, w)| Some((*a, w.upgrade()?)))
+            .collect()
+    }
+
+    /// The health check's verdict on `e`: down or up. Connections being attempted to an endpoint found
+    /// down are given up (`EndpointHealth::went_down`).
+    pub fn checked(&self, e: &EndpointHealth, down: bool) {
+        if e.down.swap(down, Ordering::Relaxed) != down && down {
+            self.down.fetch_add(1, Ordering::Relaxed);
+            e.went_down.notify_waiters();
+        }
+    }
+
+    /// The end of a health check round: `down` endpoints (of those held) were found down.
+    pub fn checked_all(&self, down: usize) {
+        self.down.store(down, Ordering::Relaxed);
     }
 
     /// `e` refused a connection at `now_ms`: eject it, for longer than last time if it had failed
@@ -217,6 +276,11 @@ impl Tiers {
     /// Endpoint `i` accepted a connection.
     pub fn succeeded(&self, i: usize) {
         Health::succeeded(&self.health[i]);
+    }
+
+    /// What the node observed of endpoint `i`.
+    pub fn health(&self, i: usize) -> &EndpointHealth {
+        &self.health[i]
     }
 }
 
