@@ -45,16 +45,14 @@ pub async fn round(health: &Health, checks: Checks) -> usize {
             (addr, entry, up)
         });
     }
-    let mut down = 0;
+    let mut verdicts = Vec::new();
     while let Some(Ok((addr, entry, up))) = probes.join_next().await {
-        if up == entry.is_down() {
-            tracing::info!(%addr, up, "health check: the endpoint changed state");
-        }
-        health.checked(&entry, !up);
-        down += usize::from(!up);
+        verdicts.push((addr, entry, !up));
     }
-    health.checked_all(down);
-    down
+    for (addr, down) in health.checked(&verdicts) {
+        tracing::info!(%addr, up = !down, "health check: the endpoint changed state");
+    }
+    verdicts.iter().filter(|(_, _, down)| *down).count()
 }
 
 #[cfg(test)]
@@ -128,7 +126,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!attempt.is_finished(), "still connecting");
-        health.checked(&entry, true);
+        health.checked(&[(addr, entry.clone(), true)]);
         let e = tokio::time::timeout(Duration::from_secs(1), attempt)
             .await
             .expect("given up at once")
@@ -142,7 +140,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             source: None,
         };
-        health.checked(&entry, false);
+        health.checked(&[(addr, entry.clone(), false)]);
         assert_eq!(round(&health, checks).await, 1);
         assert!(entry.is_down());
     }

@@ -137,13 +137,27 @@ pub(crate) fn gateway(
         addr.ip().to_string(),
         "--store-source-address".into(),
         addr.ip().to_string(),
+        "--upstream-source-address".into(),
+        addr.ip().to_string(),
         "--node-name".into(),
         name.into(),
         "--data-dir".into(),
         dir.join(name).display().to_string(),
     ]);
+    // In a region of a WAN, other regions' backends can be cut off (packets dropped): the node
+    // checks its endpoints' health, and finds them down within a check.
     if !region.is_empty() {
-        args.extend(["--region".into(), region.into()]);
+        args.extend(
+            [
+                "--region",
+                region,
+                "--health-check-interval-ms",
+                "200",
+                "--health-check-timeout-ms",
+                "300",
+            ]
+            .map(String::from),
+        );
     }
     let mut p = Proc::new(
         bin("gw-node")?,
@@ -219,6 +233,8 @@ pub struct Fleet {
     /// Each gateway node's region of the WAN (empty without one).
     pub regions: Vec<String>,
     pub backend_addrs: Vec<SocketAddr>,
+    /// Each backend's region of the WAN (empty without one).
+    pub backend_regions: Vec<String>,
     dir: PathBuf,
     store: String,
     /// gwadm's flags (the cluster's admin certificate).
@@ -226,7 +242,8 @@ pub struct Fleet {
     pub rec: Recorder,
 }
 
-fn slice(i: usize, addr: Option<SocketAddr>) -> String {
+/// Backend `i`'s EndpointSlice, labelled with its region when it has one.
+fn slice(i: usize, addr: Option<SocketAddr>, region: &str) -> String {
     let endpoints = match addr {
         Some(a) => format!(
             "[{{addresses: ['{}'], targetRef: {{kind: Pod, namespace: jepsen, name: b{i}}}}}]",
@@ -235,8 +252,12 @@ fn slice(i: usize, addr: Option<SocketAddr>) -> String {
         None => "[]".into(),
     };
     let port = addr.map_or(1, |a| a.port());
+    let region = match region {
+        "" => String::new(),
+        r => format!(", topology.kubernetes.io/region: {r}"),
+    };
     format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: b{i}, namespace: jepsen, labels: {{kubernetes.io/service-name: b{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: {endpoints}\n"
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: b{i}, namespace: jepsen, labels: {{kubernetes.io/service-name: b{i}{region}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: {endpoints}\n"
     )
 }
 
@@ -253,10 +274,21 @@ fn route(config: u64) -> String {
 }
 
 impl Fleet {
+    /// Backend `i`'s EndpointSlice: with its endpoint, or (`present` false) empty.
+    fn slice(&self, i: usize, present: bool) -> String {
+        slice(
+            i,
+            present.then_some(self.backend_addrs[i]),
+            &self.backend_regions[i],
+        )
+    }
+
     /// Starts the backends and gateway nodes and applies the config; `ip_prefix` as the store's. Over
     /// a WAN, a gateway node in each of its regions (at least two nodes), each placed in its region
     /// (`--region`, and its address in the WAN: its watch, reads and writes cross the WAN's links,
-    /// and a region partition cuts it off); the backends stay local to every node.
+    /// and a region partition cuts it off), and each backend in one of them too (its EndpointSlice
+    /// labelled with it: nodes prefer their region's backends, and a region partition cuts the
+    /// region's nodes from other regions' backends and theirs from it).
     pub async fn start(
         cluster: &Cluster,
         dir: &Path,
@@ -270,8 +302,21 @@ impl Fleet {
         let store = cluster.servers();
         let admin = cluster.pki().admin();
         let port = free_port();
+        let names: Vec<String> =
+            wan.map_or(vec![], |w| w.wan.matrix.regions().into_iter().collect());
+        // Over a WAN, each node and each backend in a region, in turn; the WAN knows them by address
+        // (a region partition cuts nodes from the backends of other regions).
+        let place = |i: usize, ip: std::net::IpAddr| match wan {
+            Some(w) => {
+                let region = names[i % names.len()].clone();
+                w.wan.place(ip, &region);
+                region
+            }
+            None => String::new(),
+        };
         let mut backends = Vec::new();
         let mut backend_addrs = Vec::new();
+        let mut backend_regions = Vec::new();
         let mut yaml = format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: jepsen}}\nspec: {{controllerName: gw.dev/gateway-node}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: jepsen}}\nspec:\n  gatewayClassName: jepsen\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
         );
@@ -279,35 +324,28 @@ impl Fleet {
             let addr: SocketAddr = format!("{ip_prefix}{}:{}", 80 + i, free_port()).parse()?;
             backends.push(echo(&dir, &format!("b{i}"), "jepsen", addr)?);
             backend_addrs.push(addr);
+            backend_regions.push(place(i, addr.ip()));
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Service\nmetadata: {{name: b{i}, namespace: jepsen}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
             ));
-            yaml.push_str(&slice(i, Some(addr)));
+            yaml.push_str(&slice(i, Some(addr), &backend_regions[i]));
         }
         yaml.push_str(&route(0));
-        let names: Vec<String> =
-            wan.map_or(vec![], |w| w.wan.matrix.regions().into_iter().collect());
         let addrs: Vec<SocketAddr> = (0..GATEWAYS.max(names.len()))
             .map(|g| format!("{ip_prefix}{}:{port}", 100 + g).parse())
             .collect::<Result<_, _>>()?;
-        let regions = match wan {
-            Some(w) => addrs
-                .iter()
-                .enumerate()
-                .map(|(g, a)| {
-                    let region = names[g % names.len()].clone();
-                    w.wan.place(a.ip(), &region);
-                    region
-                })
-                .collect(),
-            None => vec![String::new(); addrs.len()],
-        };
+        let regions = addrs
+            .iter()
+            .enumerate()
+            .map(|(g, a)| place(g, a.ip()))
+            .collect();
         let fleet = Fleet {
             gateways: Mutex::new(Vec::new()),
             backends: Mutex::new(backends),
             addrs,
             regions,
             backend_addrs,
+            backend_regions,
             dir: dir.clone(),
             store,
             admin,
@@ -391,7 +429,7 @@ impl Fleet {
                 json!([target]),
             ));
             let took = match what {
-                "backend-remove" => self.apply(&slice(i, None)).await.is_ok(),
+                "backend-remove" => self.apply(&self.slice(i, false)).await.is_ok(),
                 "backend-kill" => {
                     self.lock_backends()[i].kill();
                     true
@@ -404,10 +442,7 @@ impl Fleet {
             };
             tokio::time::sleep(hold).await;
             let healed = match what {
-                "backend-remove" => self
-                    .apply(&slice(i, Some(self.backend_addrs[i])))
-                    .await
-                    .is_ok(),
+                "backend-remove" => self.apply(&self.slice(i, true)).await.is_ok(),
                 "backend-kill" => self.lock_backends()[i].spawn().is_ok(),
                 _ => {
                     let g: usize = target.trim_start_matches("gateway-").parse().unwrap_or(0);
@@ -529,9 +564,7 @@ impl Fleet {
                 p.spawn()?;
             }
         }
-        let all: String = (0..BACKENDS)
-            .map(|i| slice(i, Some(self.backend_addrs[i])))
-            .collect();
+        let all: String = (0..BACKENDS).map(|i| self.slice(i, true)).collect();
         self.apply(&all).await
     }
 }

@@ -332,15 +332,41 @@ pub async fn run(
                     json!({"region": region, "members": members}),
                 ));
                 layout.wan.isolate(&region, true);
+                // The region's gateway nodes and other regions' backends, and the other way round:
+                // packets dropped (the WAN's proxies stand only between members and their clients).
+                let backend_cuts = net.map_or(Ok(0), |net| {
+                    let inside = |ip: &String| {
+                        ip.parse()
+                            .ok()
+                            .and_then(|ip| layout.wan.region_of(ip))
+                            .is_some_and(|r| r == region)
+                    };
+                    let part = |v: &[String], side: bool| -> Vec<String> {
+                        v.iter().filter(|ip| inside(ip) == side).cloned().collect()
+                    };
+                    let mut cuts = both_ways(&part(&net.nodes, true), &part(&net.backends, false));
+                    cuts.extend(both_ways(
+                        &part(&net.nodes, false),
+                        &part(&net.backends, true),
+                    ));
+                    cuts.iter().try_for_each(|(a, b)| net.drop_addr(a, b))?;
+                    match cuts.iter().all(|(a, b)| net.is_cut_addrs(a, b)) {
+                        true => Ok(cuts.len()),
+                        false => Err("a rule of the cut is missing".to_string()),
+                    }
+                });
                 tokio::time::sleep(hold).await;
                 layout.wan.isolate(&region, false);
-                let took = !members.is_empty() && regions.len() > 1;
+                let healed = net.map_or(Ok(()), Net::heal);
+                let took = !members.is_empty() && regions.len() > 1 && backend_cuts.is_ok();
                 rec.record(Recorder::event(
                     NEMESIS,
                     Kind::Ok,
                     what,
                     None,
-                    json!({"region": region, "members": members, "took_effect": took}),
+                    json!({"region": region, "members": members, "took_effect": took,
+                        "backend_cuts": backend_cuts.as_ref().ok(),
+                        "error": backend_cuts.err().or(healed.err())}),
                 ));
                 effects.push((what.to_string(), took));
             }

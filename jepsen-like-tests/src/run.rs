@@ -283,7 +283,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     } else {
         None
     };
-    let net = if faults.iter().any(|f| f.uses_firewall()) {
+    // The firewall also cuts a region's gateway nodes from other regions' backends
+    // (`partition-region`).
+    let net = if faults
+        .iter()
+        .any(|f| f.uses_firewall() || *f == Fault::PartitionRegion)
+    {
         // The gateway nodes and backends of the workloads that run them.
         let ips =
             |a: &[std::net::SocketAddr]| a.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>();

@@ -165,18 +165,27 @@ pub fn find(backends: &Backends, identity: &str) -> Option<(usize, usize)> {
 }
 
 /// The rule's weighted choice among the backends with a ready endpoint, avoiding the endpoint
-/// `exclude` (`None`: there is nothing else to choose).
+/// `exclude` (`None`: there is nothing else to choose). Backends with an endpoint in rotation (not
+/// ejected, not found down by the health check) come first: a new session is not bound to a backend
+/// known not to answer while another can take it.
 fn fresh(
     backends: &Backends,
     exclude: &str,
     now_ms: u64,
     draw: &mut impl FnMut() -> u64,
 ) -> Option<(usize, usize)> {
-    let ready = |e: &BackendEntry| match &e.target {
-        BackendTarget::Upstream(u) => u.identities.iter().any(|id| id != exclude),
+    let ready = |e: &BackendEntry, in_rotation: bool| match &e.target {
+        BackendTarget::Upstream(u) => u
+            .identities
+            .iter()
+            .enumerate()
+            .any(|(k, id)| id != exclude && !(in_rotation && u.health(k).ejected(now_ms))),
         BackendTarget::Invalid(_) => false,
     };
-    let entry = backends.choose_where(draw(), ready)?;
+    let d = draw();
+    let entry = backends
+        .choose_where(d, |e| ready(e, true))
+        .or_else(|| backends.choose_where(d, |e| ready(e, false)))?;
     let BackendTarget::Upstream(u) = &backends.entries[entry].target else {
         return None;
     };

@@ -111,7 +111,7 @@ pub struct Health {
     /// The end of the latest ejection: before it, some endpoint may be ejected; after it, none is (the
     /// fast path of every pick).
     any_until_ms: AtomicU64,
-    /// Endpoints the health check found down, as of its last round (or more: marked since).
+    /// Endpoints the health check found down in its last round.
     down: AtomicUsize,
 }
 
@@ -166,18 +166,26 @@ impl Health {
             .collect()
     }
 
-    /// The health check's verdict on `e`: down or up. Connections being attempted to an endpoint found
-    /// down are given up (`EndpointHealth::went_down`).
-    pub fn checked(&self, e: &EndpointHealth, down: bool) {
-        if e.down.swap(down, Ordering::Relaxed) != down && down {
-            self.down.fetch_add(1, Ordering::Relaxed);
+    /// A health check round's verdicts (endpoint, down), on every endpoint held. All of them are
+    /// recorded before any attempt waiting on an endpoint found down is woken (and given up): what
+    /// such a request does next sees the whole round, not an endpoint found down a moment later.
+    /// Returns the endpoints whose state changed, with their new one.
+    pub fn checked(
+        &self,
+        verdicts: &[(SocketAddr, Arc<EndpointHealth>, bool)],
+    ) -> Vec<(SocketAddr, bool)> {
+        let changed: Vec<&(SocketAddr, Arc<EndpointHealth>, bool)> = verdicts
+            .iter()
+            .filter(|(_, e, down)| e.down.swap(*down, Ordering::Relaxed) != *down)
+            .collect();
+        self.down.store(
+            verdicts.iter().filter(|(_, _, down)| *down).count(),
+            Ordering::Relaxed,
+        );
+        for (_, e, _) in changed.iter().filter(|(_, _, down)| *down) {
             e.went_down.notify_waiters();
         }
-    }
-
-    /// The end of a health check round: `down` endpoints (of those held) were found down.
-    pub fn checked_all(&self, down: usize) {
-        self.down.store(down, Ordering::Relaxed);
+        changed.iter().map(|(a, _, down)| (*a, *down)).collect()
     }
 
     /// `e` refused a connection at `now_ms`: eject it, for longer than last time if it had failed

@@ -367,6 +367,33 @@ fn new_sessions_go_only_to_weighted_backends_with_ready_endpoints() {
 }
 
 #[test]
+fn new_sessions_avoid_backends_whose_endpoints_are_out_of_rotation_while_others_can_take_them() {
+    let b = backends(&[(1, 1), (1, 2), (1, 1)]);
+    let BackendTarget::Upstream(u0) = &b.entries[0].target else {
+        unreachable!()
+    };
+    let BackendTarget::Upstream(u1) = &b.entries[1].target else {
+        unreachable!()
+    };
+    u0.connect_failed(0, NOW);
+    u1.connect_failed(0, NOW);
+    // s0 is out; s1 still has an endpoint in rotation, and the draw goes over s1 and s2 alone.
+    assert_eq!(fresh(&b, "", NOW, &mut draws(&[0, 0])), Some((1, 1)));
+    assert_eq!(fresh(&b, "", NOW, &mut draws(&[u64::MAX])), Some((2, 0)));
+    // Every backend out of rotation: the weighted choice over all of them, as before.
+    let one = backends(&[(1, 1), (1, 1)]);
+    for (i, e) in one.entries.iter().enumerate() {
+        let BackendTarget::Upstream(u) = &e.target else {
+            unreachable!()
+        };
+        u.connect_failed(0, NOW);
+        assert!(u.health(0).ejected(NOW), "s{i}");
+    }
+    assert_eq!(fresh(&one, "", NOW, &mut draws(&[0])), Some((0, 0)));
+    assert_eq!(fresh(&one, "", NOW, &mut draws(&[u64::MAX])), Some((1, 0)));
+}
+
+#[test]
 fn bound_backends_are_found_whatever_their_weight() {
     let b = backends(&[(1, 2), (0, 1)]);
     assert_eq!(find(&b, &id(1, 0)), Some((1, 0)));
