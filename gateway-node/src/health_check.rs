@@ -1,6 +1,6 @@
-//! Active health checks (`--health-check-interval`): every interval, a TCP connection to each endpoint
+//! Active health checks (`--health-check-interval-ms`): every interval, a TCP connection to each endpoint
 //! address the routing table holds, from the node's upstream source address. An endpoint that does not
-//! accept one within `--health-check-timeout` is down until a later check connects: requests leave it
+//! accept one within `--health-check-timeout-ms` is down until a later check connects: requests leave it
 //! (as they leave an ejected one), a session bound to it fails over at once, and connections being
 //! attempted to it are given up (`proxy::upstream::dial`).
 //!
@@ -24,7 +24,8 @@ pub struct Checks {
     pub source: Option<IpAddr>,
 }
 
-/// Checks the endpoints of `health` every interval, for as long as the node runs.
+/// Checks the endpoints of `health` (made with `Health::with_checks`) every interval, for as long as the
+/// node runs.
 pub async fn run(health: Arc<Health>, checks: Checks) {
     let mut tick = tokio::time::interval(checks.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,7 +72,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up_addr = listener.local_addr().unwrap();
         let gone = closed_port();
-        let health = Health::default();
+        let health = Health::with_checks();
         let (up, down) = (health.of(up_addr), health.of(gone));
         let checks = Checks {
             interval: Duration::from_millis(100),
@@ -117,7 +118,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_being_attempted_is_given_up_when_the_check_finds_the_endpoint_down() {
-        let health = Health::default();
+        let health = Health::with_checks();
         let (_listener, _filled, addr) = unresponsive().await;
         let entry = health.of(addr);
         let attempt = tokio::spawn({

@@ -317,7 +317,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         proxy = proxy.with_access_log(Arc::new(log));
     }
     let proxy = Arc::new(proxy);
-    let endpoint_health = Arc::new(Health::default());
+    let endpoint_health = Arc::new(match cfg.health_check_interval_ms {
+        0 => Health::default(),
+        _ => Health::with_checks(),
+    });
     if cfg.health_check_interval_ms > 0 {
         tokio::spawn(health_check::run(
             endpoint_health.clone(),

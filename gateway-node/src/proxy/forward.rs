@@ -97,8 +97,7 @@ impl AsyncWrite for Replay {
 }
 
 /// Forwards one connection accepted on a TLS or TCP socket; `handshake` bounds reading the
-/// ClientHello and the TLS handshake.
-/// Connections to the backend leave from `source` (when given).
+/// ClientHello and the TLS handshake. Connections to the backend leave from `source` (when given).
 pub async fn forward(
     socket: Arc<SocketTable>,
     mut tcp: TcpStream,

@@ -71,6 +71,8 @@ pub struct EndpointHealth {
     failures: AtomicU32,
     /// The active health check's last verdict: down.
     down: AtomicBool,
+    /// Whether the health check runs (else nothing waits on `went_down`).
+    checked: bool,
     /// Woken when the health check finds the endpoint down.
     went_down: Notify,
 }
@@ -89,8 +91,12 @@ impl EndpointHealth {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// Returns once the health check finds the endpoint down (at once if it is).
+    /// Returns once the health check finds the endpoint down (at once if it is; never without health
+    /// checks, and then at no cost to the request that waits on it).
     pub async fn went_down(&self) {
+        if !self.checked {
+            return std::future::pending().await;
+        }
         loop {
             let woken = self.went_down.notified();
             tokio::pin!(woken);
@@ -113,9 +119,19 @@ pub struct Health {
     any_until_ms: AtomicU64,
     /// Endpoints the health check found down in its last round.
     down: AtomicUsize,
+    /// Whether a health check runs over these endpoints.
+    checked: bool,
 }
 
 impl Health {
+    /// The endpoints of a node whose health check runs (`health_check::run`).
+    pub fn with_checks() -> Health {
+        Health {
+            checked: true,
+            ..Health::default()
+        }
+    }
+
     /// The entry of `addr` (the same one for as long as an upstream holds it).
     pub fn of(&self, addr: SocketAddr) -> Arc<EndpointHealth> {
         let mut m = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,7 +141,10 @@ impl Health {
         if m.len() >= 64 && m.len().is_power_of_two() {
             m.retain(|_, w| w.strong_count() > 0);
         }
-        let h = Arc::new(EndpointHealth::default());
+        let h = Arc::new(EndpointHealth {
+            checked: self.checked,
+            ..EndpointHealth::default()
+        });
         m.insert(addr, Arc::downgrade(&h));
         h
     }
