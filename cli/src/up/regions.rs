@@ -112,6 +112,8 @@ pub async fn run(wan_spec: &str, port: u16, dir: &Path) -> Result<()> {
                 &format!("{name}-1"),
                 "--store-source-address",
                 &source,
+                "--health-check-interval-ms",
+                "1000",
             ],
         )?;
         regions.push(Region {
