@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GATEWAY_CMD for ../shared/bench/proxy-bench.sh: a one-member store and one gw-node (one worker thread)
 # routing :18200 (HTTP/1.1) to $BACKEND_ADDR and :18201 (h2c) to $BACKEND_H2_ADDR (h2c, appProtocol
-# kubernetes.io/h2c). Runs in the foreground until the bench stops its process group.
+# kubernetes.io/h2c). Runs in the foreground until the bench stops its process group. GW_NODE_ARGS: more
+# gw-node flags (e.g. --health-check-interval-ms 1000).
 set -euo pipefail
 # Plaintext on loopback, as the nginx/HAProxy/etcd anchors run (every gw binary reads GW_INSECURE).
 export GW_INSECURE=true
@@ -68,6 +69,6 @@ slice backend-h1 "$BACKEND_ADDR"
 slice backend-h2 "$BACKEND_H2_ADDR"
 } > "$DIR/config.yaml"
 "$BIN/gwadm" --server "$STORE" --retry-for 30 apply -f "$DIR/config.yaml" >"$DIR/apply.log"
-"$BIN/gw-node" --store "$STORE" --gateway-class bench --bind-address 127.0.0.1 --workers "${GW_WORKERS:-1}" \
+"$BIN/gw-node" --store "$STORE" --gateway-class bench --bind-address 127.0.0.1 --workers "${GW_WORKERS:-1}" ${GW_NODE_ARGS:-} \
   --data-dir "$DIR/node" 2>"$DIR/node.log" &
 wait
