@@ -48,6 +48,25 @@ fn slice(pod: &str, region: &str, zone: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// The Gateway (an HTTP listener on `port`) and Service `web` of every test here.
+fn gateway_and_service(port: u16) -> String {
+    format!(
+        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: web}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n"
+    )
+}
+
+/// Cluster `east`'s kube sync report (region us-east), and the routes of every test here: `plain`, and
+/// `sticky` with cookie session persistence.
+fn report_and_routes() -> String {
+    let report = KubeSyncReport {
+        region: "us-east".into(),
+        ..Default::default()
+    };
+    format!("---\n{}\n", report.to_object("east"))
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: plain, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [plain]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n"
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: sticky, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [sticky]\n  rules: [{sessionPersistence: {sessionName: gw-sess}, backendRefs: [{name: web, port: 8080}]}]\n"
+}
+
 /// `n` requests to `host` through `node`: pods by zone, and the requests not served.
 async fn spread(node: SocketAddr, host: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
     let mut zones = BTreeMap::new();
@@ -69,9 +88,7 @@ async fn nearest_zone_first_then_region_then_elsewhere_and_sessions_stay() {
     let store = store();
     let s = reach(&store);
     let port = free_port();
-    let mut yaml = format!(
-        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: web}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n"
-    );
+    let mut yaml = gateway_and_service(port);
     let mut backends: BTreeMap<&str, EchoProc> = BTreeMap::new();
     for (region, zone, pods) in ZONES {
         for pod in pods {
@@ -80,13 +97,7 @@ async fn nearest_zone_first_then_region_then_elsewhere_and_sessions_stay() {
             backends.insert(pod, EchoProc::start(pod, addr).await);
         }
     }
-    let report = KubeSyncReport {
-        region: "us-east".into(),
-        ..Default::default()
-    };
-    yaml.push_str(&format!("---\n{}\n", report.to_object("east")));
-    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: plain, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [plain]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
-    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: sticky, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [sticky]\n  rules: [{sessionPersistence: {sessionName: gw-sess}, backendRefs: [{name: web, port: 8080}]}]\n");
+    yaml.push_str(&report_and_routes());
     apply(&s, &store.dir, &yaml);
     let nodes = [
         NodeProc::start_with(
@@ -212,9 +223,7 @@ async fn endpoints_that_answer_nothing_are_found_down_by_the_health_check_and_se
     let store = store();
     let s = reach(&store);
     let port = free_port();
-    let mut yaml = format!(
-        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: web}}\nspec:\n  gatewayClassName: gw\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: web}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n"
-    );
+    let mut yaml = gateway_and_service(port);
     // Zone a's endpoints on addresses of their own, which the firewall cuts.
     let mut backends = Vec::new();
     for (pod, ip) in [
@@ -227,13 +236,7 @@ async fn endpoints_that_answer_nothing_are_found_down_by_the_health_check_and_se
         yaml.push_str(&slice(pod, "us-east", zone_of(pod), addr));
         backends.push(EchoProc::start(pod, addr).await);
     }
-    let report = KubeSyncReport {
-        region: "us-east".into(),
-        ..Default::default()
-    };
-    yaml.push_str(&format!("---\n{}\n", report.to_object("east")));
-    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: plain, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [plain]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
-    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: sticky, namespace: web}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [sticky]\n  rules: [{sessionPersistence: {sessionName: gw-sess}, backendRefs: [{name: web, port: 8080}]}]\n");
+    yaml.push_str(&report_and_routes());
     apply(&s, &store.dir, &yaml);
     let node = NodeProc::start_with(
         &s,
