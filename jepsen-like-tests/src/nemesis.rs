@@ -40,6 +40,10 @@ pub enum Fault {
     /// A whole region of the WAN (`--wan`) cut off from the others: its members, and every client
     /// placed in it (the leader's region, then the others in turn).
     PartitionRegion,
+    /// `PartitionRegion`, and the region's gateway nodes cut from other regions' backends and the other
+    /// regions' nodes from its backends (iptables, by the nodes' upstream source address). Recorded as
+    /// a `partition-region` with `backend_cuts`.
+    PartitionRegionBackends,
 }
 
 impl std::str::FromStr for Fault {
@@ -57,8 +61,9 @@ impl std::str::FromStr for Fault {
             "catchup" => Ok(Fault::Catchup),
             "membership" => Ok(Fault::Membership),
             "partition-region" => Ok(Fault::PartitionRegion),
+            "partition-region-backends" => Ok(Fault::PartitionRegionBackends),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, clock, catchup, membership, partition-region)"
+                "unknown nemesis {other:?} (kill, kill-all, power-loss, pause, partition, partition-nodes, partition-backends, clock, catchup, membership, partition-region, partition-region-backends)"
             )),
         }
     }
@@ -86,7 +91,16 @@ impl Fault {
             Fault::Catchup => "catchup",
             Fault::Membership => "membership",
             Fault::PartitionRegion => "partition-region",
+            Fault::PartitionRegionBackends => "partition-region-backends",
         }
+    }
+
+    /// Whether the fault cuts a whole region of the WAN.
+    pub fn cuts_regions(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionRegion | Fault::PartitionRegionBackends
+        )
     }
 }
 
@@ -310,7 +324,7 @@ pub async fn run(
                 ));
                 effects.push((what.to_string(), took));
             }
-            Fault::PartitionRegion => {
+            Fault::PartitionRegion | Fault::PartitionRegionBackends => {
                 let Some(layout) = wan else { continue };
                 let regions: Vec<String> = layout.wan.matrix.regions().into_iter().collect();
                 // The leader's region first, then each region in turn.
@@ -334,6 +348,7 @@ pub async fn run(
                 layout.wan.isolate(&region, true);
                 // The region's gateway nodes and other regions' backends, and the other way round:
                 // packets dropped (the WAN's proxies stand only between members and their clients).
+                let net = net.filter(|_| fault == Fault::PartitionRegionBackends);
                 let backend_cuts = net.map_or(Ok(0), |net| {
                     let inside = |ip: &String| {
                         ip.parse()
@@ -368,7 +383,8 @@ pub async fn run(
                         "backend_cuts": backend_cuts.as_ref().ok(),
                         "error": backend_cuts.err().or(healed.err())}),
                 ));
-                effects.push((what.to_string(), took));
+                // The checkers know both as a `partition-region`; the verdict on effects, by their own name.
+                effects.push((fault.name().to_string(), took));
             }
             Fault::Pause => {
                 let (what, t) = if variant.is_multiple_of(2) {

@@ -26,7 +26,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60)]
     pub time_limit: u64,
     /// Faults to inject, in turn: kill, kill-all, power-loss, pause, partition, partition-nodes,
-    /// partition-backends, clock, catchup, membership, partition-region (with --wan)
+    /// partition-backends, clock, catchup, membership, partition-region and
+    /// partition-region-backends (with --wan)
     /// (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     pub nemesis: Vec<String>,
@@ -176,8 +177,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         }
         None => None,
     };
-    if faults.contains(&Fault::PartitionRegion) && wan.is_none() {
-        anyhow::bail!("the partition-region nemesis needs --wan");
+    if faults.iter().any(|f| f.cuts_regions()) && wan.is_none() {
+        anyhow::bail!("the partition-region nemeses need --wan");
     }
     // Firewall partitions match members' addresses, which the WAN's ingress proxies stand between.
     if wan.is_some() && faults.iter().any(|f| f.uses_firewall()) {
@@ -284,10 +285,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         None
     };
     // The firewall also cuts a region's gateway nodes from other regions' backends
-    // (`partition-region`).
+    // (`partition-region-backends`).
     let net = if faults
         .iter()
-        .any(|f| f.uses_firewall() || *f == Fault::PartitionRegion)
+        .any(|f| f.uses_firewall() || *f == Fault::PartitionRegionBackends)
     {
         // The gateway nodes and backends of the workloads that run them.
         let ips =
@@ -671,7 +672,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     });
     let fleet_verdicts = fleet.as_ref().map(|f| {
         let stable = faults
-            .contains(&Fault::PartitionRegion)
+            .iter()
+            .any(|f| f.cuts_regions())
             .then(|| affinity::static_stability(&events, &ops, &f.regions));
         let served = affinity::config_served(&events, &ops, &f.regions, config_allowance_ms);
         (stable, served)

@@ -80,6 +80,7 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
             Bound::To(backend) => {
                 if backend != i.refused
                     && let Some((entry, endpoint)) = find(i.backends, &backend)
+                    && !found_down(i.backends, entry, endpoint)
                 {
                     return Decision::Follow { entry, endpoint };
                 }
@@ -96,6 +97,14 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
             }
             Bound::Committed(e) => {
                 return match find(i.backends, &e.spec.backend) {
+                    // A committed replacement this node cannot reach: a new session rather than a
+                    // request sure to fail.
+                    Some((entry, endpoint)) if found_down(i.backends, entry, endpoint) => {
+                        match fresh(i.backends, &e.spec.backend, i.now_ms, draw) {
+                            Some((entry, endpoint)) => new_session(i, entry, endpoint, draw),
+                            None => Decision::Fallback,
+                        }
+                    }
                     Some((entry, endpoint)) => Decision::Follow { entry, endpoint },
                     None => Decision::Unavailable(format!(
                         "the session's committed backend {} is not known to this node yet",
@@ -109,6 +118,16 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
     let Some((entry, endpoint)) = fresh(i.backends, i.refused, i.now_ms, draw) else {
         return Decision::Fallback;
     };
+    new_session(i, entry, endpoint, draw)
+}
+
+/// A new session on endpoint `endpoint` of `backends.entries[entry]`.
+fn new_session(
+    i: &Inputs<'_>,
+    entry: usize,
+    endpoint: usize,
+    draw: &mut impl FnMut() -> u64,
+) -> Decision {
     Decision::New {
         entry,
         endpoint,
@@ -118,6 +137,15 @@ pub fn decide(i: &Inputs<'_>, draw: &mut impl FnMut() -> u64) -> Decision {
             backend: identity(i.backends, entry, endpoint),
             issued_ms: i.now_ms,
         },
+    }
+}
+
+/// Whether the health check found this endpoint down: gone, for a session bound to it, as if it had
+/// refused the request.
+fn found_down(backends: &Backends, entry: usize, endpoint: usize) -> bool {
+    match &backends.entries[entry].target {
+        BackendTarget::Upstream(u) => u.health(endpoint).is_down(),
+        BackendTarget::Invalid(_) => false,
     }
 }
 

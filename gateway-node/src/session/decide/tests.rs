@@ -22,6 +22,11 @@ fn config(idle_timeout_ms: Option<u64>, absolute_timeout_ms: Option<u64>) -> Ses
 
 /// Backends `s0`, `s1`, ...: `(weight, endpoints)` each; endpoint `e` of `si` is `d/si:80|pod-i-e|...`.
 fn backends(spec: &[(u64, usize)]) -> Backends {
+    backends_in(spec, &Placement::default())
+}
+
+/// `backends`, their endpoints' health kept in `placement`'s.
+fn backends_in(spec: &[(u64, usize)], placement: &Placement) -> Backends {
     Backends::new(
         spec.iter()
             .enumerate()
@@ -38,7 +43,7 @@ fn backends(spec: &[(u64, usize)]) -> Backends {
                             for_zones: Vec::new(),
                         })
                         .collect(),
-                    &Placement::default(),
+                    placement,
                 ))),
                 filters: Filters::default(),
             })
@@ -391,6 +396,51 @@ fn new_sessions_avoid_backends_whose_endpoints_are_out_of_rotation_while_others_
     }
     assert_eq!(fresh(&one, "", NOW, &mut draws(&[0])), Some((0, 0)));
     assert_eq!(fresh(&one, "", NOW, &mut draws(&[u64::MAX])), Some((1, 0)));
+}
+
+#[test]
+fn a_binding_to_an_endpoint_the_health_check_found_down_fails_over_or_starts_anew() {
+    let placement = Placement {
+        health: Arc::new(crate::table::Health::with_checks()),
+        ..Placement::default()
+    };
+    let b = backends_in(&[(1, 1), (1, 1)], &placement);
+    let s0: std::net::SocketAddr = "10.0.0.0:80".parse().unwrap();
+    placement
+        .health
+        .checked(&[(s0, placement.health.of(s0), true)]);
+    let cfg = config(None, None);
+    let t = token(&id(1, 0), NOW);
+    let decide_with = |known: Known| {
+        let inputs = Inputs {
+            cfg: &cfg,
+            token: Some(&t),
+            known: &known,
+            backends: &b,
+            now_ms: NOW,
+            local_failover: false,
+            refused: "",
+        };
+        decide(&inputs, &mut draws(&[0]))
+    };
+    let on_s0 = || entry(&id(0, 0), false, "HTTPRoute/d/r/rules/0");
+    // Bound to s0 (down): as if it had refused, a failover to s1 is proposed.
+    assert_eq!(
+        decide_with(Known::Entry(Some(on_s0()))),
+        Decision::ProposeFailover {
+            from: id(0, 0),
+            to: id(1, 0)
+        }
+    );
+    // A committed replacement on s0 (down): a new session on s1.
+    assert!(matches!(
+        decide_with(Known::FailedOver(Some(on_s0()))),
+        Decision::New {
+            entry: 1,
+            endpoint: 0,
+            ..
+        }
+    ));
 }
 
 #[test]
