@@ -459,12 +459,12 @@ impl Fleet {
         }
     }
 
-    /// Writes a new version of the route (`route`: versions 1, 2, ...) every `every` until `until`,
+    /// Writes a new version of the route (`route`: versions 1, 2, ...) every `every` until `end`,
     /// each recorded as a `route-change` whose end is when the apply was acknowledged (or failed: its
     /// version may then be committed or not).
-    pub async fn reconfigure(&self, every: Duration, until: Instant) {
+    pub async fn reconfigure(&self, every: Duration, end: End) {
         let mut version = 0;
-        while Instant::now() + every < until {
+        while Instant::now() + every < end.at() {
             tokio::time::sleep(every).await;
             version += 1;
             self.rec.record(crate::history::Recorder::event(
@@ -486,11 +486,11 @@ impl Fleet {
     }
 
     /// One client: opens sessions through random gateway nodes and uses them.
-    pub async fn client(&self, process: i64, seed: u64, until: Instant) {
+    pub async fn client(&self, process: i64, seed: u64, end: End) {
         let mut rng = Rng::new(seed);
         let mut live: Vec<String> = Vec::new();
         let mut retired: Vec<String> = Vec::new();
-        while Instant::now() < until {
+        while Instant::now() < end.at() {
             let g = rng.below(self.addrs.len() as u64) as usize;
             let roll = rng.below(20);
             let token = if live.is_empty() || roll < 3 {
@@ -714,13 +714,37 @@ pub struct Seen {
     expired: BTreeMap<String, u64>,
 }
 
+/// When the workload's clients and config writer stop: a while after the last fault has healed, so
+/// that the run ends with every node clear of faults for long enough to be due a version
+/// (`config_served`). Faults that overlap to the end of a run (the catchup fault holds until the
+/// leader has purged its log: 19 s once) would otherwise leave nothing to check. A bound at first,
+/// set once the faults are over (`settle`).
+#[derive(Clone)]
+pub struct End(std::sync::Arc<Mutex<Instant>>);
+
+impl End {
+    pub fn new(bound: Instant) -> Self {
+        End(std::sync::Arc::new(Mutex::new(bound)))
+    }
+
+    pub fn at(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The faults are over: the workload runs on for `tail`.
+    pub fn settle(&self, tail: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + tail;
+    }
+}
+
 /// Watches the affinity table on the store members in turn (resuming after the last revision seen)
-/// until `until`, recording when each failover and expiry was first seen.
-pub async fn observe(chans: Vec<tonic::transport::Channel>, until: Instant) -> Seen {
+/// until 3 s after the workload's `end`, recording when each failover and expiry was first seen.
+pub async fn observe(chans: Vec<tonic::transport::Channel>, end: End) -> Seen {
+    let until = || end.at() + Duration::from_secs(3);
     let mut seen = Seen::default();
     let mut after = 0;
     let mut member = 0;
-    while Instant::now() < until {
+    while Instant::now() < until() {
         let ch = chans[member % chans.len()].clone();
         member += 1;
         let opened = tokio::time::timeout(
@@ -764,7 +788,7 @@ pub async fn observe(chans: Vec<tonic::transport::Channel>, until: Instant) -> S
                     seen.expired.entry(e.id.clone()).or_insert(now);
                 }
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until() {
                 break;
             }
         }

@@ -386,12 +386,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
             )));
         }
     }
+    // The affinity workload runs on past the faults (`affinity::End`), for long enough that every
+    // node is due the versions written after the last heal: the allowance, a version's interval and
+    // a margin for its apply.
+    let config_allowance_ms = args.config_allowance_ms.unwrap_or(match wan {
+        Some(_) => 3500,
+        None => 2500,
+    });
+    let fleet_tail = Duration::from_millis(config_allowance_ms + args.reconfigure_ms + 1500);
+    let fleet_end = affinity::End::new(until + Duration::from_secs(300));
+    let mut churn = None;
     if let Some(f) = &fleet {
         for c in 0..args.clients {
             let f = f.clone();
             let seed = args.seed * 9000 + c + 1;
+            let end = fleet_end.clone();
             tasks.push(tokio::spawn(async move {
-                f.client(affinity::PROCESSES + c as i64, seed, until).await
+                f.client(affinity::PROCESSES + c as i64, seed, end).await
             }));
         }
         let f = f.clone();
@@ -401,13 +412,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         );
         let seed = args.seed * 11 + 5;
         let g = f.clone();
-        tasks.push(tokio::spawn(
+        churn = Some(tokio::spawn(
             async move { f.churn(schedule, seed, until).await },
         ));
         let every = Duration::from_millis(args.reconfigure_ms);
-        tasks.push(tokio::spawn(
-            async move { g.reconfigure(every, until).await },
-        ));
+        let end = fleet_end.clone();
+        tasks.push(tokio::spawn(async move { g.reconfigure(every, end).await }));
     }
     if let Some(r) = &routing {
         for c in 0..args.clients {
@@ -439,7 +449,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     }
     let observer = fleet.as_ref().map(|_| {
         let chans = ctx.chans.iter().map(|(_, c)| c.clone()).collect();
-        tokio::spawn(affinity::observe(chans, until + Duration::from_secs(3)))
+        tokio::spawn(affinity::observe(chans, fleet_end.clone()))
     });
     let mut rng = Rng::new(args.seed);
     let schedule = nemesis::Schedule {
@@ -459,6 +469,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         &mut rng,
     )
     .await;
+    if let Some(churn) = churn {
+        let _ = churn.await;
+    }
+    fleet_end.settle(fleet_tail);
     for t in tasks {
         let _ = t.await;
     }
@@ -666,10 +680,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     if let Some(v) = &affinity_verdict {
         verdicts.push(("affinity", v));
     }
-    let config_allowance_ms = args.config_allowance_ms.unwrap_or(match wan {
-        Some(_) => 3500,
-        None => 2500,
-    });
     let fleet_verdicts = fleet.as_ref().map(|f| {
         let stable = faults
             .iter()
