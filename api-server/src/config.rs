@@ -231,8 +231,14 @@ impl ServerConfig {
         openraft::Config {
             cluster_name: "gw".into(),
             heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_timeout_ms,
-            election_timeout_max: self.election_timeout_ms * 2,
+            // openraft's own election timer is off: elections start after a pre-vote round finds a
+            // majority (`crate::prevote`, on timeouts of `election_timeout_ms` to twice it). Here
+            // the timeouts set only the leader lease (`election_timeout_max`), during which a voter
+            // that has heard from its leader refuses to vote: one minimum timeout, so that a voter
+            // is free to vote once any candidate's timeout has passed.
+            election_timeout_min: self.election_timeout_ms.div_ceil(2),
+            election_timeout_max: self.election_timeout_ms,
+            enable_elect: false,
             install_snapshot_timeout: self.snapshot_timeout_ms,
             // `crate::snapshots` triggers them.
             snapshot_policy: openraft::SnapshotPolicy::Never,

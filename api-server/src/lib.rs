@@ -12,6 +12,7 @@ pub mod kube;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod prevote;
 pub mod services;
 pub mod snapshots;
 pub mod sweeper;
@@ -200,7 +201,7 @@ impl Server {
             NetworkFactory {
                 channels: channels.clone(),
             },
-            log,
+            log.clone(),
             sm,
         )
         .await
@@ -212,6 +213,7 @@ impl Server {
             id: config.id,
             member: config.advertised(),
             raft,
+            log,
             store,
             channels,
             auth: Auth::new(security.clone(), metrics.clone()),
@@ -320,6 +322,7 @@ impl Server {
                 Err(e) => return Err(e).context("initializing the cluster"),
             }
         }
+        tasks.push(tokio::spawn(crate::prevote::run(node.clone())));
         tasks.push(tokio::spawn(crate::sweeper::run(node.clone())));
         tasks.push(tokio::spawn(crate::snapshots::run(node.clone())));
         Ok(Server {

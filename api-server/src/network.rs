@@ -199,6 +199,7 @@ enum Rpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    PreVote,
 }
 
 impl Peer {
@@ -239,6 +240,7 @@ impl Peer {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -315,6 +317,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.peer.call(Rpc::Vote, &rpc, 0, &option).await
     }
+}
+
+/// Asks member `target` at `addr` for its pre-vote (`crate::prevote`), waiting at most `timeout`.
+pub async fn pre_vote(
+    channels: &Channels,
+    target: NodeId,
+    addr: &str,
+    ask: &crate::prevote::PreVote,
+    timeout: Duration,
+) -> Result<crate::prevote::Answer, String> {
+    let peer = Peer {
+        target,
+        addr: addr.to_string(),
+        channels: channels.clone(),
+    };
+    peer.call::<_, _, Infallible>(Rpc::PreVote, ask, 0, &RPCOption::new(timeout))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::network::Channels;
 use gw_client::{Client, Identity};
 use gw_proto as pb;
-use gw_store::storage::StoreHandle;
+use gw_store::storage::{LogStore, StoreHandle};
 use gw_store::types::{Command, LogId, Member, NodeId, Raft, Response, Txn, TxnOutcome};
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +33,8 @@ pub struct Node {
     /// How this member is reached (API, Raft transport) and its region.
     pub member: Member,
     pub raft: Raft,
+    /// The Raft log (its last entry decides pre-votes: `crate::prevote`).
+    pub log: LogStore,
     pub store: StoreHandle,
     pub channels: Channels,
     /// Who is calling, and whether they may.

@@ -1019,6 +1019,23 @@ impl pb::raft_server::Raft for RaftService {
         self.check(&request, &rpc.vote)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
     }
+
+    async fn pre_vote(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let ask: crate::prevote::PreVote = decode(&request)?;
+        self.node.auth.check(
+            &request,
+            Action::Raft {
+                member: ask.candidate,
+            },
+        )?;
+        let answer = crate::prevote::answer(&self.node, &ask)
+            .await
+            .map_err(Status::unavailable)?;
+        encode(&Ok::<_, openraft::error::RaftError<NodeId>>(answer))
+    }
 }
 
 /// The session affinity table's writes: activity batches and first-writer-wins failovers.
