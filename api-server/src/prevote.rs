@@ -20,7 +20,7 @@
 
 use crate::network::pre_vote;
 use crate::node::Node;
-use gw_store::types::{LogId, NodeId};
+use gw_store::types::{LogId, NodeId, Vote};
 use openraft::ServerState;
 use openraft::storage::RaftLogStorage;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ pub struct Answer {
 /// What decides a member's pre-votes, given and asked.
 #[derive(Debug, Clone, Default)]
 struct View {
+    vote: Vote,
     leader: bool,
     /// Whether its vote is for a leader it has heard from (committed), not only for a candidate.
     following: bool,
@@ -62,6 +63,7 @@ impl View {
             .with_raft_state(|st| {
                 let membership = st.membership_state.effective();
                 View {
+                    vote: *st.vote_ref(),
                     leader: st.server_state == ServerState::Leader,
                     following: st.vote_ref().is_committed(),
                     quiet: st.vote_last_modified().map(|t| t.elapsed()),
@@ -106,6 +108,14 @@ fn majority(quorums: &[Vec<NodeId>], granted: &[NodeId]) -> bool {
 /// `timeout` since its last round.
 fn due(view: &View, timeout: Duration, since_round: Duration) -> bool {
     !view.leader && view.quiet.is_none_or(|q| q >= timeout) && since_round >= timeout
+}
+
+/// Whether a voter that saw `before` when its round began, and sees `after` once a majority granted
+/// it, may still start its election: its vote unchanged (it has voted for no other candidate, heard of
+/// no new leader meanwhile) and still due. Without this, two voters whose timers fired together could
+/// each grant the other's round, one win and the other depose it at once (a 10 s failover seen).
+fn still_due(before: &View, after: &View, timeout: Duration) -> bool {
+    after.vote == before.vote && due(after, timeout, Duration::MAX)
 }
 
 /// The bounds election timeouts are drawn between; the lower is also the leader lease.
@@ -207,14 +217,20 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         last_round = std::time::Instant::now();
-        timeout = draw(min, max);
-        if canvass(&node, &view, min).await {
-            tracing::info!("a majority would vote for this member: starting an election");
-            if node.raft.trigger().elect().await.is_err() {
-                return;
-            }
-        } else {
+        let used = std::mem::replace(&mut timeout, draw(min, max));
+        if !canvass(&node, &view, min).await {
             tracing::debug!("no majority would vote for this member: no election");
+            continue;
+        }
+        match View::of(&node).await {
+            Ok(after) if still_due(&view, &after, used) => {
+                tracing::info!("a majority would vote for this member: starting an election");
+                if node.raft.trigger().elect().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => tracing::info!("its vote changed during the pre-vote round: no election"),
+            Err(_) => return,
         }
     }
 }
@@ -281,6 +297,31 @@ mod tests {
             assert!(!would_vote(&me, log(3, 4), &ask(log(2, 10)), LEASE));
             assert!(!would_vote(&me, log(2, 10), &ask(None), LEASE));
         }
+    }
+
+    #[test]
+    fn a_round_granted_after_the_vote_changed_starts_no_election() {
+        let t = Duration::from_millis(2000);
+        let before = follower(Some(2500));
+        // Nothing happened meanwhile: the round's answers took 100 ms.
+        let after = follower(Some(2600));
+        assert!(still_due(&before, &after, t));
+        // It voted for another candidate meanwhile, or heard from a new leader.
+        let voted = View {
+            vote: Vote::new(3, 3),
+            following: false,
+            quiet: Some(Duration::from_millis(50)),
+            ..View::default()
+        };
+        assert!(!still_due(&before, &voted, t));
+        let led = View {
+            vote: Vote::new_committed(3, 3),
+            quiet: Some(Duration::from_millis(50)),
+            ..follower(None)
+        };
+        assert!(!still_due(&before, &led, t));
+        // Its leader, heard from again (same vote, quiet again).
+        assert!(!still_due(&before, &follower(Some(10)), t));
     }
 
     #[test]

@@ -979,6 +979,83 @@ pub struct RegionsArgs {
     /// its applies acknowledged, timed the same way.
     #[arg(long)]
     pub etcd: bool,
+    /// Times to kill (SIGKILL) the leader and time, from the kill, the first apply acknowledged by the
+    /// member of the next region (restarted before the next kill); with `--etcd`, etcd's leader as
+    /// many times (a fresh cluster each time). 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub leader_kills: usize,
+}
+
+/// Milliseconds from now until a call of `op` is first answered with success: a call is started
+/// every 100 ms (each given up to 10 s) without waiting for the ones before, so that a call stuck
+/// on a member that is gone does not hold the measure up; an error after a minute.
+async fn until_ok<F, Fut, E>(mut op: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let t0 = Instant::now();
+    let mut calls = futures::stream::FuturesUnordered::new();
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let mut why = String::from("no answer");
+    while t0.elapsed() < Duration::from_secs(60) {
+        tokio::select! {
+            _ = every.tick() => calls.push(tokio::time::timeout(Duration::from_secs(10), op())),
+            Some(answer) = calls.next() => match answer {
+                Ok(Ok(())) => return Ok(t0.elapsed().as_secs_f64() * 1e3),
+                Ok(Err(e)) => why = e.to_string(),
+                Err(_) => why = "no answer within 10 s".into(),
+            },
+        }
+    }
+    Err(Error::Usage(format!("no success within a minute: {why}")))
+}
+
+/// Rows of leader kills timed by the killed leader's region (sorted; regions without one left out),
+/// then all of them together ("any").
+fn kill_rows(
+    measure: &str,
+    regions: &[String],
+    by_region: Vec<Vec<f64>>,
+) -> Vec<(String, String, Vec<f64>, Option<f64>)> {
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let all = sorted(by_region.concat());
+    let mut rows: Vec<_> = regions
+        .iter()
+        .zip(by_region)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(r, v)| (measure.to_string(), r.clone(), sorted(v), None))
+        .collect();
+    if !all.is_empty() {
+        rows.push((measure.to_string(), "any".into(), all, None));
+    }
+    rows
+}
+
+/// The `etcd: leader killed` rows of `gwadm bench regions --etcd --leader-kills N`: etcd's leader
+/// killed in `kills` fresh clusters, timed as gw's is (by the killed leader's region).
+async fn etcd_leader_kills(
+    wan: &gw_testkit::wan::Wan,
+    regions: &[String],
+    run: u32,
+    kills: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut by_region = vec![Vec::new(); regions.len()];
+    let v = value(100, 0);
+    for _ in 0..kills {
+        let mut etcd = etcd_wan::start(wan, regions, run).await?;
+        let leader = etcd.leader(Duration::from_secs(60)).await?;
+        let survivor = etcd.clients[(leader + 1) % regions.len()];
+        etcd_wan::put(survivor, "regions-warm-up", &v).await?;
+        etcd.kill(leader);
+        by_region[leader].push(until_ok(|| etcd_wan::put(survivor, "regions-kill", &v)).await?);
+    }
+    Ok(by_region)
 }
 
 /// The floor of an apply acknowledged by a leader in `leader`: the round trip to the nearest
@@ -1271,10 +1348,36 @@ pub async fn regions(a: RegionsArgs) -> Result<()> {
             }
         }
     }
+    let kill_row = "leader killed → an apply acknowledged (by the next region's member)";
+    let mut killed: Vec<Vec<f64>> = vec![Vec::new(); regions.len()];
+    for _ in 0..a.leader_kills {
+        let victim = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+        let survivor = &clients[victim as usize % regions.len()];
+        cluster.kill(victim);
+        let ms = until_ok(|| {
+            let mut c = survivor.clone();
+            let v = v.clone();
+            async move { put(&mut c, "regions-kill", &v).await }
+        })
+        .await?;
+        killed[victim as usize - 1].push(ms);
+        cluster.spawn(victim)?;
+        let revision = cluster
+            .member_status(victim % regions.len() as u64 + 1)
+            .await;
+        if let Some(r) = revision {
+            cluster
+                .wait_for_revision(victim, r.applied_revision, Duration::from_secs(60))
+                .await?;
+        }
+    }
+    rows.extend(kill_rows(kill_row, &regions, killed));
     drop(children);
     drop(cluster);
     if a.etcd {
         rows.push(etcd_applies(&wan, &regions, run, a.ops, pause).await?);
+        let killed = etcd_leader_kills(&wan, &regions, run, a.leader_kills).await?;
+        rows.extend(kill_rows(&format!("etcd: {kill_row}"), &regions, killed));
     }
     println!(
         "WAN (one-way): {}; leader in {leader_region}; floor of an apply: {floor_ms:.1} ms",

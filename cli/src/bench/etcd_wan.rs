@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub struct EtcdWan {
     /// Each member's client URL address, by region index.
     pub clients: Vec<SocketAddr>,
-    _children: Children,
+    children: Children,
     _ingresses: Vec<Ingress>,
     _dir: tempfile::TempDir,
 }
@@ -103,7 +103,7 @@ pub async fn start(wan: &Wan, regions: &[String], run: u32) -> Result<EtcdWan> {
     }
     let etcd = EtcdWan {
         clients,
-        _children: children,
+        children,
         _ingresses: ingresses,
         _dir: dir,
     };
@@ -111,6 +111,11 @@ pub async fn start(wan: &Wan, regions: &[String], run: u32) -> Result<EtcdWan> {
 }
 
 impl EtcdWan {
+    /// Kills (SIGKILL) the member of region `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.children.kill(&format!("etcd-{i}"));
+    }
+
     /// The region index of the leader, once every member answers and agrees on one.
     pub async fn leader(&self, limit: Duration) -> Result<usize> {
         let start = Instant::now();
