@@ -998,10 +998,16 @@ fn percentiles(v: &mut [f64]) -> Value {
 /// Sessions are not held to their bindings here (DESIGN.md: a node that cannot confirm a binding
 /// within 1 s of its last confirmation starts a new session); the details count how many were
 /// followed and how many renewed, and `check` holds the followed ones to the committed table.
+/// Nor is a node held to answer when no backend is left for it (`backend_regions[i]`: where backend
+/// `bi` is; empty: not placed): a cut that also cuts backends (`partition-region-backends`) leaves a
+/// node its own region's only, and the workload's churn may have taken every one of those out —
+/// killed, or removed from its EndpointSlice before the cut (the node cannot learn of its return
+/// until the cut heals). Such requests are counted apart (`no_backend_left`).
 pub fn static_stability(
     events: &[crate::history::Event],
     ops: &[Op],
     regions: &[String],
+    backend_regions: &[String],
 ) -> Verdict {
     let all = spans(events);
     let cuts: Vec<&Span> = all.iter().filter(|s| s.f == "partition-region").collect();
@@ -1012,6 +1018,25 @@ pub fn static_stability(
                 && s.overlaps(from - RESTART_GRACE_MS, to)
         })
     };
+    // Whether backend `b`, reachable across `cut` or not, is out for a request from `from` to `to`.
+    let out = |b: usize, cut: &Span, from: f64, to: f64| {
+        let name = format!("b{b}");
+        let reachable = cut.ended["backend_cuts"].as_u64().unwrap_or(0) == 0
+            || backend_regions[b] == cut.begun["region"].as_str().unwrap_or_default();
+        !reachable
+            || all.iter().any(|s| {
+                s.names(&name)
+                    && match s.f.as_str() {
+                        "backend-kill" => s.overlaps(from, to),
+                        "backend-remove" => s.start < cut.start && s.end > cut.start,
+                        _ => false,
+                    }
+            })
+    };
+    let none_left = |cut: &Span, from: f64, to: f64| {
+        !backend_regions.is_empty() && (0..backend_regions.len()).all(|b| out(b, cut, from, to))
+    };
+    let mut none_left_count = 0;
     let (mut answered, mut followed, mut renewed) = (0, 0, 0);
     // How long each answered request took (ms).
     let mut took: Vec<f64> = Vec::new();
@@ -1034,6 +1059,10 @@ pub fn static_stability(
                 || op.invoke.time_ms > *end
                 || restarting(g, op.invoke.time_ms, c.time_ms)
             {
+                continue;
+            }
+            if c.kind != Kind::Ok && none_left(cut, op.invoke.time_ms, c.time_ms) {
+                none_left_count += 1;
                 continue;
             }
             if c.kind == Kind::Ok {
@@ -1066,6 +1095,7 @@ pub fn static_stability(
             "answer_ms": percentiles(&mut took),
             "unanswered": unanswered.iter().take(20).collect::<Vec<_>>(),
             "unanswered_count": unanswered.len(),
+            "no_backend_left": none_left_count,
         }),
     }
 }
@@ -1319,13 +1349,55 @@ mod tests {
         // Node 0 is not in the region cut off; node 1 is restarting until 2500 (+3 s).
         h.request(0, (1_500.0, 1_510.0), Err("502"));
         h.request(1, (2_600.0, 2_610.0), Err("Connection refused"));
-        let v = static_stability(&h.0, &pair(&h.0), &regions());
+        let v = static_stability(&h.0, &pair(&h.0), &regions(), &[]);
         assert_eq!(v.valid, Validity::True, "{}", v.details);
         assert_eq!(v.details["answered"], json!(1));
         h.request(1, (1_500.0, 1_510.0), Err("502"));
-        let v = static_stability(&h.0, &pair(&h.0), &regions());
+        let v = static_stability(&h.0, &pair(&h.0), &regions(), &[]);
         assert_eq!(v.valid, Validity::False);
         assert_eq!(v.details["unanswered_count"], json!(1));
         assert_eq!(v.details["unanswered"][0]["error"], json!("502"));
+    }
+
+    #[test]
+    fn a_cut_off_node_with_no_backend_left_is_not_held_to_answer() {
+        // b0 in region a, b1 in region b; region b cut off from a's backends too.
+        let backends: Vec<String> = vec!["a".into(), "b".into()];
+        let mut h = H::default();
+        let cut = json!({"region": "b", "members": [1]});
+        h.fault(
+            "partition-region",
+            (1_000.0, 5_000.0),
+            cut,
+            json!({"region": "b", "members": [1], "backend_cuts": 4}),
+        );
+        // b1 removed from its EndpointSlice before the cut, restored during it: node 1 cannot
+        // learn of its return before the healing.
+        let b1 = json!(["b1"]);
+        h.fault("backend-remove", (500.0, 3_000.0), b1.clone(), b1.clone());
+        h.request(1, (2_000.0, 2_010.0), Err("502"));
+        h.request(1, (4_000.0, 4_010.0), Err("502"));
+        let v = static_stability(&h.0, &pair(&h.0), &regions(), &backends);
+        assert_eq!(v.valid, Validity::Unknown, "{}", v.details);
+        assert_eq!(v.details["no_backend_left"], json!(2));
+        // Without the backend cut, b0 was there for it: both count as unanswered.
+        let mut plain = H::default();
+        plain.cut("b", (1_000.0, 5_000.0));
+        plain.fault("backend-remove", (500.0, 3_000.0), b1.clone(), b1.clone());
+        plain.request(1, (2_000.0, 2_010.0), Err("502"));
+        let v = static_stability(&plain.0, &pair(&plain.0), &regions(), &backends);
+        assert_eq!(v.details["unanswered_count"], json!(1));
+        // A removal begun during the cut is not seen by the node, which still has b1: held to it.
+        let mut during = H::default();
+        during.fault(
+            "partition-region",
+            (1_000.0, 5_000.0),
+            json!({"region": "b", "members": [1]}),
+            json!({"region": "b", "members": [1], "backend_cuts": 4}),
+        );
+        during.fault("backend-remove", (1_500.0, 3_000.0), b1.clone(), b1);
+        during.request(1, (2_000.0, 2_010.0), Err("502"));
+        let v = static_stability(&during.0, &pair(&during.0), &regions(), &backends);
+        assert_eq!(v.details["unanswered_count"], json!(1));
     }
 }

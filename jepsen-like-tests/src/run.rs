@@ -684,7 +684,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         let stable = faults
             .iter()
             .any(|f| f.cuts_regions())
-            .then(|| affinity::static_stability(&events, &ops, &f.regions));
+            .then(|| affinity::static_stability(&events, &ops, &f.regions, &f.backend_regions));
         let served = affinity::config_served(&events, &ops, &f.regions, config_allowance_ms);
         (stable, served)
     });
